@@ -1,0 +1,30 @@
+# frankenmoe: `make setup build` builds the offline example; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RECIPE ?= recipes/tiny-2x.yaml
+export GPTQMODEL_CPU_WORKERS ?= 2
+
+.PHONY: setup build fixtures test clean
+
+setup: $(BIN)/frankenmoe
+
+$(BIN)/frankenmoe: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, on its own: pip then takes it from the local wheel store where there is one.
+	$(BIN)/pip install --quiet torch==2.14.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+fixtures: setup
+	$(BIN)/frankenmoe fixtures
+
+build: setup fixtures
+	$(BIN)/frankenmoe build $(RECIPE)
+
+test: setup fixtures
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf build dist
