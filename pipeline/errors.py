@@ -1,0 +1,53 @@
+"""Error classes, each with the exit code the CLI returns for it.
+
+Every user-facing failure is one of these: the CLI prints its message on one line
+(no traceback) and exits with its code. The table is in the README.
+"""
+
+from __future__ import annotations
+
+
+class FrankenmoeError(Exception):
+    exit_code = 1
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class RecipeError(FrankenmoeError):
+    """The recipe is malformed; carries one line per problem."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class IncompatibleModelsError(FrankenmoeError):
+    """Source models that cannot be merged together (architecture, shapes, tokenizer)."""
+
+    exit_code = 3
+
+
+class InputFileError(FrankenmoeError):
+    """A model, calibration or other input file is missing, corrupt or unreadable."""
+
+    exit_code = 4
+
+
+class EnvironmentProblem(FrankenmoeError):
+    """The machine cannot run the build: disk space, permissions, a busy build lock."""
+
+    exit_code = 5
+
+
+class VerifyFailed(FrankenmoeError):
+    exit_code = 6
+
+
+class PublishError(FrankenmoeError):
+    exit_code = 7
