@@ -1,0 +1,264 @@
+"""The staged build: keys, cache, atomic outputs, the build lock and publishing to dist/.
+
+Layout, for a recipe named N:
+    build/N/<stage>/<key>/        a finished stage output with its record.json
+    build/N/<stage>/.tmp-<key>-*  a stage being written (never read as a result)
+    build/N/.lock                 held (flock) by the running build of N
+    build/N/published.json        what dist/N holds, to make re-publishing free
+    dist/N/<folder>/              the published result (hard links into build/)
+
+A stage's key is a hash of its recipe section, the keys of the stages it depends
+on, its extra inputs (file hashes) and the versions of the tools that shape its
+bytes. A key folder exists only once its stage finished: it is written under a
+temporary name and renamed into place, so a killed build never leaves a result
+that a later build would serve.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline.errors import EnvironmentProblem, FrankenmoeError
+from pipeline.hashing import HashState, sha256_json
+from pipeline.jsonio import write_json
+from pipeline.recipe import Recipe
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.versions import tool_versions
+
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    build_root: Path
+    dist_root: Path
+    name: str
+
+    @property
+    def build(self) -> Path:
+        return self.build_root / self.name
+
+    @property
+    def dist(self) -> Path:
+        return self.dist_root / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.build / stage
+
+
+def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Path | None = None) -> Layout:
+    return Layout(
+        Path(build_root or os.environ.get("FRANKENMOE_BUILD_DIR", "build")),
+        Path(dist_root or os.environ.get("FRANKENMOE_DIST_DIR", "dist")),
+        recipe.name,
+    )
+
+
+def stage_key(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, StageResult]) -> str:
+    material = {
+        "stage": stage.name,
+        "config": stage.config(recipe),
+        "fingerprint": fingerprint,
+        "inputs": {name: res.key for name, res in sorted(deps.items())},
+        "versions": tool_versions(list(stage.packages)),
+    }
+    return sha256_json(material)[:16]
+
+
+def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
+    """The finished output for `key`, or None. A folder whose files no longer match
+    their recorded sizes is treated as absent (and removed), never served."""
+    path = layout.stage_dir(stage.name) / key
+    record_file = path / RECORD
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+        for rel, meta in record["files"].items():
+            if (path / rel).stat().st_size != meta["size"]:
+                raise ValueError(rel)
+    except (OSError, ValueError, KeyError):
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return StageResult(stage.name, key, path, record)
+
+
+def output_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != RECORD)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in [*output_files(root), *[d for d in root.rglob("*") if d.is_dir()], root]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_free_space(stage: Stage, where: Path, needed: int | None) -> None:
+    if not needed:
+        return
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise EnvironmentProblem(
+            f"{stage.name}: needs about {needed / 1e9:.2f} GB free under {where}, only {free / 1e9:.2f} GB free; "
+            "free some space or point FRANKENMOE_BUILD_DIR at a larger disk"
+        )
+
+
+def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, StageResult], state: HashState,
+              force: bool, log: Callable[[str], None]) -> tuple[StageResult, bool, float]:
+    """Run one stage unless its key is cached. Returns (result, ran, seconds)."""
+    t0 = time.monotonic()
+    fingerprint = stage.fingerprint(recipe, state, deps)
+    key = stage_key(stage, recipe, fingerprint, deps)
+    stage_dir = layout.stage_dir(stage.name)
+    if not force:
+        hit = cached_result(stage, layout, key)
+        if hit:
+            return hit, False, time.monotonic() - t0
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in stage_dir.glob(".tmp-*"):  # from a killed build; we hold the lock
+        shutil.rmtree(leftover, ignore_errors=True)
+    check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps))
+    tmp = stage_dir / f".tmp-{key}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        result = stage.run(StageContext(recipe=recipe, out=tmp, inputs=deps, state=state, log=log))
+        files = {}
+        for f in output_files(tmp):
+            files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
+        record = {
+            "stage": stage.name,
+            "key": key,
+            "config": stage.config(recipe),
+            "fingerprint": fingerprint,
+            "inputs": {name: res.key for name, res in sorted(deps.items())},
+            "versions": tool_versions(list(stage.packages)),
+            "files": files,
+            "result": result,
+            "wall_s": round(time.monotonic() - t0, 3),
+        }
+        write_json(tmp / RECORD, record)
+        _fsync_tree(tmp)
+        final = stage_dir / key
+        if final.exists():  # a forced rerun replaces the old result
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise EnvironmentProblem(f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun") from None
+        raise
+    state.save()
+    return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
+
+
+@contextmanager
+def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
+    """One build of a recipe at a time. flock is released by the kernel when its
+    holder dies (even by kill -9), so a stale lock can never block a rerun."""
+    try:
+        layout.build.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.build / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        raise EnvironmentProblem(f"{layout.build}: not writable; fix its permissions or set FRANKENMOE_BUILD_DIR") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            log(f"waiting for another build of {layout.name} to finish (pid {holder}) ...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def publish(result: StageResult, stage: Stage, layout: Layout, state: HashState) -> list[Path]:
+    """Place a stage's published folders under dist/<name>/ atomically, as hard links
+    into the cache. Skipped when dist already holds exactly these files."""
+    published_file = layout.build / "published.json"
+    published = json.loads(published_file.read_text()) if published_file.is_file() else {}
+    out = []
+    for folder, sub in stage.publishes.items():
+        src = result.path / sub
+        dst = layout.dist / folder
+        out.append(dst)
+        entry = published.get(folder)
+        if entry and entry["key"] == result.key and _same_files(dst, entry["files"]):
+            continue
+        layout.dist.mkdir(parents=True, exist_ok=True)
+        tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in output_files(src):
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, target)
+            except OSError:
+                shutil.copy2(f, target)
+        if dst.exists():
+            old = layout.dist / f".{folder}.old-{os.getpid()}"
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, dst)
+        published[folder] = {"key": result.key, "files": _stat_files(dst)}
+        write_json(published_file, published)
+    return out
+
+
+def _stat_files(root: Path) -> dict[str, list[int]]:
+    return {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in output_files(root)}
+
+
+def _same_files(root: Path, recorded: dict[str, list[int]]) -> bool:
+    return root.is_dir() and _stat_files(root) == recorded
+
+
+def select_stages(until: str | None) -> list[Stage]:
+    names = [s.name for s in STAGES]
+    if until is not None and until not in names:
+        raise FrankenmoeError(f"--until: unknown stage {until!r}; stages are {', '.join(names)}")
+    stages = []
+    for s in STAGES:
+        stages.append(s)
+        if s.name == until:
+            break
+    return stages
+
+
+def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: str | None = None,
+          log: Callable[[str], None] = print) -> dict[str, StageResult]:
+    """Run the stages in order, each cached by its key; publish what they publish."""
+    stages = select_stages(until)
+    for name in force:
+        if name not in {s.name for s in STAGES}:
+            raise FrankenmoeError(f"--force: unknown stage {name!r}; stages are {', '.join(s.name for s in STAGES)}")
+    results: dict[str, StageResult] = {}
+    with build_lock(layout, log):
+        state = HashState(layout.build_root / ".hash-state.json")
+        for stage in stages:
+            deps = {d: results[d] for d in stage.depends}
+            result, ran, seconds = run_stage(stage, recipe, layout, deps, state, stage.name in force, log)
+            results[stage.name] = result
+            published = publish(result, stage, layout, state)
+            where = ", ".join(str(p) for p in published) or str(result.path)
+            log(f"{stage.name:<9} {'ran' if ran else 'cached':<7} {seconds:7.1f}s  {where}")
+        state.save()
+    return results

@@ -1,0 +1,121 @@
+"""The `frankenmoe` command: validate, plan, build, fixtures.
+
+Every failure the user can fix prints one line per problem on stderr, without a
+traceback, and exits with the code of its class (README: "Errors and exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import FrankenmoeError
+
+FIXTURES_DIR = Path("fixtures")
+
+
+def _quiet_libraries() -> None:
+    """Libraries' own bars and warnings would drown the one-line-per-stage output."""
+    from pipeline.progress import bars_enabled
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not bars_enabled():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import logging
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    if not bars_enabled():
+        transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.recipe import load_recipe
+
+    status = 0
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path)
+        except FrankenmoeError as e:
+            for line in e.lines():
+                print(f"{path}: {line}" if not line.startswith(str(path)) else line, file=sys.stderr)
+            status = e.exit_code
+            continue
+        print(f"{path}: ok ({recipe.name}: {len(recipe.experts)} experts, gate_mode {recipe.gate_mode}, top-{recipe.experts_per_token})")
+    return status
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.build import default_layout
+    from pipeline.plan import format_plan, make_plan
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    layout = default_layout(recipe)
+    print(format_plan(recipe, layout, make_plan(recipe, layout, fetch=args.fetch)))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import build, default_layout
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    _quiet_libraries()
+    build(recipe, default_layout(recipe), force=set(args.force or []), until=args.until)
+    return 0
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    from pipeline.fixtures import ensure_fixtures
+
+    _quiet_libraries()
+    ensure_fixtures(Path(args.out))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check recipes; one line per problem, exit 2 if any")
+    v.add_argument("recipes", nargs="+", type=Path)
+    v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plan", help="list the stages, which are cached, and the disk they need")
+    pl.add_argument("recipe", type=Path)
+    pl.add_argument("--fetch", action="store_true", help="read source configs from the Hub when not cached locally")
+    pl.set_defaults(func=cmd_plan)
+
+    b = sub.add_parser("build", help="run the stages (cached ones are skipped)")
+    b.add_argument("recipe", type=Path)
+    b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
+    b.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    b.set_defaults(func=cmd_build)
+
+    f = sub.add_parser("fixtures", help="train the offline example's models (cached by their inputs)")
+    f.add_argument("--out", default=str(FIXTURES_DIR))
+    f.set_defaults(func=cmd_fixtures)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FrankenmoeError as e:
+        for line in e.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Read the project's text corpora: JSON Lines with a `text` field, or plain text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import InputFileError
+
+
+def read_documents(files: list[Path]) -> list[dict]:
+    """Documents from `.jsonl` (one object with `text` per line) or `.txt` (one per file)."""
+    docs: list[dict] = []
+    for path in files:
+        start = len(docs)
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise InputFileError(f"{path}: file not found")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputFileError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8")
+        if Path(path).suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    docs.append({"id": row.get("id", f"{Path(path).name}:{n}"), "domain": row.get("domain"), "text": row["text"]})
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise InputFileError(f"{path}:{n}: expected a JSON object with a \"text\" field")
+        else:
+            docs.append({"id": Path(path).name, "domain": None, "text": text})
+        if not any(d["text"].strip() for d in docs[start:]):
+            raise InputFileError(f"{path}: no text in file")
+    return docs

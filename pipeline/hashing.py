@@ -1,0 +1,63 @@
+"""Content hashes, with a stat-keyed memo so unchanged files are never re-read.
+
+A no-op rebuild must not grow with model size, so (as DVC's state does) the sha256
+of a file is remembered against its path, size, mtime and inode; a file whose stat
+is unchanged is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: object) -> str:
+    """Hash of a JSON-able object in canonical form (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class HashState:
+    """Persistent memo of file hashes keyed by (path, size, mtime_ns, inode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, list] = {}
+        self._dirty = False
+        if path.is_file():
+            try:
+                self._entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self._entries = {}  # a damaged memo only costs re-hashing
+
+    def sha256(self, file: Path) -> str:
+        st = os.stat(file)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = str(Path(file).resolve())
+        entry = self._entries.get(key)
+        if entry and entry[:3] == stamp:
+            return entry[3]
+        digest = sha256_file(file)
+        self._entries[key] = stamp + [digest]
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self._entries, sort_keys=True))
+        os.replace(tmp, self.path)
+        self._dirty = False

@@ -1,0 +1,66 @@
+"""The one interface every stage implements.
+
+A stage reads its recipe section and the records of the stages it depends on, and
+writes one output folder. The build (pipeline/build.py) owns everything else:
+keys, the cache, atomic placement, records, publishing to dist/. Adding a stage is
+a new module with a subclass of `Stage` and one line in `pipeline/stages/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pipeline.hashing import HashState
+from pipeline.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage output: its folder and its record.json contents."""
+
+    name: str
+    key: str
+    path: Path
+    record: dict[str, Any]
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    out: Path  # the (temporary) folder the stage writes into
+    inputs: dict[str, StageResult]  # results of the stages named in `depends`
+    state: HashState
+    log: Callable[[str], None] = print
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class. Subclasses set the class variables and implement `config` and `run`."""
+
+    name: ClassVar[str]
+    depends: ClassVar[tuple[str, ...]] = ()
+    # Packages whose versions shape this stage's output bytes (part of the key).
+    packages: ClassVar[tuple[str, ...]] = ()
+    # dist/<name>/<key> <- <stage output>/<value>: what the build publishes.
+    publishes: ClassVar[dict[str, str]] = {}
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        """The part of the recipe that shapes this stage's output (JSON-able)."""
+        raise NotImplementedError
+
+    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
+                    offline: bool = False) -> dict[str, Any] | None:
+        """Inputs outside the recipe and other stages (e.g. file hashes). Must be
+        cheap on a no-op rebuild: use `state`, which hashes a file only when its stat
+        changed. With `offline` (as `plan` asks), return None instead of fetching."""
+        return {}
+
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
+        """Disk space the output will need, for `plan` and the free-space check."""
+        return None
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Write the output into ctx.out; return facts for the record (metrics, sources)."""
+        raise NotImplementedError

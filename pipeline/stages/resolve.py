@@ -1,0 +1,62 @@
+"""resolve: find every source model on disk (downloading Hub ids) and preflight them.
+
+Output: `sources.json`, one entry per model (role, reference, resolved commit,
+files with sha256 and size, config summary). The merge reads model paths from the
+record, so everything after this stage works on local, pinned, hashed files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.jsonio import write_json
+from pipeline.hashing import HashState
+from pipeline.models import locate, model_files, preflight
+from pipeline.recipe import Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+
+class ResolveStage(Stage):
+    name = "resolve"
+    packages = ("huggingface-hub",)
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        # Local folders are identified by their content (the fingerprint), not their
+        # path, so the same models at another path give the same key.
+        models = []
+        for role, ref in recipe.all_models():
+            hub = ref.looks_like_hub_id()
+            models.append({"role": role, "hub_id": ref.id if hub else None, "revision": ref.revision})
+        return {"models": models, "trust_remote_code": recipe.trust_remote_code}
+
+    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
+                    offline: bool = False) -> dict[str, Any] | None:
+        out = {}
+        for role, ref in recipe.all_models():
+            located = locate(role, ref, download=not offline)
+            if located is None:
+                return None
+            out[role] = {
+                "commit": located.commit,
+                "files": {f.name: state.sha256(f) for f in model_files(located.path)},
+            }
+        return out
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        located = [locate(role, ref) for role, ref in ctx.recipe.all_models()]
+        summaries = preflight(located, ctx.recipe.trust_remote_code)
+        models = []
+        for m in located:
+            files = {f.name: {"sha256": ctx.state.sha256(f), "size": f.stat().st_size} for f in model_files(m.path)}
+            models.append({
+                "role": m.role,
+                "ref": m.ref.display(),
+                "hub_id": m.ref.id if m.commit else None,
+                "commit": m.commit,
+                "path": str(m.path),
+                "files": files,
+                "config": summaries[m.role],
+            })
+            ctx.log(f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)"))
+        write_json(ctx.out / "sources.json", {"models": [{k: v for k, v in m.items() if k != "path"} for m in models]})
+        return {"models": models}
