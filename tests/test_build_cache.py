@@ -1,0 +1,136 @@
+"""The stage runner: keys, cache hits, atomic outputs, no partial result ever served."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.build import Layout, build_lock, cached_result, run_stage
+from pipeline.errors import EnvironmentProblem
+from pipeline.hashing import HashState
+from pipeline.recipe import parse_recipe
+from pipeline.stages.base import Stage
+
+RECIPE = parse_recipe({
+    "base_model": "org/base",
+    "experts": [{"source_model": "org/a", "positive_prompts": ["a"]}, {"source_model": "org/b", "positive_prompts": ["b"]}],
+}, "unit")
+
+
+class Counting(Stage):
+    name = "count"
+
+    def __init__(self, fail_after_write=False, needs=None):
+        self.runs = 0
+        self.fail_after_write = fail_after_write
+        self.needs = needs
+
+    def config(self, recipe):
+        return {"group_size": recipe.quantize.group_size}
+
+    def estimate_bytes(self, recipe, inputs):
+        return self.needs
+
+    def run(self, ctx):
+        self.runs += 1
+        (ctx.out / "data.bin").write_bytes(b"x" * 1000)
+        if self.fail_after_write:
+            raise RuntimeError("killed mid-write")
+        return {"n": self.runs}
+
+
+@pytest.fixture
+def layout(tmp_path):
+    return Layout(tmp_path / "build", tmp_path / "dist", "unit")
+
+
+def run(stage, layout, recipe=RECIPE, force=False):
+    state = HashState(layout.build_root / ".hash-state.json")
+    return run_stage(stage, recipe, layout, {}, state, force, log=lambda _: None)
+
+
+def test_second_run_is_cached_and_config_change_reruns(layout):
+    stage = Counting()
+    first, ran1, _ = run(stage, layout)
+    second, ran2, _ = run(stage, layout)
+    assert (ran1, ran2, stage.runs) == (True, False, 1)
+    assert first.key == second.key
+    record = json.loads((first.path / "record.json").read_text())
+    assert record["files"]["data.bin"]["size"] == 1000 and len(record["files"]["data.bin"]["sha256"]) == 64
+    changed = RECIPE.model_copy(update={"quantize": RECIPE.quantize.model_copy(update={"group_size": 64})})
+    third, ran3, _ = run(stage, layout, changed)
+    assert ran3 and third.key != first.key
+    _, ran4, _ = run(stage, layout, force=True)
+    assert ran4 and stage.runs == 3
+
+
+def test_failed_stage_leaves_nothing(layout):
+    with pytest.raises(RuntimeError):
+        run(Counting(fail_after_write=True), layout)
+    assert list((layout.build / "count").iterdir()) == []
+
+
+def test_leftover_temp_folder_is_never_served_and_is_cleaned(layout):
+    stage = Counting()
+    result, _, _ = run(stage, layout)
+    # Simulate a build killed before its rename: a temp folder with a record inside.
+    partial = layout.build / "count" / f".tmp-{result.key}-99999"
+    partial.mkdir()
+    (partial / "record.json").write_text("{}")
+    os.rename(result.path, layout.build / "count" / "moved-away")
+    _, ran, _ = run(stage, layout)
+    assert ran and not partial.exists()
+
+
+def test_damaged_cache_entry_is_rebuilt(layout):
+    stage = Counting()
+    result, _, _ = run(stage, layout)
+    (result.path / "data.bin").write_bytes(b"short")
+    assert cached_result(stage, layout, result.key) is None
+    _, ran, _ = run(stage, layout)
+    assert ran and stage.runs == 2
+
+
+def test_not_enough_disk_is_refused_before_running(layout):
+    stage = Counting(needs=10**18)
+    with pytest.raises(EnvironmentProblem, match="needs about .* GB free"):
+        run(stage, layout)
+    assert stage.runs == 0
+
+
+def test_second_build_waits_for_the_lock(layout):
+    layout.build.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)\n"
+    )], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    said = []
+    t0 = time.monotonic()
+    with build_lock(layout, said.append):
+        waited = time.monotonic() - t0
+    holder.wait()
+    assert said and said[0].startswith("waiting for another build of unit")
+    assert waited > 0.5
+
+
+def test_lock_of_a_killed_build_does_not_block(layout):
+    layout.build.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, time\n"
+        f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'123'); print('locked', flush=True); time.sleep(60)\n"
+    )], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    said = []
+    with build_lock(layout, said.append):
+        pass
+    assert said == []

@@ -1,0 +1,145 @@
+"""Recipe validation: mergekit-moe configs are recipes; every problem is named by key path."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.errors import RecipeError
+from pipeline.recipe import load_recipe, parse_recipe, parse_size
+from tests.conftest import REPO
+
+MERGEKIT_CONFIG = """\
+base_model: mistralai/Mistral-7B-v0.1
+gate_mode: hidden
+dtype: bfloat16
+experts_per_token: 2
+experts:
+  - source_model: teknium/OpenHermes-2.5-Mistral-7B
+    positive_prompts: ["chat", "assistant"]
+    negative_prompts: ["code"]
+  - source_model: openchat/openchat-3.5-1210
+    positive_prompts: ["code", "python"]
+    noise_scale: 0.01
+"""
+
+
+def valid(**over) -> dict:
+    data = yaml.safe_load(MERGEKIT_CONFIG)
+    data.update(over)
+    return data
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(data, "r")
+    return e.value.problems
+
+
+def test_plain_mergekit_config_is_a_recipe(tmp_path):
+    path = tmp_path / "my-moe.yml"
+    path.write_text(MERGEKIT_CONFIG)
+    r = load_recipe(path)
+    assert r.name == "my-moe"
+    assert r.base_model.id == "mistralai/Mistral-7B-v0.1" and r.base_model.revision is None
+    assert r.experts[1].noise_scale == 0.01
+    assert r.quantize.bits == 4 and r.quantize.group_size == 128 and r.quantize.zero_point
+    assert r.publish.push is False
+
+
+def test_shipped_recipes_validate():
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        load_recipe(path)
+
+
+def test_model_reference_forms():
+    r = parse_recipe(valid(base_model={"id": "org/base", "revision": "abc123"},
+                           experts=[{"source_model": "org/a@v1", "positive_prompts": ["a"]},
+                                    {"source_model": {"id": "org/b"}, "positive_prompts": ["b"]}]), "r")
+    assert (r.base_model.id, r.base_model.revision) == ("org/base", "abc123")
+    assert (r.experts[0].source_model.id, r.experts[0].source_model.revision) == ("org/a", "v1")
+    assert r.experts[1].source_model.revision is None
+
+
+def test_misspelled_key_is_named():
+    assert problems(valid(experts_per_tokn=2)) == [
+        "experts_per_tokn: unknown key (check its spelling against the README's recipe reference)"
+    ]
+
+
+def test_nested_problems_name_their_path_all_at_once():
+    data = valid()
+    data["experts"][1]["positive_prompts"] = []
+    data["experts"][0]["noise_scale"] = "loud"
+    data["quantize"] = {"group_size": 100, "calibraton": {}}
+    got = problems(data)
+    assert "experts[1].positive_prompts: empty list; give one or more prompts that suit this expert" in got
+    assert any(p.startswith("experts[0].noise_scale: ") for p in got)
+    assert any(p.startswith("quantize.group_size: ") for p in got)
+    assert any(p.startswith("quantize.calibraton: unknown key") for p in got)
+    assert len(got) == 4
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"experts_per_token": 3}, "experts_per_token: 3 is more than the 2 experts listed"),
+    ({"gate_mode": "learned"}, "gate_mode: 'learned' is not supported"),
+    ({"architecture": "qwen"}, "architecture: 'qwen' is not supported"),
+    ({"dtype": "int8"}, "dtype: 'int8' is not supported"),
+    ({"name": "../escape"}, "name: '../escape' must be a plain folder name"),
+    ({"name": "/abs"}, "name: '/abs' must be a plain folder name"),
+])
+def test_semantic_rules(change, expected):
+    assert any(p.startswith(expected) for p in problems(valid(**change))), problems(valid(**change))
+
+
+def test_identical_prompts_and_duplicates():
+    data = valid()
+    data["experts"][1]["positive_prompts"] = list(data["experts"][0]["positive_prompts"])
+    data["experts"][1]["negative_prompts"] = list(data["experts"][0]["negative_prompts"])
+    assert any(p.startswith("experts: every expert has identical prompts") for p in problems(data))
+    data = valid()
+    data["experts"][0]["positive_prompts"] = ["chat", "chat", " "]
+    got = problems(data)
+    assert "experts[0].positive_prompts[1]: duplicate prompt 'chat'" in got
+    assert "experts[0].positive_prompts[2]: empty prompt" in got
+
+
+def test_one_expert_and_same_model_twice():
+    data = valid()
+    data["experts"] = data["experts"][:1]
+    data["experts_per_token"] = 1
+    assert problems(data) == ["experts: a MoE needs at least 2 experts, got 1"]
+    data = valid()
+    data["experts"][1]["source_model"] = data["experts"][0]["source_model"]
+    assert any("same model as experts[0]" in p for p in problems(data))
+
+
+def test_random_gates_need_no_prompts():
+    data = valid(gate_mode="random")
+    for e in data["experts"]:
+        e.pop("positive_prompts"), e.pop("negative_prompts", None)
+    assert parse_recipe(data, "r").gate_mode == "random"
+
+
+def test_yaml_errors_report_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_model: a/b\nexperts:\n  - source_model: [unclosed\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(bad)
+    assert e.value.problems[0].startswith(f"{bad}:4:1: YAML syntax error")
+    bad.write_text("base_model: a/b\nbase_model: c/d\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(bad)
+    assert "2:1: YAML syntax error: duplicate key 'base_model'" in e.value.problems[0]
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(bad)
+    assert "a recipe must be a YAML mapping" in e.value.problems[0]
+
+
+def test_sizes():
+    assert parse_size("5GB") == 5 * 10**9
+    assert parse_size("2GiB") == 2 * 2**30
+    assert parse_size(1234) == 1234
+    with pytest.raises(ValueError):
+        parse_size("lots")
