@@ -43,6 +43,19 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def renamed_pieces(files: list[Path], rename: Callable[[str], str]) -> list[Piece]:
+    """Every tensor of `files`, whole, under `rename(name)`."""
+    from safetensors import safe_open
+
+    pieces = []
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                sl = f.get_slice(name)
+                pieces.append(Piece(rename(name), file, name, (), _numel(sl.get_shape()) * DTYPE_BYTES[sl.get_dtype()]))
+    return sorted(pieces, key=lambda p: natural_key(p.name))
+
+
 def mixtral_pieces(files: list[Path]) -> list[Piece]:
     """Output tensors in the classic Mixtral layout for a mergekit-moe checkpoint."""
     from safetensors import safe_open

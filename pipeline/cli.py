@@ -1,4 +1,4 @@
-"""The `frankenmoe` command: validate, plan, build, fixtures.
+"""The `frankenmoe` command: validate, plan, build, generate, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -79,6 +79,22 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.loading import load_model
+
+    _quiet_libraries()
+    model = load_model(args.dir, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(args.dir)
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    print(tokenizer.decode(out[0], skip_special_tokens=True))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -97,6 +113,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
     b.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     b.set_defaults(func=cmd_build)
+
+    g = sub.add_parser("generate", help="greedy text generation from a published folder (16-bit or AWQ), on the CPU")
+    g.add_argument("dir", type=Path)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("fixtures", help="train the offline example's models (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))

@@ -41,3 +41,28 @@ def forced_expert(model, expert: int) -> Iterator[None]:
     finally:
         for router, fwd in originals:
             router.forward = fwd
+
+
+def expert_token_counts(model, windows: list[list[int]], desc: str = "routing calibration tokens") -> list[list[int]]:
+    """Per layer and expert, how many tokens the router sends there (top-k)."""
+    import torch
+
+    from pipeline.progress import progress
+
+    blocks = moe_blocks(model)
+    n_exp = blocks[0].gate.num_experts
+    counts = torch.zeros(len(blocks), n_exp, dtype=torch.long)
+    hooks = []
+    for i, block in enumerate(blocks):
+        def hook(_mod, _inp, out, i=i):
+            indices = out[2]
+            counts[i] += torch.bincount(indices.reshape(-1), minlength=n_exp)
+        hooks.append(block.gate.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for w in progress(windows, desc=desc):
+                model(torch.tensor([w]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts.tolist()

@@ -1,0 +1,74 @@
+"""Calibration text -> fixed token windows, chosen deterministically from a seed.
+
+Local files (`.jsonl` with a `text` field, or `.txt`) or a Hub dataset through
+`datasets` (pinned `revision`). The windows are non-overlapping `seq_len`-token
+chunks of the tokenized text, `samples` of them picked by a seeded permutation,
+so the same inputs always give the same calibration set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.corpus import read_documents
+from pipeline.errors import InputFileError
+from pipeline.hashing import HashState, sha256_json
+from pipeline.recipe import CalibrationSection
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    windows: list[list[int]]
+    source: dict  # what was read, with content hashes
+
+
+def source_fingerprint(cal: CalibrationSection, state: HashState) -> dict:
+    """Content identity of the calibration input, cheap on a no-op rebuild."""
+    if cal.dataset:
+        return {"dataset": cal.dataset.model_dump()}
+    files = {}
+    for name in cal.files:
+        path = Path(name)
+        if not path.is_file():
+            raise InputFileError(f"quantize.calibration.files: {name}: file not found")
+        files[path.name] = state.sha256(path)
+    return {"files": files}
+
+
+def load_texts(cal: CalibrationSection) -> tuple[list[str], dict]:
+    if cal.dataset:
+        import datasets
+
+        ds = cal.dataset
+        try:
+            data = datasets.load_dataset(ds.id, split=ds.split, revision=ds.revision)
+        except Exception as e:  # datasets raises many types for "not reachable / not found"
+            raise InputFileError(f"quantize.calibration.dataset: cannot load {ds.id} ({type(e).__name__}); check id, split and network") from None
+        if ds.text_column not in data.column_names:
+            raise InputFileError(f"quantize.calibration.dataset.text_column: {ds.text_column!r} not in {data.column_names}")
+        texts = [t for t in data[ds.text_column] if isinstance(t, str) and t.strip()]
+        return texts, {"dataset": ds.model_dump(), "fingerprint": data._fingerprint, "sha256": sha256_json(texts)}
+    docs = read_documents([Path(f) for f in cal.files])
+    texts = [d["text"] for d in docs if d["text"].strip()]
+    return texts, {"files": cal.files, "sha256": sha256_json(texts)}
+
+
+def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
+    import torch
+
+    texts, source = load_texts(cal)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    chunks = len(ids) // cal.seq_len
+    if chunks < cal.samples:
+        raise InputFileError(
+            f"quantize.calibration: {len(ids)} tokens of text give {chunks} windows of {cal.seq_len}, "
+            f"{cal.samples} needed ({cal.samples * cal.seq_len} tokens); add text or lower samples/seq_len"
+        )
+    order = torch.randperm(chunks, generator=torch.Generator().manual_seed(cal.seed))[: cal.samples].tolist()
+    windows = [ids[i * cal.seq_len : (i + 1) * cal.seq_len] for i in sorted(order)]
+    return CalibrationSet(windows, {**source, "tokens": len(ids), "windows": len(windows)})

@@ -1,0 +1,198 @@
+"""quantize: AWQ 4-bit with GPTQModel, published in AutoAWQ's Mixtral GEMM layout.
+
+Steps:
+1. pick calibration windows (pipeline/calibration.py) and, on the 16-bit model,
+   count the tokens the router sends to each expert: an expert that sees too few
+   calibration tokens gets badly chosen scales, so that fails here, before the
+   expensive part, naming layer and expert;
+2. quantize with GPTQModel (AWQ, GEMM format) into a scratch folder;
+3. rewrite to the published contract (pipeline/awq_layout.py): AutoAWQ tensor
+   names, FP16 everywhere but the packed ints, exactly the documented
+   `quantization_config`, no engine side files (they carry temporary paths and
+   timings), shards of at most `quantize.shard_size`;
+4. keep routing exact: AWQ divides `post_attention_layernorm` by per-channel
+   scales (folding them into the experts), but the router reads that norm's
+   output too and the engine leaves it alone. Multiplying the router's input
+   columns by old_norm / new_norm gives the router the logits it had before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from pipeline.awq_layout import published_name, quantization_config
+from pipeline.calibration import calibration_windows, source_fingerprint
+from pipeline.checkpoint import renamed_pieces, write_sharded
+from pipeline.determinism import seed_everything
+from pipeline.engine_output import engine_output
+from pipeline.errors import FrankenmoeError, InputFileError
+from pipeline.hashing import HashState
+from pipeline.jsonio import write_json
+from pipeline.loading import load_merged
+from pipeline.recipe import Recipe
+from pipeline.routing import expert_token_counts
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+COPY_FROM_MERGED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
+NORM = re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$")
+ROUTER = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$")
+
+
+class UndercalibratedExpert(InputFileError):
+    """Calibration text that never reaches an expert cannot calibrate it."""
+
+
+class QuantizeStage(Stage):
+    name = "quantize"
+    depends = ("merge",)
+    packages = ("gptqmodel", "torch", "transformers", "safetensors", "tokenizers", "datasets")
+    publishes = {"awq": "model"}
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        return recipe.quantize.model_dump()
+
+    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
+                    offline: bool = False) -> dict[str, Any] | None:
+        return {"calibration": source_fingerprint(recipe.quantize.calibration, state)}
+
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
+        merged = sum(f["size"] for f in inputs["merge"].record["files"].values())
+        return int(merged * 0.7)  # engine scratch + published copy, ~0.3x each at 4 bits
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        import torch
+        from transformers import AutoTokenizer
+
+        q = ctx.recipe.quantize
+        merged = ctx.inputs["merge"].path / "model"
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        cal = calibration_windows(q.calibration, tokenizer)
+        counts = self._check_coverage(merged, cal.windows, q.min_expert_tokens, q.allow_undercalibrated_experts)
+        ctx.log(f"quantize  calibration: {len(cal.windows)} x {q.calibration.seq_len} tokens; "
+                f"fewest tokens to one expert: {min(min(r) for r in counts)}")
+
+        scratch = ctx.out / "engine"
+        self._quantize(merged, scratch, cal.windows, ctx)
+        old_norms = _tensors_matching(sorted(merged.glob("*.safetensors")), NORM)
+        new_norms = _tensors_matching(sorted(scratch.glob("*.safetensors")), NORM)
+        factors = {layer: _norm_ratio(old_norms[layer], new_norms[layer]) for layer in old_norms}
+
+        model_dir = ctx.out / "model"
+        model_dir.mkdir()
+        pieces = renamed_pieces(sorted(scratch.glob("*.safetensors")), published_name)
+
+        def to_contract(name: str, t):
+            if m := ROUTER.match(name):
+                t = t.float() * factors[m.group(1)].unsqueeze(0)  # router input columns x old/new
+            if t.is_floating_point():
+                t = t.to(torch.float16)
+            return t
+
+        shards = write_sharded(pieces, model_dir, q.shard_size, desc="quantize: writing AWQ layout", transform=to_contract)
+        self._write_config(scratch, model_dir, q)
+        for name in COPY_FROM_MERGED:
+            if (merged / name).is_file():
+                shutil.copy2(merged / name, model_dir / name)
+        shutil.rmtree(scratch)
+        assert_no_local_paths(model_dir, [ctx.out, Path.cwd(), Path.home()])
+        scaled = sum(int((f != 1).sum()) for f in factors.values())
+        ctx.log(f"quantize  {sum(1 for p in pieces if p.name.endswith('.qweight'))} linears at {q.bits} bits, "
+                f"router columns compensated: {scaled}")
+        return {
+            "calibration": cal.source,
+            "expert_tokens": counts,
+            "undercalibrated": _under(counts, q.min_expert_tokens),
+            "router_compensation": {layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())},
+            "shards": shards,
+        }
+
+    @staticmethod
+    def _check_coverage(merged: Path, windows, minimum: int, allow: bool) -> list[list[int]]:
+        model = load_merged(merged, dtype="float32")
+        counts = expert_token_counts(model, windows)
+        del model
+        under = _under(counts, minimum)
+        if under and not allow:
+            layer, expert, n = under[0]
+            more = f" (and {len(under) - 1} more)" if len(under) > 1 else ""
+            raise UndercalibratedExpert(
+                f"quantize: layer {layer} expert {expert} gets {n} calibration tokens, fewer than "
+                f"min_expert_tokens {minimum}{more}; add calibration text this expert handles, "
+                "or set quantize.allow_undercalibrated_experts: true"
+            )
+        return counts
+
+    @staticmethod
+    def _quantize(merged: Path, scratch: Path, windows, ctx: StageContext) -> None:
+        import torch
+
+        # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+        q = ctx.recipe.quantize
+        seed_everything(q.calibration.seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log_file = ctx.out / "engine.log"
+        calibration = [{"input_ids": torch.tensor(w), "attention_mask": torch.ones(len(w), dtype=torch.long)} for w in windows]
+        try:
+            with engine_output(log_file):
+                from gptqmodel import GPTQModel
+                from gptqmodel.quantization.config import AWQConfig
+
+                model = GPTQModel.load(
+                    str(merged), AWQConfig(bits=q.bits, group_size=q.group_size, sym=not q.zero_point, offload_to_disk=False),
+                    device=device, dtype=torch.float16, trust_remote_code=ctx.recipe.trust_remote_code,
+                )
+                model.quantize(calibration, batch_size=1)
+                model.save(str(scratch))
+        except Exception as e:
+            raise FrankenmoeError(f"quantize: GPTQModel failed ({type(e).__name__}: {e}); its log: {log_file}") from e
+
+    @staticmethod
+    def _write_config(scratch: Path, model_dir: Path, q) -> None:
+        config = json.loads((scratch / "config.json").read_text())
+        config["quantization_config"] = quantization_config(q.bits, q.group_size, q.zero_point)
+        config["dtype"] = "float16"
+        config.pop("torch_dtype", None)
+        write_json(model_dir / "config.json", config)
+
+
+def _under(counts: list[list[int]], minimum: int) -> list[tuple[int, int, int]]:
+    return [(layer, e, n) for layer, row in enumerate(counts) for e, n in enumerate(row) if n < minimum]
+
+
+def _tensors_matching(files: list[Path], pattern: re.Pattern) -> dict:
+    from safetensors import safe_open
+
+    out = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if m := pattern.match(name):
+                    out[m.group(1)] = f.get_tensor(name).float()
+    return out
+
+
+def _norm_ratio(old, new):
+    """old / new per channel; 1 where the norm weight is 0 (the router sees 0 there anyway)."""
+    import torch
+
+    return torch.where(new != 0, old / torch.where(new != 0, new, torch.ones_like(new)), torch.ones_like(new))
+
+
+def assert_no_local_paths(folder: Path, roots: list[Path]) -> None:
+    """Refuse to publish text files that mention local folders or this host."""
+    needles = {str(r.resolve()) for r in roots if str(r.resolve()) not in ("/", "")} | {"/tmp/", socket.gethostname()}
+    for f in sorted(folder.iterdir()):
+        # tokenizer.json is the sources' own vocabulary, copied unchanged; any short
+        # host name could occur in it by chance.
+        if f.suffix in (".json", ".jinja", ".txt", ".md") and f.name != "tokenizer.json":
+            text = f.read_text(encoding="utf-8", errors="replace")
+            for needle in needles:
+                if needle and needle in text:
+                    raise FrankenmoeError(f"quantize: {f.name} would publish a local path or host name ({needle!r}); this is a bug")
