@@ -35,6 +35,19 @@ def fixture_models() -> Path:
     return ensure_fixtures(FIXTURES, log=lambda _: None)
 
 
+@pytest.fixture(scope="session")
+def example(tmp_path_factory, fixture_models) -> dict:
+    """The example recipe built once, through the real CLI, into a temporary folder."""
+    import time
+
+    root = tmp_path_factory.mktemp("example")
+    t0 = time.monotonic()
+    proc = run_cli("build", str(EXAMPLE), build=root / "build", dist=root / "dist")
+    assert proc.returncode == 0, proc.stderr
+    dist = root / "dist" / "tiny-2x"
+    return {"root": root, "merged": dist / "merged", "awq": dist / "awq", "seconds": time.monotonic() - t0, "out": proc.stdout}
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     import yaml
 
