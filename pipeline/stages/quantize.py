@@ -31,7 +31,7 @@ from pipeline.calibration import calibration_windows, source_fingerprint
 from pipeline.checkpoint import renamed_pieces, write_sharded
 from pipeline.determinism import seed_everything
 from pipeline.engine_output import engine_output
-from pipeline.errors import FrankenmoeError, InputFileError
+from pipeline.errors import FrankenmoeError, InputFileError, RecipeError
 from pipeline.hashing import HashState
 from pipeline.jsonio import write_json
 from pipeline.loading import load_merged
@@ -71,6 +71,7 @@ class QuantizeStage(Stage):
 
         q = ctx.recipe.quantize
         merged = ctx.inputs["merge"].path / "model"
+        _check_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
         cal = calibration_windows(q.calibration, tokenizer)
         counts = self._check_coverage(merged, cal.windows, q.min_expert_tokens, q.allow_undercalibrated_experts)
@@ -160,6 +161,13 @@ class QuantizeStage(Stage):
         config["dtype"] = "float16"
         config.pop("torch_dtype", None)
         write_json(model_dir / "config.json", config)
+
+
+def _check_group_size(config: dict, group_size: int) -> None:
+    """AWQ groups run along each linear's input dimension, so they must divide it."""
+    for key in ("hidden_size", "intermediate_size"):
+        if config[key] % group_size:
+            raise RecipeError([f"quantize.group_size: {group_size} does not divide the model's {key} ({config[key]}); use 32, 64 or 128 that does"])
 
 
 def _under(counts: list[list[int]], minimum: int) -> list[tuple[int, int, int]]:
