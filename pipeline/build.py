@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.errors import EnvironmentProblem, FrankenmoeError
+from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed
 from pipeline.hashing import HashState, sha256_json
 from pipeline.jsonio import write_json
 from pipeline.recipe import Recipe
@@ -188,29 +188,34 @@ def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
         os.close(fd)
 
 
-def publish(result: StageResult, stage: Stage, layout: Layout, state: HashState) -> list[Path]:
-    """Place a stage's published folders under dist/<name>/ atomically, as hard links
-    into the cache. Skipped when dist already holds exactly these files."""
+def publish(done: dict[str, StageResult], layout: Layout, folders: set[str]) -> list[Path]:
+    """Assemble dist/<name>/<folder> from every finished stage that publishes into
+    it (the AWQ folder: quantize's model plus verify's report), atomically, as hard
+    links into the cache. Skipped when dist already holds exactly these files."""
     published_file = layout.build / "published.json"
     published = json.loads(published_file.read_text()) if published_file.is_file() else {}
     out = []
-    for folder, sub in stage.publishes.items():
-        src = result.path / sub
+    for folder in sorted(folders):
+        parts = [(res, stage.publishes[folder]) for stage in STAGES if (res := done.get(stage.name)) and folder in stage.publishes]
+        key = sha256_json([[res.name, res.key] for res, _ in parts])[:16]
         dst = layout.dist / folder
         out.append(dst)
         entry = published.get(folder)
-        if entry and entry["key"] == result.key and _same_files(dst, entry["files"]):
+        if entry and entry["key"] == key and _same_files(dst, entry["files"]):
             continue
         layout.dist.mkdir(parents=True, exist_ok=True)
         tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        for f in output_files(src):
-            target = tmp / f.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f, target)
-            except OSError:
-                shutil.copy2(f, target)
+        for res, sub in parts:
+            src = res.path / sub
+            for f in output_files(src):
+                target = tmp / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copy2(f, target)
+        tmp.mkdir(parents=True, exist_ok=True)
         if dst.exists():
             old = layout.dist / f".{folder}.old-{os.getpid()}"
             os.rename(dst, old)
@@ -218,7 +223,7 @@ def publish(result: StageResult, stage: Stage, layout: Layout, state: HashState)
             shutil.rmtree(old)
         else:
             os.rename(tmp, dst)
-        published[folder] = {"key": result.key, "files": _stat_files(dst)}
+        published[folder] = {"key": key, "files": _stat_files(dst)}
         write_json(published_file, published)
     return out
 
@@ -243,6 +248,36 @@ def select_stages(until: str | None) -> list[Stage]:
     return stages
 
 
+def finished_results(recipe: Recipe, layout: Layout, names: list[str]) -> dict[str, StageResult]:
+    """The cached results of the named stages (and what they depend on) for this
+    recipe, without running anything; an error naming the first one not built."""
+    state = HashState(layout.build_root / ".hash-state.json")
+    results: dict[str, StageResult] = {}
+    for stage in STAGES:
+        if not any(stage.name == n or stage.name in _ancestors(n) for n in names):
+            continue
+        deps = {d: results[d] for d in stage.depends}
+        key = stage_key(stage, recipe, stage.fingerprint(recipe, state, deps, offline=True) or {}, deps)
+        hit = cached_result(stage, layout, key)
+        if hit is None:
+            raise FrankenmoeError(f"{stage.name}: not built for this recipe yet; run `frankenmoe build {recipe.name}` first")
+        results[stage.name] = hit
+    state.save()
+    return results
+
+
+def _ancestors(name: str) -> set[str]:
+    by_name = {s.name: s for s in STAGES}
+    out: set[str] = set()
+    todo = list(by_name[name].depends)
+    while todo:
+        d = todo.pop()
+        if d not in out:
+            out.add(d)
+            todo.extend(by_name[d].depends)
+    return out
+
+
 def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: str | None = None,
           log: Callable[[str], None] = print) -> dict[str, StageResult]:
     """Run the stages in order, each cached by its key; publish what they publish."""
@@ -257,8 +292,12 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
             deps = {d: results[d] for d in stage.depends}
             result, ran, seconds = run_stage(stage, recipe, layout, deps, state, stage.name in force, log)
             results[stage.name] = result
-            published = publish(result, stage, layout, state)
+            published = publish(results, layout, set(stage.publishes))
             where = ", ".join(str(p) for p in published) or str(result.path)
             log(f"{stage.name:<9} {'ran' if ran else 'cached':<7} {seconds:7.1f}s  {where}")
+            outcome = result.record["result"]
+            if outcome.get("failures") and outcome.get("enforced"):
+                state.save()
+                raise VerifyFailed(outcome["failures"])
         state.save()
     return results

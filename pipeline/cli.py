@@ -1,4 +1,4 @@
-"""The `frankenmoe` command: validate, plan, build, generate, fixtures.
+"""The `frankenmoe` command: validate, plan, build, verify, generate, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -79,6 +79,27 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.build import default_layout, finished_results
+    from pipeline.errors import VerifyFailed
+    from pipeline.recipe import load_recipe
+    from pipeline.stages.verify import verify_candidate
+
+    recipe = load_recipe(args.recipe)
+    _quiet_libraries()
+    layout = default_layout(recipe)
+    done = finished_results(recipe, layout, ["merge", "quantize", "evaluate"] if args.candidate is None else ["merge", "evaluate"])
+    candidate = args.candidate or done["quantize"].path / "model"
+    out = args.out or layout.build / "verify-candidate"
+    report = verify_candidate(recipe.verify, done["evaluate"], done["merge"].path / "model", candidate, out)
+    for check in report["checks"]:
+        print(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
+    print(f"report: {out / 'verify.md'}")
+    if not report["passed"]:
+        raise VerifyFailed(report["failures"])
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -113,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
     b.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     b.set_defaults(func=cmd_build)
+
+    vf = sub.add_parser("verify", help="re-run the verify checks on the built 4-bit model or on any AWQ folder, without rebuilding")
+    vf.add_argument("recipe", type=Path)
+    vf.add_argument("--candidate", type=Path, help="a folder in the published AWQ layout (default: this recipe's build)")
+    vf.add_argument("--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)")
+    vf.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("generate", help="greedy text generation from a published folder (16-bit or AWQ), on the CPU")
     g.add_argument("dir", type=Path)

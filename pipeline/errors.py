@@ -46,7 +46,19 @@ class EnvironmentProblem(FrankenmoeError):
 
 
 class VerifyFailed(FrankenmoeError):
+    """A verify check failed; carries one line per failed check."""
+
     exit_code = 6
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.failures = failures
+
+    def lines(self) -> list[str]:
+        return [f"verify failed: {f}" for f in self.failures] + [
+            "the build stopped before publishing further; see dist/<name>/awq/verify.md, "
+            "or set verify.fail_on_mismatch: false to continue anyway (recorded in verify.json)"
+        ]
 
 
 class PublishError(FrankenmoeError):

@@ -28,9 +28,10 @@ def load_merged(path: Path, dtype: str = "float32"):
 
 
 def awq_state_dict(path: Path, dtype=None) -> tuple[dict, dict]:
-    """Dequantize a folder in the published AWQ layout into transformers-5 Mixtral
-    tensors. Returns (state_dict, config dict). Every tensor of the folder must be
-    used exactly once, or this raises."""
+    """Dequantize a folder in the published AWQ layout into Mixtral tensors with
+    per-expert names (`mlp.experts.E.{gate,up,down}_proj.weight`). Returns
+    (state_dict, config dict). Every tensor of the folder must be used exactly
+    once, or this raises."""
     import json
     import re
 
@@ -68,9 +69,9 @@ def awq_state_dict(path: Path, dtype=None) -> tuple[dict, dict]:
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             state[f"model.layers.{i}.self_attn.{proj}.weight"] = linear(f"model.layers.{i}.self_attn.{proj}")
         moe = f"model.layers.{i}.block_sparse_moe"
-        w = {(e, n): linear(f"{moe}.experts.{e}.{n}") for e in range(n_exp) for n in W_TO_PROJ}
-        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat([w[e, "w1"], w[e, "w3"]]) for e in range(n_exp)])
-        state[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack([w[e, "w2"] for e in range(n_exp)])
+        for e in range(n_exp):
+            for w, proj in W_TO_PROJ.items():
+                state[f"model.layers.{i}.mlp.experts.{e}.{proj}.weight"] = linear(f"{moe}.experts.{e}.{w}")
         router = f"{moe}.gate.weight"
         if router not in raw:
             raise InputFileError(f"{path}: missing tensor {router}")
@@ -86,6 +87,24 @@ def awq_state_dict(path: Path, dtype=None) -> tuple[dict, dict]:
     return state, config
 
 
+def _fuse_experts(state: dict, layers: int, n_exp: int) -> dict:
+    """Per-expert weights -> transformers 5's fused `gate_up_proj` / `down_proj`.
+
+    transformers 5 fuses experts; GPTQModel, once imported, patches Mixtral back to
+    per-expert linears in the whole process. The loader serves either layout."""
+    import torch
+
+    out = dict(state)
+    for i in range(layers):
+        p = f"model.layers.{i}.mlp.experts"
+        gate = [out.pop(f"{p}.{e}.gate_proj.weight") for e in range(n_exp)]
+        up = [out.pop(f"{p}.{e}.up_proj.weight") for e in range(n_exp)]
+        down = [out.pop(f"{p}.{e}.down_proj.weight") for e in range(n_exp)]
+        out[f"{p}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        out[f"{p}.down_proj"] = torch.stack(down)
+    return out
+
+
 def load_awq(path: Path, dtype: str = "float16"):
     """A folder in the published AWQ layout as a plain Mixtral on the CPU, with
     its weights dequantized. Fails on any missing or unexpected tensor."""
@@ -99,6 +118,8 @@ def load_awq(path: Path, dtype: str = "float16"):
     with torch.device("meta"):
         model = MixtralForCausalLM(cfg)
     expected = set(model.state_dict())
+    if not any(".mlp.experts.0.gate_proj.weight" in k for k in expected):
+        state = _fuse_experts(state, cfg.num_hidden_layers, cfg.num_local_experts)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise InputFileError(f"{path}: checkpoint does not match the model (missing: {missing[:3]}, unexpected: {unexpected[:3]})")

@@ -42,6 +42,20 @@ def base_config(ref: ModelRef, fetch: bool) -> dict | None:
         return None
 
 
+def estimate(stage: str, recipe: Recipe, cfg: dict | None) -> int | None:
+    """Disk a stage's output needs, from the base model's config alone."""
+    if cfg is None:
+        return None
+    merged = moe_bytes(cfg, len(recipe.experts), recipe.dtype)
+    if stage == "merge":
+        return 2 * merged  # mergekit's output and the rewritten one, until the end
+    if stage == "quantize":
+        return int(0.7 * merged)  # engine scratch and published copy, ~0.3x each
+    if stage == "evaluate":
+        return recipe.verify.max_tokens * cfg["vocab_size"] * 4  # fp32 reference log-probs
+    return None
+
+
 def make_plan(recipe: Recipe, layout: Layout, fetch: bool = False) -> list[PlanRow]:
     state = HashState(layout.build_root / ".hash-state.json")
     results: dict[str, StageResult] = {}
@@ -60,13 +74,10 @@ def make_plan(recipe: Recipe, layout: Layout, fetch: bool = False) -> list[PlanR
                 hit = cached_result(stage, layout, key)
                 if hit:
                     results[stage.name] = hit
-        size = None
+        size = estimate(stage.name, recipe, cfg)
         note = ""
-        if stage.name == "merge":
-            if cfg:
-                size = 2 * moe_bytes(cfg, len(recipe.experts), recipe.dtype)
-            else:
-                note = f"size unknown: config of {recipe.base_model.display()} not in the local Hub cache (plan --fetch reads it)"
+        if size is None and stage.name in ("merge", "quantize", "evaluate"):
+            note = f"size unknown: config of {recipe.base_model.display()} not in the local Hub cache (plan --fetch reads it)"
         elif stage.name == "resolve" and key is None:
             note = "sources not local yet; they will be downloaded"
         rows.append(PlanRow(stage.name, "cached" if stage.name in results else "will run", key, None if stage.name in results else size, note))
@@ -83,5 +94,6 @@ def format_plan(recipe: Recipe, layout: Layout, rows: list[PlanRow]) -> str:
     need = sum(r.bytes or 0 for r in rows)
     where = layout.build_root if layout.build_root.exists() else Path(".")
     free = shutil.disk_usage(where).free
-    lines.append(f"  disk needed: {need / 1e9:.3f} GB (free: {free / 1e9:.1f} GB)")
+    unknown = any(r.note.startswith("size unknown") for r in rows)
+    lines.append(f"  disk needed: {'at least ' if unknown else ''}{need / 1e9:.3f} GB{' (some sizes unknown)' if unknown else ''} (free: {free / 1e9:.1f} GB)")
     return "\n".join(lines)

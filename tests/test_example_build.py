@@ -114,14 +114,15 @@ def test_later_section_change_reuses_merge(example, tmp_path, fixture_models):
     data = yaml.safe_load(EXAMPLE.read_text())
     data["name"] = "tiny-2x"
     data["quantize"]["group_size"] = 64
-    data["verify"] = {"max_mean_kl": 0.5}
+    data["verify"] = {"max_mean_kl": 0.5, "fail_on_mismatch": False}
     # Absolute paths this time: keys depend on model content, not on where it lies.
     data["base_model"] = str(fixture_models / "base")
     data["experts"][0]["source_model"] = str(fixture_models / "expert-code")
     data["experts"][1]["source_model"] = str(fixture_models / "expert-prose")
     recipe = tmp_path / "edited.yaml"
     recipe.write_text(yaml.safe_dump(data))
-    proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=example["root"] / "dist")
+    # Same build cache, its own dist: the other tests read the example's dist.
+    proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=tmp_path / "dist")
     assert proc.returncode == 0, proc.stderr
     assert "merge     cached" in proc.stdout and "quantize  ran" in proc.stdout
 

@@ -1,7 +1,9 @@
 """The stages, in build order. A new stage is a module here and one line below."""
 
+from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.merge import MergeStage
 from pipeline.stages.quantize import QuantizeStage
 from pipeline.stages.resolve import ResolveStage
+from pipeline.stages.verify import VerifyStage
 
-STAGES = [ResolveStage(), MergeStage(), QuantizeStage()]
+STAGES = [ResolveStage(), MergeStage(), QuantizeStage(), EvaluateStage(), VerifyStage()]

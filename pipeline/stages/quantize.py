@@ -19,7 +19,6 @@ Steps:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -29,8 +28,7 @@ from typing import Any
 from pipeline.awq_layout import published_name, quantization_config
 from pipeline.calibration import calibration_windows, source_fingerprint
 from pipeline.checkpoint import renamed_pieces, write_sharded
-from pipeline.determinism import seed_everything
-from pipeline.engine_output import engine_output
+from pipeline.awq_engine import run_engine
 from pipeline.errors import FrankenmoeError, InputFileError, RecipeError
 from pipeline.hashing import HashState
 from pipeline.jsonio import write_json
@@ -131,28 +129,15 @@ class QuantizeStage(Stage):
 
     @staticmethod
     def _quantize(merged: Path, scratch: Path, windows, ctx: StageContext) -> None:
-        import torch
-
-        # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
-        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
         q = ctx.recipe.quantize
-        seed_everything(q.calibration.seed)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        log_file = ctx.out / "engine.log"
-        calibration = [{"input_ids": torch.tensor(w), "attention_mask": torch.ones(len(w), dtype=torch.long)} for w in windows]
-        try:
-            with engine_output(log_file):
-                from gptqmodel import GPTQModel
-                from gptqmodel.quantization.config import AWQConfig
-
-                model = GPTQModel.load(
-                    str(merged), AWQConfig(bits=q.bits, group_size=q.group_size, sym=not q.zero_point, offload_to_disk=False),
-                    device=device, dtype=torch.float16, trust_remote_code=ctx.recipe.trust_remote_code,
-                )
-                model.quantize(calibration, batch_size=1)
-                model.save(str(scratch))
-        except Exception as e:
-            raise FrankenmoeError(f"quantize: GPTQModel failed ({type(e).__name__}: {e}); its log: {log_file}") from e
+        windows_file = ctx.out / "calibration-windows.json"
+        windows_file.write_text(json.dumps(windows))
+        spec = {
+            "model": str(merged), "out": str(scratch), "windows": str(windows_file),
+            "bits": q.bits, "group_size": q.group_size, "zero_point": q.zero_point,
+            "seed": q.calibration.seed, "trust_remote_code": ctx.recipe.trust_remote_code,
+        }
+        run_engine(spec, ctx.out / "engine-spec.json", ctx.out / "engine.log")
 
     @staticmethod
     def _write_config(scratch: Path, model_dir: Path, q) -> None:

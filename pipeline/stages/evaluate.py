@@ -1,0 +1,100 @@
+"""evaluate: the 16-bit side of verification, computed once per merge.
+
+Runs the merged MoE (and, for the routing report, its sources and base) over the
+held-out evaluation text and stores what every later comparison needs:
+`reference.safetensors` (evaluation token ids, the MoE's log-probs and router
+weights) and `reference.json` (merge structure, forced-routing parity, per-domain
+perplexities, routing statistics). Changing only thresholds, or verifying another
+candidate with `frankenmoe verify --candidate`, reuses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.calibration import source_fingerprint
+from pipeline.determinism import seed_everything
+from pipeline.errors import InputFileError
+from pipeline.evaluation import (
+    eval_windows,
+    forced_routing_parity,
+    forward_with_routing,
+    merge_structure,
+    perplexity,
+    routing_stats,
+)
+from pipeline.hashing import HashState
+from pipeline.jsonio import write_json
+from pipeline.loading import load_merged
+from pipeline.progress import progress
+from pipeline.recipe import CalibrationSection, Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    depends = ("resolve", "merge")
+    packages = ("torch", "transformers", "safetensors", "tokenizers")
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        v = recipe.verify
+        return {"files": v.files, "max_tokens": v.max_tokens, "seq_len": v.seq_len}
+
+    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
+                    offline: bool = False) -> dict[str, Any] | None:
+        for f in recipe.verify.files:
+            if not Path(f).is_file():
+                raise InputFileError(f"verify.files: {f}: file not found")
+        return {"eval": source_fingerprint(CalibrationSection(files=recipe.verify.files), state)}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoTokenizer
+
+        seed_everything(0)
+        v = ctx.recipe.verify
+        merged = ctx.inputs["merge"].path / "model"
+        paths = {m["role"]: Path(m["path"]) for m in ctx.inputs["resolve"].record["result"]["models"]}
+        experts = [paths[f"experts[{i}]"] for i in range(len(ctx.recipe.experts))]
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        windows = eval_windows(v.files, tokenizer, v.seq_len, v.max_tokens)
+        if not windows:
+            raise InputFileError(f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}")
+
+        structure = merge_structure(merged, paths["base"], experts)
+        moe = load_merged(merged)
+        logprobs, routers = [], []
+        for _, ids in progress(windows, desc="verify: 16-bit reference"):
+            lp, r = forward_with_routing(moe, ids)
+            logprobs.append(lp)
+            routers.append(r)
+        router = torch.cat(routers, dim=1)
+        domains = [d for d, _ in windows]
+        top_k = moe.config.num_experts_per_tok
+        # Forced routing needs only a little text: two windows per domain.
+        sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
+        sources = [load_merged(e) for e in experts]
+        forced = forced_routing_parity(moe, sources, sample)
+        ppl = {"moe": perplexity(moe, windows), "base": perplexity(load_merged(paths["base"]), windows)}
+        for i, src in enumerate(sources):
+            ppl[f"expert {i}"] = perplexity(src, windows)
+        save_file({
+            "tokens": torch.tensor([ids for _, ids in windows]),
+            "logprobs": torch.stack(logprobs).contiguous(),
+            "router": router.contiguous(),
+        }, ctx.out / "reference.safetensors", metadata={"format": "pt"})
+        result = {
+            "domains": domains,
+            "seq_len": v.seq_len,
+            "top_k": top_k,
+            "structure": structure,
+            "forced_routing": forced,
+            "perplexity": ppl,
+            "routing_16bit": routing_stats(router, domains, v.seq_len, top_k),
+            "expert_sources": [e.name for e in experts],
+        }
+        write_json(ctx.out / "reference.json", result)
+        ctx.log(f"evaluate  {len(windows)} windows x {v.seq_len} tokens over {', '.join(sorted(set(domains)))}")
+        return {"windows": len(windows)}

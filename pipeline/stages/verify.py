@@ -1,0 +1,147 @@
+"""verify: is the build right? Every check with its numbers, and a gate.
+
+Compares the published 4-bit model against the 16-bit reference from `evaluate`
+and applies the `verify:` thresholds. Writes `report/verify.json` (all numbers,
+each check's pass/fail, the thresholds, overall `passed`), `report/verify.md` and
+`report/routing.png`; they are published into dist/<name>/awq/ for the card. A
+failed check stops the build (exit 6) before anything is pushed, unless the
+recipe sets `verify.fail_on_mismatch: false` (recorded in verify.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputFileError
+from pipeline.evaluation import compare_candidate, routing_stats
+from pipeline.jsonio import write_json
+from pipeline.loading import load_awq, load_merged
+from pipeline.recipe import Recipe, VerifySection
+from pipeline.report import render_markdown, render_routing_png
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+# A source whose non-MLP weights differ from the base's by more than this (relative
+# norm) cannot be reproduced by forced routing; that is reported, not failed.
+SHARED_WEIGHTS_TOL = 1e-6
+
+
+class VerifyStage(Stage):
+    name = "verify"
+    depends = ("merge", "quantize", "evaluate")
+    packages = ("torch", "transformers", "safetensors", "matplotlib")
+    publishes = {"awq": "report"}
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        return recipe.verify.model_dump(exclude={"files", "max_tokens", "seq_len"})
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        report = verify_candidate(
+            ctx.recipe.verify,
+            ctx.inputs["evaluate"],
+            ctx.inputs["merge"].path / "model",
+            ctx.inputs["quantize"].path / "model",
+            ctx.out / "report",
+        )
+        for check in report["checks"]:
+            ctx.log(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
+        return {"passed": report["passed"], "failures": report["failures"], "enforced": report["enforced"]}
+
+
+def _check(name: str, passed: bool, summary: str, **numbers) -> dict:
+    return {"name": name, "passed": bool(passed), "summary": summary, **numbers}
+
+
+def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, candidate: Path, out: Path) -> dict:
+    """Run every check of `candidate` (a folder in the published AWQ layout) against
+    the 16-bit reference; write verify.json, verify.md and routing.png into `out`."""
+    from safetensors import safe_open
+
+    ref = json.loads((evaluate.path / "reference.json").read_text())
+    checks = []
+
+    s = ref["structure"]
+    checks.append(_check(
+        "merge_structure", not s["mismatches"],
+        f"{s['tensors_checked']} tensors equal their source bit for bit" if not s["mismatches"]
+        else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
+        mismatches=s["mismatches"], expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
+    ))
+    warnings = [
+        f"expert {e} ({ref['expert_sources'][e]}): {group} differs from the base by {d:.2%} (relative norm); "
+        "only its MLP is used in the MoE, so this part of its training is lost"
+        for e, groups in enumerate(s["expert_non_mlp_relative_diff"]) for group, d in groups.items() if d > SHARED_WEIGHTS_TOL
+    ]
+
+    forced = []
+    for f in ref["forced_routing"]:
+        shares = all(d <= SHARED_WEIGHTS_TOL for d in s["expert_non_mlp_relative_diff"][f["expert"]].values())
+        forced.append({**f, "applies": shares, "passed": (f["max_abs"] <= v.forced_routing_atol) or not shares})
+    bad = [f for f in forced if not f["passed"]]
+    checks.append(_check(
+        "forced_routing", not bad,
+        "each expert reproduces its source (max |logit diff| " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
+        if not bad else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> {v.forced_routing_atol})",
+        experts=forced, atol=v.forced_routing_atol,
+    ))
+
+    load_problems = []
+    for label, folder, loader in (("merged", merged, load_merged), ("awq", candidate, load_awq)):
+        try:
+            model = loader(folder)
+        except InputFileError as e:
+            load_problems.append(f"{label}: {e}")
+    checks.append(_check("consumer_load", not load_problems,
+                         "both folders load with no missing or unexpected tensor" if not load_problems else load_problems[0],
+                         problems=load_problems))
+
+    if not load_problems:
+        with safe_open(evaluate.path / "reference.safetensors", framework="pt") as st:
+            ref_logprobs, ref_router, tokens = st.get_tensor("logprobs"), st.get_tensor("router"), st.get_tensor("tokens")
+        windows = [(d, ids) for d, ids in zip(ref["domains"], tokens.tolist())]
+        cmp = compare_candidate(model.float(), windows, ref_logprobs, ref_router, ref["top_k"])
+        router4 = cmp.pop("router_4bit")
+        q_ok = cmp["kl_mean"] <= v.max_mean_kl and cmp["top1_agreement"] >= v.min_top1_agreement and cmp["perplexity_ratio"] <= v.max_ppl_ratio
+        checks.append(_check(
+            "quantization_parity", q_ok,
+            f"mean KL {cmp['kl_mean']:.4f} (max {v.max_mean_kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
+            f"{cmp['top1_agreement']:.1%} (min {v.min_top1_agreement:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{v.max_ppl_ratio})",
+            **{k: cmp[k] for k in ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit", "perplexity_ratio")},
+        ))
+        worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
+        r_ok = worst_mae <= v.max_router_weight_mae and worst_agree >= v.min_routing_agreement
+        checks.append(_check(
+            "routing_parity", r_ok,
+            f"router weights differ by at most {worst_mae:.4f} per layer (max {v.max_router_weight_mae}), "
+            f"top-{ref['top_k']} experts agree on at least {worst_agree:.1%} of tokens (min {v.min_routing_agreement:.0%})",
+            router_weight_mae=cmp["router_weight_mae"], router_topk_agreement=cmp["router_topk_agreement"],
+        ))
+        routing_4bit = routing_stats(router4, ref["domains"], ref["seq_len"], ref["top_k"])
+    else:
+        checks.append(_check("quantization_parity", False, "not measured: the candidate does not load"))
+        checks.append(_check("routing_parity", False, "not measured: the candidate does not load"))
+        routing_4bit = None
+
+    failures = [f"{c['name']}: {c['summary']}" for c in checks if not c["passed"]]
+    report = {
+        "passed": not failures,
+        "enforced": v.fail_on_mismatch,
+        "failures": failures,
+        "warnings": warnings,
+        "thresholds": v.model_dump(exclude={"files"}),
+        "checks": checks,
+        "routing_report": {
+            "domains": sorted(set(ref["domains"])),
+            "experts": ref["expert_sources"],
+            "top_k": ref["top_k"],
+            "routing_16bit": ref["routing_16bit"],
+            "routing_4bit": routing_4bit,
+            "perplexity": ref["perplexity"],
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "verify.json", report)
+    (out / "verify.md").write_text(render_markdown(report), encoding="utf-8")
+    render_routing_png(report["routing_report"], out / "routing.png")
+    return report

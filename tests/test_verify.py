@@ -1,0 +1,183 @@
+"""verify: the example passes with every number reported, and each check catches
+the broken candidate it exists for."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from pipeline.evaluation import forced_routing_parity, merge_structure
+from pipeline.loading import load_merged
+from pipeline.report import routing_matrix
+from tests.conftest import EXAMPLE, run_cli
+from tests.test_example_build import eval_ids
+
+pytestmark = pytest.mark.slow
+
+
+def test_example_passes_with_every_number(example):
+    report = json.loads((example["awq"] / "verify.json").read_text())
+    assert report["passed"] is True and report["enforced"] is True and report["failures"] == []
+    checks = {c["name"]: c for c in report["checks"]}
+    assert set(checks) == {"merge_structure", "forced_routing", "consumer_load", "quantization_parity", "routing_parity"}
+    q = checks["quantization_parity"]
+    for key in ("kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit", "perplexity_ratio", "tokens"):
+        assert key in q
+    assert q["tokens"] >= 8000 and q["kl_mean"] < report["thresholds"]["max_mean_kl"]
+    assert len(checks["routing_parity"]["router_weight_mae"]) == 4
+    assert all(e["max_abs"] == 0.0 and e["applies"] for e in checks["forced_routing"]["experts"])
+    rr = report["routing_report"]
+    assert rr["domains"] == ["code", "prose"] and set(rr["perplexity"]) == {"moe", "base", "expert 0", "expert 1"}
+    # The code expert is better on code than the prose expert, and vice versa: the report can tell them apart.
+    assert rr["perplexity"]["expert 0"]["code"] < rr["perplexity"]["expert 1"]["code"]
+    assert rr["perplexity"]["expert 1"]["prose"] < rr["perplexity"]["expert 0"]["prose"]
+    for d in rr["domains"]:
+        for layer in rr["routing_16bit"][d]["mean_gate_weight"]:
+            assert abs(sum(layer) - 1.0) < 1e-4  # gate weights of the chosen experts sum to one
+    png = example["awq"] / "routing.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (example["awq"] / "verify.md").read_text()
+    assert "## Verification: passed" in md and "(routing.png)" in md
+    rows, _ = routing_matrix(rr)
+    assert f"{rows[0][0]:.2f}" and rows[0][0] == rr["routing_16bit"]["code"]["mean_gate_weight"][0][0]
+
+
+def corrupt(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    for f in sorted(dst.glob("*.safetensors")):
+        t = load_file(f)
+        if edit(t):
+            save_file(t, f, metadata={"format": "pt"})
+    return dst
+
+
+def run_verify(example, candidate: Path, out: Path):
+    return run_cli("verify", str(EXAMPLE), "--candidate", str(candidate), "--out", str(out),
+                   build=example["root"] / "build", dist=example["root"] / "dist")
+
+
+def swap_experts(t):
+    hit = False
+    for name in list(t):
+        if ".experts.0." in name:
+            other = name.replace(".experts.0.", ".experts.1.")
+            if other in t:
+                t[name], t[other] = t[other], t[name]
+                hit = True
+    return hit
+
+
+def perturb_expert(t):
+    hit = False
+    for name in list(t):
+        if ".experts.1." in name and name.endswith(".scales"):
+            t[name] = (t[name].float() * 1.3).half()
+            hit = True
+    return hit
+
+
+def drop_tensor(t):
+    names = [n for n in t if n.endswith(".qzeros")]
+    if names:
+        t.pop(names[0])
+    return bool(names)
+
+
+def quantize_router(t):
+    hit = False
+    for name in list(t):
+        if name.endswith("block_sparse_moe.gate.weight"):
+            w = t[name].float()
+            step = w.abs().max() / 7
+            t[name] = (torch.round(w / step) * step).half()  # 4-bit-like router
+            hit = True
+    return hit
+
+
+@pytest.mark.parametrize("edit, failing, message", [
+    (swap_experts, "quantization_parity", "quantization_parity: mean KL"),
+    (perturb_expert, "quantization_parity", "quantization_parity: mean KL"),
+    (quantize_router, "routing_parity", "routing_parity: router weights differ"),
+    (drop_tensor, "consumer_load", "consumer_load: awq: "),
+])
+def test_broken_awq_candidates_fail_the_right_check(example, tmp_path, edit, failing, message):
+    candidate = corrupt(example["awq"], tmp_path / "candidate", edit)
+    proc = run_verify(example, candidate, tmp_path / "report")
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert f"error: verify failed: {message}" in proc.stderr
+    report = json.loads((tmp_path / "report" / "verify.json").read_text())
+    failed = {c["name"] for c in report["checks"] if not c["passed"]}
+    assert failing in failed and "merge_structure" not in failed
+
+
+def test_uncompensated_router_fails_routing_parity(example, tmp_path):
+    merged = {}
+    for f in example["merged"].glob("*.safetensors"):
+        merged.update(load_file(f))
+
+    def uncompensate(t):
+        hit = [n for n in t if n.endswith("block_sparse_moe.gate.weight")]
+        for n in hit:
+            t[n] = merged[n].clone()
+        return bool(hit)
+
+    candidate = corrupt(example["awq"], tmp_path / "candidate", uncompensate)
+    proc = run_verify(example, candidate, tmp_path / "report")
+    assert proc.returncode == 6 and "verify failed: routing_parity" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_verify_without_candidate_checks_the_build(example):
+    proc = run_cli("verify", str(EXAMPLE), build=example["root"] / "build", dist=example["root"] / "dist")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(" pass ") == 5
+
+
+def test_structure_and_forced_routing_catch_a_bad_merge(example, fixture_models, tmp_path):
+    swapped = corrupt(example["merged"], tmp_path / "swapped", swap_experts)
+    experts = [fixture_models / "expert-code", fixture_models / "expert-prose"]
+    s = merge_structure(swapped, fixture_models / "base", experts)
+    assert s["mismatches"] and "differs from expert" in s["mismatches"][0]
+    assert s["expert_non_mlp_relative_diff"][0]["attention"] == 0.0  # the fixtures share the base's attention
+    moe = load_merged(swapped)
+    windows = [("code", eval_ids(example["merged"], "code", 65)[0].tolist())]
+    parity = forced_routing_parity(moe, [load_merged(e) for e in experts], windows)
+    assert all(p["max_abs"] > 0.1 for p in parity)
+
+
+def test_fully_finetuned_expert_is_reported(example, fixture_models, tmp_path):
+    expert = tmp_path / "expert"
+    shutil.copytree(fixture_models / "expert-code", expert)
+    t = load_file(expert / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    t[name] = (t[name].float() * 1.1).half()
+    save_file(t, expert / "model.safetensors", metadata={"format": "pt"})
+    s = merge_structure(example["merged"], fixture_models / "base", [expert, fixture_models / "expert-prose"])
+    assert 0.001 < s["expert_non_mlp_relative_diff"][0]["attention"] < 0.2
+    assert s["expert_non_mlp_relative_diff"][1]["attention"] == 0.0
+
+
+def test_failed_gate_stops_the_build_unless_overridden(example, tmp_path):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["name"] = "tiny-2x"
+    data["verify"]["max_mean_kl"] = 1e-9
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(strict), build=example["root"] / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 6
+    assert "error: verify failed: quantization_parity: mean KL" in proc.stderr and "Traceback" not in proc.stderr
+    report = json.loads((tmp_path / "dist" / "tiny-2x" / "awq" / "verify.json").read_text())
+    assert report["passed"] is False and report["enforced"] is True
+    data["verify"]["fail_on_mismatch"] = False
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(lenient), build=example["root"] / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "dist" / "tiny-2x" / "awq" / "verify.json").read_text())
+    assert report["passed"] is False and report["enforced"] is False
+    assert "continue past failed checks" in (tmp_path / "dist" / "tiny-2x" / "awq" / "verify.md").read_text()
