@@ -8,23 +8,22 @@ from __future__ import annotations
 
 
 class FrankenmoeError(Exception):
+    """Base class: one problem, or a list of them, each printed on its own line."""
+
     exit_code = 1
 
-    def lines(self) -> list[str]:
-        return [str(self)]
-
-
-class RecipeError(FrankenmoeError):
-    """The recipe is malformed; carries one line per problem."""
-
-    exit_code = 2
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
     def lines(self) -> list[str]:
         return list(self.problems)
+
+
+class RecipeError(FrankenmoeError):
+    """The recipe is malformed: every problem at once, one line each."""
+
+    exit_code = 2
 
 
 class IncompatibleModelsError(FrankenmoeError):
@@ -46,16 +45,12 @@ class EnvironmentProblem(FrankenmoeError):
 
 
 class VerifyFailed(FrankenmoeError):
-    """A verify check failed; carries one line per failed check."""
+    """A verify check failed; one line per failed check."""
 
     exit_code = 6
 
-    def __init__(self, failures: list[str]) -> None:
-        super().__init__("; ".join(failures))
-        self.failures = failures
-
     def lines(self) -> list[str]:
-        return [f"verify failed: {f}" for f in self.failures] + [
+        return [f"verify failed: {f}" for f in self.problems] + [
             "the build stopped before publishing further; see dist/<name>/awq/verify.md, "
             "or set verify.fail_on_mismatch: false to continue anyway (recorded in verify.json)"
         ]

@@ -103,31 +103,31 @@ def test_not_enough_disk_is_refused_before_running(layout):
     assert stage.runs == 0
 
 
-def test_second_build_waits_for_the_lock(layout):
-    layout.build.mkdir(parents=True)
+def hold_lock(layout, seconds: float) -> subprocess.Popen:
+    """Another process that takes the build lock, says so, and holds it."""
+    layout.build.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
+        "import fcntl, os, time\n"
         f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)\n"
+        f"fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'123'); print('locked', flush=True); time.sleep({seconds})\n"
     )], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_second_build_waits_for_the_lock(layout):
+    holder = hold_lock(layout, 1.5)
     said = []
     t0 = time.monotonic()
     with build_lock(layout, said.append):
         waited = time.monotonic() - t0
     holder.wait()
-    assert said and said[0].startswith("waiting for another build of unit")
+    assert said and said[0] == "waiting for another build of unit to finish (pid 123) ..."
     assert waited > 0.5
 
 
 def test_lock_of_a_killed_build_does_not_block(layout):
-    layout.build.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, time\n"
-        f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'123'); print('locked', flush=True); time.sleep(60)\n"
-    )], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_lock(layout, 60)
     holder.kill()
     holder.wait()
     said = []
