@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline import __version__
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed
 from pipeline.hashing import HashState, sha256_json
 from pipeline.jsonio import write_json
@@ -71,6 +72,7 @@ def stage_key(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, S
         "fingerprint": fingerprint,
         "inputs": {name: res.key for name, res in sorted(deps.items())},
         "versions": tool_versions(list(stage.packages)),
+        "frankenmoe": __version__,
     }
     return sha256_json(material)[:16]
 
@@ -135,7 +137,7 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
     tmp = stage_dir / f".tmp-{key}-{os.getpid()}"
     tmp.mkdir()
     try:
-        result = stage.run(StageContext(recipe=recipe, out=tmp, inputs=deps, state=state, log=log))
+        result = stage.run(StageContext(recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log))
         files = {}
         for f in output_files(tmp):
             files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}

@@ -1,4 +1,4 @@
-"""The `frankenmoe` command: validate, plan, build, verify, generate, fixtures.
+"""The `frankenmoe` command: validate, plan, build, verify, push, generate, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -100,6 +100,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from pipeline.build import build, default_layout
+    from pipeline.errors import PublishError
+    from pipeline.recipe import load_recipe
+    from pipeline.stages.push import dry_run
+
+    recipe = load_recipe(args.recipe)
+    layout = default_layout(recipe)
+    targets = [(f, getattr(recipe.publish, f).repo_id) for f in ("merged", "awq") if getattr(recipe.publish, f)]
+    if not targets:
+        raise PublishError("publish: set publish.merged.repo_id and/or publish.awq.repo_id in the recipe to push")
+    if args.dry_run:
+        for folder, repo_id in targets:
+            if not (layout.dist / folder).is_dir():
+                raise PublishError(f"push: {layout.dist / folder} does not exist; build the recipe first")
+            print("\n".join(dry_run(layout.dist / folder, repo_id)))
+        return 0
+    _quiet_libraries()
+    pushing = recipe.model_copy(update={"publish": recipe.publish.model_copy(update={"push": True})})
+    build(pushing, layout)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -140,6 +163,11 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--candidate", type=Path, help="a folder in the published AWQ layout (default: this recipe's build)")
     vf.add_argument("--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)")
     vf.set_defaults(func=cmd_verify)
+
+    ps = sub.add_parser("push", help="push the built folders to the Hub (HF_ENDPOINT, HF_TOKEN or your login)")
+    ps.add_argument("recipe", type=Path)
+    ps.add_argument("--dry-run", action="store_true", help="list repos, files, sizes and LFS use; write nothing")
+    ps.set_defaults(func=cmd_push)
 
     g = sub.add_parser("generate", help="greedy text generation from a published folder (16-bit or AWQ), on the CPU")
     g.add_argument("dir", type=Path)

@@ -29,6 +29,7 @@ ALLOW_PATTERNS = [
     "added_tokens.json",
     "vocab.json",
     "merges.txt",
+    "README.md",  # for the license its card states
 ]
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
@@ -88,6 +89,19 @@ def model_files(path: Path) -> list[Path]:
     import fnmatch
 
     return sorted(p for p in path.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in ALLOW_PATTERNS))
+
+
+def card_license(model: LocatedModel) -> str | None:
+    """The license in the model card's YAML header, if the folder has a card."""
+    readme = model.path / "README.md"
+    if not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard(readme.read_text(encoding="utf-8", errors="replace")).data.license
+    except Exception:  # a card the Hub would not parse states no usable license
+        return None
 
 
 def read_config(model: LocatedModel) -> dict:

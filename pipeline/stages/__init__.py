@@ -1,9 +1,11 @@
 """The stages, in build order. A new stage is a module here and one line below."""
 
+from pipeline.stages.card import CardStage
 from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.merge import MergeStage
+from pipeline.stages.push import PushStage
 from pipeline.stages.quantize import QuantizeStage
 from pipeline.stages.resolve import ResolveStage
 from pipeline.stages.verify import VerifyStage
 
-STAGES = [ResolveStage(), MergeStage(), QuantizeStage(), EvaluateStage(), VerifyStage()]
+STAGES = [ResolveStage(), MergeStage(), QuantizeStage(), EvaluateStage(), VerifyStage(), CardStage(), PushStage()]

@@ -32,6 +32,7 @@ class StageContext:
     out: Path  # the (temporary) folder the stage writes into
     inputs: dict[str, StageResult]  # results of the stages named in `depends`
     state: HashState
+    dist: Path  # where this build publishes (dist/<name>), for stages that read it back
     log: Callable[[str], None] = print
     extras: dict[str, Any] = field(default_factory=dict)
 

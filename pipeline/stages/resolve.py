@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.jsonio import write_json
 from pipeline.hashing import HashState
-from pipeline.models import locate, model_files, preflight
+from pipeline.models import card_license, locate, model_files, preflight
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 
@@ -56,6 +56,7 @@ class ResolveStage(Stage):
                 "path": str(m.path),
                 "files": files,
                 "config": summaries[m.role],
+                "license": card_license(m),
             })
             ctx.log(f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)"))
         write_json(ctx.out / "sources.json", {"models": [{k: v for k, v in m.items() if k != "path"} for m in models]})

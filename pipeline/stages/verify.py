@@ -81,7 +81,7 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
     bad = [f for f in forced if not f["passed"]]
     checks.append(_check(
         "forced_routing", not bad,
-        "each expert reproduces its source (max |logit diff| " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
+        "each expert reproduces its source (largest logit difference " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
         if not bad else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> {v.forced_routing_atol})",
         experts=forced, atol=v.forced_routing_atol,
     ))

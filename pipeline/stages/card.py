@@ -1,0 +1,173 @@
+"""card: the model cards (README.md) for dist/<name>/merged/ and dist/<name>/awq/.
+
+YAML metadata goes through huggingface_hub's `ModelCardData` so the Hub parses
+it; the body comes from a Jinja template (`pipeline/templates/model_card.md`, or
+the recipe's `card.template`) filled with the experts, the recipe, the
+quantization settings, the verify summary and routing heatmap, how to run the
+model, and provenance (tool versions, source revisions, sha256 of every weight
+file, the build id).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import __version__
+from pipeline.errors import RecipeError
+from pipeline.hashing import sha256_json
+from pipeline.recipe import Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.versions import tool_versions
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+CARD_TOOLS = ["mergekit", "gptqmodel", "transformers", "torch", "safetensors", "huggingface-hub"]
+
+
+def build_id(inputs: dict[str, StageResult]) -> str:
+    """Names the build by what made it, not by when."""
+    return sha256_json({name: res.key for name, res in sorted(inputs.items())})[:16]
+
+
+def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> str:
+    """The recipe's `card.license`, else the one license every source states."""
+    if recipe.card.license:
+        return recipe.card.license
+    found = set(source_licenses.values())
+    if len(found) == 1 and None not in found:
+        return found.pop()
+    stated = ", ".join(f"{role}: {lic or 'none stated'}" for role, lic in source_licenses.items())
+    raise RecipeError([f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"])
+
+
+class CardStage(Stage):
+    name = "card"
+    depends = ("resolve", "merge", "quantize", "verify")
+    packages = ("huggingface-hub",)
+    publishes = {"merged": "merged", "awq": "awq"}
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        return {
+            "card": recipe.card.model_dump(),
+            "template": _template_text(recipe),
+            "repos": {k: getattr(recipe.publish, k).repo_id if getattr(recipe.publish, k) else None for k in ("merged", "awq")},
+            "recipe": _recipe_yaml(recipe),
+            "frankenmoe": __version__,
+        }
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from huggingface_hub import ModelCard, ModelCardData
+
+        recipe = ctx.recipe
+        models = ctx.inputs["resolve"].record["result"]["models"]
+        license_id = resolve_license(recipe, {m["role"]: m.get("license") for m in models})
+        bid = build_id(ctx.inputs)
+        verify_dir = ctx.inputs["verify"].path / "report"
+        verify_md = (verify_dir / "verify.md").read_text(encoding="utf-8")
+        q = recipe.quantize
+        quant_result = ctx.inputs["quantize"].record["result"]
+        common = {
+            "experts": [_expert_row(i, e, models[i + 1]) for i, e in enumerate(recipe.experts)],
+            "base": _model_row(models[0]),
+            "gate_mode": recipe.gate_mode,
+            "experts_per_token": recipe.experts_per_token,
+            "fitted_routers": False,
+            "recipe_yaml": _recipe_yaml(recipe),
+            "versions": {"frankenmoe": __version__, **tool_versions(CARD_TOOLS)},
+            "build_id": bid,
+            "verify_md": verify_md,
+        }
+        hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
+        merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
+        awq_repo = recipe.publish.awq.repo_id if recipe.publish.awq else f"{recipe.name}-AWQ"
+        tags = ["moe", "frankenmoe", "mergekit", "mixtral"]
+        cards = {
+            "merged": (
+                ModelCardData(
+                    license=license_id, library_name="transformers", pipeline_tag="text-generation", tags=tags,
+                    language=recipe.card.language, base_model=hub_sources or None,
+                    base_model_relation="merge" if hub_sources else None,
+                ),
+                {"title": recipe.name, "repo_id": merged_repo, "quantization": None,
+                 "summary": f"A Mixture-of-Experts model with {len(recipe.experts)} experts, made with mergekit-moe and frankenmoe: "
+                            "attention, embeddings and norms come from the base model, each expert's MLP from its source model.",
+                 "weights": _weights(ctx.inputs["merge"], "model/")},
+            ),
+            "awq": (
+                ModelCardData(
+                    license=license_id, library_name="transformers", pipeline_tag="text-generation", tags=tags + ["awq", "4-bit"],
+                    language=recipe.card.language, base_model=merged_repo if recipe.publish.merged else None,
+                    base_model_relation="quantized" if recipe.publish.merged else None, quantized_by=recipe.card.quantized_by,
+                ),
+                {"title": f"{recipe.name} (AWQ 4-bit)", "repo_id": awq_repo,
+                 "quantization": {"bits": q.bits, "group_size": q.group_size, "zero_point": q.zero_point,
+                                  "samples": q.calibration.samples, "seq_len": q.calibration.seq_len,
+                                  "source": _calibration_source(q), "sha256": quant_result["calibration"]["sha256"]},
+                 "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified against the 16-bit model.",
+                 "weights": _weights(ctx.inputs["quantize"], "model/")},
+            ),
+        }
+        for folder, (data, extra) in cards.items():
+            out = ctx.out / folder
+            out.mkdir()
+            card = ModelCard.from_template(data, template_str=_template_text(recipe), **common, **extra)
+            (out / "README.md").write_text(str(card), encoding="utf-8")
+            ModelCard((out / "README.md").read_text(encoding="utf-8"))  # the header must parse
+        shutil.copy2(verify_dir / "routing.png", ctx.out / "merged" / "routing.png")
+        ctx.log(f"card      license {license_id}, build id {bid}")
+        return {"build_id": bid, "license": license_id}
+
+
+def _template_text(recipe: Recipe) -> str:
+    if recipe.card.template:
+        path = Path(recipe.card.template)
+        if not path.is_file():
+            raise RecipeError([f"card.template: {path}: file not found"])
+        return path.read_text(encoding="utf-8")
+    return TEMPLATE.read_text(encoding="utf-8")
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as published: local model folders by name only, never a local path."""
+    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"publish"})
+    refs = [data["base_model"]] + [e["source_model"] for e in data["experts"]]
+    for ref, (_, model) in zip(refs, recipe.all_models()):
+        if not model.looks_like_hub_id():
+            ref["id"] = Path(model.id).name
+    return yaml.safe_dump(_no_absolute_paths(data), sort_keys=False, allow_unicode=True)
+
+
+def _no_absolute_paths(value):
+    """Absolute paths (calibration files, templates) shown by file name only."""
+    if isinstance(value, dict):
+        return {k: _no_absolute_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_absolute_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(value).name
+    return value
+
+
+def _model_row(m: dict) -> dict:
+    return {"source": m["hub_id"] or Path(m["ref"]).name, "revision": m["commit"] or "local folder"}
+
+
+def _expert_row(i: int, expert, m: dict) -> dict:
+    fmt = lambda ps: "; ".join(p.replace("\n", " ").replace("|", "\\|")[:60] for p in ps or []) or "-"
+    return {"index": i, **_model_row(m), "positive": fmt(expert.positive_prompts), "negative": fmt(expert.negative_prompts)}
+
+
+def _calibration_source(q) -> str:
+    if q.calibration.dataset:
+        d = q.calibration.dataset
+        return f"{d.id} ({d.split}{', ' + d.revision if d.revision else ''})"
+    return ", ".join(_no_absolute_paths(list(q.calibration.files)))
+
+
+def _weights(result: StageResult, prefix: str) -> dict[str, str]:
+    return {name[len(prefix):]: meta["sha256"] for name, meta in sorted(result.record["files"].items())
+            if name.startswith(prefix) and name.endswith(".safetensors")}

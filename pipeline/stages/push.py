@@ -1,0 +1,154 @@
+"""push: upload dist/<name>/merged and dist/<name>/awq to the Hub, one commit each.
+
+With huggingface_hub (honouring HF_ENDPOINT and the usual token sources: the
+HF_TOKEN variable or `huggingface-cli login`). Before anything goes out it
+refuses a build whose verify failed and any folder whose files differ from the
+sha256 in the build records. Pushing an unchanged build creates no commit (the
+client skips files the remote already has). Transient failures are retried with
+backoff; since a Hub commit is atomic, a push that still fails has committed
+nothing and the rerun resumes. The token never reaches output, records or errors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import PublishError
+from pipeline.hashing import HashState
+from pipeline.recipe import Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+TRIES = 4
+LFS_SUFFIXES = {".safetensors", ".bin", ".png", ".gguf", ".pt", ".model"}
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def expected_files(inputs: dict[str, StageResult], folder: str) -> dict[str, dict]:
+    """What dist/<name>/<folder> must hold, from the records of the stages that
+    publish into it: {relative path: {sha256, size}}."""
+    from pipeline.stages import STAGES
+
+    out = {}
+    for stage in STAGES:
+        res = inputs.get(stage.name)
+        sub = stage.publishes.get(folder)
+        if res is None or sub is None:
+            continue
+        for rel, meta in res.record["files"].items():
+            if rel.startswith(sub + "/"):
+                out[rel[len(sub) + 1:]] = meta
+    return out
+
+
+def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> None:
+    actual = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if actual != set(expected):
+        extra, missing = sorted(actual - set(expected)), sorted(set(expected) - actual)
+        raise PublishError(f"push: {folder} does not match its build record (extra: {extra[:3]}, missing: {missing[:3]}); rebuild it")
+    for rel, meta in sorted(expected.items()):
+        if state.sha256(folder / rel) != meta["sha256"]:
+            raise PublishError(f"push: {folder / rel} differs from the sha256 in its build record; rebuild before pushing")
+
+
+def is_transient(err: BaseException) -> bool:
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(err, HfHubHTTPError):
+        return getattr(err.response, "status_code", None) in TRANSIENT_STATUS
+    return isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def scrub(text: str) -> str:
+    """Remove the token from a message, whatever produced it."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "***") if token else text
+
+
+def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None], sleep=time.sleep) -> Any:
+    for attempt in range(1, TRIES + 1):
+        try:
+            return action()
+        except Exception as err:  # classified below; anything else is not retried
+            if not is_transient(err) or attempt == TRIES:
+                raise
+            wait = 2 ** (attempt - 1)
+            log(f"push      {what}: {scrub(type(err).__name__)} (try {attempt} of {TRIES}), retrying in {wait}s")
+            sleep(wait)
+
+
+class PushStage(Stage):
+    name = "push"
+    depends = ("merge", "quantize", "verify", "card")
+    packages = ("huggingface-hub",)
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        # The endpoint says where the push goes; the token is deliberately not here.
+        return {"publish": recipe.publish.model_dump(), "endpoint": endpoint() if recipe.publish.push else None}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        p = ctx.recipe.publish
+        if not p.push:
+            ctx.log("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
+            return {"pushed": False}
+        verify = ctx.inputs["verify"].record["result"]
+        if not verify["passed"]:
+            raise PublishError("push: verify failed for this build, so it is not pushed; see dist/<name>/awq/verify.md")
+        targets = [(folder, getattr(p, folder).repo_id) for folder in ("merged", "awq") if getattr(p, folder)]
+        if not targets:
+            raise PublishError("publish: push is true but neither publish.merged.repo_id nor publish.awq.repo_id is set")
+        for folder, _ in targets:
+            check_folder(ctx.dist / folder, expected_files(ctx.inputs, folder), ctx.state)
+        build_id = ctx.inputs["card"].record["result"]["build_id"]
+        message = p.commit_message or f"frankenmoe build {build_id}"
+        if build_id not in message:
+            message = f"{message} (frankenmoe build {build_id})"
+        pushed = {}
+        for folder, repo_id in targets:
+            pushed[folder] = push_folder(ctx.dist / folder, repo_id, p.private, p.revision, message, ctx.log)
+            ctx.log(f"push      {folder} -> {repo_id}@{p.revision} {pushed[folder]['commit'][:12]}")
+        return {"pushed": True, "endpoint": endpoint(), "repos": pushed}
+
+
+def push_folder(folder: Path, repo_id: str, private: bool, revision: str, message: str,
+                log: Callable[[str], None]) -> dict:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}", log)
+        if revision != "main":
+            with_retries(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"branch {revision}", log)
+        info = with_retries(
+            lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message,
+                                      delete_patterns="*"),
+            f"upload {folder.name} to {repo_id}", log,
+        )
+    except (HfHubHTTPError, OSError) as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        why = f"HTTP {status}" if status else type(err).__name__
+        raise PublishError(scrub(
+            f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "
+            "was committed by this try; rerun the same build command to resume"
+        )) from None
+    return {"repo_id": repo_id, "revision": revision, "commit": info.oid}
+
+
+def dry_run(folder: Path, repo_id: str) -> list[str]:
+    """What a push would send, without network writes: one line per file."""
+    lines = [f"{repo_id}: from {folder}"]
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        lfs = f.suffix in LFS_SUFFIXES or f.stat().st_size > 10 * 2**20
+        lines.append(f"  {f.relative_to(folder).as_posix():<40} {f.stat().st_size:>12,d} B  {'lfs' if lfs else 'regular'}")
+    return lines
