@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,17 +29,22 @@ def _die_with_parent() -> None:
 
 
 def run_engine(spec: dict, spec_file: Path, log_file: Path) -> None:
+    """Run the engine on `spec`; its own files (GPTQModel writes logs/ into its
+    working folder) stay in a scratch folder beside `spec_file`, removed after."""
     spec_file.write_text(json.dumps(spec, sort_keys=True))
+    work = spec_file.parent / "engine-work"
+    work.mkdir(exist_ok=True)
     env = dict(os.environ)
     # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
     env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
     watched = bars_enabled()
     with open(log_file, "wb") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.awq_engine", str(spec_file)],
-            env=env, stdout=None if watched else log, stderr=None if watched else subprocess.STDOUT,
+            [sys.executable, "-m", "pipeline.awq_engine", str(spec_file.resolve())],
+            env=env, cwd=work, stdout=None if watched else log, stderr=None if watched else subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+    shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if not watched else []
         raise FrankenmoeError(f"quantize: GPTQModel failed (exit {proc.returncode}){': ' + tail[0] if tail else ''}; full log: {log_file}")

@@ -132,8 +132,8 @@ class QuantizeStage(Stage):
         q = ctx.recipe.quantize
         windows_file = ctx.out / "calibration-windows.json"
         windows_file.write_text(json.dumps(windows))
-        spec = {
-            "model": str(merged), "out": str(scratch), "windows": str(windows_file),
+        spec = {  # absolute paths: the engine runs in its own working folder
+            "model": str(merged.resolve()), "out": str(scratch.resolve()), "windows": str(windows_file.resolve()),
             "bits": q.bits, "group_size": q.group_size, "zero_point": q.zero_point,
             "seed": q.calibration.seed, "trust_remote_code": ctx.recipe.trust_remote_code,
         }
