@@ -59,12 +59,17 @@ def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> N
 
 
 def is_transient(err: BaseException) -> bool:
-    import httpx
+    """Worth another try: 429/5xx, a dropped or timed-out connection, or an LFS
+    upload the client gave up on after its own retries. huggingface_hub retries
+    pre-upload and LFS transfers itself, but not the commit on the LFS path."""
+    import httpx2  # huggingface_hub 2.x's HTTP client
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(err, HfHubHTTPError):
         return getattr(err.response, "status_code", None) in TRANSIENT_STATUS
-    return isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError))
+    if isinstance(err, RuntimeError) and str(err).startswith("Error while uploading"):
+        return True
+    return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
 def scrub(text: str) -> str:
@@ -135,7 +140,9 @@ def push_folder(folder: Path, repo_id: str, private: bool, revision: str, messag
                                       delete_patterns="*"),
             f"upload {folder.name} to {repo_id}", log,
         )
-    except (HfHubHTTPError, OSError) as err:
+    except Exception as err:
+        if not (isinstance(err, (HfHubHTTPError, OSError)) or is_transient(err)):
+            raise
         status = getattr(getattr(err, "response", None), "status_code", None)
         why = f"HTTP {status}" if status else type(err).__name__
         raise PublishError(scrub(

@@ -1,0 +1,129 @@
+"""push against the local Hub stand-in, with the real huggingface_hub client over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLE, run_cli
+from tests.hub_standin import HubStandin
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "hf_standinSECRETtoken0123456789abcdef"
+
+
+@pytest.fixture
+def hub(tmp_path):
+    server = HubStandin(tmp_path / "hub", tokens=[TOKEN])
+    server.start()
+    yield server
+    server.stop()
+
+
+def push_recipe(tmp_path: Path, **verify) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["name"] = "tiny-2x"
+    data["verify"].update(verify)
+    data["publish"] = {"push": True, "private": True, "merged": {"repo_id": "me/tiny-2x"}, "awq": {"repo_id": "me/tiny-2x-AWQ"}}
+    path = tmp_path / "push.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def push(example, hub, recipe, dist, *extra):
+    # The stand-in is a Hub without Xet storage: the client takes its LFS path only
+    # when told (it picks Xet by itself whenever hf_xet is installed).
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
+           "HF_HOME": str(dist.parent / "hf-home")}
+    return run_cli(*extra or ("build",), str(recipe), build=example["root"] / "build", dist=dist, env=env)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_token_nowhere(*roots: Path, texts: list[str]) -> None:
+    for text in texts:
+        assert TOKEN not in text
+    for root in roots:
+        for f in root.rglob("*"):
+            if f.is_file():
+                assert TOKEN.encode() not in f.read_bytes(), f
+
+
+def test_build_pushes_both_folders_and_a_second_push_commits_nothing(example, hub, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    dist = tmp_path / "dist"
+    recipe = push_recipe(tmp_path)
+    proc = push(example, hub, recipe, dist)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for folder, repo in (("merged", "me/tiny-2x"), ("awq", "me/tiny-2x-AWQ")):
+        commits = hub.commits(repo)
+        assert len(commits) == 1 and "frankenmoe build" in commits[0]["message"]
+        assert all(meta["lfs"] for name, meta in commits[0]["files"].items() if name.endswith(".safetensors"))
+        got = Path(snapshot_download(repo, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
+        local = dist / "tiny-2x" / folder
+        assert {p.name: sha(p) for p in got.iterdir() if p.is_file() and p.name != ".gitattributes"} == \
+               {p.name: sha(p) for p in local.iterdir() if p.is_file()}
+    again = push(example, hub, recipe, dist, "build", "--force", "push")
+    assert again.returncode == 0, again.stderr
+    assert len(hub.commits("me/tiny-2x")) == 1 and len(hub.commits("me/tiny-2x-AWQ")) == 1
+    assert_token_nowhere(example["root"] / "build", dist, texts=[proc.stdout, proc.stderr, again.stdout, again.stderr])
+
+
+def test_transient_500_is_retried(example, hub, tmp_path):
+    hub.fail(500, times=1, path_contains="/commit/")
+    proc = push(example, hub, push_recipe(tmp_path), tmp_path / "dist")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(hub.commits("me/tiny-2x")) == 1 and len(hub.commits("me/tiny-2x-AWQ")) == 1
+
+
+def test_push_that_keeps_failing_commits_nothing_and_says_what_to_rerun(example, hub, tmp_path):
+    hub.fail(500, times=1000, path_contains="/commit/")
+    proc = push(example, hub, push_recipe(tmp_path), tmp_path / "dist")
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    assert "nothing was committed" in proc.stderr and "rerun" in proc.stderr and "Traceback" not in proc.stderr
+    assert hub.commits("me/tiny-2x") == []
+    assert_token_nowhere(example["root"] / "build", tmp_path / "dist", texts=[proc.stdout, proc.stderr])
+
+
+def test_failed_verify_is_not_pushed(example, hub, tmp_path):
+    recipe = push_recipe(tmp_path, max_mean_kl=1e-9, fail_on_mismatch=False)
+    proc = push(example, hub, recipe, tmp_path / "dist")
+    assert proc.returncode == 7 and "verify failed for this build, so it is not pushed" in proc.stderr
+    assert hub.commits("me/tiny-2x") == [] and hub.commits("me/tiny-2x-AWQ") == []
+
+
+def test_tampered_dist_file_is_refused(example, hub, tmp_path):
+    dist = tmp_path / "dist"
+    recipe = push_recipe(tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    data["publish"]["push"] = False
+    recipe.write_text(yaml.safe_dump(data))
+    assert push(example, hub, recipe, dist).returncode == 0
+    # Edited in place: dist holds hard links into the cache, so the cached file
+    # changes too (same size); only the sha256 in the build record tells.
+    config = dist / "tiny-2x" / "awq" / "config.json"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace('"bits": 4', '"bits": 3'))
+        proc = push(example, hub, recipe, dist, "push")
+    finally:
+        config.write_text(original)  # the cache is shared with the other tests
+    assert proc.returncode == 7 and "config.json differs from the sha256 in its build record" in proc.stderr, proc.stderr
+    assert hub.commits("me/tiny-2x-AWQ") == []
+
+
+def test_dry_run_lists_files_and_lfs(example, tmp_path):
+    recipe = push_recipe(tmp_path)
+    proc = run_cli("push", str(recipe), "--dry-run", build=example["root"] / "build", dist=example["root"] / "dist")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("me/tiny-2x: from ")
+    assert any(l.strip().startswith("model.safetensors.index.json") and l.endswith("regular") for l in lines)
+    assert any(l.strip().startswith("model-00001-of-00003.safetensors") and l.endswith("lfs") for l in lines)
