@@ -48,6 +48,20 @@ def example(tmp_path_factory, fixture_models) -> dict:
     return {"root": root, "merged": dist / "merged", "awq": dist / "awq", "seconds": time.monotonic() - t0, "out": proc.stdout}
 
 
+HUB_TOKEN = "hf_standinSECRETtoken0123456789abcdef"  # recognizable, so tests can grep for leaks
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A running local Hub stand-in (tests/hub_standin.py) that accepts HUB_TOKEN."""
+    from tests.hub_standin import HubStandin
+
+    server = HubStandin(tmp_path / "hub", tokens=[HUB_TOKEN])
+    server.start()
+    yield server
+    server.stop()
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     import yaml
 

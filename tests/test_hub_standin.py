@@ -18,9 +18,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from safetensors.numpy import save_file
 
-from tests.hub_standin import HubStandin
-
-TOKEN = "hf_standinTESTtoken0123456789abcdef"
+from tests.conftest import HUB_TOKEN as TOKEN
 REPO = "me/tiny"
 STANDIN = Path(__file__).with_name("hub_standin.py")
 # huggingface_hub's own LFS PUT passes `data=<file>` to httpx2, which warns; not ours to fix.
@@ -38,14 +36,6 @@ def lfs_client(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-
-
-@pytest.fixture
-def hub(tmp_path):
-    server = HubStandin(tmp_path / "hub", tokens=[TOKEN])
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

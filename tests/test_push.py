@@ -8,20 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE, run_cli
-from tests.hub_standin import HubStandin
+from tests.conftest import EXAMPLE, HUB_TOKEN as TOKEN, run_cli
 
 pytestmark = pytest.mark.slow
-
-TOKEN = "hf_standinSECRETtoken0123456789abcdef"
-
-
-@pytest.fixture
-def hub(tmp_path):
-    server = HubStandin(tmp_path / "hub", tokens=[TOKEN])
-    server.start()
-    yield server
-    server.stop()
 
 
 def push_recipe(tmp_path: Path, **verify) -> Path:

@@ -9,27 +9,22 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE, run_cli
-from tests.hub_standin import HubStandin
+from tests.conftest import EXAMPLE, HUB_TOKEN as TOKEN, run_cli
 
 pytestmark = pytest.mark.slow
-TOKEN = "hf_resolveTOKEN0123456789"
 
 
 @pytest.fixture
-def hub_with_models(tmp_path, fixture_models, monkeypatch):
+def hub_with_models(hub, fixture_models, monkeypatch):
     from huggingface_hub import HfApi, constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the stand-in has no Xet storage
-    server = HubStandin(tmp_path / "hub", tokens=[TOKEN])
-    server.start()
-    api = HfApi(endpoint=server.url, token=TOKEN)
+    api = HfApi(endpoint=hub.url, token=TOKEN)
     shas = {}
     for name in ("base", "expert-code", "expert-prose"):
         api.create_repo(f"toy/{name}", exist_ok=True)
         shas[name] = api.upload_folder(repo_id=f"toy/{name}", folder_path=fixture_models / name, commit_message="upload").oid
-    yield server, shas
-    server.stop()
+    return hub, shas
 
 
 def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_models, tmp_path):
