@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from pipeline import __version__
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed

@@ -10,7 +10,6 @@ file, the build id).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
