@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import FrankenmoeError
+from pipeline.errors import EnvironmentProblem, FrankenmoeError
 
 FIXTURES_DIR = Path("fixtures")
 
@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(f"error: {line}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; check the folder and free space (FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR move them)", file=sys.stderr)
+        return EnvironmentProblem.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
         return 130

@@ -134,3 +134,14 @@ def test_lock_of_a_killed_build_does_not_block(layout):
     with build_lock(layout, said.append):
         pass
     assert said == []
+
+
+def test_unusable_build_folder_is_one_line_exit_5(tmp_path):
+    from tests.conftest import EXAMPLE, run_cli
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the build folder should be")
+    proc = run_cli("build", str(EXAMPLE), build=blocker, dist=tmp_path / "dist")
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.startswith(f"error: {blocker}") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
