@@ -65,8 +65,9 @@ def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Pa
     )
 
 
-def stage_key(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, StageResult]) -> str:
-    material = {
+def key_material(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, StageResult]) -> dict:
+    """Everything that shapes a stage's output bytes; its hash is the stage key."""
+    return {
         "stage": stage.name,
         "config": stage.config(recipe),
         "fingerprint": fingerprint,
@@ -74,7 +75,10 @@ def stage_key(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, S
         "versions": tool_versions(list(stage.packages)),
         "frankenmoe": __version__,
     }
-    return sha256_json(material)[:16]
+
+
+def stage_key(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str, StageResult]) -> str:
+    return sha256_json(key_material(stage, recipe, fingerprint, deps))[:16]
 
 
 def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
@@ -123,8 +127,8 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
               force: bool, log: Callable[[str], None]) -> tuple[StageResult, bool, float]:
     """Run one stage unless its key is cached. Returns (result, ran, seconds)."""
     t0 = time.monotonic()
-    fingerprint = stage.fingerprint(recipe, state, deps)
-    key = stage_key(stage, recipe, fingerprint, deps)
+    material = key_material(stage, recipe, stage.fingerprint(recipe, state, deps), deps)
+    key = sha256_json(material)[:16]
     stage_dir = layout.stage_dir(stage.name)
     if not force:
         hit = cached_result(stage, layout, key)
@@ -141,17 +145,7 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
         files = {}
         for f in output_files(tmp):
             files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
-        record = {
-            "stage": stage.name,
-            "key": key,
-            "config": stage.config(recipe),
-            "fingerprint": fingerprint,
-            "inputs": {name: res.key for name, res in sorted(deps.items())},
-            "versions": tool_versions(list(stage.packages)),
-            "files": files,
-            "result": result,
-            "wall_s": round(time.monotonic() - t0, 3),
-        }
+        record = {**material, "key": key, "files": files, "result": result, "wall_s": round(time.monotonic() - t0, 3)}
         write_json(tmp / RECORD, record)
         _fsync_tree(tmp)
         final = stage_dir / key

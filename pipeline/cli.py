@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(f"error: {line}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        return 141
     except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}; check the folder and free space (FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR move them)", file=sys.stderr)
