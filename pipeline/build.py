@@ -285,15 +285,23 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
     with build_lock(layout, log):
         state = HashState(layout.build_root / ".hash-state.json")
         for stage in stages:
+            if stage.reads_dist:
+                publish(results, layout, published_folders(results))
             deps = {d: results[d] for d in stage.depends}
             result, ran, seconds = run_stage(stage, recipe, layout, deps, state, stage.name in force, log)
             results[stage.name] = result
-            published = publish(results, layout, set(stage.publishes))
-            where = ", ".join(str(p) for p in published) or str(result.path)
-            log(f"{stage.name:<9} {'ran' if ran else 'cached':<7} {seconds:7.1f}s  {where}")
+            log(f"{stage.name:<9} {'ran' if ran else 'cached':<7} {seconds:7.1f}s  {result.path}")
             outcome = result.record["result"]
             if outcome.get("failures") and outcome.get("enforced"):
+                publish(results, layout, published_folders(results))  # so the failed verify.json can be read
                 state.save()
                 raise VerifyFailed(outcome["failures"])
+        # dist/ changes once, when the build is through: a killed build leaves the last complete one.
+        for folder in publish(results, layout, published_folders(results)):
+            log(f"published {folder}")
         state.save()
     return results
+
+
+def published_folders(results: dict[str, StageResult]) -> set[str]:
+    return {folder for s in STAGES if s.name in results for folder in s.publishes}

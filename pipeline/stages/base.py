@@ -46,6 +46,9 @@ class Stage:
     packages: ClassVar[tuple[str, ...]] = ()
     # dist/<name>/<key> <- <stage output>/<value>: what the build publishes.
     publishes: ClassVar[dict[str, str]] = {}
+    # A stage that reads dist/<name>/ (push) gets it published before it runs;
+    # otherwise dist/ is updated once, at the end of a successful build.
+    reads_dist: ClassVar[bool] = False
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         """The part of the recipe that shapes this stage's output (JSON-able)."""

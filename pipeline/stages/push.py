@@ -96,6 +96,7 @@ class PushStage(Stage):
     name = "push"
     depends = ("merge", "quantize", "verify", "card")
     packages = ("huggingface-hub",)
+    reads_dist = True
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         # The endpoint says where the push goes; the token is deliberately not here.
