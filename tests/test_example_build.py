@@ -168,3 +168,40 @@ def test_misspelled_key_exits_2_naming_it(tmp_path):
     assert "error: experts[1].positve_prompts: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "build").exists() and not (tmp_path / "dist").exists()
+
+
+def test_kill_during_quantize_stops_the_engine_and_resumes(example, tmp_path):
+    """kill -9 of the build alone (not its process group): the GPTQModel child must
+    die with it, nothing partial is kept, and the rerun gives the same bytes."""
+    build, dist = tmp_path / "build", tmp_path / "dist"
+    env = {**os.environ, "FRANKENMOE_BUILD_DIR": str(build), "FRANKENMOE_DIST_DIR": str(dist), "FRANKENMOE_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", str(EXAMPLE)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quantize_dir = build / "tiny-2x" / "quantize"
+    deadline = time.monotonic() + 300
+    while not any(quantize_dir.glob(".tmp-*/engine-spec.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before quantize started"
+        time.sleep(0.1)
+    spec = next(quantize_dir.glob(".tmp-*/engine-spec.json"))
+    time.sleep(3.0)  # the engine is loading or quantizing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    engine_gone = time.monotonic() + 10
+    while _engine_running(spec):
+        assert time.monotonic() < engine_gone, "the quantization engine outlived the killed build"
+        time.sleep(0.2)
+    assert not [p for p in quantize_dir.iterdir() if not p.name.startswith(".tmp-")], "a partial quantize was kept"
+    rerun = run_cli("build", str(EXAMPLE), build=build, dist=dist)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "merge     cached" in rerun.stdout and "quantize  ran" in rerun.stdout
+    assert file_hashes(dist / "tiny-2x" / "awq") == file_hashes(example["awq"])
+
+
+def _engine_running(spec: Path) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(spec.resolve()).encode() in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
