@@ -17,7 +17,8 @@ from pipeline.hashing import HashState
 from pipeline.recipe import ModelRef, Recipe
 from pipeline.stages import STAGES
 from pipeline.stages.base import StageResult
-from pipeline.stages.merge import moe_bytes
+from pipeline.stages.merge import merge_disk_bytes, moe_bytes
+from pipeline.stages.quantize import quantize_disk_bytes
 
 
 @dataclass
@@ -46,11 +47,10 @@ def estimate(stage: str, recipe: Recipe, cfg: dict | None) -> int | None:
     """Disk a stage's output needs, from the base model's config alone."""
     if cfg is None:
         return None
-    merged = moe_bytes(cfg, len(recipe.experts), recipe.dtype)
     if stage == "merge":
-        return 2 * merged  # mergekit's output and the rewritten one, until the end
+        return merge_disk_bytes(cfg, recipe)
     if stage == "quantize":
-        return int(0.7 * merged)  # engine scratch and published copy, ~0.3x each
+        return quantize_disk_bytes(moe_bytes(cfg, len(recipe.experts), recipe.dtype))
     if stage == "evaluate":
         return recipe.verify.max_tokens * cfg["vocab_size"] * 4  # fp32 reference log-probs
     return None

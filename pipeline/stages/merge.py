@@ -44,9 +44,7 @@ class MergeStage(Stage):
         }
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
-        models = inputs["resolve"].record["result"]["models"]
-        # mergekit's output and the rewritten one exist together until the end.
-        return 2 * moe_bytes(models[0]["config"], len(recipe.experts), recipe.dtype)
+        return merge_disk_bytes(inputs["resolve"].record["result"]["models"][0]["config"], recipe)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -103,6 +101,11 @@ class MergeStage(Stage):
         shutil.rmtree(scratch)
         ctx.log(f"merge     {len(recipe.experts)} experts, {len(pieces)} tensors in {len(shards)} shard(s)")
         return {"tensors": len(pieces), "shards": shards, "device": device}
+
+
+def merge_disk_bytes(base_config: dict, recipe: Recipe) -> int:
+    """mergekit's output and the rewritten one exist together until the end."""
+    return 2 * moe_bytes(base_config, len(recipe.experts), recipe.dtype)
 
 
 def moe_bytes(cfg: dict, n_experts: int, dtype: str | None) -> int:
