@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RECIPE ?= recipes/tiny-2x.yaml
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-.PHONY: setup build fixtures test clean
+.PHONY: setup build fixtures test lock repro-check clean
 
 setup: $(BIN)/frankenmoe
 
@@ -25,6 +25,13 @@ build: setup fixtures
 
 test: setup fixtures
 	$(BIN)/python -m pytest -q
+
+lock: setup fixtures
+	$(BIN)/frankenmoe lock $(RECIPE)
+
+# Two builds from scratch in separate folders; fails naming any file that differs.
+repro-check: setup fixtures
+	$(BIN)/frankenmoe repro-check $(RECIPE)
 
 clean:
 	rm -rf build dist

@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline import __version__
+from pipeline.calibration import check_text_files
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed
 from pipeline.hashing import HashState, sha256_json
 from pipeline.jsonio import write_json
+from pipeline.lock import LockMismatch, current_lock, differences
+from pipeline.progress import quiet_libraries
 from pipeline.recipe import Recipe
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -140,6 +143,7 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
     check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps))
     tmp = stage_dir / f".tmp-{key}-{os.getpid()}"
     tmp.mkdir()
+    quiet_libraries()
     try:
         result = stage.run(StageContext(recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log))
         files = {}
@@ -200,18 +204,16 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str]) -> 
         if entry and entry["key"] == key and _same_files(dst, entry["files"]):
             continue
         layout.dist.mkdir(parents=True, exist_ok=True)
+        for leftover in [*layout.dist.glob(f".{folder}.tmp-*"), *layout.dist.glob(f".{folder}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # from a killed build; we hold the lock
         tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for res, sub in parts:
-            src = res.path / sub
-            for f in output_files(src):
-                target = tmp / f.relative_to(src)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(f, target)
-                except OSError:
-                    shutil.copy2(f, target)
-        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            _assemble(tmp, parts)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise EnvironmentProblem(f"publish: disk full while writing {dst}; it was left as it was, free space and rerun") from None
+            raise
         if dst.exists():
             old = layout.dist / f".{folder}.old-{os.getpid()}"
             os.rename(dst, old)
@@ -222,6 +224,22 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str]) -> 
         published[folder] = {"key": key, "files": _stat_files(dst)}
         write_json(published_file, published)
     return out
+
+
+def _assemble(tmp: Path, parts: list[tuple[StageResult, str]]) -> None:
+    """Hard links to the cached files (copies across file systems)."""
+    tmp.mkdir(parents=True)
+    for res, sub in parts:
+        src = res.path / sub
+        for f in output_files(src):
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, target)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise
+                shutil.copy2(f, target)
 
 
 def _stat_files(root: Path) -> dict[str, list[int]]:
@@ -236,12 +254,10 @@ def select_stages(until: str | None) -> list[Stage]:
     names = [s.name for s in STAGES]
     if until is not None and until not in names:
         raise FrankenmoeError(f"--until: unknown stage {until!r}; stages are {', '.join(names)}")
-    stages = []
-    for s in STAGES:
-        stages.append(s)
-        if s.name == until:
-            break
-    return stages
+    if until is None:
+        return list(STAGES)
+    needed = _ancestors(until) | {until}  # `--until evaluate` need not quantize
+    return [s for s in STAGES if s.name in needed]
 
 
 def finished_results(recipe: Recipe, layout: Layout, names: list[str]) -> dict[str, StageResult]:
@@ -275,15 +291,20 @@ def _ancestors(name: str) -> set[str]:
 
 
 def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: str | None = None,
-          log: Callable[[str], None] = print) -> dict[str, StageResult]:
-    """Run the stages in order, each cached by its key; publish what they publish."""
+          log: Callable[[str], None] = print, locked: dict | None = None) -> dict[str, StageResult]:
+    """Run the stages in order, each cached by its key; publish what they publish.
+    With `locked` (a lock file's contents), refuse to start unless every pinned
+    input and tool version is what the lock says."""
     stages = select_stages(until)
     for name in force:
         if name not in {s.name for s in STAGES}:
             raise FrankenmoeError(f"--force: unknown stage {name!r}; stages are {', '.join(s.name for s in STAGES)}")
+    check_text_files(recipe)
+    state = HashState(layout.build_root / ".hash-state.json")
+    if locked is not None:
+        check_lock(recipe, locked, state)
     results: dict[str, StageResult] = {}
     with build_lock(layout, log):
-        state = HashState(layout.build_root / ".hash-state.json")
         for stage in stages:
             if stage.reads_dist:
                 publish(results, layout, published_folders(results))
@@ -301,6 +322,14 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
             log(f"published {folder}")
         state.save()
     return results
+
+
+def check_lock(recipe: Recipe, locked: dict, state: HashState) -> None:
+    problems = differences(locked, current_lock(recipe, state))
+    if problems:
+        raise LockMismatch([f"lock mismatch: {p}" for p in problems] + [
+            "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`"
+        ])
 
 
 def published_folders(results: dict[str, StageResult]) -> set[str]:

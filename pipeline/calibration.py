@@ -54,6 +54,19 @@ def load_texts(cal: CalibrationSection) -> tuple[list[str], dict]:
     return texts, {"files": cal.files, "sha256": sha256_json(texts)}
 
 
+def token_windows(files: list[str], tokenizer, seq_len: int, section: str) -> list[list[int]]:
+    """Every non-overlapping `seq_len`-token window of the text in `files`, in order."""
+    ids: list[int] = []
+    for doc in read_documents([Path(f) for f in files]):
+        ids.extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    windows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(len(ids) // seq_len)]
+    if not windows:
+        raise InputFileError(f"{section}: {len(ids)} tokens of text, not one window of {seq_len}; add text or lower seq_len")
+    return windows
+
+
 def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
     import torch
 
@@ -72,3 +85,20 @@ def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
     order = torch.randperm(chunks, generator=torch.Generator().manual_seed(cal.seed))[: cal.samples].tolist()
     windows = [ids[i * cal.seq_len : (i + 1) * cal.seq_len] for i in sorted(order)]
     return CalibrationSet(windows, {**source, "tokens": len(ids), "windows": len(windows)})
+
+
+def check_text_files(recipe) -> None:
+    """Read every calibration and evaluation file once before any stage runs, so a
+    missing, empty, malformed or non-UTF-8 file stops the build in seconds, not
+    after the merge. (Whether there is enough text is known only with the
+    tokenizer; `quantize` checks it before the engine starts.)"""
+    cal = recipe.quantize.calibration
+    problems = []
+    for section, files in (("quantize.calibration.files", [] if cal.dataset else cal.files), ("verify.files", recipe.verify.files)):
+        for name in files:
+            try:
+                read_documents([Path(name)])
+            except InputFileError as e:
+                problems += [f"{section}: {p}" for p in e.problems]
+    if problems:
+        raise InputFileError(problems)

@@ -1,4 +1,5 @@
-"""The `frankenmoe` command: validate, plan, build, verify, push, generate, fixtures.
+"""The `frankenmoe` command: validate, plan, build, lock, verify, push, generate, repro-check,
+rebuild-check, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -17,21 +18,9 @@ FIXTURES_DIR = Path("fixtures")
 
 
 def _quiet_libraries() -> None:
-    """Libraries' own bars and warnings would drown the one-line-per-stage output."""
-    from pipeline.progress import bars_enabled
+    from pipeline.progress import quiet_libraries
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not bars_enabled():
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import logging
-
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    if not bars_enabled():
-        transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -63,11 +52,56 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.build import build, default_layout
+    from pipeline.lock import lock_path, read_lock
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    _quiet_libraries()
-    build(recipe, default_layout(recipe), force=set(args.force or []), until=args.until)
+    locked = read_lock(args.lock or lock_path(args.recipe)) if args.locked or args.lock else None
+    build(recipe, default_layout(recipe), force=set(args.force or []), until=args.until, locked=locked)
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from pipeline.build import default_layout
+    from pipeline.hashing import HashState
+    from pipeline.jsonio import write_json
+    from pipeline.lock import LockMismatch, current_lock, differences, lock_path, read_lock
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    layout = default_layout(recipe)
+    state = HashState(layout.build_root / ".hash-state.json")
+    lock = current_lock(recipe, state)
+    state.save()
+    path = lock_path(args.recipe)
+    if args.check:
+        problems = differences(read_lock(path), lock)
+        if problems:
+            raise LockMismatch([f"lock mismatch: {p}" for p in problems] + [f"{path} is out of date; run `frankenmoe lock {args.recipe}`"])
+        print(f"{path}: up to date")
+        return 0
+    write_json(path, lock)
+    files = sum(len(m["files"]) for m in lock["models"].values()) + sum(len(v) for v in lock["data"].values() if isinstance(v, dict))
+    print(f"wrote {path}: {len(lock['models'])} models, {files} files pinned, {lock['platform']['cpu_capability']} CPU")
+    return 0
+
+
+def cmd_repro_check(args: argparse.Namespace) -> int:
+    from pipeline.build import default_layout
+    from pipeline.recipe import load_recipe
+    from pipeline.repro import repro_check
+
+    recipe = load_recipe(args.recipe)
+    work = args.work or default_layout(recipe).build_root / ".repro-check" / recipe.name
+    repro_check(args.recipe, work)
+    return 0
+
+
+def cmd_rebuild_check(args: argparse.Namespace) -> int:
+    from pipeline.repro import rebuild_check
+
+    work = args.work or Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / ".rebuild-check"
+    rebuild_check(args.dir, work)
     return 0
 
 
@@ -88,10 +122,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
     layout = default_layout(recipe)
-    done = finished_results(recipe, layout, ["merge", "quantize", "evaluate"] if args.candidate is None else ["merge", "evaluate"])
+    done = finished_results(recipe, layout, ["gates", "quantize", "evaluate"] if args.candidate is None else ["gates", "evaluate"])
     candidate = args.candidate or done["quantize"].path / "model"
     out = args.out or layout.build / "verify-candidate"
-    report = verify_candidate(recipe.verify, done["evaluate"], done["merge"].path / "model", candidate, out)
+    report = verify_candidate(recipe.verify, done["evaluate"], done["gates"].path / "model", candidate, out)
     for check in report["checks"]:
         print(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
     print(f"report: {out / 'verify.md'}")
@@ -117,7 +151,6 @@ def cmd_push(args: argparse.Namespace) -> int:
                 raise PublishError(f"push: {layout.dist / folder} does not exist; build the recipe first")
             print("\n".join(dry_run(layout.dist / folder, repo_id)))
         return 0
-    _quiet_libraries()
     pushing = recipe.model_copy(update={"publish": recipe.publish.model_copy(update={"push": True})})
     build(pushing, layout)
     return 0
@@ -155,8 +188,25 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="run the stages (cached ones are skipped)")
     b.add_argument("recipe", type=Path)
     b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
-    b.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    b.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
+    b.add_argument("--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file")
+    b.add_argument("--lock", type=Path, help="the lock file for --locked (default: <recipe stem>.lock.json beside the recipe)")
     b.set_defaults(func=cmd_build)
+
+    lk = sub.add_parser("lock", help="write <recipe stem>.lock.json: model commits, file hashes, tool versions, platform")
+    lk.add_argument("recipe", type=Path)
+    lk.add_argument("--check", action="store_true", help="only compare with the existing lock file; exit 8 if it differs")
+    lk.set_defaults(func=cmd_lock)
+
+    rc = sub.add_parser("repro-check", help="build twice in fresh folders and compare every published file")
+    rc.add_argument("recipe", type=Path)
+    rc.add_argument("--work", type=Path, help="where the two builds go (default: build/.repro-check/<name>)")
+    rc.set_defaults(func=cmd_repro_check)
+
+    rb = sub.add_parser("rebuild-check", help="rebuild a published folder from its build.json and compare the bytes")
+    rb.add_argument("dir", type=Path)
+    rb.add_argument("--work", type=Path, help="where the rebuild goes (default: build/.rebuild-check)")
+    rb.set_defaults(func=cmd_rebuild_check)
 
     vf = sub.add_parser("verify", help="re-run the verify checks on the built 4-bit model or on any AWQ folder, without rebuilding")
     vf.add_argument("recipe", type=Path)
@@ -186,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FrankenmoeError as e:
+        from pipeline.secrets import scrub
+
         for line in e.lines():
-            print(f"error: {line}", file=sys.stderr)
+            print(scrub(f"error: {line}"), file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         return 141
@@ -198,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
         return 130
+    except Exception:  # a bug: the traceback is needed to report it, but never with a token in it
+        import traceback
+
+        from pipeline.secrets import scrub
+
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print("error: internal error, a bug in frankenmoe or a library; please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -53,6 +53,15 @@ class HashState:
         self._dirty = True
         return digest
 
+    def remember(self, key: str, compute):
+        """A JSON-able fact about this machine (e.g. torch's CPU capability), computed
+        once per `key` and kept with the hashes, so a no-op build need not import torch."""
+        entry = self._entries.get(f"fact:{key}")
+        if entry is None:
+            entry = self._entries[f"fact:{key}"] = [compute()]
+            self._dirty = True
+        return entry[0]
+
     def save(self) -> None:
         if not self._dirty:
             return

@@ -49,6 +49,8 @@ def estimate(stage: str, recipe: Recipe, cfg: dict | None) -> int | None:
         return None
     if stage == "merge":
         return merge_disk_bytes(cfg, recipe)
+    if stage == "gates":
+        return moe_bytes(cfg, len(recipe.experts), recipe.dtype) if recipe.gates.fit else None
     if stage == "quantize":
         return quantize_disk_bytes(moe_bytes(cfg, len(recipe.experts), recipe.dtype))
     if stage == "evaluate":

@@ -31,7 +31,8 @@ SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "K
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `true` is not a number and "3" is not an int, whatever YAML made of them.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def parse_size(value: Any) -> int:
@@ -96,6 +97,18 @@ class MergeSection(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class GatesSection(Strict):
+    fit: bool = False
+    files: list[str] = Field(default_factory=lambda: ["calibration/code/calibration.jsonl", "calibration/prose/calibration.jsonl"], min_length=1)
+    steps: int = Field(default=40, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    seed: int = 0
+    balance: float = Field(default=0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class CalibrationDataset(Strict):
     id: str
     split: str = "validation"
@@ -109,6 +122,12 @@ class CalibrationSection(Strict):
     samples: int = Field(default=128, ge=1)
     seq_len: int = Field(default=512, ge=8)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def some_text(self) -> "CalibrationSection":
+        if not self.files and not self.dataset:
+            raise ValueError("files: empty; list calibration text files or set quantize.calibration.dataset")
+        return self
 
 
 class QuantizeSection(Strict):
@@ -124,7 +143,7 @@ class QuantizeSection(Strict):
 
 
 class VerifySection(Strict):
-    files: list[str] = Field(default_factory=lambda: ["calibration/code/eval.jsonl", "calibration/prose/eval.jsonl"])
+    files: list[str] = Field(default_factory=lambda: ["calibration/code/eval.jsonl", "calibration/prose/eval.jsonl"], min_length=1)
     max_tokens: int = Field(default=8192, ge=16)
     seq_len: int = Field(default=256, ge=8)
     forced_routing_atol: float = Field(default=1e-2, gt=0)
@@ -177,6 +196,7 @@ class Recipe(Strict):
     shared_experts: list[Expert] | None = None
     trust_remote_code: bool = False
     merge: MergeSection = Field(default_factory=MergeSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     verify: VerifySection = Field(default_factory=VerifySection)
     card: CardSection = Field(default_factory=CardSection)
@@ -197,6 +217,12 @@ def _key_path(loc: tuple) -> str:
     return out or "recipe"
 
 
+EXPECTED = {
+    "ModelRef": "expected a model: a local folder, a Hub id org/name[@revision] or {id, revision}",
+    "Expert": "expected an expert: a mapping with source_model and positive_prompts",
+}
+
+
 def _pydantic_problems(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
@@ -208,6 +234,9 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
             msg = "required key is missing"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
+        elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            what = e.get("ctx", {}).get("class_name", "")
+            msg = EXPECTED.get(what, "expected a mapping of settings (key: value lines)") + f", got {e.get('input')!r}"
         problems.append(f"{_key_path(loc)}: {msg}")
     return problems
 
@@ -249,6 +278,12 @@ def _semantic_problems(raw: dict) -> list[str]:
         problems.append(f"architecture: {arch!r} is not supported; frankenmoe builds Mixtral-style MoEs (architecture: mixtral)")
     if raw.get("shared_experts"):
         problems.append("shared_experts: not supported by the Mixtral output architecture; remove the key")
+    gates, verify = raw.get("gates"), raw.get("verify")
+    if isinstance(gates, dict) and isinstance(gates.get("files"), list):
+        evaluation = verify.get("files") if isinstance(verify, dict) and "files" in verify else VerifySection().files
+        for f in gates["files"]:
+            if isinstance(evaluation, list) and f in evaluation:
+                problems.append(f"gates.files: {f} is also in verify.files; fitting on the evaluation text would make verify's numbers meaningless")
     experts = raw.get("experts")
     k = raw.get("experts_per_token", 2)
     if isinstance(k, int) and not isinstance(k, bool) and k < 1:
@@ -283,6 +318,9 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     seen = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is not a name; keys are words such as base_model or experts", key_node.start_mark)
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)

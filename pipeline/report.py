@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
+HIDDEN = "moe (hidden-state routers)"  # with fitted routers: mergekit's own, for comparison
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"## Verification: {'passed' if report['passed'] else 'FAILED'}", ""]
     if not report["enforced"]:
@@ -19,12 +22,23 @@ def render_markdown(report: dict) -> str:
     for w in report["warnings"]:
         lines.append(f"\n> warning: {w}")
     rr = report["routing_report"]
-    names = ["moe", "base"] + [f"expert {i}" for i in range(len(rr["experts"]))]
+    fitted = HIDDEN in rr["perplexity"]
+    names = ([HIDDEN] if fitted else []) + ["moe", "base"] + [f"expert {i}" for i in range(len(rr["experts"]))]
     lines += ["", "### Perplexity on held-out text, per domain", "",
               "| model | " + " | ".join(rr["domains"]) + " |", "|---|" + "---|" * len(rr["domains"])]
     for n in names:
-        label = n if not n.startswith("expert ") else f"{n} ({rr['experts'][int(n.split()[1])]})"
+        label = {"moe": "moe (fitted routers)" if fitted else "moe"}.get(n, n)
+        if n.startswith("expert "):
+            label = f"{n} ({rr['experts'][int(n.split()[1])]})"
         lines.append(f"| {label} | " + " | ".join(f"{rr['perplexity'][n][d]:.2f}" for d in rr["domains"]) + " |")
+    if fitted and rr.get("routing_16bit_hidden"):
+        lines += ["", "### Routers: mean gate weight per domain and expert, averaged over layers", "",
+                  "| routers | " + " | ".join(f"{d}: expert {e}" for d in rr["domains"] for e in range(len(rr["experts"]))) + " |",
+                  "|---|" + "---|" * (len(rr["domains"]) * len(rr["experts"]))]
+        for label, key in (("hidden-state", "routing_16bit_hidden"), ("fitted", "routing_16bit")):
+            cells = [sum(layer[e] for layer in rr[key][d]["mean_gate_weight"]) / len(rr[key][d]["mean_gate_weight"])
+                     for d in rr["domains"] for e in range(len(rr["experts"]))]
+            lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     lines += ["", "### Routing (16-bit): mean gate weight per layer and expert", "",
               "![routing heatmap](routing.png)", ""]
     return "\n".join(lines) + "\n"

@@ -273,6 +273,7 @@ class Failure:
     remaining: int
     path_contains: str
     drop: bool
+    delay: float = 0.0  # a stall: wait this long, then answer normally
 
 
 def tree_entry(path: str, file: dict) -> dict:
@@ -337,6 +338,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(411, "Send a Content-Length: chunked request bodies are not supported.")
             self._unread = int(self.headers.get("Content-Length") or 0)
             failure = hub._take_failure(url.path)
+            if failure is not None and failure.delay:
+                hub._stopping.wait(failure.delay)
+                failure = None
             if failure is not None:
                 self._read(self._unread)
                 if failure.drop:  # close the socket without any response
@@ -679,6 +683,7 @@ class HubStandin:
         self._address = (host, port)
         self._secret = secrets.token_bytes(32)  # signs LFS upload URLs; never derived from a token
         self._failures: list[Failure] = []
+        self._stopping = threading.Event()  # ends stalls early when the server stops
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -704,6 +709,7 @@ class HubStandin:
         """Stop serving and close open keep-alive connections."""
         if self._server is None:
             return
+        self._stopping.set()
         self._server.shutdown()
         for connection in list(self._connections):
             try:
@@ -720,6 +726,12 @@ class HubStandin:
         `drop`, close the connection without a response (after reading the request)."""
         with self._lock:
             self._failures.append(Failure(status, times, path_contains, drop))
+
+    def stall(self, seconds: float, path_contains: str, times: int = 1) -> None:
+        """Make the next `times` requests whose path contains `path_contains` wait `seconds`
+        before being served: a slow upload, to interrupt a client in the middle of it."""
+        with self._lock:
+            self._failures.append(Failure(None, times, path_contains, False, seconds))
 
     def count(self, path_contains: str, method: str | None = None) -> int:
         """How many requests (failed ones included) had a path containing `path_contains`."""

@@ -38,7 +38,7 @@ def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_mode
     recipe.write_text(yaml.safe_dump(data))
     env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
     build, dist = tmp_path / "build", tmp_path / "dist"
-    proc = run_cli("build", str(recipe), "--until", "merge", build=build, dist=dist, env=env)
+    proc = run_cli("build", str(recipe), "--until", "gates", build=build, dist=dist, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads(next((build / "tiny-2x-hub" / "resolve").glob("*/record.json")).read_text())
     models = {m["role"]: m for m in record["result"]["models"]}
@@ -47,8 +47,14 @@ def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_mode
     assert set(models["base"]["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     from_hub, from_local = digest(dist / "tiny-2x-hub" / "merged"), digest(example["merged"])
-    assert set(from_local) - set(from_hub) == {"README.md", "routing.png"}  # the card stage did not run here
+    assert set(from_local) - set(from_hub) == {"README.md", "routing.png", "build.json"}  # card and manifest did not run here
     assert from_hub == {k: v for k, v in from_local.items() if k in from_hub}  # same bytes as from local folders
+
+    lock = run_cli("lock", str(recipe), build=build, env=env)
+    assert lock.returncode == 0, lock.stderr
+    pinned = json.loads((tmp_path / "hub.lock.json").read_text())["models"]
+    assert pinned["base"]["commit"] == shas["base"] and pinned["experts[0]"]["commit"] == shas["expert-code"]
+    assert pinned["experts[1]"]["ref"] == f"toy/expert-prose@{shas['expert-prose']}"
 
     offline = run_cli("build", str(recipe), "--until", "merge", build=build, dist=dist,
                       env={**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"})

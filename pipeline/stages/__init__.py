@@ -2,10 +2,16 @@
 
 from pipeline.stages.card import CardStage
 from pipeline.stages.evaluate import EvaluateStage
+from pipeline.stages.gates import GatesStage
+from pipeline.stages.lock import LockStage
+from pipeline.stages.manifest import ManifestStage
 from pipeline.stages.merge import MergeStage
 from pipeline.stages.push import PushStage
 from pipeline.stages.quantize import QuantizeStage
 from pipeline.stages.resolve import ResolveStage
 from pipeline.stages.verify import VerifyStage
 
-STAGES = [ResolveStage(), MergeStage(), QuantizeStage(), EvaluateStage(), VerifyStage(), CardStage(), PushStage()]
+STAGES = [
+    LockStage(), ResolveStage(), MergeStage(), GatesStage(), QuantizeStage(), EvaluateStage(), VerifyStage(), CardStage(),
+    ManifestStage(), PushStage(),
+]

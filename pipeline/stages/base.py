@@ -49,6 +49,9 @@ class Stage:
     # A stage that reads dist/<name>/ (push) gets it published before it runs;
     # otherwise dist/ is updated once, at the end of a successful build.
     reads_dist: ClassVar[bool] = False
+    # Files that describe how the run went (logs, engine settings with local paths),
+    # not its result: kept in the cache for debugging, left out of build.json.
+    diagnostics: ClassVar[tuple[str, ...]] = ()
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         """The part of the recipe that shapes this stage's output (JSON-able)."""
@@ -68,3 +71,20 @@ class Stage:
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Write the output into ctx.out; return facts for the record (metrics, sources)."""
         raise NotImplementedError
+
+
+def published_files(inputs: dict[str, StageResult], folder: str) -> dict[str, dict]:
+    """What dist/<name>/<folder> holds, from the records of the stages that publish
+    into it: {relative path: {sha256, size}}."""
+    from pipeline.stages import STAGES
+
+    out = {}
+    for stage in STAGES:
+        res = inputs.get(stage.name)
+        sub = stage.publishes.get(folder)
+        if res is None or sub is None:
+            continue
+        for rel, meta in res.record["files"].items():
+            if rel.startswith(sub + "/"):
+                out[rel[len(sub) + 1:]] = meta
+    return out

@@ -5,7 +5,7 @@ it; the body comes from a Jinja template (`pipeline/templates/model_card.md`, or
 the recipe's `card.template`) filled with the experts, the recipe, the
 quantization settings, the verify summary and routing heatmap, how to run the
 model, and provenance (tool versions, source revisions, sha256 of every weight
-file, the build id).
+file, the build id: a hash of the recipe and its lock).
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import RecipeError
-from pipeline.hashing import sha256_json
+from pipeline.lock import portable, published_recipe
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.versions import tool_versions
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 CARD_TOOLS = ["mergekit", "gptqmodel", "transformers", "torch", "safetensors", "huggingface-hub"]
-
-
-def build_id(inputs: dict[str, StageResult]) -> str:
-    """Names the build by what made it, not by when."""
-    return sha256_json({name: res.key for name, res in sorted(inputs.items())})[:16]
 
 
 def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> str:
@@ -45,7 +40,7 @@ def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> s
 
 class CardStage(Stage):
     name = "card"
-    depends = ("resolve", "merge", "quantize", "verify")
+    depends = ("lock", "resolve", "gates", "quantize", "verify")
     packages = ("huggingface-hub",)
     publishes = {"merged": "merged", "awq": "awq"}
 
@@ -64,7 +59,7 @@ class CardStage(Stage):
         recipe = ctx.recipe
         models = ctx.inputs["resolve"].record["result"]["models"]
         license_id = resolve_license(recipe, {m["role"]: m.get("license") for m in models})
-        bid = build_id(ctx.inputs)
+        bid = ctx.inputs["lock"].record["result"]["build_id"]
         verify_dir = ctx.inputs["verify"].path / "report"
         verify_md = (verify_dir / "verify.md").read_text(encoding="utf-8")
         q = recipe.quantize
@@ -74,7 +69,7 @@ class CardStage(Stage):
             "base": _model_row(models[0]),
             "gate_mode": recipe.gate_mode,
             "experts_per_token": recipe.experts_per_token,
-            "fitted_routers": False,
+            "fitted_routers": _fitted(recipe, ctx.inputs["gates"]),
             "recipe_yaml": _recipe_yaml(recipe),
             "versions": {"frankenmoe": __version__, **tool_versions(CARD_TOOLS)},
             "build_id": bid,
@@ -94,7 +89,7 @@ class CardStage(Stage):
                 {"title": recipe.name, "repo_id": merged_repo, "quantization": None,
                  "summary": f"A Mixture-of-Experts model with {len(recipe.experts)} experts, made with mergekit-moe and frankenmoe: "
                             "attention, embeddings and norms come from the base model, each expert's MLP from its source model.",
-                 "weights": _weights(ctx.inputs["merge"], "model/")},
+                 "weights": _weights(ctx.inputs["gates"], "model/")},
             ),
             "awq": (
                 ModelCardData(
@@ -121,6 +116,17 @@ class CardStage(Stage):
         return {"build_id": bid, "license": license_id}
 
 
+def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
+    """How the routers were fitted, for the card; None for mergekit's own routers."""
+    if not gates.record["result"].get("fitted"):
+        return None
+    g = recipe.gates
+    loss = gates.record["result"]["loss"]
+    return (f"routers fitted on {', '.join(portable(f) for f in g.files)}: {g.steps} steps of Adam (lr {g.lr}, "
+            f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
+            f"only `block_sparse_moe.gate.weight` trained; loss {loss[0]:.3f} -> {loss[-1]:.3f}")
+
+
 def _template_text(recipe: Recipe) -> str:
     if recipe.card.template:
         path = Path(recipe.card.template)
@@ -131,24 +137,10 @@ def _template_text(recipe: Recipe) -> str:
 
 
 def _recipe_yaml(recipe: Recipe) -> str:
-    """The recipe as published: local model folders by name only, never a local path."""
-    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"publish"})
-    refs = [data["base_model"]] + [e["source_model"] for e in data["experts"]]
-    for ref, (_, model) in zip(refs, recipe.all_models()):
-        if not model.looks_like_hub_id():
-            ref["id"] = Path(model.id).name
-    return yaml.safe_dump(_no_absolute_paths(data), sort_keys=False, allow_unicode=True)
-
-
-def _no_absolute_paths(value):
-    """Absolute paths (calibration files, templates) shown by file name only."""
-    if isinstance(value, dict):
-        return {k: _no_absolute_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_absolute_paths(v) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        return Path(value).name
-    return value
+    """The recipe as built (every setting, portable paths), without the Hub targets."""
+    data = published_recipe(recipe)
+    del data["publish"]
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _model_row(m: dict) -> dict:
@@ -164,7 +156,7 @@ def _calibration_source(q) -> str:
     if q.calibration.dataset:
         d = q.calibration.dataset
         return f"{d.id} ({d.split}{', ' + d.revision if d.revision else ''})"
-    return ", ".join(_no_absolute_paths(list(q.calibration.files)))
+    return ", ".join(portable(f) for f in q.calibration.files)
 
 
 def _weights(result: StageResult, prefix: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ from pipeline.stages.base import Stage, StageContext, StageResult
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    depends = ("resolve", "merge")
+    depends = ("resolve", "merge", "gates")
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class EvaluateStage(Stage):
 
         seed_everything(0)
         v = ctx.recipe.verify
-        merged = ctx.inputs["merge"].path / "model"
+        merged = ctx.inputs["gates"].path / "model"
         paths = {m["role"]: Path(m["path"]) for m in ctx.inputs["resolve"].record["result"]["models"]}
         experts = [paths[f"experts[{i}]"] for i in range(len(ctx.recipe.experts))]
         tokenizer = AutoTokenizer.from_pretrained(merged)
@@ -80,6 +80,12 @@ class EvaluateStage(Stage):
         ppl = {"moe": perplexity(moe, windows), "base": perplexity(load_merged(paths["base"]), windows)}
         for i, src in enumerate(sources):
             ppl[f"expert {i}"] = perplexity(src, windows)
+        hidden_routing = None
+        if ctx.inputs["gates"].record["result"].get("fitted"):
+            hidden = load_merged(ctx.inputs["merge"].path / "model")  # mergekit's own routers
+            ppl["moe (hidden-state routers)"] = perplexity(hidden, windows)
+            hidden_router = torch.cat([forward_with_routing(hidden, ids)[1] for _, ids in windows], dim=1)
+            hidden_routing = routing_stats(hidden_router, domains, v.seq_len, top_k)
         save_file({
             "tokens": torch.tensor([ids for _, ids in windows]),
             "logprobs": torch.stack(logprobs).contiguous(),
@@ -93,6 +99,7 @@ class EvaluateStage(Stage):
             "forced_routing": forced,
             "perplexity": ppl,
             "routing_16bit": routing_stats(router, domains, v.seq_len, top_k),
+            "routing_16bit_hidden": hidden_routing,
             "expert_sources": [e.name for e in experts],
         }
         write_json(ctx.out / "reference.json", result)

@@ -29,7 +29,6 @@ class MergeStage(Stage):
     name = "merge"
     depends = ("resolve",)
     packages = ("mergekit", "torch", "transformers", "safetensors", "tokenizers")
-    publishes = {"merged": "model"}
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {

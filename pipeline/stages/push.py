@@ -18,7 +18,8 @@ from typing import Any, Callable
 from pipeline.errors import PublishError
 from pipeline.hashing import HashState
 from pipeline.recipe import Recipe
-from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.secrets import scrub
+from pipeline.stages.base import Stage, StageContext, published_files
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 TRIES = 4
@@ -29,23 +30,6 @@ def endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
-
-
-def expected_files(inputs: dict[str, StageResult], folder: str) -> dict[str, dict]:
-    """What dist/<name>/<folder> must hold, from the records of the stages that
-    publish into it: {relative path: {sha256, size}}."""
-    from pipeline.stages import STAGES
-
-    out = {}
-    for stage in STAGES:
-        res = inputs.get(stage.name)
-        sub = stage.publishes.get(folder)
-        if res is None or sub is None:
-            continue
-        for rel, meta in res.record["files"].items():
-            if rel.startswith(sub + "/"):
-                out[rel[len(sub) + 1:]] = meta
-    return out
 
 
 def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> None:
@@ -72,14 +56,6 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
-def scrub(text: str) -> str:
-    """Remove the token from a message, whatever produced it."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    return text.replace(token, "***") if token else text
-
-
 def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None], sleep=time.sleep) -> Any:
     for attempt in range(1, TRIES + 1):
         try:
@@ -94,7 +70,7 @@ def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None
 
 class PushStage(Stage):
     name = "push"
-    depends = ("merge", "quantize", "verify", "card")
+    depends = ("gates", "quantize", "verify", "card", "manifest")
     packages = ("huggingface-hub",)
     reads_dist = True
 
@@ -114,7 +90,7 @@ class PushStage(Stage):
         if not targets:
             raise PublishError("publish: push is true but neither publish.merged.repo_id nor publish.awq.repo_id is set")
         for folder, _ in targets:
-            check_folder(ctx.dist / folder, expected_files(ctx.inputs, folder), ctx.state)
+            check_folder(ctx.dist / folder, published_files(ctx.inputs, folder), ctx.state)
         build_id = ctx.inputs["card"].record["result"]["build_id"]
         message = p.commit_message or f"frankenmoe build {build_id}"
         if build_id not in message:

@@ -48,9 +48,10 @@ class UndercalibratedExpert(InputFileError):
 
 class QuantizeStage(Stage):
     name = "quantize"
-    depends = ("merge",)
+    depends = ("gates",)
     packages = ("gptqmodel", "torch", "transformers", "safetensors", "tokenizers", "datasets")
     publishes = {"awq": "model"}
+    diagnostics = ("engine-spec.json", "engine.log")
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return recipe.quantize.model_dump()
@@ -60,14 +61,14 @@ class QuantizeStage(Stage):
         return {"calibration": source_fingerprint(recipe.quantize.calibration, state)}
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
-        return quantize_disk_bytes(sum(f["size"] for f in inputs["merge"].record["files"].values()))
+        return quantize_disk_bytes(sum(f["size"] for f in inputs["gates"].record["files"].values()))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
         from transformers import AutoTokenizer
 
         q = ctx.recipe.quantize
-        merged = ctx.inputs["merge"].path / "model"
+        merged = ctx.inputs["gates"].path / "model"
         _check_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
         cal = calibration_windows(q.calibration, tokenizer)

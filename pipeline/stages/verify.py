@@ -29,7 +29,7 @@ SHARED_WEIGHTS_TOL = 1e-6
 
 class VerifyStage(Stage):
     name = "verify"
-    depends = ("merge", "quantize", "evaluate")
+    depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib")
     publishes = {"awq": "report"}
 
@@ -40,7 +40,7 @@ class VerifyStage(Stage):
         report = verify_candidate(
             ctx.recipe.verify,
             ctx.inputs["evaluate"],
-            ctx.inputs["merge"].path / "model",
+            ctx.inputs["gates"].path / "model",
             ctx.inputs["quantize"].path / "model",
             ctx.out / "report",
         )
@@ -136,6 +136,7 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
             "experts": ref["expert_sources"],
             "top_k": ref["top_k"],
             "routing_16bit": ref["routing_16bit"],
+            "routing_16bit_hidden": ref.get("routing_16bit_hidden"),
             "routing_4bit": routing_4bit,
             "perplexity": ref["perplexity"],
         },

@@ -1,0 +1,151 @@
+"""Fitting a MoE's routers: train only `gate.weight` of every layer on text.
+
+mergekit-moe's router rows come from the hidden states of a few prompts, taken
+before attention, while the router sees the state after attention and its norm:
+a guess. Here the routers are trained on the language-model loss of the MoE
+itself, everything else frozen, with an optional Switch-Transformer load-balance
+term so that fitting cannot collapse onto one expert when there are more experts
+than `experts_per_token`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.determinism import seed_everything
+from pipeline.progress import progress
+from pipeline.routing import moe_blocks
+
+
+@dataclass
+class FitResult:
+    routers: dict[int, "object"]  # layer -> fitted gate weight (torch.Tensor, float32, CPU)
+    loss: list[float]  # language-model loss per step (without the balance term)
+    seconds: float
+    entropy_before: list[float]  # expert-usage entropy per layer (bits), hidden-state routers
+    entropy_after: list[float]  # the same with the fitted routers
+
+
+def usage_entropy(model, batch) -> list[float]:
+    """Per layer: entropy (bits) of the share of top-k assignments each expert gets."""
+    import torch
+
+    counts = []
+    hooks = [b.gate.register_forward_hook(lambda m, i, o: counts.append(
+        torch.bincount(o[2].reshape(-1), minlength=o[0].shape[-1]).float())) for b in moe_blocks(model)]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for c in counts:
+        p = c / c.sum()
+        out.append(float(-(p[p > 0] * p[p > 0].log2()).sum()))
+    return out
+
+
+def fit_routers(model, groups: list[list[list[int]]], steps: int, lr: float, batch_size: int, seed: int,
+                balance: float, device: str) -> FitResult:
+    """Train the routers of `model` (a loaded MoE) in place on windows of token ids.
+    `groups` holds the windows of each text file: every batch takes from each file
+    in turn, so a large file cannot drown a small one (calibration text is rarely
+    balanced across domains, and the routers would learn its proportions)."""
+    import torch
+    import torch.nn.functional as F
+
+    seed_everything(seed)
+    t0 = time.monotonic()
+    model.to(device).train(False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gates = [b.gate.weight for b in moe_blocks(model)]
+    for w in gates:
+        w.requires_grad_(True)
+    data = [torch.tensor(g, device=device) for g in groups]
+    probe = torch.cat([g[:4] for g in data])
+    entropy_before = usage_entropy(model, probe)
+
+    captured: list[tuple] = []
+    hooks = [b.gate.register_forward_hook(lambda m, i, o: captured.append(o)) for b in moe_blocks(model)] if balance else []
+    optimizer = torch.optim.Adam(gates, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    try:
+        for _ in progress(range(steps), desc="gates: fitting routers"):
+            picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
+            batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])
+            captured.clear()
+            logits = model(batch).logits
+            lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+            loss = lm + balance * sum(_balance_loss(o) for o in captured) / max(len(captured), 1) if balance else lm
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(round(float(lm.detach()), 5))
+    finally:
+        for h in hooks:
+            h.remove()
+    for w in gates:
+        w.requires_grad_(False)
+    entropy_after = usage_entropy(model, probe)
+    routers = {i: w.detach().float().cpu().clone() for i, w in enumerate(gates)}
+    return FitResult(routers, losses, time.monotonic() - t0, entropy_before, entropy_after)
+
+
+def _balance_loss(router_out) -> "object":
+    """Switch Transformer's auxiliary loss: E * sum_e (share of assignments to e) *
+    (mean router probability of e); 1.0 when usage is perfectly even."""
+    import torch
+
+    logits, _, indices = router_out
+    n_experts = logits.shape[-1]
+    probs = torch.softmax(logits.float(), -1)
+    share = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / indices.numel()
+    return n_experts * (share * probs.mean(0)).sum()
+
+
+def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[str]:
+    """`merged` with the router tensors replaced: same shards, names and dtypes,
+    every other tensor byte-identical. Files without a router are hard-linked."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    wanted = {f"model.layers.{i}.block_sparse_moe.gate.weight": w for i, w in routers.items()}
+    found, rewritten = set(), []
+    for f in sorted(merged.iterdir()):
+        with safe_open(f, framework="pt") if f.suffix == ".safetensors" else _nothing() as st:
+            keys = list(st.keys()) if st else []
+            if not wanted.keys() & set(keys):
+                _link_or_copy(f, out / f.name)
+                continue
+            tensors = {}
+            for k in keys:
+                t = st.get_tensor(k)
+                tensors[k] = wanted[k].to(t.dtype).contiguous() if k in wanted else t
+        found |= wanted.keys() & set(keys)
+        save_file(tensors, out / f.name, metadata={"format": "pt"})
+        os.chmod(out / f.name, 0o644)
+        rewritten.append(f.name)
+    if found != wanted.keys():
+        raise RuntimeError(f"router tensors not found in {merged}: {sorted(wanted.keys() - found)[:2]}")
+    return rewritten
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,75 @@
+"""gates: optionally fit the routers on training text (pipeline/router_fit.py).
+
+With `gates.fit: false` (the default, so a plain mergekit recipe gives what
+mergekit gives) the output is the merged model itself, hard-linked. With
+`gates.fit: true` only `block_sparse_moe.gate.weight` of each layer is trained,
+on `gates.files` (never the evaluation text), and written back in the same
+layout; every other tensor stays byte-identical, so `quantize`, `verify`, `card`
+and `push` work unchanged. The record keeps the loss curve and the expert-usage
+entropy per layer before and after.
+
+Output: `model/`, the 16-bit MoE that the later stages use and that is published
+as dist/<name>/merged/.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.calibration import source_fingerprint, token_windows
+from pipeline.hashing import HashState
+from pipeline.lock import portable
+from pipeline.recipe import CalibrationSection, Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+
+
+class GatesStage(Stage):
+    name = "gates"
+    depends = ("merge",)
+    packages = ("torch", "transformers", "safetensors", "tokenizers")
+    publishes = {"merged": "model"}
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        return recipe.gates.model_dump() if recipe.gates.fit else {"fit": False}
+
+    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
+                    offline: bool = False) -> dict[str, Any] | None:
+        if not recipe.gates.fit:
+            return {}
+        return {"text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state)}
+
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
+        size = sum(f["size"] for f in inputs["merge"].record["files"].values())
+        return size if recipe.gates.fit else None
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from pipeline.router_fit import write_fitted
+
+        g = ctx.recipe.gates
+        merged = ctx.inputs["merge"].path / "model"
+        if not g.fit:
+            write_fitted(merged, ctx.out / "model", {})  # hard links: the merge output as it is
+            return {"fitted": False}
+
+        import torch
+        from transformers import AutoTokenizer
+
+        from pipeline.loading import load_merged
+        from pipeline.router_fit import fit_routers
+
+        device = g.device if g.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        groups = [token_windows([f], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
+        model = load_merged(merged, dtype="float32" if device == "cpu" else "bfloat16")
+        fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, device)
+        rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
+        ctx.log(f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s on {sum(map(len, groups))} windows: "
+                f"loss {fit.loss[0]:.3f} -> {fit.loss[-1]:.3f}")
+        return {
+            "fitted": True,
+            "device": device,
+            "windows": {portable(f): len(w) for f, w in zip(g.files, groups)},
+            "loss": fit.loss,
+            "expert_usage_entropy_bits": {"hidden": fit.entropy_before, "fitted": fit.entropy_after},
+            "rewritten_shards": rewritten,
+        }

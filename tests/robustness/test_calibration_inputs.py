@@ -1,0 +1,52 @@
+"""Calibration and evaluation text, through the real CLI: bad files stop the build
+before any stage runs; too little text stops it before the quantization engine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLE, run_cli
+
+
+def recipe_with(tmp_path: Path, **calibration) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["name"] = "tiny-2x"
+    data["quantize"]["calibration"].update(calibration)
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "quantize.calibration.files: {f}: file not found"),
+    (b"", "quantize.calibration.files: {f}: no text in file"),
+    (b'{"text": "  "}\n', "quantize.calibration.files: {f}: no text in file"),
+    ("café".encode("latin-1"), "quantize.calibration.files: {f}: not UTF-8 text (byte 3); convert it to UTF-8"),
+    (b'{"txt": "hello"}\n', 'quantize.calibration.files: {f}:1: expected a JSON object with a "text" field'),
+])
+def test_bad_calibration_file_stops_the_build_before_anything_runs(tmp_path, content, expected):
+    f = tmp_path / "cal.jsonl"
+    if content is not None:
+        f.write_bytes(content)
+    proc = run_cli("build", str(recipe_with(tmp_path, files=[str(f)])), build=tmp_path / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip() == "error: " + expected.format(f=f)
+    assert not (tmp_path / "build").exists() and not (tmp_path / "dist").exists()
+
+
+@pytest.mark.slow
+def test_too_little_text_says_how_much_before_the_engine_starts(example, tmp_path):
+    build = tmp_path / "build"
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(build)], check=True)
+    short = tmp_path / "short.txt"
+    short.write_text("def f(x):\n    return x\n" * 40)
+    proc = run_cli("build", str(recipe_with(tmp_path, files=[str(short)])), build=build, dist=tmp_path / "dist")
+    assert proc.returncode == 4, proc.stderr
+    assert "merge     cached" in proc.stdout
+    assert proc.stderr.strip().startswith("error: quantize.calibration: ")
+    assert "8 needed (2048 tokens); add text or lower samples/seq_len" in proc.stderr
+    assert "quantize  calibration:" not in proc.stdout  # printed once the windows exist, just before the engine

@@ -1,0 +1,99 @@
+"""Fitted routers (the `gates` stage) on the example: only the routers change, the
+MoE comes close to its best expert on every domain, and fitting is deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+import pytest
+import torch
+
+from tests.conftest import REPO, read_json, run_cli
+from tests.test_example_build import tensors
+
+pytestmark = pytest.mark.slow
+
+FITTED = REPO / "recipes" / "tiny-2x-fitted.yaml"
+
+
+@pytest.fixture(scope="module")
+def fitted(example, tmp_path_factory) -> dict:
+    """The fitted variant up to `evaluate` (what follows is the same code as for
+    any recipe), built on a hard-linked copy of the example's cache: its merge is
+    the example's (same key), so only gates and evaluate run."""
+    root = tmp_path_factory.mktemp("fitted")
+    (root / "build").mkdir()
+    subprocess.run(["cp", "-al", str(example["root"] / "build" / "tiny-2x"), str(root / "build" / "tiny-2x-fitted")], check=True)
+    (root / "build" / "tiny-2x-fitted" / "published.json").unlink()
+    proc = run_cli("build", str(FITTED), "--until", "evaluate", build=root / "build", dist=root / "dist")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "merge     cached" in proc.stdout and "gates     ran" in proc.stdout
+    output = {line.split()[0]: Path(line.split()[-1]) for line in proc.stdout.splitlines() if line.split()[1:2] == ["ran"]}
+    return {"root": root, "merged": root / "dist" / "tiny-2x-fitted" / "merged",
+            "gates": read_json(output["gates"] / "record.json"),
+            "reference": read_json(output["evaluate"] / "reference.json")}
+
+
+def test_only_the_routers_change(fitted, example):
+    mine, plain = tensors(fitted["merged"]), tensors(example["merged"])
+    assert mine.keys() == plain.keys()
+    routers = [n for n in mine if n.endswith("block_sparse_moe.gate.weight")]
+    assert len(routers) == 4
+    for name, t in mine.items():
+        if name in routers:
+            assert t.dtype == plain[name].dtype and not torch.equal(t, plain[name]), name
+        else:
+            assert t.dtype == plain[name].dtype and t.numpy().tobytes() == plain[name].numpy().tobytes(), name
+
+
+def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
+    ppl = fitted["reference"]["perplexity"]
+    assert set(ppl) == {"moe", "moe (hidden-state routers)", "base", "expert 0", "expert 1"}
+    for domain in ("code", "prose"):
+        assert ppl["moe"][domain] < ppl["moe (hidden-state routers)"][domain], (domain, ppl)
+    # and the report shows both, next to each source expert
+    from pipeline.report import render_markdown
+
+    report = {"passed": True, "enforced": True, "checks": [], "warnings": [], "routing_report": {
+        "domains": ["code", "prose"], "experts": ["expert-code", "expert-prose"], "perplexity": ppl,
+        "routing_16bit": fitted["reference"]["routing_16bit"], "routing_16bit_hidden": fitted["reference"]["routing_16bit_hidden"]}}
+    md = render_markdown(report)
+    for row in ("| moe (hidden-state routers) |", "| moe (fitted routers) |", "| expert 1 (expert-prose) |", "| hidden-state |", "| fitted |"):
+        assert row in md
+
+
+def test_record_and_card_say_how_the_routers_were_fitted(fitted):
+    from pipeline.recipe import load_recipe
+    from pipeline.stages.base import StageResult
+    from pipeline.stages.card import _fitted
+
+    gates = fitted["gates"]["result"]
+    assert gates["fitted"] and len(gates["loss"]) == 40 and gates["loss"][-1] < gates["loss"][0]
+    entropy = gates["expert_usage_entropy_bits"]
+    assert len(entropy["hidden"]) == len(entropy["fitted"]) == 4 and all(0 <= e <= 1 for e in entropy["fitted"])
+    line = _fitted(load_recipe(FITTED), StageResult("gates", "k", fitted["root"], fitted["gates"]))
+    assert line.startswith("routers fitted on calibration/code/calibration.jsonl, calibration/prose/calibration.jsonl: "
+                           "40 steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)")
+    assert _fitted(load_recipe(REPO / "recipes" / "tiny-2x.yaml"), StageResult("gates", "k", fitted["root"], {"result": {"fitted": False}})) is None
+
+
+def test_two_fits_give_identical_routers(fitted):
+    def digests() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(fitted["merged"].glob("*.safetensors"))}
+
+    first = digests()
+    proc = run_cli("build", str(FITTED), "--force", "gates", "--until", "gates",
+                   build=fitted["root"] / "build", dist=fitted["root"] / "dist")
+    assert proc.returncode == 0, proc.stderr
+    assert "gates     ran" in proc.stdout
+    assert digests() == first
+
+
+def test_gates_may_not_train_on_the_evaluation_text(tmp_path):
+    text = FITTED.read_text().replace("calibration/prose/calibration.jsonl", "calibration/prose/eval.jsonl")
+    recipe = tmp_path / "leak.yaml"
+    recipe.write_text(text)
+    proc = run_cli("validate", str(recipe))
+    assert proc.returncode == 2
+    assert "gates.files: calibration/prose/eval.jsonl is also in verify.files" in proc.stderr
