@@ -232,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.progress import quiet_environment
+
+    quiet_environment()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -13,14 +13,19 @@ def bars_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and not os.environ.get("FRANKENMOE_NO_PROGRESS")
 
 
-def quiet_libraries() -> None:
-    """Libraries' own bars and warnings would drown the one-line-per-stage output.
-    Called just before a stage runs, not at start-up: a fully cached build never
-    imports torch or transformers (it takes about a second, not five)."""
+def quiet_environment() -> None:
+    """At start-up, before any library is imported (tqdm reads its settings then)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not bars_enabled():
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def quiet_libraries() -> None:
+    """Libraries' own bars and warnings would drown the one-line-per-stage output.
+    Called just before a stage runs, not at start-up: a fully cached build never
+    imports torch or transformers (it takes well under a second, not five)."""
+    quiet_environment()
     import logging
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
