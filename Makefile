@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RECIPE ?= recipes/tiny-2x.yaml
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-.PHONY: setup build fixtures test lock repro-check clean
+.PHONY: setup build fixtures test lock repro-check bench clean
 
 setup: $(BIN)/frankenmoe
 
@@ -32,6 +32,10 @@ lock: setup fixtures
 # Two builds from scratch in separate folders; fails naming any file that differs.
 repro-check: setup fixtures
 	$(BIN)/frankenmoe repro-check $(RECIPE)
+
+# Stage times and memory next to mergekit-moe and GPTQModel alone: bench/results.{json,md}.
+bench: setup fixtures
+	$(BIN)/python bench/run.py --recipe $(RECIPE)
 
 clean:
 	rm -rf build dist

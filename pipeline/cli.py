@@ -106,7 +106,7 @@ def cmd_rebuild_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fixtures(args: argparse.Namespace) -> int:
-    from pipeline.fixtures import ensure_fixtures
+    from pipeline.fixture_cache import ensure_fixtures
 
     _quiet_libraries()
     ensure_fixtures(Path(args.out))

@@ -30,7 +30,7 @@ def run_cli(*args: str, build: Path | None = None, dist: Path | None = None, cwd
 @pytest.fixture(scope="session")
 def fixture_models() -> Path:
     """The trained example models (made by `make fixtures`; trained here if missing)."""
-    from pipeline.fixtures import ensure_fixtures
+    from pipeline.fixture_cache import ensure_fixtures
 
     return ensure_fixtures(FIXTURES, log=lambda _: None)
 

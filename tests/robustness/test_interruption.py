@@ -34,7 +34,7 @@ def noted(fn):
         out = fn(*args, **kwargs)
         with open(mark, "a") as f:
             f.write(f"{args[1]}\\n")
-        time.sleep(0.3)
+        time.sleep(0.1)
         return out
     return slow
 

@@ -1,0 +1,177 @@
+"""`make bench`: what frankenmoe costs next to the tools it drives, in one run.
+
+Absolute times are noisy on shared machines, so each figure is reported next to
+a reference measured in the same run, as a ratio:
+
+1. overhead: each stage of `frankenmoe build` on a recipe (wall time of the
+   command, the stage's own time, peak RSS of the process and its children), next
+   to mergekit-moe's command line and GPTQModel's own load/quantize/save
+   (bench/raw_gptqmodel.py) on the same models, calibration windows and settings;
+2. cache: a no-op rebuild, and a rebuild after changing only `verify:` thresholds;
+3. quantize: time and peak RSS with the calibration size stated.
+
+Writes bench/results.json and bench/results.md. Not covered yet (issue 9): the
+synthetic 2x7B-shaped scale run and a streaming verify pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run `cmd`; wall time and peak RSS (of it and the children it waited for)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "FRANKENMOE_NO_PROGRESS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{out[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "out": out}
+
+
+def build_env(root: Path) -> dict:
+    return {"FRANKENMOE_BUILD_DIR": str(root / "build"), "FRANKENMOE_DIST_DIR": str(root / "dist")}
+
+
+def stage_record(stage: str, out: str) -> dict:
+    """The record of the stage that `out` (a build's output) says ran."""
+    return json.loads((Path(_ran_line(stage, out).split()[-1]) / "record.json").read_text())
+
+
+def _ran_line(stage: str, out: str) -> str:
+    return next(line for line in out.splitlines() if line.split()[:2] == [stage, "ran"])
+
+
+def ours(recipe_file: Path, work: Path) -> dict:
+    """One `frankenmoe build --until STAGE` per stage, so each is measured alone."""
+    from pipeline.stages import STAGES
+
+    root = work / "ours"
+    rows = {}
+    for stage in STAGES:
+        if stage.name == "push":
+            continue
+        m = measure([str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", stage.name], build_env(root))
+        record = stage_record(stage.name, m["out"])
+        rows[stage.name] = {"command_s": m["wall_s"], "stage_s": record["wall_s"], "peak_rss_mb": m["peak_rss_mb"]}
+        if stage.name == "quantize":  # the raw GPTQModel run gets exactly these windows
+            rows[stage.name]["windows_file"] = str(Path(_ran_line(stage.name, m["out"]).split()[-1]) / "calibration-windows.json")
+    return rows
+
+
+def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
+    """mergekit-moe's CLI and GPTQModel's API on the same inputs."""
+    data = yaml.safe_load(recipe_file.read_text())
+    mergekit_keys = ("base_model", "gate_mode", "dtype", "experts_per_token", "experts", "architecture")
+    config = work / "mergekit.yaml"
+    config.write_text(yaml.safe_dump({k: data[k] for k in mergekit_keys if k in data}, sort_keys=False))
+    out = work / "raw-merge"
+    merge = measure([str(BIN / "mergekit-moe"), str(config), str(out), "--random-seed", str(data.get("merge", {}).get("seed", 0)),
+                     "--device", "cpu", "--quiet", "--copy-tokenizer"])
+    group = data.get("quantize", {}).get("group_size", 128)
+    quant = measure([sys.executable, str(REPO / "bench" / "raw_gptqmodel.py"), str(out), windows_file, str(work / "raw-awq"), str(group)],
+                    {"GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")})
+    return {"merge": {k: merge[k] for k in ("wall_s", "peak_rss_mb")}, "quantize": {k: quant[k] for k in ("wall_s", "peak_rss_mb")}}
+
+
+def cache(recipe_file: Path, work: Path) -> dict:
+    env = build_env(work / "ours")
+    noop = [measure([str(BIN / "frankenmoe"), "build", str(recipe_file)], env)["wall_s"] for _ in range(3)]
+    data = yaml.safe_load(recipe_file.read_text())
+    data.setdefault("verify", {})["max_mean_kl"] = 0.5
+    data.setdefault("name", recipe_file.stem)
+    edited = work / recipe_file.name
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    m = measure([str(BIN / "frankenmoe"), "build", str(edited)], env)
+    ran = [l.split()[0] for l in m["out"].splitlines() if l.split()[1:2] == ["ran"]]
+    return {"noop_s": statistics.median(noop), "noop_runs_s": noop, "thresholds_changed_s": m["wall_s"], "thresholds_changed_ran": ran}
+
+
+def report(results: dict) -> str:
+    o, r = results["ours"], results["raw"]
+    through = ["lock", "resolve", "merge", "gates", "quantize"]
+    ours_build = sum(o[s]["command_s"] for s in through)
+    raw_build = r["merge"]["wall_s"] + r["quantize"]["wall_s"]
+    checks = sum(o[s]["command_s"] for s in ("evaluate", "verify", "card", "manifest"))
+    results["ratios"] = {
+        "merge_vs_mergekit": round(o["merge"]["command_s"] / r["merge"]["wall_s"], 2),
+        "quantize_vs_gptqmodel": round(o["quantize"]["command_s"] / r["quantize"]["wall_s"], 2),
+        "build_through_quantize_vs_raw_tools": round(ours_build / raw_build, 2),
+        "whole_build_with_verification_vs_raw_tools": round((ours_build + checks) / raw_build, 2),
+    }
+    lines = [f"Measured {results['date']} on {results['machine']} (`make bench`, recipe `{results['recipe']}`).", "",
+             "| stage | command wall (s) | stage's own time (s) | peak RSS (MB) | raw tool (s) | raw peak RSS (MB) | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for stage, row in o.items():
+        raw = r.get(stage)
+        ratio = f"{row['command_s'] / raw['wall_s']:.2f}x" if raw else ""
+        lines.append(f"| {stage} | {row['command_s']:.1f} | {row['stage_s']:.1f} | {row['peak_rss_mb']} | "
+                     f"{raw['wall_s'] if raw else ''} | {raw['peak_rss_mb'] if raw else ''} | {ratio} |")
+    c = results["cache"]
+    ratios = results["ratios"]
+    lines += ["",
+              f"- build through quantize: {ours_build:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: "
+              f"**{ratios['build_through_quantize_vs_raw_tools']}x**; with verification (evaluate, verify, card, manifest: "
+              f"{checks:.1f} s) {ratios['whole_build_with_verification_vs_raw_tools']}x",
+              f"- no-op rebuild: {c['noop_s']:.2f} s (median of {len(c['noop_runs_s'])}); "
+              f"after changing only a verify threshold: {c['thresholds_changed_s']:.1f} s, reran {', '.join(c['thresholds_changed_ran'])}",
+              f"- quantize: {o['quantize']['stage_s']:.1f} s and {o['quantize']['peak_rss_mb']} MB peak for {results['calibration']}",
+              "- not measured yet: the synthetic 2x7B-shaped scale run and a streaming verify pass (issue 9)"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tiny-2x.yaml")
+    p.add_argument("--work", type=Path, default=REPO / "build" / ".bench")
+    p.add_argument("--out", type=Path, default=REPO / "bench")
+    args = p.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    recipe = yaml.safe_load(args.recipe.read_text())
+    cal = recipe.get("quantize", {}).get("calibration", {})
+    print(f"bench: {args.recipe} in {args.work}", flush=True)
+    memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    results = {"date": time.strftime("%Y-%m-%d"),
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {memory} GiB, {'a GPU' if _gpu() else 'no GPU'}",
+               "recipe": args.recipe.name,
+               "calibration": f"{cal.get('samples', 128)} windows of {cal.get('seq_len', 512)} tokens"}
+    results["ours"] = ours(args.recipe, args.work)
+    windows = results["ours"]["quantize"].pop("windows_file")
+    results["raw"] = raw_tools(args.recipe, args.work, windows)
+    results["cache"] = cache(args.recipe, args.work)
+    table = report(results)
+    args.out.mkdir(exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (args.out / "results.md").write_text(table)
+    print(table)
+
+
+def _gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
