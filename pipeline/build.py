@@ -32,7 +32,7 @@ from pipeline.calibration import check_text_files
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed
 from pipeline.hashing import HashState, sha256_json
 from pipeline.jsonio import write_json
-from pipeline.lock import LockMismatch, current_lock, differences
+from pipeline.lock import current_lock, require_match
 from pipeline.progress import quiet_libraries
 from pipeline.recipe import Recipe
 from pipeline.stages import STAGES
@@ -325,11 +325,8 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
 
 
 def check_lock(recipe: Recipe, locked: dict, state: HashState) -> None:
-    problems = differences(locked, current_lock(recipe, state))
-    if problems:
-        raise LockMismatch([f"lock mismatch: {p}" for p in problems] + [
-            "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`"
-        ])
+    require_match(locked, current_lock(recipe, state),
+                  "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`")
 
 
 def published_folders(results: dict[str, StageResult]) -> set[str]:

@@ -54,13 +54,19 @@ def load_texts(cal: CalibrationSection) -> tuple[list[str], dict]:
     return texts, {"files": cal.files, "sha256": sha256_json(texts)}
 
 
-def token_windows(files: list[str], tokenizer, seq_len: int, section: str) -> list[list[int]]:
-    """Every non-overlapping `seq_len`-token window of the text in `files`, in order."""
+def token_stream(texts: list[str], tokenizer) -> list[int]:
+    """The texts' token ids end to end, each followed by EOS."""
     ids: list[int] = []
-    for doc in read_documents([Path(f) for f in files]):
-        ids.extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def token_windows(files: list[str], tokenizer, seq_len: int, section: str) -> list[list[int]]:
+    """Every non-overlapping `seq_len`-token window of the text in `files`, in order."""
+    ids = token_stream([doc["text"] for doc in read_documents([Path(f) for f in files])], tokenizer)
     windows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(len(ids) // seq_len)]
     if not windows:
         raise InputFileError(f"{section}: {len(ids)} tokens of text, not one window of {seq_len}; add text or lower seq_len")
@@ -71,11 +77,7 @@ def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
     import torch
 
     texts, source = load_texts(cal)
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
+    ids = token_stream(texts, tokenizer)
     chunks = len(ids) // cal.seq_len
     if chunks < cal.samples:
         raise InputFileError(

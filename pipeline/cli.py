@@ -65,7 +65,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from pipeline.build import default_layout
     from pipeline.hashing import HashState
     from pipeline.jsonio import write_json
-    from pipeline.lock import LockMismatch, current_lock, differences, lock_path, read_lock
+    from pipeline.lock import current_lock, lock_path, read_lock, require_match
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -75,9 +75,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     state.save()
     path = lock_path(args.recipe)
     if args.check:
-        problems = differences(read_lock(path), lock)
-        if problems:
-            raise LockMismatch([f"lock mismatch: {p}" for p in problems] + [f"{path} is out of date; run `frankenmoe lock {args.recipe}`"])
+        require_match(read_lock(path), lock, f"{path} is out of date; run `frankenmoe lock {args.recipe}`")
         print(f"{path}: up to date")
         return 0
     write_json(path, lock)

@@ -26,6 +26,7 @@ from pipeline import __version__
 from pipeline.determinism import THREADS
 from pipeline.errors import FrankenmoeError, InputFileError
 from pipeline.hashing import HashState
+from pipeline.jsonio import read_document
 from pipeline.recipe import Recipe
 from pipeline.versions import tool_versions
 
@@ -117,15 +118,15 @@ def cpu_capability(state: HashState) -> str:
 
 
 def read_lock(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise LockMismatch(f"{path}: lock file not found; write it with `frankenmoe lock RECIPE`")
-    try:
-        lock = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise LockMismatch(f"{path}: not a valid lock file ({e}); rewrite it with `frankenmoe lock RECIPE`") from None
-    if not isinstance(lock, dict) or lock.get("format") != FORMAT:
-        raise LockMismatch(f"{path}: not a frankenmoe lock file of format {FORMAT}; rewrite it with `frankenmoe lock RECIPE`")
-    return lock
+    return read_document(path, FORMAT, LockMismatch, "lock file not found; write it with `frankenmoe lock RECIPE`",
+                         "rewrite it with `frankenmoe lock RECIPE`")
+
+
+def require_match(locked: dict[str, Any], now: dict[str, Any], hint: str) -> None:
+    """LockMismatch, one line per differing item and `hint` last, unless all match."""
+    problems = differences(locked, now)
+    if problems:
+        raise LockMismatch([f"lock mismatch: {p}" for p in problems] + [hint])
 
 
 def differences(locked: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.errors import FrankenmoeError, InputFileError
 from pipeline.hashing import sha256_file
+from pipeline.jsonio import read_document
 from pipeline.stages.manifest import FORMAT, MANIFEST
 
 
@@ -89,16 +90,9 @@ def repro_check(recipe_file: Path, work: Path, log=print) -> list[str]:
 
 
 def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise InputFileError(f"{path}: not found; rebuild-check needs a folder published by frankenmoe (with its {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputFileError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputFileError(f"{path}: not a {FORMAT} manifest")
-    return manifest
+    return read_document(folder / MANIFEST, FORMAT, InputFileError,
+                         f"not found; rebuild-check needs a folder published by frankenmoe (with its {MANIFEST})",
+                         "it was not written by frankenmoe, or was edited")
 
 
 def rebuild_check(folder: Path, work: Path, log=print) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,27 +120,22 @@ def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[st
     wanted = {f"model.layers.{i}.block_sparse_moe.gate.weight": w for i, w in routers.items()}
     found, rewritten = set(), []
     for f in sorted(merged.iterdir()):
-        with safe_open(f, framework="pt") if f.suffix == ".safetensors" else _nothing() as st:
-            keys = list(st.keys()) if st else []
-            if not wanted.keys() & set(keys):
-                _link_or_copy(f, out / f.name)
-                continue
-            tensors = {}
-            for k in keys:
-                t = st.get_tensor(k)
-                tensors[k] = wanted[k].to(t.dtype).contiguous() if k in wanted else t
-        found |= wanted.keys() & set(keys)
+        keys: set[str] = set()
+        if f.suffix == ".safetensors":
+            with safe_open(f, framework="pt") as st:
+                keys = set(st.keys())
+        if not wanted.keys() & keys:
+            _link_or_copy(f, out / f.name)
+            continue
+        with safe_open(f, framework="pt") as st:
+            tensors = {k: wanted[k].to(st.get_tensor(k).dtype).contiguous() if k in wanted else st.get_tensor(k) for k in keys}
+        found |= wanted.keys() & keys
         save_file(tensors, out / f.name, metadata={"format": "pt"})
         os.chmod(out / f.name, 0o644)
         rewritten.append(f.name)
     if found != wanted.keys():
         raise RuntimeError(f"router tensors not found in {merged}: {sorted(wanted.keys() - found)[:2]}")
     return rewritten
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
