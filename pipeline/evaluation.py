@@ -4,6 +4,9 @@
 forced-routing parity, reference log-probs and router weights on held-out text,
 per-domain perplexities of the MoE, its sources and the base. 4-bit side (the
 `verify` stage): the same pass over the candidate, compared token by token.
+Every model pass streams layers from disk (pipeline/streaming.py) and every
+tensor comparison reads one tensor at a time, so memory stays bounded by one
+layer whatever the model's size.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from pathlib import Path
 
 from pipeline.corpus import read_documents
 from pipeline.progress import progress
-from pipeline.routing import forced_expert, moe_blocks
 
 EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
@@ -39,14 +41,33 @@ def eval_windows(files: list[str], tokenizer, seq_len: int, max_tokens: int) -> 
     return windows
 
 
-def load_tensors(folder: Path) -> dict:
-    from safetensors import safe_open
+class TensorFiles:
+    """A folder's safetensors by tensor name, read one tensor at a time: a check
+    over a 2x7B merge and its three sources must not hold them in memory."""
 
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(f, framework="pt") as st:
-            out.update({k: st.get_tensor(k) for k in st.keys()})
-    return out
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        self.files = {}
+        for f in sorted(Path(folder).glob("*.safetensors")):
+            with safe_open(f, framework="pt") as st:
+                self.files.update({k: f for k in st.keys()})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def get(self, name: str):
+        """The tensor, or None. The file is opened per read: one held open stays
+        mapped, and the pages read would stay in the process's memory."""
+        from safetensors import safe_open
+
+        if name not in self.files:
+            return None
+        with safe_open(self.files[name], framework="pt") as st:
+            return st.get_tensor(name)
 
 
 def tensor_group(name: str) -> str:
@@ -67,11 +88,12 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
     base's: that part of a fully fine-tuned expert is lost in a FrankenMoE."""
     import torch
 
-    moe, base_t = load_tensors(merged), load_tensors(base)
-    expert_t = [load_tensors(e) for e in experts]
+    moe, base_t = TensorFiles(merged), TensorFiles(base)
+    expert_t = [TensorFiles(e) for e in experts]
     mismatches = []
     checked = 0
-    for name, t in moe.items():
+    for name in progress(moe.names(), desc="verify: merge structure"):
+        t = moe.get(name)
         if m := EXPERT_W.match(name):
             layer, e, w = m.groups()
             src_name = f"model.layers.{layer}.mlp.{W_TO_SOURCE[w]}.weight"
@@ -85,74 +107,61 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
         if src is None or src.shape != t.shape or not torch.equal(src.to(t.dtype), t):
             mismatches.append(f"{name} differs from {where}")
     for e, src in enumerate(expert_t):
-        for layer in range(len(moe_layers(moe))):
+        for layer in range(len(moe_layers(moe.names()))):
             for w, proj in W_TO_SOURCE.items():
                 if f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight" not in moe:
                     mismatches.append(f"expert {e} layer {layer} {w} missing from the merge")
     deviation = []
     for e, src in enumerate(expert_t):
         groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for name, t in src.items():
+        for name in src.names():
             if ".mlp." in name or name not in base_t:
                 continue
+            t, b = src.get(name).float(), base_t.get(name).float()
             g = groups[tensor_group(name)]
-            g[0] += float((t.float() - base_t[name].float()).pow(2).sum())
-            g[1] += float(base_t[name].float().pow(2).sum())
+            g[0] += float((t - b).pow(2).sum())
+            g[1] += float(b.pow(2).sum())
         deviation.append({k: math.sqrt(d / n) if n else 0.0 for k, (d, n) in sorted(groups.items())})
     return {"tensors_checked": checked, "mismatches": mismatches, "expert_non_mlp_relative_diff": deviation}
 
 
-def moe_layers(tensors: dict) -> set[int]:
-    return {int(n.split(".")[2]) for n in tensors if n.startswith("model.layers.")}
+def moe_layers(names) -> set[int]:
+    return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
 
 
 def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
-    """Per expert k: max and mean |logit difference| of the MoE routed fully to k vs source k."""
-    import torch
-
+    """Per expert k: max and mean |log-prob difference| of the MoE routed fully to k
+    vs source k (both StreamingLM, so neither is ever held whole)."""
+    inputs = [ids[:-1] for _, ids in windows]
     out = []
     for k, src in enumerate(sources):
         worst, total, count = 0.0, 0.0, 0
-        with torch.no_grad():
-            for _, ids in progress(windows, desc=f"verify: forced routing, expert {k}"):
-                x = torch.tensor([ids[:-1]])
-                with forced_expert(moe, k):
-                    a = moe(x).logits.float()
-                d = (a - src(x).logits.float()).abs()
-                worst = max(worst, float(d.max()))
-                total += float(d.sum())
-                count += d.numel()
+        pairs = zip(moe.run(inputs, expert=k, desc=f"verify: forced routing, expert {k}"),
+                    src.run(inputs, desc=f"verify: source of expert {k}"))
+        for (a, _), (b, _) in pairs:
+            d = (a - b).abs()
+            worst = max(worst, float(d.max()))
+            total += float(d.sum())
+            count += d.numel()
         out.append({"expert": k, "max_abs": worst, "mean_abs": total / count})
     return out
 
 
-def forward_with_routing(model, ids):
-    """(log-probs [T, V], router weights [L, T, E]) for one window."""
-    import torch
-
-    captured = []
-    hooks = [b.gate.register_forward_hook(lambda m, i, o: captured.append(torch.softmax(o[0].float(), -1))) for b in moe_blocks(model)]
-    try:
-        with torch.no_grad():
-            logits = model(torch.tensor([ids[:-1]])).logits[0].float()
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.log_softmax(logits, -1), torch.stack(captured)
-
-
-def perplexity(model, windows) -> dict[str, float]:
-    """Per-domain perplexity of a causal LM on the windows."""
+def perplexity_of(logprobs, windows) -> dict[str, float]:
+    """Per-domain perplexity from per-window log-probs [T, V] of the next token."""
     import torch
 
     nll: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    with torch.no_grad():
-        for domain, ids in windows:
-            lp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits[0].float(), -1)
-            t = torch.tensor(ids[1:])
-            nll[domain][0] += float(-lp[torch.arange(len(t)), t].sum())
-            nll[domain][1] += len(t)
+    for lp, (domain, ids) in zip(logprobs, windows):
+        t = torch.tensor(ids[1:])
+        nll[domain][0] += float(-lp[torch.arange(len(t)), t].sum())
+        nll[domain][1] += len(t)
     return {d: math.exp(s / n) for d, (s, n) in sorted(nll.items())}
+
+
+def perplexity(lm, windows, desc: str = "verify: perplexity") -> dict[str, float]:
+    """Per-domain perplexity of a StreamingLM on the windows."""
+    return perplexity_of((lp for lp, _ in lm.run([ids[:-1] for _, ids in windows], desc=desc)), windows)
 
 
 def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
@@ -175,8 +184,8 @@ def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
     return out
 
 
-def compare_candidate(model, windows, ref_logprobs, ref_router, top_k: int) -> dict:
-    """One streaming pass of the candidate over the windows, against the stored
+def compare_candidate(lm, windows, ref_logprobs, ref_router, top_k: int) -> dict:
+    """One layer-streaming pass of the candidate (a StreamingLM) over the windows, against the stored
     16-bit reference: per-token KL(16 || 4), top-1 agreement, perplexities, and
     per layer the router weights' mean |difference| and top-k set agreement."""
     import torch
@@ -185,8 +194,8 @@ def compare_candidate(model, windows, ref_logprobs, ref_router, top_k: int) -> d
     nll16: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     nll4: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     router4 = []
-    for w, (domain, ids) in enumerate(progress(windows, desc="verify: 4-bit vs 16-bit")):
-        lp4, r4 = forward_with_routing(model, ids)
+    outputs = lm.run([ids[:-1] for _, ids in windows], desc="verify: 4-bit vs 16-bit")
+    for w, ((lp4, r4), (domain, ids)) in enumerate(zip(outputs, windows)):
         lp16 = ref_logprobs[w].float()
         kls.append((lp16.exp() * (lp16 - lp4)).sum(-1))
         agree.append(lp16.argmax(-1) == lp4.argmax(-1))

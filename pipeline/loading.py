@@ -124,8 +124,10 @@ def load_awq(path: Path, dtype: str = "float16"):
     if missing or unexpected:
         raise InputFileError(f"{path}: checkpoint does not match the model (missing: {missing[:3]}, unexpected: {unexpected[:3]})")
     model.load_state_dict(state, assign=True, strict=True)
-    model.model.rotary_emb = type(model.model.rotary_emb)(cfg)  # buffers are not in the checkpoint
-    return model.to(torch_dtype).eval()
+    model = model.to(torch_dtype)
+    # Its buffers are not in the checkpoint; made after the cast so they stay float32.
+    model.model.rotary_emb = type(model.model.rotary_emb)(cfg)
+    return model.eval()
 
 
 def load_model(path: Path, dtype: str = "float32"):

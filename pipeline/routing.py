@@ -43,26 +43,15 @@ def forced_expert(model, expert: int) -> Iterator[None]:
             router.forward = fwd
 
 
-def expert_token_counts(model, windows: list[list[int]], desc: str = "routing calibration tokens") -> list[list[int]]:
-    """Per layer and expert, how many tokens the router sends there (top-k)."""
+def expert_token_counts(lm, windows: list[list[int]], desc: str = "routing calibration tokens") -> list[list[int]]:
+    """Per layer and expert, how many tokens the router sends there (top-k), with
+    the merged model streamed layer by layer (a pipeline.streaming.StreamingLM)."""
     import torch
 
-    from pipeline.progress import progress
-
-    blocks = moe_blocks(model)
-    n_exp = blocks[0].gate.num_experts
-    counts = torch.zeros(len(blocks), n_exp, dtype=torch.long)
-    hooks = []
-    for i, block in enumerate(blocks):
-        def hook(_mod, _inp, out, i=i):
-            indices = out[2]
-            counts[i] += torch.bincount(indices.reshape(-1), minlength=n_exp)
-        hooks.append(block.gate.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for w in progress(windows, desc=desc):
-                model(torch.tensor([w]))
-    finally:
-        for h in hooks:
-            h.remove()
+    top_k = lm.config.num_experts_per_tok
+    counts = None
+    for _, router in lm.run(windows, desc=desc, head=False):  # router: [L, T, E]
+        chosen = torch.topk(router, top_k, dim=-1).indices
+        c = torch.stack([torch.bincount(layer.reshape(-1), minlength=router.shape[-1]) for layer in chosen])
+        counts = c if counts is None else counts + c
     return counts.tolist()

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.awq_layout import dequantize, quantization_config, unpack_int4
 from pipeline.errors import InputFileError
 from pipeline.loading import load_awq, load_merged
+from pipeline.streaming import StreamingLM
 from tests.conftest import EXAMPLE, REPO, run_cli
 from tests.test_example_build import eval_ids, tensors
 
@@ -104,14 +105,16 @@ def test_autoawq_reads_every_tensor_and_gives_the_loaders_logits(example):
             state[f"model.layers.{i}.{n}"] = t[f"model.layers.{i}.{n}"]
     for n in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
         state[n] = t[n]
-    plain = MixtralForCausalLM(MixtralConfig(**{k: v for k, v in config.items() if k != "quantization_config"})).half()
-    plain.load_state_dict(state, strict=True)
+    plain = MixtralForCausalLM(MixtralConfig(**{k: v for k, v in config.items() if k != "quantization_config"}))
+    plain.load_state_dict({k: v.half().float() for k, v in state.items()}, strict=True)  # fp16 weights, run in fp32
     ids = eval_ids(awq, "code", 128)
     ours = load_awq(awq, "float16")
     with torch.no_grad():
-        want = plain.float()(ids).logits
+        want = plain(ids).logits
         got = ours.float()(ids).logits
     assert torch.equal(got, want)
+    (streamed, _), = StreamingLM(awq).run(ids.tolist())  # the reader verify uses
+    assert torch.equal(streamed, torch.log_softmax(want[0], -1))
 
 
 def test_4bit_model_is_close_to_16bit(example):

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from pipeline.evaluation import forced_routing_parity, merge_structure
-from pipeline.loading import load_merged
+from pipeline.streaming import StreamingLM
 from pipeline.report import routing_matrix
 from tests.conftest import EXAMPLE, run_cli
 from tests.test_example_build import eval_ids
@@ -144,9 +144,8 @@ def test_structure_and_forced_routing_catch_a_bad_merge(example, fixture_models,
     s = merge_structure(swapped, fixture_models / "base", experts)
     assert s["mismatches"] and "differs from expert" in s["mismatches"][0]
     assert s["expert_non_mlp_relative_diff"][0]["attention"] == 0.0  # the fixtures share the base's attention
-    moe = load_merged(swapped)
     windows = [("code", eval_ids(example["merged"], "code", 65)[0].tolist())]
-    parity = forced_routing_parity(moe, [load_merged(e) for e in experts], windows)
+    parity = forced_routing_parity(StreamingLM(swapped), [StreamingLM(e) for e in experts], windows)
     assert all(p["max_abs"] > 0.1 for p in parity)
 
 

@@ -1,7 +1,8 @@
 """evaluate: the 16-bit side of verification, computed once per merge.
 
 Runs the merged MoE (and, for the routing report, its sources and base) over the
-held-out evaluation text and stores what every later comparison needs:
+held-out evaluation text, each streamed one layer at a time from disk
+(pipeline/streaming.py), and stores what every later comparison needs:
 `reference.safetensors` (evaluation token ids, the MoE's log-probs and router
 weights) and `reference.json` (merge structure, forced-routing parity, per-domain
 perplexities, routing statistics). Changing only thresholds, or verifying another
@@ -19,17 +20,16 @@ from pipeline.errors import InputFileError
 from pipeline.evaluation import (
     eval_windows,
     forced_routing_parity,
-    forward_with_routing,
     merge_structure,
     perplexity,
+    perplexity_of,
     routing_stats,
 )
 from pipeline.hashing import HashState
 from pipeline.jsonio import write_json
-from pipeline.loading import load_merged
-from pipeline.progress import progress
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.streaming import StreamingLM
 
 
 class EvaluateStage(Stage):
@@ -64,28 +64,25 @@ class EvaluateStage(Stage):
             raise InputFileError(f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}")
 
         structure = merge_structure(merged, paths["base"], experts)
-        moe = load_merged(merged)
-        logprobs, routers = [], []
-        for _, ids in progress(windows, desc="verify: 16-bit reference"):
-            lp, r = forward_with_routing(moe, ids)
-            logprobs.append(lp)
-            routers.append(r)
+        moe = StreamingLM(merged)
+        inputs = [ids[:-1] for _, ids in windows]
+        logprobs, routers = zip(*moe.run(inputs, desc="verify: 16-bit reference"))
         router = torch.cat(routers, dim=1)
         domains = [d for d, _ in windows]
         top_k = moe.config.num_experts_per_tok
         # Forced routing needs only a little text: two windows per domain.
         sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
-        sources = [load_merged(e) for e in experts]
+        sources = [StreamingLM(e) for e in experts]
         forced = forced_routing_parity(moe, sources, sample)
-        ppl = {"moe": perplexity(moe, windows), "base": perplexity(load_merged(paths["base"]), windows)}
+        ppl = {"moe": perplexity_of(logprobs, windows), "base": perplexity(StreamingLM(paths["base"]), windows)}
         for i, src in enumerate(sources):
             ppl[f"expert {i}"] = perplexity(src, windows)
         hidden_routing = None
         if ctx.inputs["gates"].record["result"].get("fitted"):
-            hidden = load_merged(ctx.inputs["merge"].path / "model")  # mergekit's own routers
-            ppl["moe (hidden-state routers)"] = perplexity(hidden, windows)
-            hidden_router = torch.cat([forward_with_routing(hidden, ids)[1] for _, ids in windows], dim=1)
-            hidden_routing = routing_stats(hidden_router, domains, v.seq_len, top_k)
+            hidden = StreamingLM(ctx.inputs["merge"].path / "model")  # mergekit's own routers
+            hidden_lp, hidden_routers = zip(*hidden.run(inputs, desc="verify: hidden-state routers"))
+            ppl["moe (hidden-state routers)"] = perplexity_of(hidden_lp, windows)
+            hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)
         save_file({
             "tokens": torch.tensor([ids for _, ids in windows]),
             "logprobs": torch.stack(logprobs).contiguous(),

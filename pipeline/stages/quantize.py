@@ -32,9 +32,9 @@ from pipeline.awq_engine import run_engine
 from pipeline.errors import FrankenmoeError, InputFileError, RecipeError
 from pipeline.hashing import HashState
 from pipeline.jsonio import write_json
-from pipeline.loading import load_merged
 from pipeline.recipe import Recipe
 from pipeline.routing import expert_token_counts
+from pipeline.streaming import StreamingLM
 from pipeline.stages.base import Stage, StageContext, StageResult
 
 COPY_FROM_MERGED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
@@ -113,9 +113,7 @@ class QuantizeStage(Stage):
 
     @staticmethod
     def _check_coverage(merged: Path, windows, minimum: int, allow: bool) -> list[list[int]]:
-        model = load_merged(merged, dtype="float32")
-        counts = expert_token_counts(model, windows)
-        del model
+        counts = expert_token_counts(StreamingLM(merged), windows)
         under = _under(counts, minimum)
         if under and not allow:
             layer, expert, n = under[0]

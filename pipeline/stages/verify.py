@@ -17,9 +17,9 @@ from typing import Any
 from pipeline.errors import InputFileError
 from pipeline.evaluation import compare_candidate, routing_stats
 from pipeline.jsonio import write_json
-from pipeline.loading import load_awq, load_merged
 from pipeline.recipe import Recipe, VerifySection
 from pipeline.report import render_markdown, render_routing_png
+from pipeline.streaming import StreamingLM
 from pipeline.stages.base import Stage, StageContext, StageResult
 
 # A source whose non-MLP weights differ from the base's by more than this (relative
@@ -81,26 +81,26 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
     bad = [f for f in forced if not f["passed"]]
     checks.append(_check(
         "forced_routing", not bad,
-        "each expert reproduces its source (largest logit difference " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
+        "each expert reproduces its source (largest log-prob difference " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
         if not bad else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> {v.forced_routing_atol})",
         experts=forced, atol=v.forced_routing_atol,
     ))
 
     load_problems = []
-    for label, folder, loader in (("merged", merged, load_merged), ("awq", candidate, load_awq)):
+    for label, folder in (("merged", merged), ("awq", candidate)):
         try:
-            model = loader(folder)
+            load_problems += [f"{label}: {p}" for p in StreamingLM(folder).check()]
         except InputFileError as e:
             load_problems.append(f"{label}: {e}")
     checks.append(_check("consumer_load", not load_problems,
-                         "both folders load with no missing or unexpected tensor" if not load_problems else load_problems[0],
+                         "both folders load with no missing, mis-shaped or unexpected tensor" if not load_problems else load_problems[0],
                          problems=load_problems))
 
     if not load_problems:
         with safe_open(evaluate.path / "reference.safetensors", framework="pt") as st:
             ref_logprobs, ref_router, tokens = st.get_tensor("logprobs"), st.get_tensor("router"), st.get_tensor("tokens")
         windows = [(d, ids) for d, ids in zip(ref["domains"], tokens.tolist())]
-        cmp = compare_candidate(model.float(), windows, ref_logprobs, ref_router, ref["top_k"])
+        cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
         router4 = cmp.pop("router_4bit")
         q_ok = cmp["kl_mean"] <= v.max_mean_kl and cmp["top1_agreement"] >= v.min_top1_agreement and cmp["perplexity_ratio"] <= v.max_ppl_ratio
         checks.append(_check(
