@@ -1,14 +1,8 @@
 """Rewrite a checkpoint's tensors under new names into size-bounded shards.
 
-mergekit 0.1.5 writes the fused transformers-5 expert tensors
-(`mlp.experts.gate_up_proj [E, 2I, H]`, `mlp.experts.down_proj [E, H, I]`).
-Published Mixtral repos, vLLM and llama.cpp's converter expect the classic
-per-expert names (`block_sparse_moe.experts.E.{w1,w2,w3}.weight`), which
-transformers 5 still loads. The split is exact: w1 = gate_up[e][:I],
-w3 = gate_up[e][I:], w2 = down[e].
-
-Tensors are read as slices and written shard by shard, so memory stays near one
-shard whatever the model size.
+The quantize stage renames GPTQModel's output to the published AWQ Mixtral names
+(pipeline/awq_layout.py) this way. Tensors are read one at a time and written
+shard by shard, so memory stays near one shard whatever the model size.
 """
 
 from __future__ import annotations
@@ -22,9 +16,6 @@ from typing import Callable
 from pipeline.jsonio import write_json
 from pipeline.progress import progress
 
-FUSED_GATE_UP = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.gate_up_proj$")
-FUSED_DOWN = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.down_proj$")
-ROUTER = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "I8": 1, "U8": 1, "I16": 2}
 
 
@@ -53,36 +44,6 @@ def renamed_pieces(files: list[Path], rename: Callable[[str], str]) -> list[Piec
             for name in f.keys():
                 sl = f.get_slice(name)
                 pieces.append(Piece(rename(name), file, name, (), _numel(sl.get_shape()) * DTYPE_BYTES[sl.get_dtype()]))
-    return sorted(pieces, key=lambda p: natural_key(p.name))
-
-
-def mixtral_pieces(files: list[Path]) -> list[Piece]:
-    """Output tensors in the classic Mixtral layout for a mergekit-moe checkpoint."""
-    from safetensors import safe_open
-
-    pieces = []
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                sl = f.get_slice(name)
-                shape, nbytes_el = sl.get_shape(), DTYPE_BYTES[sl.get_dtype()]
-                if m := FUSED_GATE_UP.match(name):
-                    n_exp, two_i, hidden = shape
-                    inter = two_i // 2
-                    for e in range(n_exp):
-                        prefix = f"model.layers.{m.group(1)}.block_sparse_moe.experts.{e}"
-                        size = inter * hidden * nbytes_el
-                        pieces.append(Piece(f"{prefix}.w1.weight", file, name, (e, slice(0, inter)), size))
-                        pieces.append(Piece(f"{prefix}.w3.weight", file, name, (e, slice(inter, two_i)), size))
-                elif m := FUSED_DOWN.match(name):
-                    n_exp, hidden, inter = shape
-                    for e in range(n_exp):
-                        prefix = f"model.layers.{m.group(1)}.block_sparse_moe.experts.{e}"
-                        pieces.append(Piece(f"{prefix}.w2.weight", file, name, (e,), hidden * inter * nbytes_el))
-                elif m := ROUTER.match(name):
-                    pieces.append(Piece(f"model.layers.{m.group(1)}.block_sparse_moe.gate.weight", file, name, (), _numel(shape) * nbytes_el))
-                else:
-                    pieces.append(Piece(name, file, name, (), _numel(shape) * nbytes_el))
     return sorted(pieces, key=lambda p: natural_key(p.name))
 
 

@@ -1,23 +1,28 @@
-"""merge: mergekit-moe through its Python API, then the classic Mixtral layout.
+"""merge: mergekit-moe through its Python API, writing the classic Mixtral layout.
 
 mergekit builds the MoE from the resolved local folders (attention, embeddings
 and norms from the base, each expert's MLP from its source, router rows from the
-prompts' hidden states). Its fused transformers-5 tensors are then rewritten to
-the per-expert Mixtral names and re-sharded to `merge.shard_size` (see
-pipeline/checkpoint.py). Output: `model/`, a complete Hugging Face model folder,
-published as dist/<name>/merged/.
+prompts' hidden states). mergekit 0.1.5 fuses the experts into transformers 5's
+`mlp.experts.gate_up_proj [E, 2I, H]`; published Mixtral repos, vLLM and
+llama.cpp's converter expect the per-expert names
+(`block_sparse_moe.experts.E.{w1,w2,w3}.weight`), which transformers 5 still
+loads. So mergekit is made to save each expert tensor under its classic name as
+it goes: one write of the weights, not a write and a rewrite (a 2x7B is 26 GB).
+Output: `model/`, a complete Hugging Face model folder, published as
+dist/<name>/merged/.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from pipeline.checkpoint import mixtral_pieces, write_sharded
 from pipeline.determinism import seed_everything
-from pipeline.errors import FrankenmoeError, IncompatibleModelsError
+from pipeline.errors import EnvironmentProblem, FrankenmoeError, IncompatibleModelsError
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 
@@ -76,35 +81,65 @@ class MergeStage(Stage):
             device=device,
             quiet=True,
         )
-        scratch = ctx.out / "mergekit"
+        model_dir = ctx.out / "model"
         seed_everything(recipe.merge.seed)  # random gate modes and noise_scale draw from torch
         logging.getLogger("mergekit").setLevel(logging.WARNING)
         try:
-            mergekit_moe_build(config, out_path=str(scratch), merge_options=options, device=device)
+            with classic_mixtral_names():
+                mergekit_moe_build(config, out_path=str(model_dir), merge_options=options, device=device)
         except SystemExit:  # mergekit reports some config problems by exiting
             raise FrankenmoeError("merge: mergekit-moe rejected the configuration (see its message above)") from None
         except KeyError as e:
             raise IncompatibleModelsError(f"merge: a source model lacks tensor {e}; is it a Llama/Mistral checkpoint?") from None
 
-        model_dir = ctx.out / "model"
-        model_dir.mkdir()
-        pieces = mixtral_pieces(sorted(scratch.glob("*.safetensors")))
-        shards = write_sharded(pieces, model_dir, recipe.merge.shard_size, desc="merge: writing Mixtral layout")
-        for f in sorted(scratch.iterdir()):
-            if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json" and f.is_file():
-                shutil.copy2(f, model_dir / f.name)
+        shards = sorted(f.name for f in model_dir.glob("*.safetensors"))
+        for f in shards:
+            os.chmod(model_dir / f, 0o644)  # safetensors writes 0600; published files are world-readable
         base_path = Path(paths["base"])
         for name in COPY_FROM_BASE:
             if (base_path / name).is_file() and not (model_dir / name).exists():
                 shutil.copy2(base_path / name, model_dir / name)
-        shutil.rmtree(scratch)
-        ctx.log(f"merge     {len(recipe.experts)} experts, {len(pieces)} tensors in {len(shards)} shard(s)")
-        return {"tensors": len(pieces), "shards": shards, "device": device}
+        tensors = len(_weight_map(model_dir))
+        ctx.log(f"merge     {len(recipe.experts)} experts, {tensors} tensors in {len(shards)} shard(s)")
+        return {"tensors": tensors, "shards": shards, "device": device}
+
+
+@contextmanager
+def classic_mixtral_names() -> Iterator[None]:
+    """While mergekit-moe writes a Mixtral: each expert tensor is saved under its
+    classic name (`model.layers.N.block_sparse_moe.experts.E.wK.weight`) instead
+    of being fused, and the router as `block_sparse_moe.gate.weight`."""
+    import mergekit.moe.mixtral as mixtral
+
+    if not (hasattr(mixtral, "convert_and_save_checkpoint_tensors") and hasattr(mixtral.MixtralMoE, "_router_weight_name")):
+        raise EnvironmentProblem("merge: this mergekit does not write Mixtral the way frankenmoe expects; "
+                                 "install the pinned version (make setup)")
+    fuse, router = mixtral.convert_and_save_checkpoint_tensors, mixtral.MixtralMoE._router_weight_name
+
+    def save_per_expert(model_type, source_tensors, target_name, writer, out_dtype=None, clone=False):
+        for name, tensor in source_tensors.items():  # model.layers.N.mlp.experts.E.wK.weight
+            writer.save_tensor(name.replace(".mlp.", ".block_sparse_moe."), tensor.to(dtype=out_dtype).contiguous(), clone=clone)
+
+    mixtral.convert_and_save_checkpoint_tensors = save_per_expert
+    mixtral.MixtralMoE._router_weight_name = lambda self, i: f"model.layers.{i}.block_sparse_moe.gate.weight"
+    try:
+        yield
+    finally:
+        mixtral.convert_and_save_checkpoint_tensors, mixtral.MixtralMoE._router_weight_name = fuse, router
+
+
+def _weight_map(folder: Path) -> dict:
+    from safetensors import safe_open
+
+    names = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            names.update({k: f.name for k in st.keys()})
+    return names
 
 
 def merge_disk_bytes(base_config: dict, recipe: Recipe) -> int:
-    """mergekit's output and the rewritten one exist together until the end."""
-    return 2 * moe_bytes(base_config, len(recipe.experts), recipe.dtype)
+    return moe_bytes(base_config, len(recipe.experts), recipe.dtype)
 
 
 def moe_bytes(cfg: dict, n_experts: int, dtype: str | None) -> int:
