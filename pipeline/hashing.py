@@ -2,7 +2,7 @@
 
 A no-op rebuild must not grow with model size, so (as DVC's state does) the sha256
 of a file is remembered against its path, size, mtime and inode; a file whose stat
-is unchanged is not read again.
+is unchanged is not read again, nor is a hard link to a file already hashed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,13 @@ class HashState:
         entry = self._entries.get(key)
         if entry and entry[:3] == stamp:
             return entry[3]
-        digest = sha256_file(file)
+        # The same inode under another name: a hard link (synthetic or deduplicated
+        # model folders share shards this way) is read once.
+        inode = f"inode:{st.st_dev}:{st.st_ino}"
+        same = self._entries.get(inode)
+        digest = same[2] if same and same[:2] == stamp[:2] else sha256_file(file)
         self._entries[key] = stamp + [digest]
+        self._entries[inode] = stamp[:2] + [digest]
         self._dirty = True
         return digest
 

@@ -145,3 +145,19 @@ def test_unusable_build_folder_is_one_line_exit_5(tmp_path):
     assert proc.returncode == 5, proc.stderr
     assert proc.stderr.startswith(f"error: {blocker}") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_hash_memo_reads_a_hard_linked_file_once(tmp_path, monkeypatch):
+    import pipeline.hashing as hashing
+
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"x" * 100)
+    os.link(a, tmp_path / "b.bin")
+    reads = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: reads.append(p) or real(p))
+    state = HashState(tmp_path / "memo.json")
+    assert state.sha256(a) == state.sha256(tmp_path / "b.bin") == real(a)
+    assert reads == [a]
+    a.write_bytes(b"y" * 101)  # new content, new stat: read again under either name
+    assert state.sha256(tmp_path / "b.bin") == real(a) and len(reads) == 2
