@@ -33,9 +33,10 @@ lock: setup fixtures
 repro-check: setup fixtures
 	$(BIN)/frankenmoe repro-check $(RECIPE)
 
-# Stage times and memory next to mergekit-moe and GPTQModel alone: bench/results.{json,md}.
+# Stage times and memory next to mergekit-moe and GPTQModel alone, and the synthetic
+# 2x1B/2x7B scale part (ARGS=--quantize-synthetic, --scale ...): bench/results.{json,md}.
 bench: setup fixtures
-	$(BIN)/python bench/run.py --recipe $(RECIPE)
+	$(BIN)/python bench/run.py --recipe $(RECIPE) $(ARGS)
 
 clean:
 	rm -rf build dist

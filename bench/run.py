@@ -3,15 +3,18 @@
 Absolute times are noisy on shared machines, so each figure is reported next to
 a reference measured in the same run, as a ratio:
 
-1. overhead: each stage of `frankenmoe build` on a recipe (wall time of the
-   command, the stage's own time, peak RSS of the process and its children), next
-   to mergekit-moe's command line and GPTQModel's own load/quantize/save
-   (bench/raw_gptqmodel.py) on the same models, calibration windows and settings;
+1. overhead: `frankenmoe build` on a recipe in one command, and each stage alone
+   (wall time of the command, the stage's own time, peak RSS of the process and
+   its children), next to mergekit-moe's command line and GPTQModel's own
+   load/quantize/save (bench/raw_gptqmodel.py) on the same models, calibration
+   windows and settings;
 2. cache: a no-op rebuild, and a rebuild after changing only `verify:` thresholds;
-3. quantize: time and peak RSS with the calibration size stated.
+3. quantize: time and peak RSS with the calibration size stated;
+4. scale (bench/scale.py): synthetic 2x7B- and 2x1B-shaped families through
+   lock, resolve and merge next to a byte-copy reference, and the streamed
+   verify checks, with peak RSS.
 
-Writes bench/results.json and bench/results.md. Not covered yet (issue 9): the
-synthetic 2x7B-shaped scale run and a streaming verify pass.
+Writes bench/results.json and bench/results.md.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,13 +37,22 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run `cmd`; wall time and peak RSS (of it and the children it waited for)."""
+def measure(cmd: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO) -> dict:
+    """Run `cmd`; wall time and peak RSS (of it and the children it waited for).
+    Past `timeout` seconds it is stopped and {"timed_out": True} returned."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "FRANKENMOE_NO_PROGRESS": "1", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "FRANKENMOE_NO_PROGRESS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    expired = threading.Event()
+    timer = threading.Timer(timeout, lambda: (expired.set(), os.killpg(proc.pid, 9))) if timeout else None
+    if timer:
+        timer.start()
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    if timer:
+        timer.cancel()
+    if expired.is_set():
+        return {"timed_out": True}
     wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{out[-2000:]}")
@@ -76,6 +89,15 @@ def ours(recipe_file: Path, work: Path) -> dict:
     return rows
 
 
+def whole(recipe_file: Path, work: Path) -> dict:
+    """The build as users run it, one command: through quantize, then the rest."""
+    env = build_env(work / "whole")
+    upto = measure([str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", "quantize"], env)
+    rest = measure([str(BIN / "frankenmoe"), "build", str(recipe_file)], env)
+    return {"through_quantize_s": upto["wall_s"], "through_quantize_peak_rss_mb": upto["peak_rss_mb"],
+            "verification_and_publish_s": rest["wall_s"], "whole_s": round(upto["wall_s"] + rest["wall_s"], 2)}
+
+
 def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
     """mergekit-moe's CLI and GPTQModel's API on the same inputs."""
     data = yaml.safe_load(recipe_file.read_text())
@@ -86,8 +108,9 @@ def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
     merge = measure([str(BIN / "mergekit-moe"), str(config), str(out), "--random-seed", str(data.get("merge", {}).get("seed", 0)),
                      "--device", "cpu", "--quiet", "--copy-tokenizer"])
     group = data.get("quantize", {}).get("group_size", 128)
-    quant = measure([sys.executable, str(REPO / "bench" / "raw_gptqmodel.py"), str(out), windows_file, str(work / "raw-awq"), str(group)],
-                    {"GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")})
+    quant = measure([sys.executable, str(REPO / "bench" / "raw_gptqmodel.py"), str(out), str(REPO / windows_file), str(work / "raw-awq"), str(group)],
+                    {"GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")},
+                    cwd=work)  # GPTQModel writes logs/ into its working folder
     return {"merge": {k: merge[k] for k in ("wall_s", "peak_rss_mb")}, "quantize": {k: quant[k] for k in ("wall_s", "peak_rss_mb")}}
 
 
@@ -105,11 +128,9 @@ def cache(recipe_file: Path, work: Path) -> dict:
 
 
 def report(results: dict) -> str:
-    o, r = results["ours"], results["raw"]
-    through = ["lock", "resolve", "merge", "gates", "quantize"]
-    ours_build = sum(o[s]["command_s"] for s in through)
+    o, r, w = results["ours"], results["raw"], results["whole"]
+    ours_build, checks = w["through_quantize_s"], w["verification_and_publish_s"]
     raw_build = r["merge"]["wall_s"] + r["quantize"]["wall_s"]
-    checks = sum(o[s]["command_s"] for s in ("evaluate", "verify", "card", "manifest"))
     results["ratios"] = {
         "merge_vs_mergekit": round(o["merge"]["command_s"] / r["merge"]["wall_s"], 2),
         "quantize_vs_gptqmodel": round(o["quantize"]["command_s"] / r["quantize"]["wall_s"], 2),
@@ -127,13 +148,18 @@ def report(results: dict) -> str:
     c = results["cache"]
     ratios = results["ratios"]
     lines += ["",
-              f"- build through quantize: {ours_build:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: "
-              f"**{ratios['build_through_quantize_vs_raw_tools']}x**; with verification (evaluate, verify, card, manifest: "
-              f"{checks:.1f} s) {ratios['whole_build_with_verification_vs_raw_tools']}x",
+              f"- `frankenmoe build --until quantize` in one command: {ours_build:.1f} s vs mergekit-moe + GPTQModel alone "
+              f"{raw_build:.1f} s: **{ratios['build_through_quantize_vs_raw_tools']}x**; then `frankenmoe build` for the rest "
+              f"(evaluate, verify, card, manifest, push: {checks:.1f} s), whole build {ratios['whole_build_with_verification_vs_raw_tools']}x",
+              "- per-stage rows are one `frankenmoe build --until STAGE` each: every row pays a process start-up and the no-op "
+              "checks of the stages before it",
               f"- no-op rebuild: {c['noop_s']:.2f} s (median of {len(c['noop_runs_s'])}); "
               f"after changing only a verify threshold: {c['thresholds_changed_s']:.1f} s, reran {', '.join(c['thresholds_changed_ran'])}",
-              f"- quantize: {o['quantize']['stage_s']:.1f} s and {o['quantize']['peak_rss_mb']} MB peak for {results['calibration']}",
-              "- not measured yet: the synthetic 2x7B-shaped scale run and a streaming verify pass (issue 9)"]
+              f"- quantize: {o['quantize']['stage_s']:.1f} s and {o['quantize']['peak_rss_mb']} MB peak for {results['calibration']}"]
+    if results.get("scale"):
+        from scale import report as scale_report
+
+        lines += scale_report(results["scale"])
     return "\n".join(lines) + "\n"
 
 
@@ -142,6 +168,8 @@ def main() -> None:
     p.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tiny-2x.yaml")
     p.add_argument("--work", type=Path, default=REPO / "build" / ".bench")
     p.add_argument("--out", type=Path, default=REPO / "bench")
+    p.add_argument("--scale", nargs="*", default=["1b", "7b"], help="synthetic families to run (none: skip the scale part)")
+    p.add_argument("--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (hours on a CPU)")
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -156,7 +184,14 @@ def main() -> None:
     results["ours"] = ours(args.recipe, args.work)
     windows = results["ours"]["quantize"].pop("windows_file")
     results["raw"] = raw_tools(args.recipe, args.work, windows)
+    results["whole"] = whole(args.recipe, args.work)
     results["cache"] = cache(args.recipe, args.work)
+    for part in ("ours", "whole", "raw-merge", "raw-awq"):  # room for the scale part
+        shutil.rmtree(args.work / part, ignore_errors=True)
+
+    from scale import run_family
+
+    results["scale"] = [run_family(shape, args.work, quantize=args.quantize_synthetic) for shape in args.scale]
     table = report(results)
     args.out.mkdir(exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
