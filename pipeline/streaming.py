@@ -106,6 +106,29 @@ class CheckpointReader:
             return dequantize(*(self._raw(f"{prefix}.{p}") for p in QUANT_PARTS), self.group_size).to(torch.float16)
         return self._raw(name)
 
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        """The shape `tensor(key)` would have, from the file headers alone; None
+        when its parts do not fit together."""
+        from safetensors import safe_open
+
+        def one(weight: str) -> tuple[int, ...]:
+            if self._is_awq_linear(weight):
+                with safe_open(self.files[f"{weight[: -len('.weight')]}.qweight"], framework="pt") as st:
+                    rows, packed = st.get_slice(f"{weight[: -len('.weight')]}.qweight").get_shape()
+                return (packed * 8, rows)  # qweight is [in, out/8]; the weight [out, in]
+            with safe_open(self.files[weight], framework="pt") as st:
+                return tuple(st.get_slice(weight).get_shape())
+
+        weights, how = self._plan(key)
+        shapes = [one(w) for w in weights]
+        if how == "one":
+            return shapes[0]
+        if how == "gate_up":
+            pairs = [shapes[i : i + 2] for i in range(0, len(shapes), 2)]
+            fused = {(a[0] + b[0], *a[1:]) if a[1:] == b[1:] else None for a, b in pairs}
+            return (len(pairs), *fused.pop()) if len(fused) == 1 and None not in fused else None
+        return (len(shapes), *shapes[0]) if len(set(shapes)) == 1 else None
+
     def tensor(self, key: str):
         """The tensor a transformers module calls `key`."""
         import torch
@@ -144,8 +167,8 @@ class StreamingLM:
             module.to_empty(device="meta")
 
     def check(self) -> list[str]:
-        """Missing, mis-shaped and unexpected checkpoint tensors, reading one
-        weight at a time: what a consumer loading the folder would hit."""
+        """Missing, mis-shaped and unexpected checkpoint tensors, from the file
+        headers alone: what a consumer loading the folder would hit."""
         problems, used = [], set()
         for prefix, module in self._parts():
             for key, param in module.state_dict().items():
@@ -155,7 +178,7 @@ class StreamingLM:
                 if missing:
                     problems += [f"missing tensor {s}" for s in missing]
                     continue
-                shape = tuple(self.reader.tensor(prefix + key).shape)
+                shape = self.reader.shape(prefix + key)
                 if shape != tuple(param.shape):
                     problems.append(f"{prefix + key} has shape {shape}, the model needs {tuple(param.shape)}")
         return problems + [f"unexpected tensor {name}" for name in sorted(set(self.reader.files) - used)]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.loading import load_awq, load_merged
 from pipeline.routing import forced_expert, moe_blocks
-from pipeline.streaming import StreamingLM
+from pipeline.streaming import CheckpointReader, StreamingLM
 from tests.test_example_build import eval_ids
 
 pytestmark = pytest.mark.slow
@@ -76,8 +76,10 @@ def test_only_one_layer_is_in_memory(example):
     assert all(p.is_meta for p in lm.model.parameters())  # everything dropped again
 
 
-def test_check_names_missing_misshaped_and_unexpected_tensors(example, tmp_path):
-    assert StreamingLM(example["awq"]).check() == []
+def test_check_names_missing_misshaped_and_unexpected_tensors(example, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:  # from the headers alone: no weight is read
+        m.setattr(CheckpointReader, "_raw", lambda self, name: pytest.fail(f"read {name}"))
+        assert StreamingLM(example["awq"]).check() == StreamingLM(example["merged"]).check() == []
     cases = {
         "missing": (lambda t: t.pop(sorted(k for k in t if k.endswith(".qzeros"))[0]), "missing tensor"),
         "unexpected": (lambda t: t.__setitem__("model.layers.0.block_sparse_moe.experts.9.w1.qweight",
