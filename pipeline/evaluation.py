@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.corpus import read_documents
 from pipeline.progress import progress
+from pipeline.streaming import CheckpointReader
 
 EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
@@ -41,35 +42,6 @@ def eval_windows(files: list[str], tokenizer, seq_len: int, max_tokens: int) -> 
     return windows
 
 
-class TensorFiles:
-    """A folder's safetensors by tensor name, read one tensor at a time: a check
-    over a 2x7B merge and its three sources must not hold them in memory."""
-
-    def __init__(self, folder: Path):
-        from safetensors import safe_open
-
-        self.files = {}
-        for f in sorted(Path(folder).glob("*.safetensors")):
-            with safe_open(f, framework="pt") as st:
-                self.files.update({k: f for k in st.keys()})
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
-
-    def names(self) -> list[str]:
-        return sorted(self.files)
-
-    def get(self, name: str):
-        """The tensor, or None. The file is opened per read: one held open stays
-        mapped, and the pages read would stay in the process's memory."""
-        from safetensors import safe_open
-
-        if name not in self.files:
-            return None
-        with safe_open(self.files[name], framework="pt") as st:
-            return st.get_tensor(name)
-
-
 def tensor_group(name: str) -> str:
     if "embed_tokens" in name:
         return "embeddings"
@@ -88,11 +60,11 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
     base's: that part of a fully fine-tuned expert is lost in a FrankenMoE."""
     import torch
 
-    moe, base_t = TensorFiles(merged), TensorFiles(base)
-    expert_t = [TensorFiles(e) for e in experts]
+    moe, base_t = CheckpointReader(merged), CheckpointReader(base)
+    expert_t = [CheckpointReader(e) for e in experts]
     mismatches = []
     checked = 0
-    for name in progress(moe.names(), desc="verify: merge structure"):
+    for name in progress(sorted(moe.files), desc="verify: merge structure"):
         t = moe.get(name)
         if m := EXPERT_W.match(name):
             layer, e, w = m.groups()
@@ -107,15 +79,15 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
         if src is None or src.shape != t.shape or not torch.equal(src.to(t.dtype), t):
             mismatches.append(f"{name} differs from {where}")
     for e, src in enumerate(expert_t):
-        for layer in range(len(moe_layers(moe.names()))):
+        for layer in range(len(moe_layers(moe.files))):
             for w, proj in W_TO_SOURCE.items():
-                if f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight" not in moe:
+                if f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight" not in moe.files:
                     mismatches.append(f"expert {e} layer {layer} {w} missing from the merge")
     deviation = []
     for e, src in enumerate(expert_t):
         groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for name in src.names():
-            if ".mlp." in name or name not in base_t:
+        for name in sorted(src.files):
+            if ".mlp." in name or name not in base_t.files:
                 continue
             t, b = src.get(name).float(), base_t.get(name).float()
             g = groups[tensor_group(name)]

@@ -69,6 +69,10 @@ class CheckpointReader:
         with safe_open(self.files[name], framework="pt") as st:
             return st.get_tensor(name)
 
+    def get(self, name: str):
+        """A checkpoint tensor by its own name, or None."""
+        return self._raw(name) if name in self.files else None
+
     def _is_awq_linear(self, weight: str) -> bool:
         return bool(self.group_size) and weight not in self.files and f"{weight[: -len('.weight')]}.qweight" in self.files
 
