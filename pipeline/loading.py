@@ -27,106 +27,20 @@ def load_merged(path: Path, dtype: str = "float32"):
     return model.eval()
 
 
-def awq_state_dict(path: Path, dtype=None) -> tuple[dict, dict]:
-    """Dequantize a folder in the published AWQ layout into Mixtral tensors with
-    per-expert names (`mlp.experts.E.{gate,up,down}_proj.weight`). Returns
-    (state_dict, config dict). Every tensor of the folder must be used exactly
-    once, or this raises."""
-    import json
-    import re
-
-    import torch
-    from safetensors import safe_open
-
-    from pipeline.awq_layout import W_TO_PROJ, dequantize
-
-    dtype = dtype or torch.float16
-    config = json.loads((Path(path) / "config.json").read_text())
-    qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != "awq" or qc.get("version") != "gemm":
-        raise InputFileError(f"{path}: config.json has no AWQ GEMM quantization_config")
-    group = qc["group_size"]
-    raw: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(f, framework="pt") as st:
-            raw.update({k: st.get_tensor(k) for k in st.keys()})
-    if not raw:
-        raise InputFileError(f"{path}: no safetensors files")
-    used: set[str] = set()
-
-    def linear(prefix: str) -> torch.Tensor:
-        parts = [f"{prefix}.{p}" for p in ("qweight", "qzeros", "scales")]
-        missing = [p for p in parts if p not in raw]
-        if missing:
-            raise InputFileError(f"{path}: missing tensor {missing[0]}")
-        used.update(parts)
-        return dequantize(*(raw[p] for p in parts), group).to(dtype)
-
-    state = {}
-    layers = config["num_hidden_layers"]
-    n_exp = config["num_local_experts"]
-    for i in range(layers):
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            state[f"model.layers.{i}.self_attn.{proj}.weight"] = linear(f"model.layers.{i}.self_attn.{proj}")
-        moe = f"model.layers.{i}.block_sparse_moe"
-        for e in range(n_exp):
-            for w, proj in W_TO_PROJ.items():
-                state[f"model.layers.{i}.mlp.experts.{e}.{proj}.weight"] = linear(f"{moe}.experts.{e}.{w}")
-        router = f"{moe}.gate.weight"
-        if router not in raw:
-            raise InputFileError(f"{path}: missing tensor {router}")
-        state[f"model.layers.{i}.mlp.gate.weight"] = raw[router].to(dtype)
-        used.add(router)
-    quantized = re.compile(r"\.(qweight|qzeros|scales)$")
-    for name, t in raw.items():
-        if name not in used:
-            if quantized.search(name):
-                raise InputFileError(f"{path}: unexpected tensor {name}")
-            state[name] = t.to(dtype)
-            used.add(name)
-    return state, config
-
-
-def _fuse_experts(state: dict, layers: int, n_exp: int) -> dict:
-    """Per-expert weights -> transformers 5's fused `gate_up_proj` / `down_proj`.
-
-    transformers 5 fuses experts; GPTQModel, once imported, patches Mixtral back to
-    per-expert linears in the whole process. The loader serves either layout."""
-    import torch
-
-    out = dict(state)
-    for i in range(layers):
-        p = f"model.layers.{i}.mlp.experts"
-        gate = [out.pop(f"{p}.{e}.gate_proj.weight") for e in range(n_exp)]
-        up = [out.pop(f"{p}.{e}.up_proj.weight") for e in range(n_exp)]
-        down = [out.pop(f"{p}.{e}.down_proj.weight") for e in range(n_exp)]
-        out[f"{p}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
-        out[f"{p}.down_proj"] = torch.stack(down)
-    return out
-
-
 def load_awq(path: Path, dtype: str = "float16"):
     """A folder in the published AWQ layout as a plain Mixtral on the CPU, with
-    its weights dequantized. Fails on any missing or unexpected tensor."""
-    import torch
-    from transformers import MixtralConfig, MixtralForCausalLM
+    its weights dequantized by the reader verification streams through
+    (pipeline/streaming.py). Fails on any missing, mis-shaped or unexpected tensor."""
+    from pipeline.streaming import StreamingLM
 
-    torch_dtype = getattr(torch, dtype)
-    state, config = awq_state_dict(path, torch_dtype)
-    config = {k: v for k, v in config.items() if k != "quantization_config"}
-    cfg = MixtralConfig(**config)
-    with torch.device("meta"):
-        model = MixtralForCausalLM(cfg)
-    expected = set(model.state_dict())
-    if not any(".mlp.experts.0.gate_proj.weight" in k for k in expected):
-        state = _fuse_experts(state, cfg.num_hidden_layers, cfg.num_local_experts)
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputFileError(f"{path}: checkpoint does not match the model (missing: {missing[:3]}, unexpected: {unexpected[:3]})")
-    model.load_state_dict(state, assign=True, strict=True)
-    model = model.to(torch_dtype)
-    # Its buffers are not in the checkpoint; made after the cast so they stay float32.
-    model.model.rotary_emb = type(model.model.rotary_emb)(cfg)
+    lm = StreamingLM(path, dtype)
+    problems = lm.check()
+    if problems:
+        raise InputFileError(f"{path}: checkpoint does not match the model ({'; '.join(problems[:3])})")
+    model = lm.model
+    model.load_state_dict({k: lm.reader.tensor(k).to(lm.dtype) for k in model.state_dict()}, assign=True, strict=True)
+    # Its buffers are not in the checkpoint; made on the CPU in float32, as a loaded model has them.
+    model.model.rotary_emb = type(model.model.rotary_emb)(lm.config)
     return model.eval()
 
 
