@@ -4,6 +4,7 @@ GPTQModel patches transformers' Mixtral classes for the whole process, changes
 environment variables and prints banners and tables. In its own process none of
 that reaches the rest of the build (the verify checks load Mixtral afterwards),
 and its console output goes to the stage's engine.log unless a person watches.
+Its own process also lets the build tune the C allocator for it (ALLOCATOR).
 """
 
 from __future__ import annotations
@@ -20,6 +21,28 @@ from pipeline.errors import FrankenmoeError
 from pipeline.progress import bars_enabled
 
 
+# glibc's malloc hands freed blocks back to the kernel eagerly, and AWQ's scale
+# search allocates and frees the same buffers thousands of times: on 2 CPU cores a
+# third of GPTQModel's time on the example went to 7.3 M page faults. Keeping freed
+# memory in one arena gave the same output bytes in 37 s instead of 48 s
+# (bench/results.md). Values a user sets in the environment win.
+ALLOCATOR = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc's ceiling; larger blocks are still mapped
+    "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
+    "MALLOC_TOP_PAD_": str(512 << 20),
+}
+
+
+def engine_env(environ: dict[str, str]) -> dict[str, str]:
+    """The engine's environment: `environ` plus the allocator settings and the
+    CPU worker count GPTQModel needs, where `environ` does not set them."""
+    env = {**ALLOCATOR, **environ}
+    # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
+    env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+    return env
+
+
 def _die_with_parent() -> None:
     """A kill -9 of the build must not leave the engine running on."""
     import ctypes
@@ -34,9 +57,7 @@ def run_engine(spec: dict, spec_file: Path, log_file: Path) -> None:
     spec_file.write_text(json.dumps(spec, sort_keys=True))
     work = spec_file.parent / "engine-work"
     work.mkdir(exist_ok=True)
-    env = dict(os.environ)
-    # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
-    env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+    env = engine_env(dict(os.environ))
     watched = bars_enabled()
     with open(log_file, "wb") as log:
         proc = subprocess.run(

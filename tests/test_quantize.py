@@ -204,3 +204,12 @@ def test_unpack_matches_autoawq_on_random_data():
     want = dequantize_gemm(qweight, qzeros, scales, 4, 128)
     assert torch.equal(dequantize(qweight, qzeros, scales, 128).t().half(), want)
     assert unpack_int4(torch.tensor([[0x76543210]], dtype=torch.int32)).tolist() == [[0, 4, 1, 5, 2, 6, 3, 7]]
+
+
+def test_engine_env_tunes_the_allocator_unless_the_user_did():
+    from pipeline.awq_engine import ALLOCATOR, engine_env
+
+    env = engine_env({"MALLOC_ARENA_MAX": "4", "PATH": "/bin"})
+    assert env["MALLOC_ARENA_MAX"] == "4" and env["PATH"] == "/bin"
+    assert all(env[k] == v for k, v in ALLOCATOR.items() if k != "MALLOC_ARENA_MAX")
+    assert int(env["GPTQMODEL_CPU_WORKERS"]) >= 2
