@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=REPO / "build" / ".bench")
     p.add_argument("--out", type=Path, default=REPO / "bench")
     p.add_argument("--scale", nargs="*", default=["1b", "7b"], help="synthetic families to run (none: skip the scale part)")
-    p.add_argument("--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (hours on a CPU)")
+    p.add_argument("--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (about an hour on 2 CPU cores)")
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

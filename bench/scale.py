@@ -34,7 +34,7 @@ GiB = 2**30
 MARGIN = 2 * GiB
 # Per family: the check windows (count x tokens), whether to time the reference
 # pass, and whether it may be quantized (with --quantize-synthetic: GPTQModel's
-# AWQ of the 2x1B ran at 2-4 min per layer of 22 on 2 CPU cores, so 40-80 min).
+# AWQ of the 2x1B took 61 min on 2 CPU cores, about 2.5 min per layer of 22).
 CHECKS = {"7b": (1, 64, False, False), "1b": (4, 256, True, True)}
 CALIBRATION = {"samples": 4, "seq_len": 128}
 QUANTIZE_TIMEOUT_S = 3 * 3600
