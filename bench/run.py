@@ -33,8 +33,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.awq_engine import ALLOCATOR  # noqa: E402
+from pipeline.awq_engine import ALLOCATOR
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
