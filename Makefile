@@ -1,11 +1,11 @@
-# frankenmoe: `make setup build` builds the offline example; `make test` runs the tests.
+# frankenmoe: `make build` builds the real offline example (SmolLM2 2x); `make test` runs the tests.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-RECIPE ?= recipes/tiny-2x.yaml
+RECIPE ?= recipes/smollm2-2x.yaml
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-.PHONY: setup build fixtures test lock repro-check bench clean
+.PHONY: setup build fixtures test lint lock repro-check bench clean
 
 setup: $(BIN)/frankenmoe
 
@@ -25,6 +25,10 @@ build: setup fixtures
 
 test: setup fixtures
 	$(BIN)/python -m pytest -q
+
+# ruff at 120 columns (pyproject.toml [tool.ruff]).
+lint: setup
+	$(BIN)/ruff check .
 
 lock: setup fixtures
 	$(BIN)/frankenmoe lock $(RECIPE)

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from run import BIN, REPO, build_env, measure
 from synthetic import SHAPES, family_bytes, make_family
 
@@ -106,7 +105,7 @@ def run_family(shape: str, work: Path, quantize: bool = False, log=print) -> dic
     root.mkdir(parents=True)
     try:
         t0 = time.monotonic()
-        folders = make_family(root / "models", shape, REPO / "fixtures" / "base", log=log)
+        folders = make_family(root / "models", shape, REPO / "fixtures" / "tiny" / "base", log=log)
         row["generate_s"] = round(time.monotonic() - t0, 1)
         inputs = sorted(p for f in folders.values() for p in f.glob("*.safetensors"))
         row["page_cache_dropped"] = drop_caches()

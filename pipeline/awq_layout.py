@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.errors import RecipeError
+
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 QUANT_PARTS = ("qweight", "qzeros", "scales")
 ENGINE_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(qweight|qzeros|scales)$")
@@ -65,3 +67,34 @@ def dequantize(qweight, qzeros, scales, group_size: int):
     z = unpack_int4(qzeros).float().repeat_interleave(group_size, dim=0)  # [in, out]
     s = scales.float().repeat_interleave(group_size, dim=0)
     return ((q - z) * s).t().contiguous()
+
+
+GROUP_SIZES = (128, 64, 32)
+
+
+def quantized_input_dims(config: dict) -> dict[str, int]:
+    """The input dimension of every linear AWQ quantizes, by what sets it: q/k/v,
+    gate/up (hidden_size), o_proj (heads x head_dim), down_proj (intermediate_size)."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return {"hidden_size": config["hidden_size"], "intermediate_size": config["intermediate_size"],
+            "num_attention_heads x head_dim": heads * head_dim}
+
+
+def choose_group_size(config: dict, wanted: int | None) -> int:
+    """AWQ groups run along each linear's input dimension, so they must divide it.
+    None picks the largest of 128, 64, 32 that divides every such dimension. Works
+    on a source's config as well as the merged one, so preflight runs it before merge."""
+    dims = quantized_input_dims(config)
+    if wanted is not None:
+        for key, dim in dims.items():
+            if dim % wanted:
+                fits = [g for g in GROUP_SIZES if all(d % g == 0 for d in dims.values())]
+                hint = f"use {fits[0]}, or leave quantize.group_size unset to choose it" if fits else "no AWQ group size fits this model"
+                raise RecipeError([f"quantize.group_size: {wanted} does not divide the model's {key} ({dim}); {hint}"])
+        return wanted
+    for g in GROUP_SIZES:
+        if all(d % g == 0 for d in dims.values()):
+            return g
+    raise RecipeError([f"quantize.group_size: none of {', '.join(map(str, GROUP_SIZES))} divides the model's "
+                       + ", ".join(f"{k} ({v})" for k, v in dims.items()) + "; AWQ cannot quantize this model"])

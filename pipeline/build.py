@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline import __version__
-from pipeline.calibration import check_text_files
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, VerifyFailed
 from pipeline.hashing import HashState, sha256_json
 from pipeline.jsonio import write_json
@@ -133,7 +132,7 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
     material = key_material(stage, recipe, stage.fingerprint(recipe, state, deps), deps)
     key = sha256_json(material)[:16]
     stage_dir = layout.stage_dir(stage.name)
-    if not force:
+    if not force and not stage.never_cached:
         hit = cached_result(stage, layout, key)
         if hit:
             return hit, False, time.monotonic() - t0
@@ -188,16 +187,20 @@ def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
         os.close(fd)
 
 
-def publish(done: dict[str, StageResult], layout: Layout, folders: set[str]) -> list[Path]:
+def publish(done: dict[str, StageResult], layout: Layout, folders: set[str],
+            stages: list[Stage] | tuple[Stage, ...] = STAGES) -> list[Path]:
     """Assemble dist/<name>/<folder> from every finished stage that publishes into
     it (the AWQ folder: quantize's model plus verify's report), atomically, as hard
-    links into the cache. Skipped when dist already holds exactly these files."""
+    links into the cache. Skipped when dist already holds exactly these files: the
+    same stage keys and content hashes (a forced rerun can write other bytes under
+    the same key), and files unchanged on disk since."""
     published_file = layout.build / "published.json"
     published = json.loads(published_file.read_text()) if published_file.is_file() else {}
     out = []
     for folder in sorted(folders):
-        parts = [(res, stage.publishes[folder]) for stage in STAGES if (res := done.get(stage.name)) and folder in stage.publishes]
-        key = sha256_json([[res.name, res.key] for res, _ in parts])[:16]
+        parts = [(res, stage.publishes[folder]) for stage in stages if (res := done.get(stage.name)) and folder in stage.publishes]
+        key = sha256_json([[res.name, res.key, {rel: meta["sha256"] for rel, meta in sorted(res.record["files"].items())
+                                                 if rel.startswith(sub + "/")}] for res, sub in parts])[:16]
         dst = layout.dist / folder
         out.append(dst)
         entry = published.get(folder)
@@ -299,7 +302,8 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
     for name in force:
         if name not in {s.name for s in STAGES}:
             raise FrankenmoeError(f"--force: unknown stage {name!r}; stages are {', '.join(s.name for s in STAGES)}")
-    check_text_files(recipe)
+    for stage in stages:
+        stage.preflight(recipe)
     state = HashState(layout.build_root / ".hash-state.json")
     if locked is not None:
         check_lock(recipe, locked, state)

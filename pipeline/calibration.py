@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.corpus import read_documents
 from pipeline.errors import InputFileError
 from pipeline.hashing import HashState, sha256_json
+from pipeline.paths import portable, resolve_path
 from pipeline.recipe import CalibrationSection
 
 
@@ -23,20 +24,21 @@ class CalibrationSet:
     source: dict  # what was read, with content hashes
 
 
-def source_fingerprint(cal: CalibrationSection, state: HashState) -> dict:
+def source_fingerprint(cal: CalibrationSection, state: HashState, root: Path,
+                       section: str = "quantize.calibration.files") -> dict:
     """Content identity of the calibration input, cheap on a no-op rebuild."""
     if cal.dataset:
         return {"dataset": cal.dataset.model_dump()}
     files = {}
     for name in cal.files:
-        path = Path(name)
+        path = resolve_path(name, root)
         if not path.is_file():
-            raise InputFileError(f"quantize.calibration.files: {name}: file not found")
+            raise InputFileError(f"{section}: {name}: file not found")
         files[path.name] = state.sha256(path)
     return {"files": files}
 
 
-def load_texts(cal: CalibrationSection) -> tuple[list[str], dict]:
+def load_texts(cal: CalibrationSection, root: Path) -> tuple[list[str], dict]:
     if cal.dataset:
         import datasets
 
@@ -49,9 +51,9 @@ def load_texts(cal: CalibrationSection) -> tuple[list[str], dict]:
             raise InputFileError(f"quantize.calibration.dataset.text_column: {ds.text_column!r} not in {data.column_names}")
         texts = [t for t in data[ds.text_column] if isinstance(t, str) and t.strip()]
         return texts, {"dataset": ds.model_dump(), "fingerprint": data._fingerprint, "sha256": sha256_json(texts)}
-    docs = read_documents([Path(f) for f in cal.files])
+    docs = read_documents([resolve_path(f, root) for f in cal.files])
     texts = [d["text"] for d in docs if d["text"].strip()]
-    return texts, {"files": cal.files, "sha256": sha256_json(texts)}
+    return texts, {"files": [portable(f) for f in cal.files], "sha256": sha256_json(texts)}
 
 
 def token_stream(texts: list[str], tokenizer) -> list[int]:
@@ -64,19 +66,19 @@ def token_stream(texts: list[str], tokenizer) -> list[int]:
     return ids
 
 
-def token_windows(files: list[str], tokenizer, seq_len: int, section: str) -> list[list[int]]:
+def token_windows(files: list[Path], tokenizer, seq_len: int, section: str) -> list[list[int]]:
     """Every non-overlapping `seq_len`-token window of the text in `files`, in order."""
-    ids = token_stream([doc["text"] for doc in read_documents([Path(f) for f in files])], tokenizer)
+    ids = token_stream([doc["text"] for doc in read_documents(files)], tokenizer)
     windows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(len(ids) // seq_len)]
     if not windows:
         raise InputFileError(f"{section}: {len(ids)} tokens of text, not one window of {seq_len}; add text or lower seq_len")
     return windows
 
 
-def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
+def calibration_windows(cal: CalibrationSection, tokenizer, root: Path = Path()) -> CalibrationSet:
     import torch
 
-    texts, source = load_texts(cal)
+    texts, source = load_texts(cal, root)
     ids = token_stream(texts, tokenizer)
     chunks = len(ids) // cal.seq_len
     if chunks < cal.samples:
@@ -89,18 +91,16 @@ def calibration_windows(cal: CalibrationSection, tokenizer) -> CalibrationSet:
     return CalibrationSet(windows, {**source, "tokens": len(ids), "windows": len(windows)})
 
 
-def check_text_files(recipe) -> None:
-    """Read every calibration and evaluation file once before any stage runs, so a
-    missing, empty, malformed or non-UTF-8 file stops the build in seconds, not
-    after the merge. (Whether there is enough text is known only with the
-    tokenizer; `quantize` checks it before the engine starts.)"""
-    cal = recipe.quantize.calibration
+def check_text_files(recipe, section: str, files: list[str]) -> None:
+    """Read every file of a text section once before any stage runs, so a missing,
+    empty, malformed or non-UTF-8 file stops the build in seconds, not after the
+    merge. (Whether there is enough text is known only with the tokenizer;
+    `quantize` checks it before the engine starts.)"""
     problems = []
-    for section, files in (("quantize.calibration.files", [] if cal.dataset else cal.files), ("verify.files", recipe.verify.files)):
-        for name in files:
-            try:
-                read_documents([Path(name)])
-            except InputFileError as e:
-                problems += [f"{section}: {p}" for p in e.problems]
+    for name in files:
+        try:
+            read_documents([recipe.path(name)])
+        except InputFileError as e:
+            problems += [f"{section}: {p}" for p in e.problems]
     if problems:
         raise InputFileError(problems)

@@ -55,7 +55,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.lock import lock_path, read_lock
     from pipeline.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, root=args.paths_from)
     locked = read_lock(args.lock or lock_path(args.recipe)) if args.locked or args.lock else None
     build(recipe, default_layout(recipe), force=set(args.force or []), until=args.until, locked=locked)
     return 0
@@ -99,15 +99,16 @@ def cmd_rebuild_check(args: argparse.Namespace) -> int:
     from pipeline.repro import rebuild_check
 
     work = args.work or Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / ".rebuild-check"
-    rebuild_check(args.dir, work)
+    rebuild_check(args.dir, work, args.recipe_dir)
     return 0
 
 
 def cmd_fixtures(args: argparse.Namespace) -> int:
-    from pipeline.fixture_cache import ensure_fixtures
+    from pipeline.fixture_cache import EXAMPLES, ensure_example
 
     _quiet_libraries()
-    ensure_fixtures(Path(args.out))
+    for name in args.only or EXAMPLES:
+        ensure_example(name, Path(args.out))
     return 0
 
 
@@ -189,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
     b.add_argument("--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file")
     b.add_argument("--lock", type=Path, help="the lock file for --locked (default: <recipe stem>.lock.json beside the recipe)")
+    b.add_argument("--paths-from", type=Path, metavar="DIR",
+                   help="resolve the recipe's relative paths against DIR instead of the recipe file's folder")
     b.set_defaults(func=cmd_build)
 
     lk = sub.add_parser("lock", help="write <recipe stem>.lock.json: model commits, file hashes, tool versions, platform")
@@ -204,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rebuild-check", help="rebuild a published folder from its build.json and compare the bytes")
     rb.add_argument("dir", type=Path)
     rb.add_argument("--work", type=Path, help="where the rebuild goes (default: build/.rebuild-check)")
+    rb.add_argument("--recipe-dir", type=Path, default=Path("."), metavar="DIR",
+                    help="the folder the original recipe's relative paths are relative to (default: the current folder; "
+                         "for this repository's examples: recipes)")
     rb.set_defaults(func=cmd_rebuild_check)
 
     vf = sub.add_parser("verify", help="re-run the verify checks on the built 4-bit model or on any AWQ folder, without rebuilding")
@@ -223,8 +229,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.set_defaults(func=cmd_generate)
 
-    f = sub.add_parser("fixtures", help="train the offline example's models (cached by their inputs)")
+    f = sub.add_parser("fixtures", help="make the offline examples' models in OUT/<example> (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))
+    f.add_argument("--only", action="append", choices=("tiny", "smollm2"),
+                   help="make only this example's models (repeatable): tiny (tests) or smollm2 (the real example)")
     f.set_defaults(func=cmd_fixtures)
     return p
 

@@ -24,14 +24,14 @@ EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
-def eval_windows(files: list[str], tokenizer, seq_len: int, max_tokens: int) -> list[tuple[str, list[int]]]:
+def eval_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int) -> list[tuple[str, list[int]]]:
     """(domain, seq_len + 1 token ids) windows, the first ones of each domain, an
     equal share of `max_tokens` per domain. The domain is the documents' `domain`
     field, else the file's folder name."""
     by_domain: dict[str, list[int]] = defaultdict(list)
     for f in files:
-        for doc in read_documents([Path(f)]):
-            domain = doc.get("domain") or Path(f).parent.name
+        for doc in read_documents([f]):
+            domain = doc.get("domain") or f.parent.name
             by_domain[domain].extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
     per_domain = max(1, max_tokens // max(1, len(by_domain)) // seq_len)
     windows = []
@@ -153,6 +153,21 @@ def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
             "share": chosen[:, mask].mean(1).tolist(),  # [L][E]
             "mean_gate_weight": gate[:, mask].mean(1).tolist(),
         }
+    return out
+
+
+def dead_experts(routing: dict, share: float) -> list[dict]:
+    """Experts that get less than `share` of the routed weight at a layer on every
+    domain, their own included: [{expert, layers, largest}] (largest: the most
+    weight any domain gives it at those layers)."""
+    domains = sorted(routing)
+    weights = {d: routing[d]["mean_gate_weight"] for d in domains}
+    layers, experts = len(weights[domains[0]]), len(weights[domains[0]][0])
+    out = []
+    for e in range(experts):
+        dead = [layer for layer in range(layers) if all(weights[d][layer][e] < share for d in domains)]
+        if dead:
+            out.append({"expert": e, "layers": dead, "largest": max(weights[d][layer][e] for d in domains for layer in dead)})
     return out
 
 

@@ -1,52 +1,36 @@
-"""A cache of the trained example models shared by every clone on a machine.
+"""The examples' models, each in its own folder under fixtures/, made or copied on demand.
 
-The fixtures' bytes depend only on their key (pipeline/fixtures.py), so a clean
-clone, CI's included, copies them from here instead of training for minutes.
-FRANKENMOE_FIXTURES_CACHE moves it (default ~/.cache/frankenmoe/fixtures); an
-empty value turns it off. (Kept out of fixtures.py: that file is part of the key.)
+- `tiny`: a 4-layer Mistral and two MLP-only experts trained from scratch on the
+  shipped corpora (pipeline/fixtures.py): fast tests;
+- `smollm2`: SmolLM2-135M-Instruct from PyPI and MLP-only fine-tunes of it
+  (pipeline/example/smollm2.py): the real example.
+
+Each is keyed by a hash of its inputs and shared between clones through the cache
+in pipeline/example/store.py. (Kept out of fixtures.py: that file is part of the
+tiny models' key.)
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
+from typing import Callable
 
-from pipeline.fixtures import FixtureSettings, ensure_fixtures as train_fixtures, fixtures_key
+from pipeline.example.store import ensure
+from pipeline.fixtures import FixtureSettings, fixtures_key
+from pipeline.fixtures import ensure_fixtures as train_tiny
 
-
-def shared_cache() -> Path | None:
-    value = os.environ.get("FRANKENMOE_FIXTURES_CACHE")
-    if value is not None:
-        return Path(value) if value else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "frankenmoe" / "fixtures"
+EXAMPLES = ("tiny", "smollm2")
 
 
-def _has_key(folder: Path, key: str) -> bool:
-    stamp = folder / "fixtures.json"
-    return stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
+def ensure_tiny(out: Path, settings: FixtureSettings = FixtureSettings(), log: Callable[[str], None] = print) -> Path:
+    """`out/{base,expert-code,expert-prose}`: the tiny models for the current key."""
+    return ensure(out, fixtures_key(settings), lambda tmp: train_tiny(tmp, settings, log), log)
 
 
-def ensure_fixtures(out: Path, settings: FixtureSettings = FixtureSettings(), log=print) -> Path:
-    """`out/{base,expert-code,expert-prose}` for the current key: as they are, copied
-    from the shared cache, or trained (and then kept in the cache)."""
-    key, cache = fixtures_key(settings), shared_cache()
-    if not _has_key(out, key) and cache is not None and _has_key(cache / key, key):
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(cache / key, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        log(f"fixtures: copied from {cache / key}")
-        return out
-    train_fixtures(out, settings, log)
-    if cache is not None and not _has_key(cache / key, key):
-        tmp = cache / f".{key}.tmp-{os.getpid()}"
-        try:
-            shutil.copytree(out, tmp)
-            tmp.rename(cache / key)
-            log(f"fixtures: kept in {cache / key} for other clones")
-        except OSError:  # a read-only or full home only costs the next clone a retraining
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+def ensure_example(name: str, root: Path, log: Callable[[str], None] = print) -> Path:
+    """`root/<name>` holding the named example's models."""
+    if name == "tiny":
+        return ensure_tiny(root / name, log=log)
+    from pipeline.example.smollm2 import ensure_smollm2
+
+    return ensure_smollm2(root / name, log=log)

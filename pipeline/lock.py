@@ -27,6 +27,7 @@ from pipeline.determinism import THREADS
 from pipeline.errors import FrankenmoeError, InputFileError
 from pipeline.hashing import HashState
 from pipeline.jsonio import read_document
+from pipeline.paths import portable, resolve_path
 from pipeline.recipe import Recipe
 from pipeline.versions import tool_versions
 
@@ -45,16 +46,10 @@ def lock_path(recipe_file: Path) -> Path:
     return recipe_file.with_name(f"{recipe_file.stem}.lock.json")
 
 
-def portable(path: str) -> str:
-    """A path as it may appear in a lock or a published file: relative as written,
-    absolute ones by name only."""
-    return Path(path).name if Path(path).is_absolute() else path
-
-
-def _data_files(section: str, files: list[str], state: HashState) -> dict[str, str]:
+def _data_files(section: str, files: list[str], state: HashState, root: Path) -> dict[str, str]:
     out = {}
     for name in files:
-        path = Path(name)
+        path = resolve_path(name, root)
         if not path.is_file():
             raise InputFileError(f"{section}: {name}: file not found")
         out[portable(name)] = state.sha256(path)
@@ -68,7 +63,7 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
 
     models = {}
     for role, ref in recipe.all_models():
-        located = locate(role, ref, download=download)
+        located = locate(role, ref, recipe.root, download=download)
         if located is None:
             return None
         models[role] = {
@@ -77,13 +72,15 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
             "files": {f.name: state.sha256(f) for f in model_files(located.path)},
         }
     cal = recipe.quantize.calibration
-    data = {"verify.files": _data_files("verify.files", recipe.verify.files, state)}
+    data = {"verify.files": _data_files("verify.files", recipe.verify.files, state, recipe.root)}
     if cal.dataset:
         data["quantize.calibration.dataset"] = cal.dataset.model_dump()
     else:
-        data["quantize.calibration.files"] = _data_files("quantize.calibration.files", cal.files, state)
+        data["quantize.calibration.files"] = _data_files("quantize.calibration.files", cal.files, state, recipe.root)
+    if recipe.gates.fit:
+        data["gates.files"] = _data_files("gates.files", recipe.gates.files, state, recipe.root)
     if recipe.card.template:
-        data["card.template"] = _data_files("card.template", [recipe.card.template], state)
+        data["card.template"] = _data_files("card.template", [recipe.card.template], state, recipe.root)
     return {
         "format": FORMAT,
         "recipe": recipe.name,
@@ -178,6 +175,7 @@ def published_recipe(recipe: Recipe) -> dict[str, Any]:
     cal = data["quantize"]["calibration"]
     cal["files"] = [portable(f) for f in cal["files"]]
     data["verify"]["files"] = [portable(f) for f in data["verify"]["files"]]
+    data["gates"]["files"] = [portable(f) for f in data["gates"]["files"]]
     if "template" in data["card"]:
         data["card"]["template"] = portable(data["card"]["template"])
     return data

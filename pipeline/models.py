@@ -44,15 +44,16 @@ class LocatedModel:
     commit: str | None  # resolved Hub commit SHA; None for local folders
 
 
-def locate(role: str, ref: ModelRef, download: bool = True) -> LocatedModel | None:
-    """The local folder holding `ref`; downloads Hub ids unless `download` is False
-    (then returns None when the files are not already in the local Hub cache)."""
-    local = Path(ref.id).expanduser()
+def locate(role: str, ref: ModelRef, root: Path, download: bool = True) -> LocatedModel | None:
+    """The local folder holding `ref` (relative to `root`, the recipe's folder);
+    downloads Hub ids unless `download` is False (then returns None when the files
+    are not already in the local Hub cache)."""
+    local = ref.local_path(root)
     if local.is_dir():
         if ref.revision:
             raise InputFileError(f"{role}: {ref.id} is a local folder; `revision` only applies to Hub ids")
         return LocatedModel(role, ref, local.resolve(), None)
-    if not ref.looks_like_hub_id():
+    if not ref.looks_like_hub_id(root):
         raise InputFileError(f"{role}: {ref.id}: no such folder, and not a Hub id of the form org/name")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -91,17 +92,22 @@ def model_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in ALLOW_PATTERNS))
 
 
-def card_license(model: LocatedModel) -> str | None:
-    """The license in the model card's YAML header, if the folder has a card."""
+def card_facts(model: LocatedModel) -> dict:
+    """What the source's model card states: its license, the model it derives from
+    (`base_model`) and its first paragraph of text (where it says how it was made)."""
     readme = model.path / "README.md"
     if not readme.is_file():
-        return None
+        return {"license": None, "derived_from": None, "about": None}
     from huggingface_hub import ModelCard
 
     try:
-        return ModelCard(readme.read_text(encoding="utf-8", errors="replace")).data.license
-    except Exception:  # a card the Hub would not parse states no usable license
-        return None
+        card = ModelCard(readme.read_text(encoding="utf-8", errors="replace"))
+    except Exception:  # a card the Hub would not parse states nothing usable
+        return {"license": None, "derived_from": None, "about": None}
+    derived = card.data.base_model
+    paragraphs = [p.strip() for p in card.text.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|", "```"))]
+    about = " ".join(paragraphs[0].split())[:400] if paragraphs else None
+    return {"license": card.data.license, "derived_from": derived if isinstance(derived, str) else None, "about": about}
 
 
 def read_config(model: LocatedModel) -> dict:

@@ -30,8 +30,8 @@ class PlanRow:
     note: str = ""
 
 
-def base_config(ref: ModelRef, fetch: bool) -> dict | None:
-    local = Path(ref.id).expanduser()
+def base_config(ref: ModelRef, root: Path, fetch: bool) -> dict | None:
+    local = ref.local_path(root)
     if local.is_dir():
         f = local / "config.json"
         return json.loads(f.read_text()) if f.is_file() else None
@@ -62,7 +62,7 @@ def make_plan(recipe: Recipe, layout: Layout, fetch: bool = False) -> list[PlanR
     state = HashState(layout.build_root / ".hash-state.json")
     results: dict[str, StageResult] = {}
     rows = []
-    cfg = base_config(recipe.base_model, fetch)
+    cfg = base_config(recipe.base_model, recipe.root, fetch)
     for stage in STAGES:
         deps_known = all(d in results for d in stage.depends)
         key = None

@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import RecipeError
+from pipeline.paths import resolve_path, shipped
 
 GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
 DTYPES = ("float16", "bfloat16", "float32")
@@ -76,8 +86,12 @@ class ModelRef(Strict):
             raise ValueError("empty model reference; give a local folder or a Hub id such as org/name")
         return value
 
-    def looks_like_hub_id(self) -> bool:
-        return bool(HUB_ID_RE.match(self.id)) and not Path(self.id).expanduser().exists()
+    def local_path(self, root: Path) -> Path:
+        """Where the folder would be: relative references are relative to the recipe's folder."""
+        return resolve_path(self.id, root)
+
+    def looks_like_hub_id(self, root: Path) -> bool:
+        return bool(HUB_ID_RE.match(self.id)) and not self.local_path(root).exists()
 
     def display(self) -> str:
         return f"{self.id}@{self.revision}" if self.revision else self.id
@@ -97,9 +111,14 @@ class MergeSection(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+def _shipped(split: str) -> list[str]:
+    """The corpora installed with the package (pipeline/paths.py), one file per domain."""
+    return [shipped(f"code/{split}.jsonl"), shipped(f"prose/{split}.jsonl")]
+
+
 class GatesSection(Strict):
     fit: bool = False
-    files: list[str] = Field(default_factory=lambda: ["calibration/code/calibration.jsonl", "calibration/prose/calibration.jsonl"], min_length=1)
+    files: list[str] = Field(default_factory=lambda: _shipped("calibration"), min_length=1)
     steps: int = Field(default=40, ge=1)
     lr: float = Field(default=0.05, gt=0)
     batch_size: int = Field(default=4, ge=1)
@@ -117,7 +136,7 @@ class CalibrationDataset(Strict):
 
 
 class CalibrationSection(Strict):
-    files: list[str] = Field(default_factory=lambda: ["calibration/code/calibration.jsonl", "calibration/prose/calibration.jsonl"])
+    files: list[str] = Field(default_factory=lambda: _shipped("calibration"))
     dataset: CalibrationDataset | None = None
     samples: int = Field(default=128, ge=1)
     seq_len: int = Field(default=512, ge=8)
@@ -133,28 +152,39 @@ class CalibrationSection(Strict):
 class QuantizeSection(Strict):
     method: Literal["awq"] = "awq"
     bits: Literal[4] = 4
-    group_size: Literal[32, 64, 128] = 128
+    # None: the largest of 128, 64, 32 that divides every quantized input dimension
+    # (chosen in preflight from the base model's config, recorded by quantize).
+    group_size: Literal[32, 64, 128] | None = None
     zero_point: bool = True
     dtype: Literal["float16"] = "float16"
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    # Forward every calibration token through every expert while AWQ collects its
+    # statistics (the layer's output stays the routed one): no expert is
+    # calibrated on a handful of tokens, whatever the routers do.
+    calibrate_all_experts: bool = True
     min_expert_tokens: int = Field(default=64, ge=0)
     allow_undercalibrated_experts: bool = False
     shard_size: Size = parse_size("5GB")
 
 
 class VerifySection(Strict):
-    files: list[str] = Field(default_factory=lambda: ["calibration/code/eval.jsonl", "calibration/prose/eval.jsonl"], min_length=1)
+    files: list[str] = Field(default_factory=lambda: _shipped("eval"), min_length=1)
     max_tokens: int = Field(default=8192, ge=16)
     seq_len: int = Field(default=256, ge=8)
     forced_routing_atol: float = Field(default=1e-2, gt=0)
-    # Defaults from published 4-bit results on 7B-scale models (mean KL 0.01-0.03,
-    # top-1 92-95%, perplexity +1.5-4%) with some margin; router drift measured on
-    # the example (README, "Verification thresholds").
-    max_mean_kl: float = Field(default=0.05, gt=0)
-    min_top1_agreement: float = Field(default=0.90, ge=0, le=1)
-    max_ppl_ratio: float = Field(default=1.05, ge=1)
+    # Unset: by the model's size (pipeline/quality_limits.py: published 7B figures,
+    # a measured 135M model); router drift measured on the example (README,
+    # "Verification thresholds").
+    max_mean_kl: float | None = Field(default=None, gt=0)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_ppl_ratio: float | None = Field(default=None, ge=1)
     min_routing_agreement: float = Field(default=0.90, ge=0, le=1)
     max_router_weight_mae: float = Field(default=0.012, gt=0)
+    # An expert is dead at a layer when it gets less than this share of the routed
+    # weight there on every evaluation domain, its own included; reported always,
+    # a failure only with fail_on_dead_experts.
+    dead_expert_share: float = Field(default=0.05, ge=0, le=1)
+    fail_on_dead_experts: bool = False
     fail_on_mismatch: bool = True
 
 
@@ -201,6 +231,16 @@ class Recipe(Strict):
     verify: VerifySection = Field(default_factory=VerifySection)
     card: CardSection = Field(default_factory=CardSection)
     publish: PublishSection = Field(default_factory=PublishSection)
+    # The recipe file's folder: relative paths in the recipe are relative to it.
+    _root: Path = PrivateAttr(default_factory=Path)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def path(self, name: str) -> Path:
+        """A path key's file (pipeline/paths.py: shipped, recipe-relative or absolute)."""
+        return resolve_path(name, self._root)
 
     def all_models(self) -> list[tuple[str, ModelRef]]:
         """(role, reference) for the base and every expert, in merge order."""
@@ -354,8 +394,9 @@ def load_raw(path: Path) -> dict:
     return raw
 
 
-def parse_recipe(raw: dict, default_name: str) -> Recipe:
-    """Validate a raw mapping; raise RecipeError listing every problem."""
+def parse_recipe(raw: dict, default_name: str, root: Path = Path()) -> Recipe:
+    """Validate a raw mapping; raise RecipeError listing every problem. Relative
+    paths in it are taken relative to `root` (the recipe file's folder)."""
     data = {"name": default_name, **raw}
     problems = _semantic_problems(data)
     try:
@@ -366,8 +407,10 @@ def parse_recipe(raw: dict, default_name: str) -> Recipe:
     if problems:
         raise RecipeError(list(dict.fromkeys(problems)))
     assert recipe is not None
+    recipe._root = root
     return recipe
 
 
-def load_recipe(path: Path) -> Recipe:
-    return parse_recipe(load_raw(path), default_name=Path(path).stem)
+def load_recipe(path: Path, root: Path | None = None) -> Recipe:
+    """The recipe in `path`; its relative paths are relative to its folder, or to `root`."""
+    return parse_recipe(load_raw(path), default_name=Path(path).stem, root=Path(path).parent if root is None else root)

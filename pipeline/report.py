@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 HIDDEN = "moe (hidden-state routers)"  # with fitted routers: mergekit's own, for comparison
 
 

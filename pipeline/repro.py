@@ -95,10 +95,10 @@ def read_manifest(folder: Path) -> dict:
                          "it was not written by frankenmoe, or was edited")
 
 
-def rebuild_check(folder: Path, work: Path, log=print) -> list[str]:
+def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=print) -> list[str]:
     """Rebuild a published folder from its embedded recipe and lock; compare bytes.
-    Relative model and data paths in the recipe are read from the current folder,
-    as in any build; Hub models are fetched at the locked commits."""
+    Relative model and data paths in the recipe are read from `recipe_dir` (where
+    the original recipe was); Hub models are fetched at the locked commits."""
     manifest = read_manifest(folder)
     recipe_data, name, which = manifest["recipe"], manifest["recipe"]["name"], manifest["folder"]
     shutil.rmtree(work, ignore_errors=True)
@@ -106,7 +106,7 @@ def rebuild_check(folder: Path, work: Path, log=print) -> list[str]:
     recipe_file = work / f"{name}.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe_data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (work / f"{name}.lock.json").write_text(json.dumps(manifest["lock"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    run_build(recipe_file, work, ["--locked"], log)
+    run_build(recipe_file, work, ["--locked", "--paths-from", str(recipe_dir.resolve())], log)
     rebuilt_dir = work / "dist" / name / which
     published = {rel: sha256_file(folder / rel) for rel in [*manifest["files"], MANIFEST] if (folder / rel).is_file()}
     rebuilt = {rel: h for rel, h in tree_hashes(rebuilt_dir).items()}

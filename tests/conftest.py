@@ -11,8 +11,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "fixtures"
+FIXTURES = REPO / "fixtures" / "tiny"
 EXAMPLE = REPO / "recipes" / "tiny-2x.yaml"
+
+
+def example_data(recipe: Path = EXAMPLE) -> dict:
+    """A recipe's mapping with its relative model paths made absolute, so the test
+    can write it into any folder (relative paths follow the recipe file)."""
+    import yaml
+
+    data = yaml.safe_load(recipe.read_text())
+    absolute = lambda ref: str((recipe.parent / ref).resolve()) if ref.startswith(".") else ref
+    data["base_model"] = absolute(data["base_model"])
+    for expert in data["experts"]:
+        expert["source_model"] = absolute(expert["source_model"])
+    return data
 
 
 def run_cli(*args: str, build: Path | None = None, dist: Path | None = None, cwd: Path = REPO,
@@ -30,9 +43,9 @@ def run_cli(*args: str, build: Path | None = None, dist: Path | None = None, cwd
 @pytest.fixture(scope="session")
 def fixture_models() -> Path:
     """The trained example models (made by `make fixtures`; trained here if missing)."""
-    from pipeline.fixture_cache import ensure_fixtures
+    from pipeline.fixture_cache import ensure_tiny
 
-    return ensure_fixtures(FIXTURES, log=lambda _: None)
+    return ensure_tiny(FIXTURES, log=lambda _: None)
 
 
 @pytest.fixture(scope="session")

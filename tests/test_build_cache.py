@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.build import Layout, build_lock, cached_result, run_stage
+from pipeline.build import Layout, build_lock, cached_result, publish, run_stage
 from pipeline.errors import EnvironmentProblem
 from pipeline.hashing import HashState
 from pipeline.recipe import parse_recipe
@@ -161,3 +161,33 @@ def test_hash_memo_reads_a_hard_linked_file_once(tmp_path, monkeypatch):
     assert reads == [a]
     a.write_bytes(b"y" * 101)  # new content, new stat: read again under either name
     assert state.sha256(tmp_path / "b.bin") == real(a) and len(reads) == 2
+
+
+class Publishing(Stage):
+    """Writes other bytes on each run under the same key, as a forced rerun on other hardware may."""
+
+    name = "pub"
+    publishes = {"out": "model"}
+
+    def __init__(self):
+        self.runs = 0
+
+    def config(self, recipe):
+        return {}
+
+    def run(self, ctx):
+        self.runs += 1
+        (ctx.out / "model").mkdir()
+        (ctx.out / "model" / "weights.bin").write_bytes(b"run %d" % self.runs)
+        return {}
+
+
+def test_forced_rerun_with_other_bytes_updates_dist(layout):
+    stage = Publishing()
+    first, _, _ = run(stage, layout)
+    publish({"pub": first}, layout, {"out"}, [stage])
+    assert (layout.dist / "out" / "weights.bin").read_bytes() == b"run 1"
+    again, ran, _ = run(stage, layout, force=True)
+    assert ran and again.key == first.key
+    publish({"pub": again}, layout, {"out"}, [stage])
+    assert (layout.dist / "out" / "weights.bin").read_bytes() == b"run 2"

@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from pipeline.errors import RecipeError
 from pipeline.recipe import parse_recipe
 from pipeline.stages.card import resolve_license
-from tests.conftest import EXAMPLE, run_cli
+from tests.conftest import example_data, run_cli
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def test_cards_parse_and_carry_metadata(example, folder, extra_tags):
 def test_custom_template_reruns_only_what_names_the_build(example, tmp_path):
     template = tmp_path / "card.md"
     template.write_text("---\n{{ card_data }}\n---\n\n# {{ title }} by me\n\n{{ verify_md }}\n")
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["card"]["template"] = str(template)
     recipe = tmp_path / "custom.yaml"

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from pipeline.corpus import read_documents
 from pipeline.loading import load_merged
 from pipeline.routing import forced_expert
-from tests.conftest import EXAMPLE, REPO, run_cli
+from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_rebuild_runs_nothing(example):
 
 
 def test_later_section_change_reuses_merge(example, tmp_path, fixture_models):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["verify"]["max_tokens"] = 2048  # evaluation settings: only evaluate and what follows rerun
     # Absolute paths this time: keys depend on model content, not on where it lies.
@@ -126,7 +126,7 @@ def test_plan_reports_cached_stages(example):
 
 
 def test_misspelled_key_exits_2_naming_it(tmp_path):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["experts"][1]["positve_prompts"] = data["experts"][1].pop("positive_prompts")
     recipe = tmp_path / "typo.yaml"
     recipe.write_text(yaml.safe_dump(data))

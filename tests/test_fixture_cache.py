@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.fixture_cache import ensure_fixtures
+from pipeline.fixture_cache import ensure_tiny as ensure_fixtures
 from pipeline.fixtures import FixtureSettings, fixtures_key
 
 

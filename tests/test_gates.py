@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+
 import pytest
 import torch
 
@@ -88,12 +89,17 @@ def test_two_fits_give_identical_routers(fitted):
     assert proc.returncode == 0, proc.stderr
     assert "gates     ran" in proc.stdout
     assert digests() == first
+    # dist/ holds what the rerun itself recorded, not whatever was there before
+    rerun = read_json(next((fitted["root"] / "build" / "tiny-2x-fitted" / "gates").glob("*/record.json")))
+    recorded = {rel.split("/", 1)[1]: meta["sha256"] for rel, meta in rerun["files"].items()
+                if rel.startswith("model/") and rel.endswith(".safetensors")}
+    assert digests() == recorded
 
 
 def test_gates_may_not_train_on_the_evaluation_text(tmp_path):
-    text = FITTED.read_text().replace("calibration/prose/calibration.jsonl", "calibration/prose/eval.jsonl")
+    text = FITTED.read_text().replace("shipped:prose/calibration.jsonl", "shipped:prose/eval.jsonl")
     recipe = tmp_path / "leak.yaml"
     recipe.write_text(text)
     proc = run_cli("validate", str(recipe))
     assert proc.returncode == 2
-    assert "gates.files: calibration/prose/eval.jsonl is also in verify.files" in proc.stderr
+    assert "gates.files: shipped:prose/eval.jsonl is also in verify.files" in proc.stderr

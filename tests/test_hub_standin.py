@@ -19,6 +19,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from safetensors.numpy import save_file
 
 from tests.conftest import HUB_TOKEN as TOKEN
+
 REPO = "me/tiny"
 STANDIN = Path(__file__).with_name("hub_standin.py")
 # huggingface_hub's own LFS PUT passes `data=<file>` to httpx2, which warns; not ours to fix.

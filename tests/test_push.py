@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE, HUB_TOKEN as TOKEN, run_cli
+from tests.conftest import HUB_TOKEN as TOKEN
+from tests.conftest import example_data, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def push_recipe(tmp_path: Path, **verify) -> Path:
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["verify"].update(verify)
     data["publish"] = {"push": True, "private": True, "merged": {"repo_id": "me/tiny-2x"}, "awq": {"repo_id": "me/tiny-2x-AWQ"}}
@@ -116,3 +117,15 @@ def test_dry_run_lists_files_and_lfs(example, tmp_path):
     assert lines[0].startswith("me/tiny-2x: from ")
     assert any(l.strip().startswith("model.safetensors.index.json") and l.endswith("regular") for l in lines)
     assert any(l.strip().startswith("model-00001-of-00003.safetensors") and l.endswith("lfs") for l in lines)
+
+
+def test_a_wrong_token_is_one_line_saying_so_and_nothing_is_retried(example, hub, tmp_path):
+    dist = tmp_path / "dist"
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_not_a_valid_token_0123456789", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    proc = run_cli("build", str(push_recipe(tmp_path)), build=example["root"] / "build", dist=dist, env=env)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: push: {dist / 'tiny-2x' / 'merged'} to me/tiny-2x: the Hub refused the token (HTTP 401); "
+        "set HF_TOKEN or run `huggingface-cli login` with a valid token"]
+    assert "retrying" not in proc.stdout

@@ -17,7 +17,7 @@ from pipeline.awq_layout import dequantize, quantization_config, unpack_int4
 from pipeline.errors import InputFileError
 from pipeline.loading import load_awq, load_merged
 from pipeline.streaming import StreamingLM
-from tests.conftest import EXAMPLE, REPO, run_cli
+from tests.conftest import REPO, example_data, run_cli
 from tests.test_example_build import eval_ids, tensors
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ def test_generate_runs_on_the_awq_folder(example):
 
 
 def test_too_little_calibration_for_an_expert_fails_naming_it(example, tmp_path):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["experts_per_token"] = 1
     data["quantize"]["calibration"] = {"samples": 2, "seq_len": 64}

@@ -180,7 +180,7 @@ def test_rebuild_check_from_another_path_matches_and_names_a_changed_file(exampl
     (downloaded / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # as the Hub adds
     elsewhere = copy_of_project(tmp_path / "another" / "place" / "frankenmoe")
     work = tmp_path / "work"
-    proc = run_cli("rebuild-check", str(downloaded), "--work", str(work), cwd=elsewhere)
+    proc = run_cli("rebuild-check", str(downloaded), "--work", str(work), "--recipe-dir", "recipes", cwd=elsewhere)
     assert proc.returncode == 9, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[-1:] in (["same"], ["DIFFERENT"])}
     assert rows.pop("README.md")[-1] == "DIFFERENT"

@@ -9,7 +9,8 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE, HUB_TOKEN as TOKEN, run_cli
+from tests.conftest import HUB_TOKEN as TOKEN
+from tests.conftest import example_data, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def hub_with_models(hub, fixture_models, monkeypatch):
 
 def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_models, tmp_path):
     server, shas = hub_with_models
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x-hub"
     data["base_model"] = {"id": "toy/base", "revision": shas["base"]}
     data["experts"][0]["source_model"] = "toy/expert-code"
@@ -64,7 +65,7 @@ def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_mode
 
 def test_unknown_revision_is_one_line(hub_with_models, tmp_path):
     server, _ = hub_with_models
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["base_model"] = {"id": "toy/base", "revision": "no-such-branch"}
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(yaml.safe_dump(data))

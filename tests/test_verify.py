@@ -13,9 +13,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from pipeline.evaluation import forced_routing_parity, merge_structure
-from pipeline.streaming import StreamingLM
 from pipeline.report import routing_matrix
-from tests.conftest import EXAMPLE, run_cli
+from pipeline.streaming import StreamingLM
+from tests.conftest import EXAMPLE, example_data, run_cli
 from tests.test_example_build import eval_ids
 
 pytestmark = pytest.mark.slow
@@ -162,7 +162,7 @@ def test_fully_finetuned_expert_is_reported(example, fixture_models, tmp_path):
 
 
 def test_failed_gate_stops_the_build_unless_overridden(example, tmp_path):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["verify"]["max_mean_kl"] = 1e-9
     strict = tmp_path / "strict.yaml"

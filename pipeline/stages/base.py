@@ -52,6 +52,9 @@ class Stage:
     # Files that describe how the run went (logs, engine settings with local paths),
     # not its result: kept in the cache for debugging, left out of build.json.
     diagnostics: ClassVar[tuple[str, ...]] = ()
+    # A stage whose result lives outside the build (the Hub): its record says what
+    # happened last time, never whether it still holds, so it runs every build.
+    never_cached: ClassVar[bool] = False
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         """The part of the recipe that shapes this stage's output (JSON-able)."""
@@ -63,6 +66,11 @@ class Stage:
         cheap on a no-op rebuild: use `state`, which hashes a file only when its stat
         changed. With `offline` (as `plan` asks), return None instead of fetching."""
         return {}
+
+    def preflight(self, recipe: Recipe) -> None:
+        """Checks of what the recipe, its files and the models' configs decide, run
+        for every selected stage before any stage runs (seconds, no weights read):
+        raise a FrankenmoeError naming the recipe key."""
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
         """Disk space the output will need, for `plan` and the free-space check."""

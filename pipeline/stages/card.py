@@ -18,7 +18,8 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import RecipeError
-from pipeline.lock import portable, published_recipe
+from pipeline.lock import published_recipe
+from pipeline.paths import portable
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.versions import tool_versions
@@ -98,7 +99,8 @@ class CardStage(Stage):
                     base_model_relation="quantized" if recipe.publish.merged else None, quantized_by=recipe.card.quantized_by,
                 ),
                 {"title": f"{recipe.name} (AWQ 4-bit)", "repo_id": awq_repo,
-                 "quantization": {"bits": q.bits, "group_size": q.group_size, "zero_point": q.zero_point,
+                 "quantization": {"bits": q.bits, "group_size": quant_result["group_size"], "zero_point": q.zero_point,
+                                  "calibrate_all_experts": quant_result["calibrate_all_experts"],
                                   "samples": q.calibration.samples, "seq_len": q.calibration.seq_len,
                                   "source": _calibration_source(q), "sha256": quant_result["calibration"]["sha256"]},
                  "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified against the 16-bit model.",
@@ -129,9 +131,9 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
 
 def _template_text(recipe: Recipe) -> str:
     if recipe.card.template:
-        path = Path(recipe.card.template)
+        path = recipe.path(recipe.card.template)
         if not path.is_file():
-            raise RecipeError([f"card.template: {path}: file not found"])
+            raise RecipeError([f"card.template: {recipe.card.template}: file not found"])
         return path.read_text(encoding="utf-8")
     return TEMPLATE.read_text(encoding="utf-8")
 
@@ -144,7 +146,8 @@ def _recipe_yaml(recipe: Recipe) -> str:
 
 
 def _model_row(m: dict) -> dict:
-    return {"source": m["hub_id"] or Path(m["ref"]).name, "revision": m["commit"] or "local folder"}
+    return {"source": m["hub_id"] or Path(m["ref"]).name, "revision": m["commit"] or "local folder",
+            "derived_from": m.get("derived_from"), "about": m.get("about")}
 
 
 def _expert_row(i: int, expert, m: dict) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.calibration import source_fingerprint
+from pipeline.calibration import check_text_files, source_fingerprint
 from pipeline.determinism import seed_everything
 from pipeline.errors import InputFileError
 from pipeline.evaluation import (
@@ -41,12 +41,12 @@ class EvaluateStage(Stage):
         v = recipe.verify
         return {"files": v.files, "max_tokens": v.max_tokens, "seq_len": v.seq_len}
 
+    def preflight(self, recipe: Recipe) -> None:
+        check_text_files(recipe, "verify.files", recipe.verify.files)
+
     def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
                     offline: bool = False) -> dict[str, Any] | None:
-        for f in recipe.verify.files:
-            if not Path(f).is_file():
-                raise InputFileError(f"verify.files: {f}: file not found")
-        return {"eval": source_fingerprint(CalibrationSection(files=recipe.verify.files), state)}
+        return {"eval": source_fingerprint(CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files")}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -59,7 +59,7 @@ class EvaluateStage(Stage):
         paths = {m["role"]: Path(m["path"]) for m in ctx.inputs["resolve"].record["result"]["models"]}
         experts = [paths[f"experts[{i}]"] for i in range(len(ctx.recipe.experts))]
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        windows = eval_windows(v.files, tokenizer, v.seq_len, v.max_tokens)
+        windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
         if not windows:
             raise InputFileError(f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}")
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.calibration import source_fingerprint, token_windows
+from pipeline.calibration import check_text_files, source_fingerprint, token_windows
+from pipeline.device import require_gpu_if_asked, resolve_device
 from pipeline.hashing import HashState
-from pipeline.lock import portable
+from pipeline.paths import portable
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 
@@ -32,11 +33,16 @@ class GatesStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return recipe.gates.model_dump() if recipe.gates.fit else {"fit": False}
 
+    def preflight(self, recipe: Recipe) -> None:
+        if recipe.gates.fit:
+            check_text_files(recipe, "gates.files", recipe.gates.files)
+            require_gpu_if_asked(recipe.gates.device, "gates.device")
+
     def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
                     offline: bool = False) -> dict[str, Any] | None:
         if not recipe.gates.fit:
             return {}
-        return {"text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state)}
+        return {"text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files")}
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
         size = sum(f["size"] for f in inputs["merge"].record["files"].values())
@@ -51,15 +57,14 @@ class GatesStage(Stage):
             write_fitted(merged, ctx.out / "model", {})  # hard links: the merge output as it is
             return {"fitted": False}
 
-        import torch
         from transformers import AutoTokenizer
 
         from pipeline.loading import load_merged
         from pipeline.router_fit import fit_routers
 
-        device = g.device if g.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(g.device)
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        groups = [token_windows([f], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
+        groups = [token_windows([ctx.recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
         model = load_merged(merged, dtype="float32" if device == "cpu" else "bfloat16")
         fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, device)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)

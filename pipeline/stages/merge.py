@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.determinism import seed_everything
+from pipeline.device import require_gpu_if_asked, resolve_device
 from pipeline.errors import EnvironmentProblem, FrankenmoeError, IncompatibleModelsError
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -47,11 +48,13 @@ class MergeStage(Stage):
             "shard_size": recipe.merge.shard_size,
         }
 
+    def preflight(self, recipe: Recipe) -> None:
+        require_gpu_if_asked(recipe.merge.device, "merge.device")
+
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
         return merge_disk_bytes(inputs["resolve"].record["result"]["models"][0]["config"], recipe)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        import torch
         from mergekit.merge import MergeOptions
         from mergekit.moe.config import MoEMergeConfig
         from mergekit.scripts.moe import build as mergekit_moe_build
@@ -70,9 +73,7 @@ class MergeStage(Stage):
                 for i, e in enumerate(recipe.experts)
             ],
         })
-        device = recipe.merge.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(recipe.merge.device)
         options = MergeOptions(
             out_shard_size=recipe.merge.shard_size,
             copy_tokenizer=True,

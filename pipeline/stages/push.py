@@ -23,6 +23,12 @@ from pipeline.stages.base import Stage, StageContext, published_files
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 TRIES = 4
+# Answers that no retry changes, each with what to do about it.
+REFUSED = {
+    401: "the Hub refused the token (HTTP 401); set HF_TOKEN or run `huggingface-cli login` with a valid token",
+    403: "the token may not write there (HTTP 403); use a token with write access to this namespace",
+    404: "not found (HTTP 404); check publish.*.repo_id and that the namespace exists and the token can see it",
+}
 LFS_SUFFIXES = {".safetensors", ".bin", ".png", ".gguf", ".pt", ".model"}
 
 
@@ -73,6 +79,9 @@ class PushStage(Stage):
     depends = ("gates", "quantize", "verify", "card", "manifest")
     packages = ("huggingface-hub",)
     reads_dist = True
+    # The remote repo may have been deleted or edited since: compare with it every
+    # time (the client uploads only what differs, an unchanged repo gets no commit).
+    never_cached = True
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         # The endpoint says where the push goes; the token is deliberately not here.
@@ -121,6 +130,8 @@ def push_folder(folder: Path, repo_id: str, private: bool, revision: str, messag
         if not (isinstance(err, (HfHubHTTPError, OSError)) or is_transient(err)):
             raise
         status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in REFUSED:
+            raise PublishError(scrub(f"push: {folder} to {repo_id}: {REFUSED[status]}")) from None
         why = f"HTTP {status}" if status else type(err).__name__
         raise PublishError(scrub(
             f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "

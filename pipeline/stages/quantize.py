@@ -25,17 +25,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pipeline.awq_layout import published_name, quantization_config
-from pipeline.calibration import calibration_windows, source_fingerprint
-from pipeline.checkpoint import renamed_pieces, write_sharded
 from pipeline.awq_engine import run_engine
-from pipeline.errors import FrankenmoeError, InputFileError, RecipeError
+from pipeline.awq_layout import choose_group_size, published_name, quantization_config
+from pipeline.calibration import calibration_windows, check_text_files, source_fingerprint
+from pipeline.checkpoint import renamed_pieces, write_sharded
+from pipeline.errors import FrankenmoeError, InputFileError
 from pipeline.hashing import HashState
 from pipeline.jsonio import write_json
 from pipeline.recipe import Recipe
 from pipeline.routing import expert_token_counts
-from pipeline.streaming import StreamingLM
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.streaming import StreamingLM
 
 COPY_FROM_MERGED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
 NORM = re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$")
@@ -58,7 +58,18 @@ class QuantizeStage(Stage):
 
     def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
                     offline: bool = False) -> dict[str, Any] | None:
-        return {"calibration": source_fingerprint(recipe.quantize.calibration, state)}
+        return {"calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root)}
+
+    def preflight(self, recipe: Recipe) -> None:
+        """Text files readable, and a group size that fits the base model's config
+        (when the base is on disk already), before any stage runs."""
+        from pipeline.models import locate, read_config
+
+        check_text_files(recipe, "quantize.calibration.files", [] if recipe.quantize.calibration.dataset
+                         else recipe.quantize.calibration.files)
+        base = locate("base", recipe.base_model, recipe.root, download=False)
+        if base is not None and (base.path / "config.json").is_file():
+            choose_group_size(read_config(base), recipe.quantize.group_size)
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
         return quantize_disk_bytes(sum(f["size"] for f in inputs["gates"].record["files"].values()))
@@ -69,15 +80,17 @@ class QuantizeStage(Stage):
 
         q = ctx.recipe.quantize
         merged = ctx.inputs["gates"].path / "model"
-        _check_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
+        group_size = choose_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        cal = calibration_windows(q.calibration, tokenizer)
-        counts = self._check_coverage(merged, cal.windows, q.min_expert_tokens, q.allow_undercalibrated_experts)
-        ctx.log(f"quantize  calibration: {len(cal.windows)} x {q.calibration.seq_len} tokens; "
-                f"fewest tokens to one expert: {min(min(r) for r in counts)}")
+        cal = calibration_windows(q.calibration, tokenizer, ctx.recipe.root)
+        counts = self._check_coverage(merged, cal.windows, q)
+        total = len(cal.windows) * q.calibration.seq_len
+        seen = f"every expert sees all {total} tokens" if q.calibrate_all_experts else \
+            f"fewest routed tokens to one expert: {min(min(r) for r in counts)}"
+        ctx.log(f"quantize  calibration: {len(cal.windows)} x {q.calibration.seq_len} tokens, group size {group_size}; {seen}")
 
         scratch = ctx.out / "engine"
-        self._quantize(merged, scratch, cal.windows, ctx)
+        self._quantize(merged, scratch, cal.windows, group_size, ctx)
         old_norms = _tensors_matching(sorted(merged.glob("*.safetensors")), NORM)
         new_norms = _tensors_matching(sorted(scratch.glob("*.safetensors")), NORM)
         factors = {layer: _norm_ratio(old_norms[layer], new_norms[layer]) for layer in old_norms}
@@ -94,7 +107,7 @@ class QuantizeStage(Stage):
             return t
 
         shards = write_sharded(pieces, model_dir, q.shard_size, desc="quantize: writing AWQ layout", transform=to_contract)
-        self._write_config(scratch, model_dir, q)
+        self._write_config(scratch, model_dir, q, group_size)
         for name in COPY_FROM_MERGED:
             if (merged / name).is_file():
                 shutil.copy2(merged / name, model_dir / name)
@@ -105,42 +118,51 @@ class QuantizeStage(Stage):
                 f"router columns compensated: {scaled}")
         return {
             "calibration": cal.source,
+            "group_size": group_size,
+            "calibrate_all_experts": q.calibrate_all_experts,
+            # Tokens the router sends to each expert (per layer); with all-experts
+            # calibration the statistics of every expert cover all `total` tokens.
             "expert_tokens": counts,
-            "undercalibrated": _under(counts, q.min_expert_tokens),
+            "expert_tokens_seen": [[total] * len(r) for r in counts] if q.calibrate_all_experts else counts,
+            "undercalibrated": [] if q.calibrate_all_experts else _under(counts, q.min_expert_tokens),
             "router_compensation": {layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())},
             "shards": shards,
         }
 
     @staticmethod
-    def _check_coverage(merged: Path, windows, minimum: int, allow: bool) -> list[list[int]]:
+    def _check_coverage(merged: Path, windows, q) -> list[list[int]]:
+        """Routed tokens per layer and expert. Without all-experts calibration an
+        expert's AWQ statistics come only from the tokens routed to it."""
         counts = expert_token_counts(StreamingLM(merged), windows)
-        under = _under(counts, minimum)
-        if under and not allow:
+        under = _under(counts, q.min_expert_tokens)
+        if under and not q.calibrate_all_experts and not q.allow_undercalibrated_experts:
             layer, expert, n = under[0]
             more = f" (and {len(under) - 1} more)" if len(under) > 1 else ""
             raise UndercalibratedExpert(
-                f"quantize: layer {layer} expert {expert} gets {n} calibration tokens, fewer than "
-                f"min_expert_tokens {minimum}{more}; add calibration text this expert handles, "
-                "or set quantize.allow_undercalibrated_experts: true"
+                f"quantize: layer {layer} expert {expert} gets {n} routed calibration tokens, fewer than "
+                f"min_expert_tokens {q.min_expert_tokens}{more}; set quantize.calibrate_all_experts: true, "
+                "fit the routers (gates.fit: true; a dead expert gets no tokens), add calibration text this expert "
+                "handles, or accept it with quantize.allow_undercalibrated_experts: true"
             )
         return counts
 
     @staticmethod
-    def _quantize(merged: Path, scratch: Path, windows, ctx: StageContext) -> None:
+    def _quantize(merged: Path, scratch: Path, windows, group_size: int, ctx: StageContext) -> None:
         q = ctx.recipe.quantize
         windows_file = ctx.out / "calibration-windows.json"
         windows_file.write_text(json.dumps(windows))
         spec = {  # absolute paths: the engine runs in its own working folder
             "model": str(merged.resolve()), "out": str(scratch.resolve()), "windows": str(windows_file.resolve()),
-            "bits": q.bits, "group_size": q.group_size, "zero_point": q.zero_point,
+            "bits": q.bits, "group_size": group_size, "zero_point": q.zero_point,
+            "calibrate_all_experts": q.calibrate_all_experts,
             "seed": q.calibration.seed, "trust_remote_code": ctx.recipe.trust_remote_code,
         }
         run_engine(spec, ctx.out / "engine-spec.json", ctx.out / "engine.log")
 
     @staticmethod
-    def _write_config(scratch: Path, model_dir: Path, q) -> None:
+    def _write_config(scratch: Path, model_dir: Path, q, group_size: int) -> None:
         config = json.loads((scratch / "config.json").read_text())
-        config["quantization_config"] = quantization_config(q.bits, q.group_size, q.zero_point)
+        config["quantization_config"] = quantization_config(q.bits, group_size, q.zero_point)
         config["dtype"] = "float16"
         config.pop("torch_dtype", None)
         write_json(model_dir / "config.json", config)
@@ -149,13 +171,6 @@ class QuantizeStage(Stage):
 def quantize_disk_bytes(merged_bytes: int) -> int:
     """Engine scratch and published copy, about 0.3x of the 16-bit model each at 4 bits."""
     return int(0.7 * merged_bytes)
-
-
-def _check_group_size(config: dict, group_size: int) -> None:
-    """AWQ groups run along each linear's input dimension, so they must divide it."""
-    for key in ("hidden_size", "intermediate_size"):
-        if config[key] % group_size:
-            raise RecipeError([f"quantize.group_size: {group_size} does not divide the model's {key} ({config[key]}); use 32, 64 or 128 that does"])
 
 
 def _under(counts: list[list[int]], minimum: int) -> list[tuple[int, int, int]]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.jsonio import write_json
 from pipeline.hashing import HashState
-from pipeline.models import card_license, locate, model_files, preflight
+from pipeline.jsonio import write_json
+from pipeline.models import card_facts, locate, model_files, preflight
+from pipeline.paths import portable
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 
@@ -25,7 +26,7 @@ class ResolveStage(Stage):
         # path, so the same models at another path give the same key.
         models = []
         for role, ref in recipe.all_models():
-            hub = ref.looks_like_hub_id()
+            hub = ref.looks_like_hub_id(recipe.root)
             models.append({"role": role, "hub_id": ref.id if hub else None, "revision": ref.revision})
         return {"models": models, "trust_remote_code": recipe.trust_remote_code}
 
@@ -33,7 +34,7 @@ class ResolveStage(Stage):
                     offline: bool = False) -> dict[str, Any] | None:
         out = {}
         for role, ref in recipe.all_models():
-            located = locate(role, ref, download=not offline)
+            located = locate(role, ref, recipe.root, download=not offline)
             if located is None:
                 return None
             out[role] = {
@@ -43,20 +44,20 @@ class ResolveStage(Stage):
         return out
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        located = [locate(role, ref) for role, ref in ctx.recipe.all_models()]
+        located = [locate(role, ref, ctx.recipe.root) for role, ref in ctx.recipe.all_models()]
         summaries = preflight(located, ctx.recipe.trust_remote_code)
         models = []
         for m in located:
             files = {f.name: {"sha256": ctx.state.sha256(f), "size": f.stat().st_size} for f in model_files(m.path)}
             models.append({
                 "role": m.role,
-                "ref": m.ref.display(),
+                "ref": portable(m.ref.display()),
                 "hub_id": m.ref.id if m.commit else None,
                 "commit": m.commit,
                 "path": str(m.path),
                 "files": files,
                 "config": summaries[m.role],
-                "license": card_license(m),
+                **card_facts(m),
             })
             ctx.log(f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)"))
         write_json(ctx.out / "sources.json", {"models": [{k: v for k, v in m.items() if k != "path"} for m in models]})

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputFileError
-from pipeline.evaluation import compare_candidate, routing_stats
+from pipeline.evaluation import compare_candidate, dead_experts, routing_stats
 from pipeline.jsonio import write_json
+from pipeline.quality_limits import quality_limits
 from pipeline.recipe import Recipe, VerifySection
 from pipeline.report import render_markdown, render_routing_png
-from pipeline.streaming import StreamingLM
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.streaming import StreamingLM
 
 # A source whose non-MLP weights differ from the base's by more than this (relative
 # norm) cannot be reproduced by forced routing; that is reported, not failed.
@@ -46,6 +47,8 @@ class VerifyStage(Stage):
         )
         for check in report["checks"]:
             ctx.log(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
+        for warning in report["warnings"]:
+            ctx.log(f"warning   {warning}")
         return {"passed": report["passed"], "failures": report["failures"], "enforced": report["enforced"]}
 
 
@@ -59,6 +62,7 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
     from safetensors import safe_open
 
     ref = json.loads((evaluate.path / "reference.json").read_text())
+    limits = quality_limits(v, json.loads((merged / "config.json").read_text()))
     checks = []
 
     s = ref["structure"]
@@ -102,11 +106,12 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
         windows = [(d, ids) for d, ids in zip(ref["domains"], tokens.tolist())]
         cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
         router4 = cmp.pop("router_4bit")
-        q_ok = cmp["kl_mean"] <= v.max_mean_kl and cmp["top1_agreement"] >= v.min_top1_agreement and cmp["perplexity_ratio"] <= v.max_ppl_ratio
+        kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
+        q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
         checks.append(_check(
             "quantization_parity", q_ok,
-            f"mean KL {cmp['kl_mean']:.4f} (max {v.max_mean_kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
-            f"{cmp['top1_agreement']:.1%} (min {v.min_top1_agreement:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{v.max_ppl_ratio})",
+            f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
+            f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
             **{k: cmp[k] for k in ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit", "perplexity_ratio")},
         ))
         worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
@@ -123,13 +128,27 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
         checks.append(_check("routing_parity", False, "not measured: the candidate does not load"))
         routing_4bit = None
 
+    dead = dead_experts(ref["routing_16bit"], v.dead_expert_share)
+    checks.append(_check(
+        "dead_experts", not (dead and v.fail_on_dead_experts),
+        "no dead expert: each gets at least " f"{v.dead_expert_share:.0%} of the routed weight on some domain at every layer"
+        if not dead else "; ".join(f"expert {d['expert']} ({ref['expert_sources'][d['expert']]}) is dead at {len(d['layers'])} "
+                                   f"of {len(ref['routing_16bit'][ref['domains'][0]]['share'])} layers (at most "
+                                   f"{d['largest']:.1%} of the routed weight on any domain)" for d in dead)
+        + ("" if not dead else "; fit the routers (gates.fit: true)"
+           + ("" if v.fail_on_dead_experts else " — reported, not failed (verify.fail_on_dead_experts)")),
+        experts=dead, share=v.dead_expert_share, enforced=v.fail_on_dead_experts,
+    ))
+    if dead:
+        warnings.append(checks[-1]["summary"])
+
     failures = [f"{c['name']}: {c['summary']}" for c in checks if not c["passed"]]
     report = {
         "passed": not failures,
         "enforced": v.fail_on_mismatch,
         "failures": failures,
         "warnings": warnings,
-        "thresholds": v.model_dump(exclude={"files"}),
+        "thresholds": {**v.model_dump(exclude={"files"}), **limits},
         "checks": checks,
         "routing_report": {
             "domains": sorted(set(ref["domains"])),

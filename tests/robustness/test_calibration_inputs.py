@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE, run_cli
+from tests.conftest import example_data, run_cli
 
 
 def recipe_with(tmp_path: Path, **calibration) -> Path:
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["name"] = "tiny-2x"
     data["quantize"]["calibration"].update(calibration)
     path = tmp_path / "cal.yaml"
@@ -27,6 +27,7 @@ def recipe_with(tmp_path: Path, **calibration) -> Path:
     (b'{"text": "  "}\n', "quantize.calibration.files: {f}: no text in file"),
     ("café".encode("latin-1"), "quantize.calibration.files: {f}: not UTF-8 text (byte 3); convert it to UTF-8"),
     (b'{"txt": "hello"}\n', 'quantize.calibration.files: {f}:1: expected a JSON object with a "text" field'),
+    (b'{"text": "fine"}\n{"text": null}\n', 'quantize.calibration.files: {f}:2: "text" is NoneType, not a string'),
 ])
 def test_bad_calibration_file_stops_the_build_before_anything_runs(tmp_path, content, expected):
     f = tmp_path / "cal.jsonl"
@@ -50,3 +51,19 @@ def test_too_little_text_says_how_much_before_the_engine_starts(example, tmp_pat
     assert proc.stderr.strip().startswith("error: quantize.calibration: ")
     assert "8 needed (2048 tokens); add text or lower samples/seq_len" in proc.stderr
     assert "quantize  calibration:" not in proc.stdout  # printed once the windows exist, just before the engine
+
+
+@pytest.mark.parametrize("section", ["merge", "gates"])
+def test_cuda_without_a_gpu_is_one_line_naming_the_key(tmp_path, section):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = example_data()
+    data[section] = {**data.get(section, {}), "device": "cuda", **({"fit": True} if section == "gates" else {})}
+    recipe = tmp_path / "cuda.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(recipe), build=tmp_path / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.strip() == f"error: {section}.device: cuda, but torch finds no usable GPU on this machine; set it to auto or cpu"
+    assert not (tmp_path / "build").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ def tok_source(tmp_path_factory, fixture_models):
 
 
 def located(path, role):
-    return locate(role, ModelRef(id=str(path)))
+    return locate(role, ModelRef(id=str(path)), Path())
 
 
 def make(tmp_path, name, tok, **kw):
@@ -95,7 +96,7 @@ def test_bin_only_and_missing_config(tmp_path, tok_source):
 
 def test_missing_folder_that_is_no_hub_id():
     with pytest.raises(InputFileError, match="no such folder, and not a Hub id"):
-        locate("base", ModelRef(id="./nowhere/at/all"))
+        locate("base", ModelRef(id="./nowhere/at/all"), Path())
 
 
 def test_hub_id_unavailable_offline(monkeypatch, tmp_path):
@@ -108,7 +109,7 @@ def test_hub_id_unavailable_offline(monkeypatch, tmp_path):
     importlib.reload(huggingface_hub.constants)
     try:
         with pytest.raises(InputFileError, match="not available from the Hub"):
-            locate("base", ModelRef(id="someorg/not-cached"))
+            locate("base", ModelRef(id="someorg/not-cached"), Path())
     finally:
         monkeypatch.undo()
         importlib.reload(huggingface_hub.constants)

@@ -1,0 +1,58 @@
+"""How much a 4-bit model may differ from its 16-bit model, by the size of the model.
+
+A 4-bit quantization costs a small model much more than a large one: published
+AWQ/llama.cpp 4-bit figures for 7B-scale models are a mean KL of 0.013-0.03, the
+same top token 92-95% of the time and +1.5-4% perplexity, while the 135M-parameter
+SmolLM2 dense base, quantized by GPTQModel's AWQ (4-bit, g64) on the shipped
+calibration text, measured mean KL 0.173, top-1 85.8% and x1.100 (shared/NOTES.md).
+One fixed limit cannot fit both. So each limit the recipe leaves unset comes from the
+tier of the model's dense size (parameters a token passes through with one expert):
+the 7B tier from the published figures with margin, the small tier from the measured
+135M dense base with margin (a MoE of it must not lose more than its base does), the
+middle tier between the two. A recipe's own `verify.*` value always wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tier:
+    min_params: float
+    label: str
+    max_mean_kl: float
+    min_top1_agreement: float
+    max_ppl_ratio: float
+
+
+TIERS = (
+    Tier(3e9, "3B and more: published 4-bit 7B figures (KL 0.013-0.03, top-1 92-95%, +1.5-4%) with margin", 0.05, 0.90, 1.05),
+    Tier(5e8, "0.5B-3B: between the 7B figures and the measured 135M base", 0.12, 0.85, 1.10),
+    Tier(0, "under 0.5B: the SmolLM2-135M dense base at 4 bits (KL 0.173, top-1 85.8%, x1.100) with margin",
+         0.20, 0.82, 1.12),
+)
+LIMITS = ("max_mean_kl", "min_top1_agreement", "max_ppl_ratio")
+
+
+def dense_params(config: dict) -> int:
+    """Parameters of the dense model one expert path is: embeddings, attention, one MLP, norms."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    embeddings = config["vocab_size"] * h * (1 if config.get("tie_word_embeddings") else 2)
+    return embeddings + layers * (attention + 3 * h * inter + 2 * h) + h
+
+
+def quality_limits(verify, config: dict) -> dict:
+    """The limits in force: the recipe's where set, else its size tier's; with the basis of each."""
+    params = dense_params(config)
+    tier = next(t for t in TIERS if params >= t.min_params)
+    out = {"dense_params": params, "tier": tier.label}
+    for name in LIMITS:
+        mine = getattr(verify, name)
+        out[name] = mine if mine is not None else getattr(tier, name)
+        out[f"{name}_from"] = "recipe" if mine is not None else "model size"
+    return out

@@ -1,0 +1,37 @@
+"""Verify's quality limits follow the model's size unless the recipe sets them; dead
+experts are found from the routing statistics."""
+
+from __future__ import annotations
+
+from pipeline.evaluation import dead_experts
+from pipeline.quality_limits import dense_params, quality_limits
+from pipeline.recipe import VerifySection
+
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True}
+MISTRAL_7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
+
+
+def test_dense_size_matches_the_published_parameter_counts():
+    assert round(dense_params(SMOLLM2) / 1e6) == 135  # SmolLM2-135M
+    assert round(dense_params(MISTRAL_7B) / 1e9, 2) == 7.24  # Mistral-7B
+
+
+def test_unset_limits_come_from_the_size_tier_and_the_recipe_wins():
+    small, large = quality_limits(VerifySection(), SMOLLM2), quality_limits(VerifySection(), MISTRAL_7B)
+    assert (large["max_mean_kl"], large["min_top1_agreement"], large["max_ppl_ratio"]) == (0.05, 0.90, 1.05)
+    assert small["max_mean_kl"] > large["max_mean_kl"] and small["min_top1_agreement"] < large["min_top1_agreement"]
+    assert small["max_mean_kl_from"] == "model size"
+    mine = quality_limits(VerifySection(max_mean_kl=0.01), SMOLLM2)
+    assert mine["max_mean_kl"] == 0.01 and mine["max_mean_kl_from"] == "recipe"
+    assert mine["min_top1_agreement"] == small["min_top1_agreement"]
+
+
+def test_an_expert_below_the_share_on_every_domain_is_dead_at_that_layer():
+    routing = {  # 3 layers, 3 experts; expert 0 starves at layers 0 and 2 on both domains
+        "code": {"mean_gate_weight": [[0.01, 0.6, 0.39], [0.2, 0.5, 0.3], [0.0, 0.5, 0.5]]},
+        "prose": {"mean_gate_weight": [[0.03, 0.2, 0.77], [0.01, 0.2, 0.79], [0.04, 0.3, 0.66]]},
+    }
+    assert dead_experts(routing, 0.05) == [{"expert": 0, "layers": [0, 2], "largest": 0.04}]
+    assert dead_experts(routing, 0.01) == []

@@ -1,0 +1,63 @@
+"""The real example (recipes/smollm2-2x.yaml, SmolLM2-135M-Instruct and two MLP-only
+fine-tunes of it) builds, passes verify, and its 4-bit model writes code.
+
+Built once per session through the real CLI; with FRANKENMOE_TEST_REAL_EXAMPLE set
+to a folder holding a finished build of it (as .ci/run's repro-check leaves), that
+build is hard-linked in and every stage is found cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.loading import load_model
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+RECIPE = REPO / "recipes" / "smollm2-2x.yaml"
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict:
+    from pipeline.fixture_cache import ensure_example
+
+    ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
+    root = tmp_path_factory.mktemp("real")
+    reuse = os.environ.get("FRANKENMOE_TEST_REAL_EXAMPLE")
+    if reuse:
+        for part in ("build", "dist"):
+            subprocess.run(["cp", "-al", str(Path(reuse) / part), str(root / part)], check=True)
+    proc = run_cli("build", str(RECIPE), build=root / "build", dist=root / "dist", timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    dist = root / "dist" / "smollm2-2x"
+    return {"root": root, "dist": dist, "out": proc.stdout,
+            "verify": json.loads(next((root / "build" / "smollm2-2x" / "verify").glob("*/report/verify.json")).read_text())}
+
+
+def test_real_example_passes_verify_with_a_chosen_group_size(real):
+    config = json.loads((real["dist"] / "awq" / "config.json").read_text())
+    assert config["quantization_config"]["group_size"] == 64  # 128 does not divide 576
+    assert config["num_local_experts"] == 2 and config["tie_word_embeddings"] is True
+    assert real["verify"]["passed"], real["verify"]["failures"]
+
+
+def test_real_example_4bit_model_writes_code(real):
+    proc = run_cli("generate", str(real["dist"] / "awq"), "--prompt", "def fibonacci(n):", "--max-new-tokens", "40")
+    assert proc.returncode == 0, proc.stderr
+    completion = proc.stdout.split("def fibonacci(n):", 1)[1]
+    assert "return" in completion and ("fibonacci(" in completion or "n - 1" in completion), completion
+
+
+def test_real_example_card_names_the_source_and_its_q4_1_origin(real):
+    card = (real["dist"] / "merged" / "README.md").read_text()
+    assert "SmolLM2-135M-Instruct" in card and "Q4_1" in card
+
+
+def test_real_example_loads_strictly(real):
+    model = load_model(real["dist"] / "awq", dtype="float32")  # fails on any missing or unexpected tensor
+    assert model.config.num_local_experts == 2
