@@ -179,7 +179,7 @@ class VerifySection(Strict):
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     max_ppl_ratio: float | None = Field(default=None, ge=1)
     min_routing_agreement: float = Field(default=0.90, ge=0, le=1)
-    max_router_weight_mae: float = Field(default=0.012, gt=0)
+    max_router_weight_mae: float | None = Field(default=None, gt=0)
     # An expert is dead at a layer when it gets less than this share of the routed
     # weight there on every evaluation domain, its own included; reported always,
     # a failure only with fail_on_dead_experts.

@@ -101,6 +101,7 @@ class CardStage(Stage):
                 {"title": f"{recipe.name} (AWQ 4-bit)", "repo_id": awq_repo,
                  "quantization": {"bits": q.bits, "group_size": quant_result["group_size"], "zero_point": q.zero_point,
                                   "calibrate_all_experts": quant_result["calibrate_all_experts"],
+                                  "compute_dtype": quant_result["compute_dtype"],
                                   "samples": q.calibration.samples, "seq_len": q.calibration.seq_len,
                                   "source": _calibration_source(q), "sha256": quant_result["calibration"]["sha256"]},
                  "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified against the 16-bit model.",

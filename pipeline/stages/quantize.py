@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pipeline.awq_engine import run_engine
+from pipeline.awq_engine import compute_path, run_engine
 from pipeline.awq_layout import choose_group_size, published_name, quantization_config
 from pipeline.calibration import calibration_windows, check_text_files, source_fingerprint
 from pipeline.checkpoint import renamed_pieces, write_sharded
@@ -58,7 +58,10 @@ class QuantizeStage(Stage):
 
     def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
                     offline: bool = False) -> dict[str, Any] | None:
-        return {"calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root)}
+        # Where and in which dtype AWQ computes shapes the bytes: a CPU build and a
+        # GPU build never share a cache entry.
+        return {"calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root),
+                "compute": machine_compute_path()}
 
     def preflight(self, recipe: Recipe) -> None:
         """Text files readable, and a group size that fits the base model's config
@@ -120,6 +123,7 @@ class QuantizeStage(Stage):
             "calibration": cal.source,
             "group_size": group_size,
             "calibrate_all_experts": q.calibrate_all_experts,
+            "compute_dtype": machine_compute_path()["dtype"],
             # Tokens the router sends to each expert (per layer); with all-experts
             # calibration the statistics of every expert cover all `total` tokens.
             "expert_tokens": counts,
@@ -155,6 +159,7 @@ class QuantizeStage(Stage):
             "model": str(merged.resolve()), "out": str(scratch.resolve()), "windows": str(windows_file.resolve()),
             "bits": q.bits, "group_size": group_size, "zero_point": q.zero_point,
             "calibrate_all_experts": q.calibrate_all_experts,
+            "compute_dtype": machine_compute_path()["dtype"],
             "seed": q.calibration.seed, "trust_remote_code": ctx.recipe.trust_remote_code,
         }
         run_engine(spec, ctx.out / "engine-spec.json", ctx.out / "engine.log")
@@ -166,6 +171,13 @@ class QuantizeStage(Stage):
         config["dtype"] = "float16"
         config.pop("torch_dtype", None)
         write_json(model_dir / "config.json", config)
+
+
+def machine_compute_path() -> dict[str, str]:
+    """awq_engine.compute_path() without importing torch on a machine with no NVIDIA
+    driver (a no-op rebuild stays well under two seconds)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return compute_path(gpu=True if gpus.is_dir() and any(gpus.iterdir()) else None)
 
 
 def quantize_disk_bytes(merged_bytes: int) -> int:

@@ -1,0 +1,111 @@
+"""4-bit quality against the right reference: the recipe's dense base, quantized the
+same way, on the same windows.
+
+A 4-bit MoE is judged by how much it loses against its 16-bit self (verify's mean
+KL, top-1 agreement, perplexity ratio). Whether that loss is good or bad depends
+on the model: the fair reference is what the same quantization does to the dense
+model the MoE is made of. This quantizes the recipe's base with the quantize
+stage's engine, settings, compute path and calibration windows, measures it
+against the 16-bit base on verify's held-out windows, and gives the MoE's mean KL
+divided by the dense base's (target: at most 1.0, the MoE loses no more than its
+base).
+
+Usage (after a build of the recipe): python -m bench.quality RECIPE [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+from pipeline.awq_engine import run_engine
+from pipeline.awq_layout import quantization_config
+from pipeline.build import default_layout, finished_results
+from pipeline.recipe import load_recipe
+
+
+def dense_reference(recipe_file: Path, work: Path, log=print) -> dict:
+    recipe = load_recipe(recipe_file)
+    done = finished_results(recipe, default_layout(recipe), ["verify"])
+    quantize, evaluate, verify = done["quantize"], done["evaluate"], done["verify"]
+    base = Path(next(m["path"] for m in done["resolve"].record["result"]["models"] if m["role"] == "base"))
+    spec_used = json.loads((quantize.path / "engine-spec.json").read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spec = {**spec_used, "model": str(base.resolve()), "out": str((work / "engine").resolve()),
+            "windows": str((quantize.path / "calibration-windows.json").resolve()), "calibrate_all_experts": False}
+    log(f"bench: quantizing the dense base {base.name} as the quantize stage did "
+        f"(group size {spec['group_size']}, {spec.get('compute_dtype')})")
+    run_engine(spec, work / "engine-spec.json", work / "engine.log")
+    dense4 = _to_contract(work / "engine", work / "dense-awq", spec)
+    moe = next(c for c in json.loads((verify.path / "report" / "verify.json").read_text())["checks"]
+               if c["name"] == "quantization_parity")
+    dense = _parity(base, dense4, evaluate.path / "reference.safetensors")
+    out = {
+        "moe": {k: moe[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
+        "dense_base": dense,
+        "kl_ratio_moe_over_dense": moe["kl_mean"] / dense["kl_mean"],
+        "settings": {k: spec[k] for k in ("bits", "group_size", "zero_point", "compute_dtype") if k in spec},
+    }
+    log(f"bench: mean KL MoE {moe['kl_mean']:.4f} / dense base {dense['kl_mean']:.4f} = "
+        f"{out['kl_ratio_moe_over_dense']:.2f}")
+    return out
+
+
+def _to_contract(engine_out: Path, folder: Path, spec: dict) -> Path:
+    """GPTQModel's output with the published layout's config and float16 tensors
+    (a dense Llama's AWQ names are already AutoAWQ's)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    for f in sorted(engine_out.glob("*.safetensors")):
+        tensors = {k: (t.to(torch.float16) if t.is_floating_point() else t) for k, t in load_file(f).items()}
+        save_file(tensors, folder / f.name, metadata={"format": "pt"})
+    index = engine_out / "model.safetensors.index.json"
+    if index.is_file():
+        shutil.copy2(index, folder / index.name)
+    config = json.loads((engine_out / "config.json").read_text())
+    config["quantization_config"] = quantization_config(spec["bits"], spec["group_size"], spec["zero_point"])
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def _parity(base: Path, candidate: Path, reference: Path) -> dict:
+    """Mean KL(16-bit || 4-bit), top-1 agreement and perplexity ratio on the windows verify used."""
+    import torch
+    from safetensors import safe_open
+
+    from pipeline.streaming import StreamingLM
+
+    with safe_open(reference, framework="pt") as st:
+        tokens = st.get_tensor("tokens").tolist()
+    inputs = [ids[:-1] for ids in tokens]
+    kls, agree, nll16, nll4, n = [], [], 0.0, 0.0, 0
+    pairs = zip(StreamingLM(base).run(inputs, desc="bench: dense 16-bit"),
+                StreamingLM(candidate).run(inputs, desc="bench: dense 4-bit"), tokens)
+    for (lp16, _), (lp4, _), ids in pairs:
+        kls.append((lp16.exp() * (lp16 - lp4)).sum(-1))
+        agree.append(lp16.argmax(-1) == lp4.argmax(-1))
+        t = torch.tensor(ids[1:])
+        idx = torch.arange(len(t))
+        nll16 += float(-lp16[idx, t].sum())
+        nll4 += float(-lp4[idx, t].sum())
+        n += len(t)
+    return {"kl_mean": float(torch.cat(kls).mean()), "top1_agreement": float(torch.cat(agree).float().mean()),
+            "perplexity_ratio": math.exp(nll4 / n) / math.exp(nll16 / n), "tokens": n}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--work", type=Path, default=Path("build/.bench-dense"))
+    args = p.parse_args()
+    print(json.dumps(dense_reference(args.recipe, args.work), indent=2))
+
+
+if __name__ == "__main__":
+    main()
