@@ -40,7 +40,7 @@ repro-check: setup fixtures
 # Stage times and memory next to mergekit-moe and GPTQModel alone, and the synthetic
 # 2x1B/2x7B scale part (ARGS=--quantize-synthetic, --scale ...): bench/results.{json,md}.
 bench: setup fixtures
-	$(BIN)/python bench/run.py --recipe $(RECIPE) $(ARGS)
+	$(BIN)/python -m bench.run --recipe $(RECIPE) $(ARGS)
 
 clean:
 	rm -rf build dist

@@ -27,22 +27,33 @@ from pipeline.build import default_layout, finished_results
 from pipeline.recipe import load_recipe
 
 
-def dense_reference(recipe_file: Path, work: Path, log=print) -> dict:
+def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:
+    """Needs a finished build of the recipe (under `build_root`, default build/)."""
     recipe = load_recipe(recipe_file)
-    done = finished_results(recipe, default_layout(recipe), ["verify"])
+    done = finished_results(recipe, default_layout(recipe, build_root=build_root), ["verify"])
     quantize, evaluate, verify = done["quantize"], done["evaluate"], done["verify"]
     base = Path(next(m["path"] for m in done["resolve"].record["result"]["models"] if m["role"] == "base"))
     spec_used = json.loads((quantize.path / "engine-spec.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    spec = {**spec_used, "model": str(base.resolve()), "out": str((work / "engine").resolve()),
-            "windows": str((quantize.path / "calibration-windows.json").resolve()), "calibrate_all_experts": False}
-    log(f"bench: quantizing the dense base {base.name} as the quantize stage did "
-        f"(group size {spec['group_size']}, {spec.get('compute_dtype')})")
+    spec = {
+        **spec_used,
+        "model": str(base.resolve()),
+        "out": str((work / "engine").resolve()),
+        "windows": str((quantize.path / "calibration-windows.json").resolve()),
+        "calibrate_all_experts": False,
+    }
+    log(
+        f"bench: quantizing the dense base {base.name} as the quantize stage did "
+        f"(group size {spec['group_size']}, {spec.get('compute_dtype')})"
+    )
     run_engine(spec, work / "engine-spec.json", work / "engine.log")
     dense4 = _to_contract(work / "engine", work / "dense-awq", spec)
-    moe = next(c for c in json.loads((verify.path / "report" / "verify.json").read_text())["checks"]
-               if c["name"] == "quantization_parity")
+    moe = next(
+        c
+        for c in json.loads((verify.path / "report" / "verify.json").read_text())["checks"]
+        if c["name"] == "quantization_parity"
+    )
     dense = _parity(base, dense4, evaluate.path / "reference.safetensors")
     out = {
         "moe": {k: moe[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
@@ -50,8 +61,10 @@ def dense_reference(recipe_file: Path, work: Path, log=print) -> dict:
         "kl_ratio_moe_over_dense": moe["kl_mean"] / dense["kl_mean"],
         "settings": {k: spec[k] for k in ("bits", "group_size", "zero_point", "compute_dtype") if k in spec},
     }
-    log(f"bench: mean KL MoE {moe['kl_mean']:.4f} / dense base {dense['kl_mean']:.4f} = "
-        f"{out['kl_ratio_moe_over_dense']:.2f}")
+    log(
+        f"bench: mean KL MoE {moe['kl_mean']:.4f} / dense base {dense['kl_mean']:.4f} = "
+        f"{out['kl_ratio_moe_over_dense']:.2f}"
+    )
     return out
 
 
@@ -85,8 +98,11 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
         tokens = st.get_tensor("tokens").tolist()
     inputs = [ids[:-1] for ids in tokens]
     kls, agree, nll16, nll4, n = [], [], 0.0, 0.0, 0
-    pairs = zip(StreamingLM(base).run(inputs, desc="bench: dense 16-bit"),
-                StreamingLM(candidate).run(inputs, desc="bench: dense 4-bit"), tokens)
+    pairs = zip(
+        StreamingLM(base).run(inputs, desc="bench: dense 16-bit"),
+        StreamingLM(candidate).run(inputs, desc="bench: dense 4-bit"),
+        tokens,
+    )
     for (lp16, _), (lp4, _), ids in pairs:
         kls.append((lp16.exp() * (lp16 - lp4)).sum(-1))
         agree.append(lp16.argmax(-1) == lp4.argmax(-1))
@@ -95,8 +111,12 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
         nll16 += float(-lp16[idx, t].sum())
         nll4 += float(-lp4[idx, t].sum())
         n += len(t)
-    return {"kl_mean": float(torch.cat(kls).mean()), "top1_agreement": float(torch.cat(agree).float().mean()),
-            "perplexity_ratio": math.exp(nll4 / n) / math.exp(nll16 / n), "tokens": n}
+    return {
+        "kl_mean": float(torch.cat(kls).mean()),
+        "top1_agreement": float(torch.cat(agree).float().mean()),
+        "perplexity_ratio": math.exp(nll4 / n) / math.exp(nll16 / n),
+        "tokens": n,
+    }
 
 
 def main() -> None:

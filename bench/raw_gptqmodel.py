@@ -15,9 +15,15 @@ from gptqmodel.quantization.config import AWQConfig
 model_dir, windows_json, out_dir, group_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.manual_seed(0)
 torch.set_num_threads(2)
-model = GPTQModel.load(model_dir, AWQConfig(bits=4, group_size=group_size, sym=False, offload_to_disk=False),
-                       device="cpu", dtype=torch.float16)
+model = GPTQModel.load(
+    model_dir,
+    AWQConfig(bits=4, group_size=group_size, sym=False, offload_to_disk=False),
+    device="cpu",
+    dtype=torch.float16,
+)
 windows = json.load(open(windows_json))
-model.quantize([{"input_ids": torch.tensor(w), "attention_mask": torch.ones(len(w), dtype=torch.long)} for w in windows],
-               batch_size=1)
+model.quantize(
+    [{"input_ids": torch.tensor(w), "attention_mask": torch.ones(len(w), dtype=torch.long)} for w in windows],
+    batch_size=1,
+)
 model.save(out_dir)

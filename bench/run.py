@@ -27,42 +27,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from bench.measure import BIN, REPO, build_env, measure
 from pipeline.awq_engine import ALLOCATOR
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def measure(cmd: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO) -> dict:
-    """Run `cmd`; wall time and peak RSS (of it and the children it waited for).
-    Past `timeout` seconds it is stopped and {"timed_out": True} returned."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "FRANKENMOE_NO_PROGRESS": "1", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    expired = threading.Event()
-    timer = threading.Timer(timeout, lambda: (expired.set(), os.killpg(proc.pid, 9))) if timeout else None
-    if timer:
-        timer.start()
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if timer:
-        timer.cancel()
-    if expired.is_set():
-        return {"timed_out": True}
-    wall = time.monotonic() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{out[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "out": out}
-
-
-def build_env(root: Path) -> dict:
-    return {"FRANKENMOE_BUILD_DIR": str(root / "build"), "FRANKENMOE_DIST_DIR": str(root / "dist")}
 
 
 def stage_record(stage: str, out: str) -> dict:
@@ -87,7 +58,9 @@ def ours(recipe_file: Path, work: Path) -> dict:
         record = stage_record(stage.name, m["out"])
         rows[stage.name] = {"command_s": m["wall_s"], "stage_s": record["wall_s"], "peak_rss_mb": m["peak_rss_mb"]}
         if stage.name == "quantize":  # the raw GPTQModel run gets exactly these windows
-            rows[stage.name]["windows_file"] = str(Path(_ran_line(stage.name, m["out"]).split()[-1]) / "calibration-windows.json")
+            rows[stage.name]["windows_file"] = str(
+                Path(_ran_line(stage.name, m["out"]).split()[-1]) / "calibration-windows.json"
+            )
     return rows
 
 
@@ -95,9 +68,15 @@ def whole(recipe_file: Path, work: Path) -> dict:
     """The build as users run it, `frankenmoe build` in one command from nothing;
     and, in another folder, `--until quantize`: the part the raw tools also do."""
     full = measure([str(BIN / "frankenmoe"), "build", str(recipe_file)], build_env(work / "whole"))
-    upto = measure([str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", "quantize"], build_env(work / "whole-upto"))
-    return {"whole_s": full["wall_s"], "whole_peak_rss_mb": full["peak_rss_mb"],
-            "through_quantize_s": upto["wall_s"], "through_quantize_peak_rss_mb": upto["peak_rss_mb"]}
+    upto = measure(
+        [str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", "quantize"], build_env(work / "whole-upto")
+    )
+    return {
+        "whole_s": full["wall_s"],
+        "whole_peak_rss_mb": full["peak_rss_mb"],
+        "through_quantize_s": upto["wall_s"],
+        "through_quantize_peak_rss_mb": upto["peak_rss_mb"],
+    }
 
 
 def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
@@ -107,18 +86,39 @@ def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
     config = work / "mergekit.yaml"
     config.write_text(yaml.safe_dump({k: data[k] for k in mergekit_keys if k in data}, sort_keys=False))
     out = work / "raw-merge"
-    merge = measure([str(BIN / "mergekit-moe"), str(config), str(out), "--random-seed", str(data.get("merge", {}).get("seed", 0)),
-                     "--device", "cpu", "--quiet", "--copy-tokenizer"])
+    merge = measure(
+        [
+            str(BIN / "mergekit-moe"),
+            str(config),
+            str(out),
+            "--random-seed",
+            str(data.get("merge", {}).get("seed", 0)),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--copy-tokenizer",
+        ]
+    )
     group = data.get("quantize", {}).get("group_size", 128)
-    awq = [sys.executable, str(REPO / "bench" / "raw_gptqmodel.py"), str(out), str(REPO / windows_file), str(work / "raw-awq"), str(group)]
+    awq = [
+        sys.executable,
+        str(REPO / "bench" / "raw_gptqmodel.py"),
+        str(out),
+        str(REPO / windows_file),
+        str(work / "raw-awq"),
+        str(group),
+    ]
     workers = {"GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")}
     quant = measure(awq, workers, cwd=work)  # GPTQModel writes logs/ into its working folder
     # The same run with the allocator settings the pipeline gives its engine, so the
     # table shows how much of the difference is those settings.
     shutil.rmtree(work / "raw-awq")
     tuned = measure(awq, {**workers, **ALLOCATOR}, cwd=work)
-    return {"merge": {k: merge[k] for k in ("wall_s", "peak_rss_mb")}, "quantize": {k: quant[k] for k in ("wall_s", "peak_rss_mb")},
-            "quantize_same_allocator": {k: tuned[k] for k in ("wall_s", "peak_rss_mb")}}
+    return {
+        "merge": {k: merge[k] for k in ("wall_s", "peak_rss_mb")},
+        "quantize": {k: quant[k] for k in ("wall_s", "peak_rss_mb")},
+        "quantize_same_allocator": {k: tuned[k] for k in ("wall_s", "peak_rss_mb")},
+    }
 
 
 def cache(recipe_file: Path, work: Path) -> dict:
@@ -131,7 +131,51 @@ def cache(recipe_file: Path, work: Path) -> dict:
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
     m = measure([str(BIN / "frankenmoe"), "build", str(edited)], env)
     ran = [l.split()[0] for l in m["out"].splitlines() if l.split()[1:2] == ["ran"]]
-    return {"noop_s": statistics.median(noop), "noop_runs_s": noop, "thresholds_changed_s": m["wall_s"], "thresholds_changed_ran": ran}
+    return {
+        "noop_s": statistics.median(noop),
+        "noop_runs_s": noop,
+        "thresholds_changed_s": m["wall_s"],
+        "thresholds_changed_ran": ran,
+    }
+
+
+def quality(recipe_file: Path, work: Path) -> dict:
+    """4-bit quality and quantize time on the recipe, each next to its reference:
+    the fast CPU path against GPTQModel's own float16 path (same windows, same
+    build up to gates, hard-linked), and the MoE's mean KL against its dense base
+    quantized the same way (bench/quality.py)."""
+    from bench.quality import dense_reference
+
+    ours_root = work / "ours"
+    fp16_root = work / "fp16"
+    subprocess.run(["cp", "-al", str(ours_root), str(fp16_root)], check=True)
+    own = {"FRANKENMOE_AWQ_DTYPE": "float16", "FRANKENMOE_AWQ_SPEEDUPS": "none"}
+    cmd = [str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", "verify"]
+    m = measure(cmd, {**build_env(fp16_root), **own})
+    paths = {}
+    for label, root in (("fast", ours_root), ("gptqmodel_fp16", fp16_root)):
+        q = (
+            json.loads(next((root / "build").glob("*/quantize/*/record.json")).read_text())
+            if label == "fast"
+            else stage_record("quantize", m["out"])
+        )
+        report_file = (
+            next((root / "build").glob("*/verify/*/report/verify.json"))
+            if label == "fast"
+            else Path(_ran_line("verify", m["out"]).split()[-1]) / "report" / "verify.json"
+        )
+        parity = next(c for c in json.loads(report_file.read_text())["checks"] if c["name"] == "quantization_parity")
+        paths[label] = {
+            "quantize_s": q["wall_s"],
+            "compute": q["fingerprint"]["compute"],
+            **{k: parity[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
+        }
+    dense = dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)
+    return {
+        "paths": paths,
+        "speedup": round(paths["gptqmodel_fp16"]["quantize_s"] / paths["fast"]["quantize_s"], 2),
+        "dense": dense,
+    }
 
 
 def report(results: dict) -> str:
@@ -145,30 +189,64 @@ def report(results: dict) -> str:
         "build_through_quantize_vs_raw_tools": round(w["through_quantize_s"] / raw_build, 2),
         "whole_build_vs_raw_tools_same_allocator": round(w["whole_s"] / raw_tuned, 2),
     }
-    lines = [f"Measured {results['date']} on {results['machine']} (`make bench`, recipe `{results['recipe']}`).", "",
-             "| stage | command wall (s) | stage's own time (s) | peak RSS (MB) | raw tool (s) | raw peak RSS (MB) | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']} (`make bench`, recipe `{results['recipe']}`).",
+        "",
+        "| stage | command wall (s) | stage's own time (s) | peak RSS (MB) | raw tool (s) | raw peak RSS (MB) | "
+        "ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for stage, row in o.items():
         raw = r.get(stage)
         ratio = f"{row['command_s'] / raw['wall_s']:.2f}x" if raw else ""
-        lines.append(f"| {stage} | {row['command_s']:.1f} | {row['stage_s']:.1f} | {row['peak_rss_mb']} | "
-                     f"{raw['wall_s'] if raw else ''} | {raw['peak_rss_mb'] if raw else ''} | {ratio} |")
+        lines.append(
+            f"| {stage} | {row['command_s']:.1f} | {row['stage_s']:.1f} | {row['peak_rss_mb']} | "
+            f"{raw['wall_s'] if raw else ''} | {raw['peak_rss_mb'] if raw else ''} | {ratio} |"
+        )
     c = results["cache"]
     ratios = results["ratios"]
-    lines += ["",
-              f"- whole build, `frankenmoe build` in one command (merge, quantize, evaluate, verify, card, manifest): "
-              f"{w['whole_s']:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: **{ratios['whole_build_vs_raw_tools']}x**; "
-              f"through quantize only: {w['through_quantize_s']:.1f} s, {ratios['build_through_quantize_vs_raw_tools']}x",
-              f"- the quantize stage runs GPTQModel with glibc malloc keeping freed memory (pipeline/awq_engine.py); GPTQModel "
-              f"alone with the same settings: {r['quantize_same_allocator']['wall_s']:.1f} s (vs {r['quantize']['wall_s']:.1f} s "
-              f"without), and against that the whole build is {ratios['whole_build_vs_raw_tools_same_allocator']}x",
-              "- per-stage rows are one `frankenmoe build --until STAGE` each: every row pays a process start-up and the no-op "
-              "checks of the stages before it",
-              f"- no-op rebuild: {c['noop_s']:.2f} s (median of {len(c['noop_runs_s'])}); "
-              f"after changing only a verify threshold: {c['thresholds_changed_s']:.1f} s, reran {', '.join(c['thresholds_changed_ran'])}",
-              f"- quantize: {o['quantize']['stage_s']:.1f} s and {o['quantize']['peak_rss_mb']} MB peak for {results['calibration']}"]
+    lines += [
+        "",
+        f"- whole build, `frankenmoe build` in one command (merge, quantize, evaluate, verify, card, manifest): "
+        f"{w['whole_s']:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: "
+        f"**{ratios['whole_build_vs_raw_tools']}x**; "
+        f"through quantize only: {w['through_quantize_s']:.1f} s, {ratios['build_through_quantize_vs_raw_tools']}x",
+        "- the quantize stage runs GPTQModel with glibc malloc keeping freed memory (pipeline/awq_engine.py); "
+        "GPTQModel "
+        f"alone with the same settings: {r['quantize_same_allocator']['wall_s']:.1f} s (vs "
+        f"{r['quantize']['wall_s']:.1f} s "
+        f"without), and against that the whole build is {ratios['whole_build_vs_raw_tools_same_allocator']}x",
+        "- per-stage rows are one `frankenmoe build --until STAGE` each: every row pays a process start-up and the "
+        "no-op "
+        "checks of the stages before it",
+        f"- no-op rebuild: {c['noop_s']:.2f} s (median of {len(c['noop_runs_s'])}); "
+        f"after changing only a verify threshold: {c['thresholds_changed_s']:.1f} s, reran "
+        f"{', '.join(c['thresholds_changed_ran'])}",
+        f"- quantize: {o['quantize']['stage_s']:.1f} s and {o['quantize']['peak_rss_mb']} MB peak for "
+        f"{results['calibration']}",
+    ]
+    if results.get("quality"):
+        qr = results["quality"]
+        fast, own = qr["paths"]["fast"], qr["paths"]["gptqmodel_fp16"]
+        d = qr["dense"]
+        lines += [
+            "",
+            "| quantize path | compute | quantize stage (s) | mean KL | top-1 | perplexity ratio |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {label} | {p['compute']['device']} {p['compute']['dtype']} | {p['quantize_s']:.1f} | "
+                f"{p['kl_mean']:.4f} | {p['top1_agreement']:.1%} | {p['perplexity_ratio']:.3f} |"
+                for label, p in (("frankenmoe (fast CPU path)", fast), ("GPTQModel's own float16", own))
+            ),
+            "",
+            f"- quantize: the fast path is **{qr['speedup']}x** faster than GPTQModel's float16 path "
+            "on the same windows",
+            f"- dense base quantized the same way: mean KL {d['dense_base']['kl_mean']:.4f}, top-1 "
+            f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
+            f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
+        ]
     if results.get("scale"):
-        from scale import report as scale_report
+        from bench.scale import report as scale_report
 
         lines += scale_report(results["scale"])
     return "\n".join(lines) + "\n"
@@ -176,11 +254,15 @@ def report(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tiny-2x.yaml")
+    p.add_argument("--recipe", type=Path, default=REPO / "recipes" / "smollm2-2x.yaml")
     p.add_argument("--work", type=Path, default=REPO / "build" / ".bench")
     p.add_argument("--out", type=Path, default=REPO / "bench")
-    p.add_argument("--scale", nargs="*", default=["1b", "7b"], help="synthetic families to run (none: skip the scale part)")
-    p.add_argument("--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (about an hour on 2 CPU cores)")
+    p.add_argument(
+        "--scale", nargs="*", default=["1b", "7b"], help="synthetic families to run (none: skip the scale part)"
+    )
+    p.add_argument(
+        "--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (about an hour on 2 CPU cores)"
+    )
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -188,19 +270,22 @@ def main() -> None:
     cal = recipe.get("quantize", {}).get("calibration", {})
     print(f"bench: {args.recipe} in {args.work}", flush=True)
     memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    results = {"date": time.strftime("%Y-%m-%d"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {memory} GiB, {'a GPU' if _gpu() else 'no GPU'}",
-               "recipe": args.recipe.name,
-               "calibration": f"{cal.get('samples', 128)} windows of {cal.get('seq_len', 512)} tokens"}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {memory} GiB, {'a GPU' if _gpu() else 'no GPU'}",
+        "recipe": args.recipe.name,
+        "calibration": f"{cal.get('samples', 128)} windows of {cal.get('seq_len', 512)} tokens",
+    }
     results["ours"] = ours(args.recipe, args.work)
     windows = results["ours"]["quantize"].pop("windows_file")
     results["raw"] = raw_tools(args.recipe, args.work, windows)
     results["whole"] = whole(args.recipe, args.work)
     results["cache"] = cache(args.recipe, args.work)
-    for part in ("ours", "whole", "whole-upto", "raw-merge", "raw-awq"):  # room for the scale part
+    results["quality"] = quality(args.recipe, args.work)
+    for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq"):  # room for the scale part
         shutil.rmtree(args.work / part, ignore_errors=True)
 
-    from scale import run_family
+    from bench.scale import run_family
 
     results["scale"] = [run_family(shape, args.work, quantize=args.quantize_synthetic) for shape in args.scale]
     table = report(results)

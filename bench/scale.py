@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import yaml
-from run import BIN, REPO, build_env, measure
-from synthetic import SHAPES, family_bytes, make_family
+
+from bench.measure import BIN, REPO, build_env, measure
+from bench.synthetic import SHAPES, family_bytes, make_family
 
 GiB = 2**30
 MARGIN = 2 * GiB
@@ -62,12 +63,21 @@ def byte_copy(inputs: list[Path], out_bytes: int, scratch: Path) -> dict:
     read_s = time.monotonic() - t0
     block = 64 << 20
     t0 = time.monotonic()
-    subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", f"bs={block}", f"count={math.ceil(out_bytes / block)}"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={scratch}", f"bs={block}", f"count={math.ceil(out_bytes / block)}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
     write_s = time.monotonic() - t0
     scratch.unlink()
-    return {"read_s": round(read_s, 1), "write_s": round(write_s, 1), "total_s": round(read_s + write_s, 1),
-            "read_bytes": sum(f.stat().st_size for f in files), "write_bytes": out_bytes}
+    return {
+        "read_s": round(read_s, 1),
+        "write_s": round(write_s, 1),
+        "total_s": round(read_s + write_s, 1),
+        "read_bytes": sum(f.stat().st_size for f in files),
+        "write_bytes": out_bytes,
+    }
 
 
 def recipe_for(folders: dict[str, Path], name: str, at: Path) -> Path:
@@ -80,8 +90,10 @@ def recipe_for(folders: dict[str, Path], name: str, at: Path) -> Path:
         "gate_mode": "cheap_embed",
         "dtype": "float16",
         "experts_per_token": 2,
-        "experts": [{"source_model": str(folders[e]), "positive_prompts": [f"prompt for {e}", f"another prompt for {e}"]}
-                    for e in experts],
+        "experts": [
+            {"source_model": str(folders[e]), "positive_prompts": [f"prompt for {e}", f"another prompt for {e}"]}
+            for e in experts
+        ],
         "merge": {"seed": 0, "shard_size": "2GB"},
         "quantize": {"group_size": 128, "calibration": CALIBRATION, "shard_size": "2GB"},
     }
@@ -93,11 +105,17 @@ def run_family(shape: str, work: Path, quantize: bool = False, log=print) -> dic
     sizes = family_bytes(shape)
     free = shutil.disk_usage(work).free
     need = sizes["inputs"] + sizes["moe"] + MARGIN
-    row = {"shape": shape, "params_per_expert_b": round(sizes["params_per_expert"] / 1e9, 2),
-           "moe_gb": round(sizes["moe"] / 1e9, 1), **{k: v for k, v in SHAPES[shape].items()}}
+    row = {
+        "shape": shape,
+        "params_per_expert_b": round(sizes["params_per_expert"] / 1e9, 2),
+        "moe_gb": round(sizes["moe"] / 1e9, 1),
+        **{k: v for k, v in SHAPES[shape].items()},
+    }
     if free < need:
-        row["skipped"] = (f"needs {need / GiB:.0f} GiB free in {work} (inputs {sizes['inputs'] / GiB:.0f} + "
-                          f"merged {sizes['moe'] / GiB:.0f} + margin), has {free / GiB:.0f} GiB")
+        row["skipped"] = (
+            f"needs {need / GiB:.0f} GiB free in {work} (inputs {sizes['inputs'] / GiB:.0f} + "
+            f"merged {sizes['moe'] / GiB:.0f} + margin), has {free / GiB:.0f} GiB"
+        )
         log(f"bench: {shape}: skipped, {row['skipped']}")
         return row
     root = work / f"scale-{shape}"
@@ -115,32 +133,69 @@ def run_family(shape: str, work: Path, quantize: bool = False, log=print) -> dic
         drop_caches()
         log(f"bench: {shape}: frankenmoe build --until merge")
         m = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "merge"], env)
-        row["build_until_merge"] = {"wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
-                                    "stages_s": _stage_times(m["out"])}
-        row["merge_vs_byte_copy"] = round(row["build_until_merge"]["stages_s"]["merge"] / row["byte_copy"]["total_s"], 2)
+        row["build_until_merge"] = {
+            "wall_s": m["wall_s"],
+            "peak_rss_mb": m["peak_rss_mb"],
+            "stages_s": _stage_times(m["out"]),
+        }
+        row["merge_vs_byte_copy"] = round(
+            row["build_until_merge"]["stages_s"]["merge"] / row["byte_copy"]["total_s"], 2
+        )
         row["build_until_merge_vs_byte_copy"] = round(m["wall_s"] / row["byte_copy"]["total_s"], 2)
-        row["noop_rebuild_s"] = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "merge"], env)["wall_s"]
+        row["noop_rebuild_s"] = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "merge"], env)[
+            "wall_s"
+        ]
         merged = Path(_ran_path("merge", m["out"])) / "model"
         windows, seq, reference, may_quantize = CHECKS[shape]
         drop_caches()
         log(f"bench: {shape}: streamed checks")
-        c = measure([sys.executable, str(REPO / "bench" / "scale_checks.py"), str(merged), str(folders["base"]),
-                     *(str(folders[e]) for e in folders if e.startswith("expert-")),
-                     "--windows", str(windows), "--seq", str(seq), *(["--reference"] if reference else [])])
-        row["checks"] = {**json.loads(c["out"].strip().splitlines()[-1]), "wall_s": c["wall_s"], "peak_rss_mb": c["peak_rss_mb"]}
+        c = measure(
+            [
+                sys.executable,
+                "-m",
+                "bench.scale_checks",
+                str(merged),
+                str(folders["base"]),
+                *(str(folders[e]) for e in folders if e.startswith("expert-")),
+                "--windows",
+                str(windows),
+                "--seq",
+                str(seq),
+                *(["--reference"] if reference else []),
+            ]
+        )
+        row["checks"] = {
+            **json.loads(c["out"].strip().splitlines()[-1]),
+            "wall_s": c["wall_s"],
+            "peak_rss_mb": c["peak_rss_mb"],
+        }
         if quantize and may_quantize:
-            log(f"bench: {shape}: frankenmoe build --until quantize ({CALIBRATION['samples']} x {CALIBRATION['seq_len']} tokens)")
-            q = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "quantize"], env, timeout=QUANTIZE_TIMEOUT_S)
-            row["quantize"] = ({"timed_out_s": QUANTIZE_TIMEOUT_S} if q.get("timed_out") else
-                               {"stage_s": _stage_times(q["out"])["quantize"], "wall_s": q["wall_s"], "peak_rss_mb": q["peak_rss_mb"],
-                                "calibration": CALIBRATION})
+            log(
+                f"bench: {shape}: frankenmoe build --until quantize ({CALIBRATION['samples']} x "
+                f"{CALIBRATION['seq_len']} tokens)"
+            )
+            q = measure(
+                [str(BIN / "frankenmoe"), "build", str(recipe), "--until", "quantize"], env, timeout=QUANTIZE_TIMEOUT_S
+            )
+            row["quantize"] = (
+                {"timed_out_s": QUANTIZE_TIMEOUT_S}
+                if q.get("timed_out")
+                else {
+                    "stage_s": _stage_times(q["out"])["quantize"],
+                    "wall_s": q["wall_s"],
+                    "peak_rss_mb": q["peak_rss_mb"],
+                    "calibration": CALIBRATION,
+                }
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return row
 
 
 def _stage_times(out: str) -> dict:
-    return {line.split()[0]: float(line.split()[2].rstrip("s")) for line in out.splitlines() if line.split()[1:2] == ["ran"]}
+    return {
+        line.split()[0]: float(line.split()[2].rstrip("s")) for line in out.splitlines() if line.split()[1:2] == ["ran"]
+    }
 
 
 def _ran_path(stage: str, out: str) -> str:
@@ -148,10 +203,15 @@ def _ran_path(stage: str, out: str) -> str:
 
 
 def report(rows: list[dict]) -> list[str]:
-    lines = ["", "Scale (synthetic families, random FP16 weights with real shapes; bench/scale.py):", "",
-             "| family | merged MoE | byte-copy reference (s) | build --until merge (s) | merge stage (s) | merge / reference | "
-             "peak RSS (MB) | no-op rebuild (s) | streamed checks (s) | checks peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Scale (synthetic families, random FP16 weights with real shapes; bench/scale.py):",
+        "",
+        "| family | merged MoE | byte-copy reference (s) | build --until merge (s) | merge stage (s) | merge / "
+        "reference | "
+        "peak RSS (MB) | no-op rebuild (s) | streamed checks (s) | checks peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     notes = []
     for r in rows:
         label = f"2x{r['shape'].upper()} ({r['params_per_expert_b']} B per expert)"
@@ -159,16 +219,34 @@ def report(rows: list[dict]) -> list[str]:
             notes.append(f"- {label}: skipped, {r['skipped']}")
             continue
         b, c = r["build_until_merge"], r["checks"]
-        lines.append(f"| {label} | {r['moe_gb']} GB | {r['byte_copy']['total_s']} | {b['wall_s']} | {b['stages_s']['merge']} | "
-                     f"{r['merge_vs_byte_copy']}x | {b['peak_rss_mb']} | {r['noop_rebuild_s']} | {c['wall_s']} | {c['peak_rss_mb']} |")
-        notes.append(f"- {label}: structure {c['structure']['tensors_checked']} tensors, {c['structure']['mismatches']} mismatches "
-                     f"({c['structure']['seconds']} s); forced routing on {c['forced_routing']['tokens']} tokens, largest difference "
-                     f"{max(c['forced_routing']['max_abs']):.1e} ({c['forced_routing']['seconds']} s)"
-                     + (f"; 16-bit reference pass {c['reference_pass']['tokens_per_s']} tokens/s over {c['reference_pass']['tokens']} tokens"
-                        if "reference_pass" in c else "")
-                     + (f"; quantize stage {r['quantize']['stage_s']} s, peak RSS {r['quantize']['peak_rss_mb']} MB for "
-                        f"{r['quantize']['calibration']['samples']} windows of {r['quantize']['calibration']['seq_len']} tokens"
-                        if "stage_s" in r.get("quantize", {}) else "")
-                     + (f"; quantize did not finish within {r['quantize']['timed_out_s']} s" if "timed_out_s" in r.get("quantize", {}) else "")
-                     + ("" if r["page_cache_dropped"] else "; page cache not dropped (not root)"))
+        lines.append(
+            f"| {label} | {r['moe_gb']} GB | {r['byte_copy']['total_s']} | {b['wall_s']} | {b['stages_s']['merge']} | "
+            f"{r['merge_vs_byte_copy']}x | {b['peak_rss_mb']} | {r['noop_rebuild_s']} | {c['wall_s']} | "
+            f"{c['peak_rss_mb']} |"
+        )
+        notes.append(
+            f"- {label}: structure {c['structure']['tensors_checked']} tensors, {c['structure']['mismatches']} "
+            "mismatches "
+            f"({c['structure']['seconds']} s); forced routing on {c['forced_routing']['tokens']} tokens, largest "
+            "difference "
+            f"{max(c['forced_routing']['max_abs']):.1e} ({c['forced_routing']['seconds']} s)"
+            + (
+                f"; 16-bit reference pass {c['reference_pass']['tokens_per_s']} tokens/s over "
+                f"{c['reference_pass']['tokens']} tokens"
+                if "reference_pass" in c
+                else ""
+            )
+            + (
+                f"; quantize stage {r['quantize']['stage_s']} s, peak RSS {r['quantize']['peak_rss_mb']} MB for "
+                f"{r['quantize']['calibration']['samples']} windows of {r['quantize']['calibration']['seq_len']} tokens"
+                if "stage_s" in r.get("quantize", {})
+                else ""
+            )
+            + (
+                f"; quantize did not finish within {r['quantize']['timed_out_s']} s"
+                if "timed_out_s" in r.get("quantize", {})
+                else ""
+            )
+            + ("" if r["page_cache_dropped"] else "; page cache not dropped (not root)")
+        )
     return lines + [""] + notes

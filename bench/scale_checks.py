@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.evaluation import forced_routing_parity, merge_structure  # noqa: E402
-from pipeline.streaming import StreamingLM  # noqa: E402
+from pipeline.evaluation import forced_routing_parity, merge_structure
+from pipeline.streaming import StreamingLM
 
 
 def main() -> None:
@@ -35,22 +32,32 @@ def main() -> None:
     out = {}
     t0 = time.monotonic()
     s = merge_structure(args.merged, args.base, args.experts)
-    out["structure"] = {"tensors_checked": s["tensors_checked"], "mismatches": len(s["mismatches"]),
-                        "seconds": round(time.monotonic() - t0, 1)}
+    out["structure"] = {
+        "tensors_checked": s["tensors_checked"],
+        "mismatches": len(s["mismatches"]),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 2000, (args.windows, args.seq + 1), generator=g).tolist()
     windows = [("synthetic", w) for w in ids]
     t0 = time.monotonic()
     moe = StreamingLM(args.merged)
     forced = forced_routing_parity(moe, [StreamingLM(e) for e in args.experts], windows)
-    out["forced_routing"] = {"max_abs": [f["max_abs"] for f in forced], "tokens": args.windows * args.seq,
-                             "seconds": round(time.monotonic() - t0, 1)}
+    out["forced_routing"] = {
+        "max_abs": [f["max_abs"] for f in forced],
+        "tokens": args.windows * args.seq,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
     if args.reference:
         t0 = time.monotonic()
         n = sum(1 for _ in moe.run([w[:-1] for _, w in windows], desc="bench: 16-bit reference pass"))
         seconds = time.monotonic() - t0
-        out["reference_pass"] = {"windows": n, "tokens": args.windows * args.seq, "seconds": round(seconds, 1),
-                                 "tokens_per_s": round(args.windows * args.seq / seconds, 1)}
+        out["reference_pass"] = {
+            "windows": n,
+            "tokens": args.windows * args.seq,
+            "seconds": round(seconds, 1),
+            "tokens_per_s": round(args.windows * args.seq / seconds, 1),
+        }
     print(json.dumps(out))
 
 

@@ -20,11 +20,23 @@ from pathlib import Path
 
 SHAPES = {
     # Mistral-7B-v0.1
-    "7b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000},
+    "7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    },
     # TinyLlama-1.1B's shapes in a Mistral: about 1.1 B parameters per expert
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-           "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+    },
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -33,16 +45,31 @@ def tensor_shapes(shape: dict) -> tuple[dict, dict]:
     """(shared non-MLP tensors, one model's MLP tensors): name -> shape."""
     h, i, n = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     kv = shape["num_key_value_heads"] * h // shape["num_attention_heads"]
-    shared = {"model.embed_tokens.weight": (shape["vocab_size"], h), "lm_head.weight": (shape["vocab_size"], h),
-              "model.norm.weight": (h,)}
+    shared = {
+        "model.embed_tokens.weight": (shape["vocab_size"], h),
+        "lm_head.weight": (shape["vocab_size"], h),
+        "model.norm.weight": (h,),
+    }
     mlp = {}
     for layer in range(n):
         p = f"model.layers.{layer}"
-        shared.update({f"{p}.self_attn.q_proj.weight": (h, h), f"{p}.self_attn.k_proj.weight": (kv, h),
-                       f"{p}.self_attn.v_proj.weight": (kv, h), f"{p}.self_attn.o_proj.weight": (h, h),
-                       f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,)})
-        mlp.update({f"{p}.mlp.gate_proj.weight": (i, h), f"{p}.mlp.up_proj.weight": (i, h),
-                    f"{p}.mlp.down_proj.weight": (h, i)})
+        shared.update(
+            {
+                f"{p}.self_attn.q_proj.weight": (h, h),
+                f"{p}.self_attn.k_proj.weight": (kv, h),
+                f"{p}.self_attn.v_proj.weight": (kv, h),
+                f"{p}.self_attn.o_proj.weight": (h, h),
+                f"{p}.input_layernorm.weight": (h,),
+                f"{p}.post_attention_layernorm.weight": (h,),
+            }
+        )
+        mlp.update(
+            {
+                f"{p}.mlp.gate_proj.weight": (i, h),
+                f"{p}.mlp.up_proj.weight": (i, h),
+                f"{p}.mlp.down_proj.weight": (h, i),
+            }
+        )
     return shared, mlp
 
 
@@ -50,8 +77,16 @@ def family_bytes(shape_name: str, experts: int = 2) -> dict:
     """Disk bytes of a family and of the MoE merged from it (FP16)."""
     shared, mlp = tensor_shapes(SHAPES[shape_name])
     size = lambda d: 2 * sum(_numel(s) for s in d.values())  # noqa: E731
-    moe = size(shared) + experts * size(mlp) + 2 * experts * SHAPES[shape_name]["hidden_size"] * SHAPES[shape_name]["num_hidden_layers"]
-    return {"inputs": size(shared) + experts * size(mlp), "moe": moe, "params_per_expert": (size(shared) + size(mlp)) // 2}
+    moe = (
+        size(shared)
+        + experts * size(mlp)
+        + 2 * experts * SHAPES[shape_name]["hidden_size"] * SHAPES[shape_name]["num_hidden_layers"]
+    )
+    return {
+        "inputs": size(shared) + experts * size(mlp),
+        "moe": moe,
+        "params_per_expert": (size(shared) + size(mlp)) // 2,
+    }
 
 
 def make_family(out: Path, shape_name: str, tokenizer_from: Path, experts: int = 2, log=print) -> dict[str, Path]:
@@ -73,13 +108,17 @@ def make_family(out: Path, shape_name: str, tokenizer_from: Path, experts: int =
     layers = shape["num_hidden_layers"]
     shared_files = {"shared.safetensors": {k: v for k, v in shared.items() if not k.startswith("model.layers.")}}
     for layer in range(layers):
-        shared_files[f"attn-{layer:03d}.safetensors"] = {k: v for k, v in shared.items() if k.startswith(f"model.layers.{layer}.")}
+        shared_files[f"attn-{layer:03d}.safetensors"] = {
+            k: v for k, v in shared.items() if k.startswith(f"model.layers.{layer}.")
+        }
     for fname, names in shared_files.items():
         write(fname, names, "shared")
     contents = dict(shared_files)
     for e in range(experts):
         for layer in range(layers):
-            contents[f"mlp-e{e}-{layer:03d}.safetensors"] = {k: v for k, v in mlp.items() if k.startswith(f"model.layers.{layer}.")}
+            contents[f"mlp-e{e}-{layer:03d}.safetensors"] = {
+                k: v for k, v in mlp.items() if k.startswith(f"model.layers.{layer}.")
+            }
             write(f"mlp-e{e}-{layer:03d}.safetensors", contents[f"mlp-e{e}-{layer:03d}.safetensors"], f"expert-{e}")
         log(f"bench: synthetic {shape_name}: expert {e} written")
 
@@ -96,8 +135,9 @@ def make_family(out: Path, shape_name: str, tokenizer_from: Path, experts: int =
             os.link(blobs / fname, folder / fname)
             weight_map.update({k: fname for k in contents[fname]})
         total = sum((blobs / f).stat().st_size for f in files)
-        (folder / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        )
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         for f in TOKENIZER_FILES:
             shutil.copy2(tokenizer_from / f, folder / f)

@@ -18,7 +18,9 @@ from pipeline.errors import RecipeError
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 QUANT_PARTS = ("qweight", "qzeros", "scales")
-ENGINE_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(qweight|qzeros|scales)$")
+ENGINE_EXPERT = re.compile(
+    r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(qweight|qzeros|scales)$"
+)
 ENGINE_ROUTER = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 PROJ_TO_W = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 W_TO_PROJ = {v: k for k, v in PROJ_TO_W.items()}
@@ -77,8 +79,11 @@ def quantized_input_dims(config: dict) -> dict[str, int]:
     gate/up (hidden_size), o_proj (heads x head_dim), down_proj (intermediate_size)."""
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    return {"hidden_size": config["hidden_size"], "intermediate_size": config["intermediate_size"],
-            "num_attention_heads x head_dim": heads * head_dim}
+    return {
+        "hidden_size": config["hidden_size"],
+        "intermediate_size": config["intermediate_size"],
+        "num_attention_heads x head_dim": heads * head_dim,
+    }
 
 
 def choose_group_size(config: dict, wanted: int | None) -> int:
@@ -90,11 +95,20 @@ def choose_group_size(config: dict, wanted: int | None) -> int:
         for key, dim in dims.items():
             if dim % wanted:
                 fits = [g for g in GROUP_SIZES if all(d % g == 0 for d in dims.values())]
-                hint = f"use {fits[0]}, or leave quantize.group_size unset to choose it" if fits else "no AWQ group size fits this model"
+                hint = (
+                    f"use {fits[0]}, or leave quantize.group_size unset to choose it"
+                    if fits
+                    else "no AWQ group size fits this model"
+                )
                 raise RecipeError([f"quantize.group_size: {wanted} does not divide the model's {key} ({dim}); {hint}"])
         return wanted
     for g in GROUP_SIZES:
         if all(d % g == 0 for d in dims.values()):
             return g
-    raise RecipeError([f"quantize.group_size: none of {', '.join(map(str, GROUP_SIZES))} divides the model's "
-                       + ", ".join(f"{k} ({v})" for k, v in dims.items()) + "; AWQ cannot quantize this model"])
+    raise RecipeError(
+        [
+            f"quantize.group_size: none of {', '.join(map(str, GROUP_SIZES))} divides the model's "
+            + ", ".join(f"{k} ({v})" for k, v in dims.items())
+            + "; AWQ cannot quantize this model"
+        ]
+    )

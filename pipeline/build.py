@@ -125,8 +125,15 @@ def check_free_space(stage: Stage, where: Path, needed: int | None) -> None:
         )
 
 
-def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, StageResult], state: HashState,
-              force: bool, log: Callable[[str], None]) -> tuple[StageResult, bool, float]:
+def run_stage(
+    stage: Stage,
+    recipe: Recipe,
+    layout: Layout,
+    deps: dict[str, StageResult],
+    state: HashState,
+    force: bool,
+    log: Callable[[str], None],
+) -> tuple[StageResult, bool, float]:
     """Run one stage unless its key is cached. Returns (result, ran, seconds)."""
     t0 = time.monotonic()
     material = key_material(stage, recipe, stage.fingerprint(recipe, state, deps), deps)
@@ -158,7 +165,9 @@ def run_stage(stage: Stage, recipe: Recipe, layout: Layout, deps: dict[str, Stag
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise EnvironmentProblem(f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun") from None
+            raise EnvironmentProblem(
+                f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
+            ) from None
         raise
     state.save()
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
@@ -172,7 +181,9 @@ def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
         layout.build.mkdir(parents=True, exist_ok=True)
         fd = os.open(layout.build / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
-        raise EnvironmentProblem(f"{layout.build}: not writable; fix its permissions or set FRANKENMOE_BUILD_DIR") from None
+        raise EnvironmentProblem(
+            f"{layout.build}: not writable; fix its permissions or set FRANKENMOE_BUILD_DIR"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -187,8 +198,9 @@ def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
         os.close(fd)
 
 
-def publish(done: dict[str, StageResult], layout: Layout, folders: set[str],
-            stages: list[Stage] | tuple[Stage, ...] = STAGES) -> list[Path]:
+def publish(
+    done: dict[str, StageResult], layout: Layout, folders: set[str], stages: list[Stage] | tuple[Stage, ...] = STAGES
+) -> list[Path]:
     """Assemble dist/<name>/<folder> from every finished stage that publishes into
     it (the AWQ folder: quantize's model plus verify's report), atomically, as hard
     links into the cache. Skipped when dist already holds exactly these files: the
@@ -198,9 +210,25 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str],
     published = json.loads(published_file.read_text()) if published_file.is_file() else {}
     out = []
     for folder in sorted(folders):
-        parts = [(res, stage.publishes[folder]) for stage in stages if (res := done.get(stage.name)) and folder in stage.publishes]
-        key = sha256_json([[res.name, res.key, {rel: meta["sha256"] for rel, meta in sorted(res.record["files"].items())
-                                                 if rel.startswith(sub + "/")}] for res, sub in parts])[:16]
+        parts = [
+            (res, stage.publishes[folder])
+            for stage in stages
+            if (res := done.get(stage.name)) and folder in stage.publishes
+        ]
+        key = sha256_json(
+            [
+                [
+                    res.name,
+                    res.key,
+                    {
+                        rel: meta["sha256"]
+                        for rel, meta in sorted(res.record["files"].items())
+                        if rel.startswith(sub + "/")
+                    },
+                ]
+                for res, sub in parts
+            ]
+        )[:16]
         dst = layout.dist / folder
         out.append(dst)
         entry = published.get(folder)
@@ -215,7 +243,9 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str],
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise EnvironmentProblem(f"publish: disk full while writing {dst}; it was left as it was, free space and rerun") from None
+                raise EnvironmentProblem(
+                    f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
+                ) from None
             raise
         if dst.exists():
             old = layout.dist / f".{folder}.old-{os.getpid()}"
@@ -275,7 +305,9 @@ def finished_results(recipe: Recipe, layout: Layout, names: list[str]) -> dict[s
         key = stage_key(stage, recipe, stage.fingerprint(recipe, state, deps, offline=True) or {}, deps)
         hit = cached_result(stage, layout, key)
         if hit is None:
-            raise FrankenmoeError(f"{stage.name}: not built for this recipe yet; run `frankenmoe build {recipe.name}` first")
+            raise FrankenmoeError(
+                f"{stage.name}: not built for this recipe yet; run `frankenmoe build {recipe.name}` first"
+            )
         results[stage.name] = hit
     state.save()
     return results
@@ -293,8 +325,14 @@ def _ancestors(name: str) -> set[str]:
     return out
 
 
-def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: str | None = None,
-          log: Callable[[str], None] = print, locked: dict | None = None) -> dict[str, StageResult]:
+def build(
+    recipe: Recipe,
+    layout: Layout,
+    force: set[str] = frozenset(),
+    until: str | None = None,
+    log: Callable[[str], None] = print,
+    locked: dict | None = None,
+) -> dict[str, StageResult]:
     """Run the stages in order, each cached by its key; publish what they publish.
     With `locked` (a lock file's contents), refuse to start unless every pinned
     input and tool version is what the lock says."""
@@ -329,8 +367,11 @@ def build(recipe: Recipe, layout: Layout, force: set[str] = frozenset(), until: 
 
 
 def check_lock(recipe: Recipe, locked: dict, state: HashState) -> None:
-    require_match(locked, current_lock(recipe, state),
-                  "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`")
+    require_match(
+        locked,
+        current_lock(recipe, state),
+        "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`",
+    )
 
 
 def published_folders(results: dict[str, StageResult]) -> set[str]:

@@ -24,8 +24,9 @@ class CalibrationSet:
     source: dict  # what was read, with content hashes
 
 
-def source_fingerprint(cal: CalibrationSection, state: HashState, root: Path,
-                       section: str = "quantize.calibration.files") -> dict:
+def source_fingerprint(
+    cal: CalibrationSection, state: HashState, root: Path, section: str = "quantize.calibration.files"
+) -> dict:
     """Content identity of the calibration input, cheap on a no-op rebuild."""
     if cal.dataset:
         return {"dataset": cal.dataset.model_dump()}
@@ -46,9 +47,13 @@ def load_texts(cal: CalibrationSection, root: Path) -> tuple[list[str], dict]:
         try:
             data = datasets.load_dataset(ds.id, split=ds.split, revision=ds.revision)
         except Exception as e:  # datasets raises many types for "not reachable / not found"
-            raise InputFileError(f"quantize.calibration.dataset: cannot load {ds.id} ({type(e).__name__}); check id, split and network") from None
+            raise InputFileError(
+                f"quantize.calibration.dataset: cannot load {ds.id} ({type(e).__name__}); check id, split and network"
+            ) from None
         if ds.text_column not in data.column_names:
-            raise InputFileError(f"quantize.calibration.dataset.text_column: {ds.text_column!r} not in {data.column_names}")
+            raise InputFileError(
+                f"quantize.calibration.dataset.text_column: {ds.text_column!r} not in {data.column_names}"
+            )
         texts = [t for t in data[ds.text_column] if isinstance(t, str) and t.strip()]
         return texts, {"dataset": ds.model_dump(), "fingerprint": data._fingerprint, "sha256": sha256_json(texts)}
     docs = read_documents([resolve_path(f, root) for f in cal.files])
@@ -69,9 +74,11 @@ def token_stream(texts: list[str], tokenizer) -> list[int]:
 def token_windows(files: list[Path], tokenizer, seq_len: int, section: str) -> list[list[int]]:
     """Every non-overlapping `seq_len`-token window of the text in `files`, in order."""
     ids = token_stream([doc["text"] for doc in read_documents(files)], tokenizer)
-    windows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(len(ids) // seq_len)]
+    windows = [ids[i * seq_len : (i + 1) * seq_len] for i in range(len(ids) // seq_len)]
     if not windows:
-        raise InputFileError(f"{section}: {len(ids)} tokens of text, not one window of {seq_len}; add text or lower seq_len")
+        raise InputFileError(
+            f"{section}: {len(ids)} tokens of text, not one window of {seq_len}; add text or lower seq_len"
+        )
     return windows
 
 

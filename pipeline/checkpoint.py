@@ -70,8 +70,9 @@ def plan_shards(pieces: list[Piece], max_bytes: int) -> list[list[Piece]]:
     return shards
 
 
-def write_sharded(pieces: list[Piece], out: Path, max_bytes: int, desc: str = "writing shards",
-                  transform: Callable | None = None) -> list[str]:
+def write_sharded(
+    pieces: list[Piece], out: Path, max_bytes: int, desc: str = "writing shards", transform: Callable | None = None
+) -> list[str]:
     """Write `pieces` as safetensors shards (+ index when more than one) into `out`.
 
     Shard files carry one metadata key (format: pt) and nothing that depends on the
@@ -81,9 +82,11 @@ def write_sharded(pieces: list[Piece], out: Path, max_bytes: int, desc: str = "w
     from safetensors.torch import save_file
 
     shards = plan_shards(pieces, max_bytes)
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     weight_map = {}
     total = 0
     for shard, fname in progress(list(zip(shards, names)), desc=desc):
@@ -104,5 +107,8 @@ def write_sharded(pieces: list[Piece], out: Path, max_bytes: int, desc: str = "w
             total += t.numel() * t.element_size()
         del tensors
     if len(names) > 1:
-        write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        write_json(
+            out / "model.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+        )
     return names

@@ -35,7 +35,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{path}: {line}" if not line.startswith(str(path)) else line, file=sys.stderr)
             status = e.exit_code
             continue
-        print(f"{path}: ok ({recipe.name}: {len(recipe.experts)} experts, gate_mode {recipe.gate_mode}, top-{recipe.experts_per_token})")
+        print(
+            f"{path}: ok ({recipe.name}: {len(recipe.experts)} experts, gate_mode {recipe.gate_mode}, "
+            f"top-{recipe.experts_per_token})"
+        )
     return status
 
 
@@ -79,7 +82,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"{path}: up to date")
         return 0
     write_json(path, lock)
-    files = sum(len(m["files"]) for m in lock["models"].values()) + sum(len(v) for v in lock["data"].values() if isinstance(v, dict))
+    files = sum(len(m["files"]) for m in lock["models"].values()) + sum(
+        len(v) for v in lock["data"].values() if isinstance(v, dict)
+    )
     print(f"wrote {path}: {len(lock['models'])} models, {files} files pinned, {lock['platform']['cpu_capability']} CPU")
     return 0
 
@@ -121,7 +126,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
     layout = default_layout(recipe)
-    done = finished_results(recipe, layout, ["gates", "quantize", "evaluate"] if args.candidate is None else ["gates", "evaluate"])
+    done = finished_results(
+        recipe, layout, ["gates", "quantize", "evaluate"] if args.candidate is None else ["gates", "evaluate"]
+    )
     candidate = args.candidate or done["quantize"].path / "model"
     out = args.out or layout.build / "verify-candidate"
     report = verify_candidate(recipe.verify, done["evaluate"], done["gates"].path / "model", candidate, out)
@@ -166,13 +173,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.dir)
     inputs = tokenizer(args.prompt, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
     print(tokenizer.decode(out[0], skip_special_tokens=True))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe.")
+    p = argparse.ArgumentParser(
+        prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check recipes; one line per problem, exit 2 if any")
@@ -188,15 +199,27 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", type=Path)
     b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
     b.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
-    b.add_argument("--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file")
-    b.add_argument("--lock", type=Path, help="the lock file for --locked (default: <recipe stem>.lock.json beside the recipe)")
-    b.add_argument("--paths-from", type=Path, metavar="DIR",
-                   help="resolve the recipe's relative paths against DIR instead of the recipe file's folder")
+    b.add_argument(
+        "--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file"
+    )
+    b.add_argument(
+        "--lock", type=Path, help="the lock file for --locked (default: <recipe stem>.lock.json beside the recipe)"
+    )
+    b.add_argument(
+        "--paths-from",
+        type=Path,
+        metavar="DIR",
+        help="resolve the recipe's relative paths against DIR instead of the recipe file's folder",
+    )
     b.set_defaults(func=cmd_build)
 
-    lk = sub.add_parser("lock", help="write <recipe stem>.lock.json: model commits, file hashes, tool versions, platform")
+    lk = sub.add_parser(
+        "lock", help="write <recipe stem>.lock.json: model commits, file hashes, tool versions, platform"
+    )
     lk.add_argument("recipe", type=Path)
-    lk.add_argument("--check", action="store_true", help="only compare with the existing lock file; exit 8 if it differs")
+    lk.add_argument(
+        "--check", action="store_true", help="only compare with the existing lock file; exit 8 if it differs"
+    )
     lk.set_defaults(func=cmd_lock)
 
     rc = sub.add_parser("repro-check", help="build twice in fresh folders and compare every published file")
@@ -207,15 +230,26 @@ def parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rebuild-check", help="rebuild a published folder from its build.json and compare the bytes")
     rb.add_argument("dir", type=Path)
     rb.add_argument("--work", type=Path, help="where the rebuild goes (default: build/.rebuild-check)")
-    rb.add_argument("--recipe-dir", type=Path, default=Path("."), metavar="DIR",
-                    help="the folder the original recipe's relative paths are relative to (default: the current folder; "
-                         "for this repository's examples: recipes)")
+    rb.add_argument(
+        "--recipe-dir",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the folder the original recipe's relative paths are relative to (default: the current folder; "
+        "for this repository's examples: recipes)",
+    )
     rb.set_defaults(func=cmd_rebuild_check)
 
-    vf = sub.add_parser("verify", help="re-run the verify checks on the built 4-bit model or on any AWQ folder, without rebuilding")
+    vf = sub.add_parser(
+        "verify", help="re-run the verify checks on the built 4-bit model or on any AWQ folder, without rebuilding"
+    )
     vf.add_argument("recipe", type=Path)
-    vf.add_argument("--candidate", type=Path, help="a folder in the published AWQ layout (default: this recipe's build)")
-    vf.add_argument("--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)")
+    vf.add_argument(
+        "--candidate", type=Path, help="a folder in the published AWQ layout (default: this recipe's build)"
+    )
+    vf.add_argument(
+        "--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)"
+    )
     vf.set_defaults(func=cmd_verify)
 
     ps = sub.add_parser("push", help="push the built folders to the Hub (HF_ENDPOINT, HF_TOKEN or your login)")
@@ -231,8 +265,12 @@ def parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fixtures", help="make the offline examples' models in OUT/<example> (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))
-    f.add_argument("--only", action="append", choices=("tiny", "smollm2"),
-                   help="make only this example's models (repeatable): tiny (tests) or smollm2 (the real example)")
+    f.add_argument(
+        "--only",
+        action="append",
+        choices=("tiny", "smollm2"),
+        help="make only this example's models (repeatable): tiny (tests) or smollm2 (the real example)",
+    )
     f.set_defaults(func=cmd_fixtures)
     return p
 
@@ -254,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}; check the folder and free space (FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR move them)", file=sys.stderr)
+        print(
+            f"error: {where}{e.strerror or e}; check the folder and free space (FRANKENMOE_BUILD_DIR / "
+            "FRANKENMOE_DIST_DIR move them)",
+            file=sys.stderr,
+        )
         return EnvironmentProblem.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
@@ -265,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.secrets import scrub
 
         print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print("error: internal error, a bug in frankenmoe or a library; please report it with the traceback above", file=sys.stderr)
+        print(
+            "error: internal error, a bug in frankenmoe or a library; please report it with the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -27,11 +27,17 @@ def read_documents(files: list[Path]) -> list[dict]:
                     continue
                 try:
                     row = json.loads(line)
-                    docs.append({"id": row.get("id", f"{Path(path).name}:{n}"), "domain": row.get("domain"), "text": row["text"]})
+                    docs.append(
+                        {
+                            "id": row.get("id", f"{Path(path).name}:{n}"),
+                            "domain": row.get("domain"),
+                            "text": row["text"],
+                        }
+                    )
                 except (ValueError, KeyError, TypeError, AttributeError):
-                    raise InputFileError(f"{path}:{n}: expected a JSON object with a \"text\" field")
+                    raise InputFileError(f'{path}:{n}: expected a JSON object with a "text" field')
                 if not isinstance(row["text"], str):
-                    raise InputFileError(f"{path}:{n}: \"text\" is {type(row['text']).__name__}, not a string")
+                    raise InputFileError(f'{path}:{n}: "text" is {type(row["text"]).__name__}, not a string')
         else:
             docs.append({"id": Path(path).name, "domain": None, "text": text})
         if not any(d["text"].strip() for d in docs[start:]):

@@ -108,8 +108,10 @@ def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
     out = []
     for k, src in enumerate(sources):
         worst, total, count = 0.0, 0.0, 0
-        pairs = zip(moe.run(inputs, expert=k, desc=f"verify: forced routing, expert {k}"),
-                    src.run(inputs, desc=f"verify: source of expert {k}"))
+        pairs = zip(
+            moe.run(inputs, expert=k, desc=f"verify: forced routing, expert {k}"),
+            src.run(inputs, desc=f"verify: source of expert {k}"),
+        )
         for (a, _), (b, _) in pairs:
             d = (a - b).abs()
             worst = max(worst, float(d.max()))
@@ -167,7 +169,9 @@ def dead_experts(routing: dict, share: float) -> list[dict]:
     for e in range(experts):
         dead = [layer for layer in range(layers) if all(weights[d][layer][e] < share for d in domains)]
         if dead:
-            out.append({"expert": e, "layers": dead, "largest": max(weights[d][layer][e] for d in domains for layer in dead)})
+            out.append(
+                {"expert": e, "layers": dead, "largest": max(weights[d][layer][e] for d in domains for layer in dead)}
+            )
     return out
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.awq_engine import compute_path
 from pipeline.determinism import THREADS
 from pipeline.errors import FrankenmoeError, InputFileError
 from pipeline.hashing import HashState
@@ -90,7 +91,11 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
         "python": platform.python_version(),
         "seeds": {"merge.seed": recipe.merge.seed, "quantize.calibration.seed": cal.seed},
         "threads": THREADS,
-        "platform": {"machine": platform.machine(), "cpu_capability": cpu_capability(state)},
+        "platform": {
+            "machine": platform.machine(),
+            "cpu_capability": cpu_capability(state),
+            "quantize_compute": compute_path(),
+        },
     }
 
 
@@ -101,10 +106,14 @@ def cpu_capability(state: HashState) -> str:
     import os
 
     try:
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith(("flags", "Features"))), "")
+        flags = next(
+            (l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith(("flags", "Features"))), ""
+        )
     except OSError:
         flags = platform.processor()
-    key = hashlib.sha256(f"{flags}|{os.environ.get('ATEN_CPU_CAPABILITY', '')}|{tool_versions(['torch'])}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{flags}|{os.environ.get('ATEN_CPU_CAPABILITY', '')}|{tool_versions(['torch'])}".encode()
+    ).hexdigest()[:16]
 
     def ask_torch() -> str:
         import torch
@@ -115,8 +124,13 @@ def cpu_capability(state: HashState) -> str:
 
 
 def read_lock(path: Path) -> dict[str, Any]:
-    return read_document(path, FORMAT, LockMismatch, "lock file not found; write it with `frankenmoe lock RECIPE`",
-                         "rewrite it with `frankenmoe lock RECIPE`")
+    return read_document(
+        path,
+        FORMAT,
+        LockMismatch,
+        "lock file not found; write it with `frankenmoe lock RECIPE`",
+        "rewrite it with `frankenmoe lock RECIPE`",
+    )
 
 
 def require_match(locked: dict[str, Any], now: dict[str, Any], hint: str) -> None:

@@ -65,7 +65,9 @@ def locate(role: str, ref: ModelRef, root: Path, download: bool = True) -> Locat
     )
 
     try:
-        path = snapshot_download(ref.id, revision=ref.revision, allow_patterns=ALLOW_PATTERNS, local_files_only=not download)
+        path = snapshot_download(
+            ref.id, revision=ref.revision, allow_patterns=ALLOW_PATTERNS, local_files_only=not download
+        )
     except LocalEntryNotFoundError:
         if not download:
             return None
@@ -76,11 +78,17 @@ def locate(role: str, ref: ModelRef, root: Path, download: bool = True) -> Locat
     except RevisionNotFoundError:
         raise InputFileError(f"{role}: revision {ref.revision!r} not found in {ref.id}") from None
     except GatedRepoError:
-        raise InputFileError(f"{role}: {ref.id} is gated; accept its terms on the Hub and log in (huggingface-cli login)") from None
+        raise InputFileError(
+            f"{role}: {ref.id} is gated; accept its terms on the Hub and log in (huggingface-cli login)"
+        ) from None
     except RepositoryNotFoundError:
-        raise InputFileError(f"{role}: {ref.id} not found on the Hub (or private: log in with huggingface-cli login)") from None
+        raise InputFileError(
+            f"{role}: {ref.id} not found on the Hub (or private: log in with huggingface-cli login)"
+        ) from None
     except HfHubHTTPError as e:
-        raise InputFileError(f"{role}: could not download {ref.display()}: HTTP {getattr(e.response, 'status_code', '?')}") from None
+        raise InputFileError(
+            f"{role}: could not download {ref.display()}: HTTP {getattr(e.response, 'status_code', '?')}"
+        ) from None
     snapshot = Path(path)
     return LocatedModel(role, ref, snapshot, snapshot.name)
 
@@ -89,7 +97,9 @@ def model_files(path: Path) -> list[Path]:
     """The files of a model folder that a merge reads."""
     import fnmatch
 
-    return sorted(p for p in path.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in ALLOW_PATTERNS))
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in ALLOW_PATTERNS)
+    )
 
 
 def card_facts(model: LocatedModel) -> dict:
@@ -105,7 +115,9 @@ def card_facts(model: LocatedModel) -> dict:
     except Exception:  # a card the Hub would not parse states nothing usable
         return {"license": None, "derived_from": None, "about": None}
     derived = card.data.base_model
-    paragraphs = [p.strip() for p in card.text.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|", "```"))]
+    paragraphs = [
+        p.strip() for p in card.text.split("\n\n") if p.strip() and not p.lstrip().startswith(("#", "|", "```"))
+    ]
     about = " ".join(paragraphs[0].split())[:400] if paragraphs else None
     return {"license": card.data.license, "derived_from": derived if isinstance(derived, str) else None, "about": about}
 
@@ -134,7 +146,8 @@ def safetensors_header(file: Path) -> dict:
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         raise InputFileError(
-            f"{file}: truncated or corrupt safetensors file ({size} bytes, header expects {8 + n + end}); download it again"
+            f"{file}: truncated or corrupt safetensors file ({size} bytes, header expects {8 + n + end}); download "
+            "it again"
         )
     return header
 
@@ -145,7 +158,8 @@ def weight_files(model: LocatedModel) -> list[Path]:
         bins = sorted(p.name for p in model.path.glob("*.bin")) or sorted(p.name for p in model.path.glob("*.pt"))
         if bins:
             raise InputFileError(
-                f"{model.role}: {model.path} has only PyTorch .bin weights ({bins[0]}); frankenmoe reads safetensors only "
+                f"{model.role}: {model.path} has only PyTorch .bin weights ({bins[0]}); frankenmoe reads safetensors "
+                "only "
                 "(pickle files can run code). Convert it, e.g. with transformers: "
                 "AutoModelForCausalLM.from_pretrained(p).save_pretrained(p, safe_serialization=True)"
             )
@@ -169,7 +183,8 @@ def preflight(models: list[LocatedModel], trust_remote_code: bool) -> dict[str, 
         mt = cfg.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise IncompatibleModelsError(
-                f"{m.role}: {m.ref.display()} has model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama/Mistral family)"
+                f"{m.role}: {m.ref.display()} has model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
+                "(Llama/Mistral family)"
             )
         tensors = 0
         for f in weight_files(m):

@@ -30,7 +30,7 @@ def shipped(rel: str) -> str:
 
 def resolve_path(name: str, root: Path) -> Path:
     if name.startswith(SHIPPED):
-        return shipped_dir() / name[len(SHIPPED):]
+        return shipped_dir() / name[len(SHIPPED) :]
     path = Path(name).expanduser()
     return path if path.is_absolute() else root / path
 

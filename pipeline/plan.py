@@ -38,7 +38,9 @@ def base_config(ref: ModelRef, root: Path, fetch: bool) -> dict | None:
     from huggingface_hub import hf_hub_download
 
     try:
-        return json.loads(Path(hf_hub_download(ref.id, "config.json", revision=ref.revision, local_files_only=not fetch)).read_text())
+        return json.loads(
+            Path(hf_hub_download(ref.id, "config.json", revision=ref.revision, local_files_only=not fetch)).read_text()
+        )
     except Exception:  # not cached, offline, or not found: the plan just cannot size it
         return None
 
@@ -79,10 +81,21 @@ def make_plan(recipe: Recipe, layout: Layout, fetch: bool = False) -> list[PlanR
         size = estimate(stage.name, recipe, cfg)
         note = ""
         if size is None and stage.name in ("merge", "quantize", "evaluate"):
-            note = f"size unknown: config of {recipe.base_model.display()} not in the local Hub cache (plan --fetch reads it)"
+            note = (
+                f"size unknown: config of {recipe.base_model.display()} not in the local Hub cache "
+                "(plan --fetch reads it)"
+            )
         elif stage.name == "resolve" and key is None:
             note = "sources not local yet; they will be downloaded"
-        rows.append(PlanRow(stage.name, "cached" if stage.name in results else "will run", key, None if stage.name in results else size, note))
+        rows.append(
+            PlanRow(
+                stage.name,
+                "cached" if stage.name in results else "will run",
+                key,
+                None if stage.name in results else size,
+                note,
+            )
+        )
     state.save()
     return rows
 
@@ -97,5 +110,8 @@ def format_plan(recipe: Recipe, layout: Layout, rows: list[PlanRow]) -> str:
     where = layout.build_root if layout.build_root.exists() else Path(".")
     free = shutil.disk_usage(where).free
     unknown = any(r.note.startswith("size unknown") for r in rows)
-    lines.append(f"  disk needed: {'at least ' if unknown else ''}{need / 1e9:.3f} GB{' (some sizes unknown)' if unknown else ''} (free: {free / 1e9:.1f} GB)")
+    lines.append(
+        f"  disk needed: {'at least ' if unknown else ''}{need / 1e9:.3f} "
+        f"GB{' (some sizes unknown)' if unknown else ''} (free: {free / 1e9:.1f} GB)"
+    )
     return "\n".join(lines)

@@ -27,10 +27,21 @@ class Tier:
 
 
 TIERS = (
-    Tier(3e9, "3B and more: published 4-bit 7B figures (KL 0.013-0.03, top-1 92-95%, +1.5-4%) with margin", 0.05, 0.90, 1.05),
+    Tier(
+        3e9,
+        "3B and more: published 4-bit 7B figures (KL 0.013-0.03, top-1 92-95%, +1.5-4%) with margin",
+        0.05,
+        0.90,
+        1.05,
+    ),
     Tier(5e8, "0.5B-3B: between the 7B figures and the measured 135M base", 0.12, 0.85, 1.10),
-    Tier(0, "under 0.5B: the SmolLM2-135M dense base at 4 bits (KL 0.173, top-1 85.8%, x1.100) with margin",
-         0.20, 0.82, 1.12),
+    Tier(
+        0,
+        "under 0.5B: the SmolLM2-135M dense base at 4 bits (KL 0.173, top-1 85.8%, x1.100) with margin",
+        0.20,
+        0.82,
+        1.12,
+    ),
 )
 LIMITS = ("max_mean_kl", "min_top1_agreement", "max_ppl_ratio")
 

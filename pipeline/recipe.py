@@ -37,7 +37,18 @@ ARCHITECTURES = ("mixtral",)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "KI": 2**10,
+    "MI": 2**20,
+    "GI": 2**30,
+    "TI": 2**40,
+}
 
 
 class Strict(BaseModel):
@@ -315,7 +326,9 @@ def _semantic_problems(raw: dict) -> list[str]:
         problems.append(f"dtype: {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     arch = raw.get("architecture")
     if arch is not None and (not isinstance(arch, str) or arch.lower() not in ARCHITECTURES):
-        problems.append(f"architecture: {arch!r} is not supported; frankenmoe builds Mixtral-style MoEs (architecture: mixtral)")
+        problems.append(
+            f"architecture: {arch!r} is not supported; frankenmoe builds Mixtral-style MoEs (architecture: mixtral)"
+        )
     if raw.get("shared_experts"):
         problems.append("shared_experts: not supported by the Mixtral output architecture; remove the key")
     gates, verify = raw.get("gates"), raw.get("verify")
@@ -323,7 +336,10 @@ def _semantic_problems(raw: dict) -> list[str]:
         evaluation = verify.get("files") if isinstance(verify, dict) and "files" in verify else VerifySection().files
         for f in gates["files"]:
             if isinstance(evaluation, list) and f in evaluation:
-                problems.append(f"gates.files: {f} is also in verify.files; fitting on the evaluation text would make verify's numbers meaningless")
+                problems.append(
+                    f"gates.files: {f} is also in verify.files; fitting on the evaluation text would make verify's "
+                    "numbers meaningless"
+                )
     experts = raw.get("experts")
     k = raw.get("experts_per_token", 2)
     if isinstance(k, int) and not isinstance(k, bool) and k < 1:
@@ -342,11 +358,21 @@ def _semantic_problems(raw: dict) -> list[str]:
             problems += _prompt_problems(f"experts[{i}].negative_prompts", e.get("negative_prompts"), False)
             prompt_sets.append((repr(e.get("positive_prompts")), repr(e.get("negative_prompts"))))
         if need_prompts and len(experts) > 1 and len(prompt_sets) == len(experts) and len(set(prompt_sets)) == 1:
-            problems.append("experts: every expert has identical prompts; give each expert prompts that describe what it should get")
+            problems.append(
+                "experts: every expert has identical prompts; give each expert prompts that describe what it should get"
+            )
         for i, e in enumerate(experts):
             for j in range(i):
-                if isinstance(e, dict) and isinstance(experts[j], dict) and e.get("source_model") == experts[j].get("source_model") and e.get("source_model") is not None:
-                    problems.append(f"experts[{i}].source_model: same model as experts[{j}]; an MoE of identical experts gives the same output at more cost")
+                if (
+                    isinstance(e, dict)
+                    and isinstance(experts[j], dict)
+                    and e.get("source_model") == experts[j].get("source_model")
+                    and e.get("source_model") is not None
+                ):
+                    problems.append(
+                        f"experts[{i}].source_model: same model as experts[{j}]; an MoE of identical experts gives "
+                        "the same output at more cost"
+                    )
     return problems
 
 
@@ -360,7 +386,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, str):
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is not a name; keys are words such as base_model or experts", key_node.start_mark)
+                None,
+                None,
+                f"key {key!r} is not a name; keys are words such as base_model or experts",
+                key_node.start_mark,
+            )
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
@@ -390,7 +420,9 @@ def load_raw(path: Path) -> dict:
     except yaml.YAMLError as e:
         raise RecipeError([f"{path}: YAML error: {e}"])
     if not isinstance(raw, dict):
-        raise RecipeError([f"{path}: a recipe must be a YAML mapping of keys (base_model, experts, ...), got {type(raw).__name__}"])
+        raise RecipeError(
+            [f"{path}: a recipe must be a YAML mapping of keys (base_model, experts, ...), got {type(raw).__name__}"]
+        )
     return raw
 
 

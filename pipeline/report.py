@@ -23,23 +23,42 @@ def render_markdown(report: dict) -> str:
     rr = report["routing_report"]
     fitted = HIDDEN in rr["perplexity"]
     names = ([HIDDEN] if fitted else []) + ["moe", "base"] + [f"expert {i}" for i in range(len(rr["experts"]))]
-    lines += ["", "### Perplexity on held-out text, per domain", "",
-              "| model | " + " | ".join(rr["domains"]) + " |", "|---|" + "---|" * len(rr["domains"])]
+    lines += [
+        "",
+        "### Perplexity on held-out text, per domain",
+        "",
+        "| model | " + " | ".join(rr["domains"]) + " |",
+        "|---|" + "---|" * len(rr["domains"]),
+    ]
     for n in names:
         label = {"moe": "moe (fitted routers)" if fitted else "moe"}.get(n, n)
         if n.startswith("expert "):
             label = f"{n} ({rr['experts'][int(n.split()[1])]})"
         lines.append(f"| {label} | " + " | ".join(f"{rr['perplexity'][n][d]:.2f}" for d in rr["domains"]) + " |")
     if fitted and rr.get("routing_16bit_hidden"):
-        lines += ["", "### Routers: mean gate weight per domain and expert, averaged over layers", "",
-                  "| routers | " + " | ".join(f"{d}: expert {e}" for d in rr["domains"] for e in range(len(rr["experts"]))) + " |",
-                  "|---|" + "---|" * (len(rr["domains"]) * len(rr["experts"]))]
+        lines += [
+            "",
+            "### Routers: mean gate weight per domain and expert, averaged over layers",
+            "",
+            "| routers | "
+            + " | ".join(f"{d}: expert {e}" for d in rr["domains"] for e in range(len(rr["experts"])))
+            + " |",
+            "|---|" + "---|" * (len(rr["domains"]) * len(rr["experts"])),
+        ]
         for label, key in (("hidden-state", "routing_16bit_hidden"), ("fitted", "routing_16bit")):
-            cells = [sum(layer[e] for layer in rr[key][d]["mean_gate_weight"]) / len(rr[key][d]["mean_gate_weight"])
-                     for d in rr["domains"] for e in range(len(rr["experts"]))]
+            cells = [
+                sum(layer[e] for layer in rr[key][d]["mean_gate_weight"]) / len(rr[key][d]["mean_gate_weight"])
+                for d in rr["domains"]
+                for e in range(len(rr["experts"]))
+            ]
             lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
-    lines += ["", "### Routing (16-bit): mean gate weight per layer and expert", "",
-              "![routing heatmap](routing.png)", ""]
+    lines += [
+        "",
+        "### Routing (16-bit): mean gate weight per layer and expert",
+        "",
+        "![routing heatmap](routing.png)",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -48,8 +67,14 @@ def routing_matrix(routing_report: dict, which: str = "routing_16bit") -> tuple[
     data = routing_report[which]
     cols = [f"{d}\n{e}: {name}" for d in routing_report["domains"] for e, name in enumerate(routing_report["experts"])]
     layers = len(next(iter(data.values()))["mean_gate_weight"])
-    rows = [[data[d]["mean_gate_weight"][layer][e] for d in routing_report["domains"] for e in range(len(routing_report["experts"]))]
-            for layer in range(layers)]
+    rows = [
+        [
+            data[d]["mean_gate_weight"][layer][e]
+            for d in routing_report["domains"]
+            for e in range(len(routing_report["experts"]))
+        ]
+        for layer in range(layers)
+    ]
     return rows, cols
 
 

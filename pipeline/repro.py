@@ -54,11 +54,13 @@ def made_by(build_dir: Path) -> dict[str, str]:
             for folder, sub in stage.publishes.items():
                 for rel in files:
                     if rel.startswith(sub + "/"):
-                        out[f"{folder}/{rel[len(sub) + 1:]}"] = stage.name
+                        out[f"{folder}/{rel[len(sub) + 1 :]}"] = stage.name
     return out
 
 
-def compare(a: dict[str, str], b: dict[str, str], stages: dict[str, str], labels: tuple[str, str]) -> tuple[list[str], list[str]]:
+def compare(
+    a: dict[str, str], b: dict[str, str], stages: dict[str, str], labels: tuple[str, str]
+) -> tuple[list[str], list[str]]:
     """A table of both hashes per file, and one line per file that differs."""
     width = max([len(f) for f in a | b] + [4])
     rows = [f"{'file':<{width}}  {'stage':<9} {labels[0]:<12}  {labels[1]:<12}  result"]
@@ -66,9 +68,14 @@ def compare(a: dict[str, str], b: dict[str, str], stages: dict[str, str], labels
     for f in sorted(set(a) | set(b)):
         ha, hb = a.get(f, "missing"), b.get(f, "missing")
         same = ha == hb
-        rows.append(f"{f:<{width}}  {stages.get(f, '?'):<9} {ha[:12]:<12}  {hb[:12]:<12}  {'same' if same else 'DIFFERENT'}")
+        rows.append(
+            f"{f:<{width}}  {stages.get(f, '?'):<9} {ha[:12]:<12}  {hb[:12]:<12}  {'same' if same else 'DIFFERENT'}"
+        )
         if not same:
-            bad.append(f"{f} (made by {stages.get(f, 'an unknown stage')}) differs: {labels[0]} {ha[:12]}, {labels[1]} {hb[:12]}")
+            bad.append(
+                f"{f} (made by {stages.get(f, 'an unknown stage')}) differs: {labels[0]} {ha[:12]}, {labels[1]} "
+                f"{hb[:12]}"
+            )
     return rows, bad
 
 
@@ -84,15 +91,21 @@ def repro_check(recipe_file: Path, work: Path, log=print) -> list[str]:
     rows, bad = compare(a, b, made_by(work / "a" / "build" / recipe.name), ("build a", "build b"))
     log("\n".join(rows))
     if bad:
-        raise NotReproducible([f"repro-check: {line}" for line in bad] + [f"both builds are kept under {work} for a diff"])
+        raise NotReproducible(
+            [f"repro-check: {line}" for line in bad] + [f"both builds are kept under {work} for a diff"]
+        )
     log(f"repro-check: {len(a)} files under dist/{recipe.name}/ identical in two independent builds ({work})")
     return rows
 
 
 def read_manifest(folder: Path) -> dict:
-    return read_document(folder / MANIFEST, FORMAT, InputFileError,
-                         f"not found; rebuild-check needs a folder published by frankenmoe (with its {MANIFEST})",
-                         "it was not written by frankenmoe, or was edited")
+    return read_document(
+        folder / MANIFEST,
+        FORMAT,
+        InputFileError,
+        f"not found; rebuild-check needs a folder published by frankenmoe (with its {MANIFEST})",
+        "it was not written by frankenmoe, or was edited",
+    )
 
 
 def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=print) -> list[str]:
@@ -105,7 +118,9 @@ def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=pr
     work.mkdir(parents=True)
     recipe_file = work / f"{name}.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe_data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    (work / f"{name}.lock.json").write_text(json.dumps(manifest["lock"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (work / f"{name}.lock.json").write_text(
+        json.dumps(manifest["lock"], indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     run_build(recipe_file, work, ["--locked", "--paths-from", str(recipe_dir.resolve())], log)
     rebuilt_dir = work / "dist" / name / which
     published = {rel: sha256_file(folder / rel) for rel in [*manifest["files"], MANIFEST] if (folder / rel).is_file()}
@@ -113,11 +128,17 @@ def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=pr
     stages = {k.split("/", 1)[1]: v for k, v in made_by(work / "build" / name).items() if k.startswith(which + "/")}
     rows, bad = compare(published, rebuilt, stages, ("published", "rebuilt"))
     log("\n".join(rows))
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.relative_to(folder).as_posix() not in published and ".cache" not in p.parts)
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() not in published and ".cache" not in p.parts
+    )
     if extra:
         log(f"not part of the build (ignored): {', '.join(extra)}")
     if bad:
         raise NotReproducible([f"rebuild-check: {line}" for line in bad] + [f"the rebuild is kept under {work}"])
-    log(f"rebuild-check: {folder} is byte-identical to a fresh build of its recipe and lock (build {manifest['build_id']})")
+    log(
+        f"rebuild-check: {folder} is byte-identical to a fresh build of its recipe and lock (build "
+        f"{manifest['build_id']})"
+    )
     return rows

@@ -35,8 +35,12 @@ def usage_entropy(model, batch) -> list[float]:
     import torch
 
     counts = []
-    hooks = [b.gate.register_forward_hook(lambda m, i, o: counts.append(
-        torch.bincount(o[2].reshape(-1), minlength=o[0].shape[-1]).float())) for b in moe_blocks(model)]
+    hooks = [
+        b.gate.register_forward_hook(
+            lambda m, i, o: counts.append(torch.bincount(o[2].reshape(-1), minlength=o[0].shape[-1]).float())
+        )
+        for b in moe_blocks(model)
+    ]
     try:
         with torch.no_grad():
             model(batch)
@@ -50,8 +54,9 @@ def usage_entropy(model, batch) -> list[float]:
     return out
 
 
-def fit_routers(model, groups: list[list[list[int]]], steps: int, lr: float, batch_size: int, seed: int,
-                balance: float, device: str) -> FitResult:
+def fit_routers(
+    model, groups: list[list[list[int]]], steps: int, lr: float, batch_size: int, seed: int, balance: float, device: str
+) -> FitResult:
     """Train the routers of `model` (a loaded MoE) in place on windows of token ids.
     `groups` holds the windows of each text file: every batch takes from each file
     in turn, so a large file cannot drown a small one (calibration text is rarely
@@ -72,7 +77,9 @@ def fit_routers(model, groups: list[list[list[int]]], steps: int, lr: float, bat
     entropy_before = usage_entropy(model, probe)
 
     captured: list[tuple] = []
-    hooks = [b.gate.register_forward_hook(lambda m, i, o: captured.append(o)) for b in moe_blocks(model)] if balance else []
+    hooks = (
+        [b.gate.register_forward_hook(lambda m, i, o: captured.append(o)) for b in moe_blocks(model)] if balance else []
+    )
     optimizer = torch.optim.Adam(gates, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
@@ -128,7 +135,9 @@ def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[st
             _link_or_copy(f, out / f.name)
             continue
         with safe_open(f, framework="pt") as st:
-            tensors = {k: wanted[k].to(st.get_tensor(k).dtype).contiguous() if k in wanted else st.get_tensor(k) for k in keys}
+            tensors = {
+                k: wanted[k].to(st.get_tensor(k).dtype).contiguous() if k in wanted else st.get_tensor(k) for k in keys
+            }
         found |= wanted.keys() & keys
         save_file(tensors, out / f.name, metadata={"format": "pt"})
         os.chmod(out / f.name, 0o644)

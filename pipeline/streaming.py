@@ -74,7 +74,9 @@ class CheckpointReader:
         return self._raw(name) if name in self.files else None
 
     def _is_awq_linear(self, weight: str) -> bool:
-        return bool(self.group_size) and weight not in self.files and f"{weight[: -len('.weight')]}.qweight" in self.files
+        return (
+            bool(self.group_size) and weight not in self.files and f"{weight[: -len('.weight')]}.qweight" in self.files
+        )
 
     def _plan(self, key: str) -> tuple[list[str], str]:
         """The checkpoint weights that make module key `key`, and how: "one",
@@ -98,8 +100,11 @@ class CheckpointReader:
     def sources(self, key: str) -> list[str]:
         """Every checkpoint tensor read to make module key `key`."""
         weights, _ = self._plan(key)
-        return [f"{w[: -len('.weight')]}.{p}" if self._is_awq_linear(w) else w for w in weights for p in
-                (QUANT_PARTS if self._is_awq_linear(w) else ("",))]
+        return [
+            f"{w[: -len('.weight')]}.{p}" if self._is_awq_linear(w) else w
+            for w in weights
+            for p in (QUANT_PARTS if self._is_awq_linear(w) else ("",))
+        ]
 
     def _weight(self, name: str):
         import torch
@@ -193,8 +198,14 @@ class StreamingLM:
         parts += [(f"model.layers.{i}.", layer) for i, layer in enumerate(inner.layers)]
         return parts + [("model.norm.", inner.norm), ("lm_head.", self.model.lm_head)]
 
-    def run(self, windows: list[list[int]], expert: int | None = None, batch_size: int = 8,
-            desc: str = "streaming layers", head: bool = True) -> Iterator[tuple[object, object | None]]:
+    def run(
+        self,
+        windows: list[list[int]],
+        expert: int | None = None,
+        batch_size: int = 8,
+        desc: str = "streaming layers",
+        head: bool = True,
+    ) -> Iterator[tuple[object, object | None]]:
         """Per window (token ids): (log-probs [T, V] over the next token, or None
         without `head`; router softmax [L, T, E], or None for a dense model). With
         `expert`, every MoE layer routes every token to that expert alone
@@ -209,20 +220,30 @@ class StreamingLM:
         positions = torch.arange(ids.shape[1]).unsqueeze(0)
         rotary = type(inner.rotary_emb)(self.config)  # its buffers are computed, not stored
         position_embeddings = rotary(hidden[0], position_ids=positions)
-        mask_fn = create_sliding_window_causal_mask if getattr(self.config, "sliding_window", None) else create_causal_mask
+        mask_fn = (
+            create_sliding_window_causal_mask if getattr(self.config, "sliding_window", None) else create_causal_mask
+        )
         routers: list[list] = [[] for _ in range(len(hidden))]
 
         with ExitStack() as stack, torch.no_grad():
             stack.enter_context(forced_expert(self.model, expert) if expert is not None else nullcontext())
             for i, layer in enumerate(progress(inner.layers, desc=desc)):
                 captured: list = []
-                hook = layer.mlp.gate.register_forward_hook(
-                    lambda m, inp, out: captured.append(torch.softmax(out[0].float(), -1))) if self.is_moe else None
+                hook = (
+                    layer.mlp.gate.register_forward_hook(
+                        lambda m, inp, out: captured.append(torch.softmax(out[0].float(), -1))
+                    )
+                    if self.is_moe
+                    else None
+                )
                 with self._materialized(layer, f"model.layers.{i}."):
                     for c, h in enumerate(hidden):
-                        mask = mask_fn(config=self.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=positions)
-                        hidden[c] = layer(h, attention_mask=mask, position_ids=positions,
-                                          position_embeddings=position_embeddings)
+                        mask = mask_fn(
+                            config=self.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=positions
+                        )
+                        hidden[c] = layer(
+                            h, attention_mask=mask, position_ids=positions, position_embeddings=position_embeddings
+                        )
                 if hook:
                     hook.remove()
                     for c, r in enumerate(captured):

@@ -28,16 +28,28 @@ def example_data(recipe: Path = EXAMPLE) -> dict:
     return data
 
 
-def run_cli(*args: str, build: Path | None = None, dist: Path | None = None, cwd: Path = REPO,
-            env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    build: Path | None = None,
+    dist: Path | None = None,
+    cwd: Path = REPO,
+    env: dict | None = None,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
     """Run `frankenmoe ARGS` as a user would, in its own process."""
     full_env = {**os.environ, "FRANKENMOE_NO_PROGRESS": "1", **(env or {})}
     if build:
         full_env["FRANKENMOE_BUILD_DIR"] = str(build)
     if dist:
         full_env["FRANKENMOE_DIST_DIR"] = str(dist)
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,16 +100,35 @@ def write_recipe(path: Path, data: dict) -> Path:
     return path
 
 
-def tiny_mistral(path: Path, *, hidden: int = 64, inter: int = 128, layers: int = 2, vocab: int = 300,
-                 seed: int = 0, tokenizer_from: Path | None = None, model_type: str = "mistral") -> Path:
+def tiny_mistral(
+    path: Path,
+    *,
+    hidden: int = 64,
+    inter: int = 128,
+    layers: int = 2,
+    vocab: int = 300,
+    seed: int = 0,
+    tokenizer_from: Path | None = None,
+    model_type: str = "mistral",
+) -> Path:
     """A random tiny Llama/Mistral checkpoint for preflight tests (seconds to make)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(seed)
-    cfg_cls, model_cls = (MistralConfig, MistralForCausalLM) if model_type == "mistral" else (LlamaConfig, LlamaForCausalLM)
-    cfg = cfg_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    cfg_cls, model_cls = (
+        (MistralConfig, MistralForCausalLM) if model_type == "mistral" else (LlamaConfig, LlamaForCausalLM)
+    )
+    cfg = cfg_cls(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     model_cls(cfg).to(torch.float16).save_pretrained(path)
     if tokenizer_from:
         AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(path)

@@ -52,24 +52,62 @@ USER = "standin-user"
 LFS_MIN_SIZE = 10 * 1024 * 1024
 # The Hub's default .gitattributes for model repos: matching names go to LFS.
 LFS_PATTERNS = (
-    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*", "*.mlmodel",
-    "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt",
-    "*.pth", "*.rar", "*.safetensors", "*.tar.*", "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst",
+    "*.7z",
+    "*.arrow",
+    "*.bin",
+    "*.bz2",
+    "*.ckpt",
+    "*.ftz",
+    "*.gz",
+    "*.h5",
+    "*.joblib",
+    "*.lfs.*",
+    "*.mlmodel",
+    "*.model",
+    "*.msgpack",
+    "*.npy",
+    "*.npz",
+    "*.onnx",
+    "*.ot",
+    "*.parquet",
+    "*.pb",
+    "*.pickle",
+    "*.pkl",
+    "*.pt",
+    "*.pth",
+    "*.rar",
+    "*.safetensors",
+    "*.tar.*",
+    "*.tar",
+    "*.tflite",
+    "*.tgz",
+    "*.wasm",
+    "*.xz",
+    "*.zip",
+    "*.zst",
     "*tfevents*",
 )
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA1 = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1024 * 1024
-NO_XET = ("This Hub stand-in has no Xet storage. Run the client with HF_HUB_DISABLE_XET=1 (huggingface_hub reads it "
-          "when imported) so that it uploads through Git LFS.")
+NO_XET = (
+    "This Hub stand-in has no Xet storage. Run the client with HF_HUB_DISABLE_XET=1 (huggingface_hub reads it "
+    "when imported) so that it uploads through Git LFS."
+)
 
 
 class HubError(Exception):
     """An HTTP error answer, with the Hub's X-Error-Code when the client maps it to a typed error."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
-                 body: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
         self.body = body or {}
@@ -91,7 +129,7 @@ def now() -> str:
 
 
 def upload_mode(path: str, sample: bytes, size: int) -> str:
-    """"lfs" or "regular", decided as the Hub does: LFS name patterns, size, or binary content in the sample."""
+    """ "lfs" or "regular", decided as the Hub does: LFS name patterns, size, or binary content in the sample."""
     name = path.rsplit("/", 1)[-1]
     if size >= LFS_MIN_SIZE or any(fnmatch.fnmatchcase(name, pattern) for pattern in LFS_PATTERNS):
         return "lfs"
@@ -133,8 +171,12 @@ def check_repo_id(repo_id: str) -> str:
 
 def check_path(path: Any) -> str:
     """Refuse repo paths that could escape the repo or that git cannot hold."""
-    if not isinstance(path, str) or not path or path.startswith("/") or any(
-            part in ("", ".", "..", ".git") for part in path.split("/")):
+    if (
+        not isinstance(path, str)
+        or not path
+        or path.startswith("/")
+        or any(part in ("", ".", "..", ".git") for part in path.split("/"))
+    ):
         raise HubError(400, f"Invalid path in repo: {path!r}.")
     return path
 
@@ -257,8 +299,14 @@ class Store:
             message, description = header.get("summary", ""), header.get("description", "")
             tree = sorted((p, f["sha256"], f["lfs"]) for p, f in files.items())
             sha = hashlib.sha1(json.dumps([head, tree, message, description]).encode()).hexdigest()
-            record = {"sha": sha, "parent": head, "message": message, "description": description, "date": now(),
-                      "files": files}
+            record = {
+                "sha": sha,
+                "parent": head,
+                "message": message,
+                "description": description,
+                "date": now(),
+                "files": files,
+            }
             self._write_json(self._dir(repo_id) / "commits" / f"{sha}.json", record)
             refs[branch] = sha
             self._write_json(self._dir(repo_id) / "refs.json", refs)
@@ -356,9 +404,15 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"The Hub stand-in does not implement {method} {url.path}.")
         except HubError as error:
             self._read(self._unread)  # keep the connection usable for the next request
-            self._send_json(error.status, {"error": error.message, **error.body}, {
-                "X-Error-Message": error.message, **({"X-Error-Code": error.code} if error.code else {}),
-                **error.headers})
+            self._send_json(
+                error.status,
+                {"error": error.message, **error.body},
+                {
+                    "X-Error-Message": error.message,
+                    **({"X-Error-Code": error.code} if error.code else {}),
+                    **error.headers,
+                },
+            )
 
     # -- request and response plumbing ------------------------------------------------------------------
 
@@ -386,8 +440,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
-        self._send(status, {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})},
-                   body)
+        self._send(
+            status, {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}, body
+        )
 
     # -- auth -------------------------------------------------------------------------------------------
 
@@ -402,8 +457,12 @@ class Handler(BaseHTTPRequestHandler):
     def _require_token(self) -> None:
         state = self._authenticated()
         if state is not True:
-            raise HubError(401, "Invalid credentials in Authorization header" if state is False
-                           else "Authorization header with a Bearer token is required.")
+            raise HubError(
+                401,
+                "Invalid credentials in Authorization header"
+                if state is False
+                else "Authorization header with a Bearer token is required.",
+            )
 
     def _readable(self, repo: str) -> dict:
         """The repo's metadata; a missing repo, or a private one without a valid token, is "not found"."""
@@ -425,9 +484,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def api_whoami(self, query: dict) -> None:
         self._require_token()
-        self._send_json(200, {"type": "user", "id": "standin", "name": USER, "fullname": "Hub Stand-in",
-                              "orgs": [], "auth": {"type": "access_token",
-                                                   "accessToken": {"displayName": "standin", "role": "write"}}})
+        self._send_json(
+            200,
+            {
+                "type": "user",
+                "id": "standin",
+                "name": USER,
+                "fullname": "Hub Stand-in",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "standin", "role": "write"}},
+            },
+        )
 
     def api_create_repo(self, query: dict) -> None:
         self._require_token()
@@ -444,8 +511,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def api_validate_yaml(self, query: dict) -> None:
         errors = metadata_errors(str(self._json().get("content", "")))
-        self._send_json(400 if errors else 200,
-                        {"errors": [{"message": e} for e in errors], "warnings": []})
+        self._send_json(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
 
     def api_model_info(self, query: dict, repo: str, rev: str = "main") -> None:
         meta = self._readable(repo)
@@ -460,11 +526,25 @@ class Handler(BaseHTTPRequestHandler):
                     pointer_size = len(lfs_pointer(file["sha256"], file["size"]))
                     sibling["lfs"] = {"size": file["size"], "sha256": file["sha256"], "pointerSize": pointer_size}
             siblings.append(sibling)
-        self._send_json(200, {
-            "_id": repo, "id": repo, "modelId": repo, "author": repo.split("/")[0], "private": meta["private"],
-            "sha": commit["sha"] if commit else None, "lastModified": commit["date"] if commit else meta["created"],
-            "createdAt": meta["created"], "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-            "tags": [], "siblings": siblings})
+        self._send_json(
+            200,
+            {
+                "_id": repo,
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "private": meta["private"],
+                "sha": commit["sha"] if commit else None,
+                "lastModified": commit["date"] if commit else meta["created"],
+                "createdAt": meta["created"],
+                "disabled": False,
+                "gated": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+            },
+        )
 
     def api_tree(self, query: dict, repo: str, rev: str, path: str = "") -> None:
         self._readable(repo)
@@ -477,7 +557,7 @@ class Handler(BaseHTTPRequestHandler):
         prefix = path + "/" if path else ""
 
         def listed(p: str) -> bool:
-            return p.startswith(prefix) and (recursive or "/" not in p[len(prefix):])
+            return p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :])
 
         entries = [folder_entry(p, files) for p in sorted(folders) if listed(p)]
         entries += [tree_entry(p, f) for p, f in sorted(files.items()) if listed(p)]
@@ -492,20 +572,39 @@ class Handler(BaseHTTPRequestHandler):
             paths = parse_qs(body).get("paths", [])
         _, files = self._files_at(repo, rev)
         folders = folders_of(files)
-        self._send_json(200, [tree_entry(p, files[p]) if p in files else folder_entry(p, files)
-                              for p in paths if p in files or p in folders])
+        self._send_json(
+            200,
+            [
+                tree_entry(p, files[p]) if p in files else folder_entry(p, files)
+                for p in paths
+                if p in files or p in folders
+            ],
+        )
 
     def api_commits(self, query: dict, repo: str, rev: str) -> None:
         self._readable(repo)
         commit, _ = self._files_at(repo, rev)
-        self._send_json(200, [{"id": c["sha"], "title": c["message"], "message": c["description"],
-                               "authors": [{"user": USER}], "date": c["date"]}
-                              for c in self.server.hub.store.history(repo, commit)])
+        self._send_json(
+            200,
+            [
+                {
+                    "id": c["sha"],
+                    "title": c["message"],
+                    "message": c["description"],
+                    "authors": [{"user": USER}],
+                    "date": c["date"],
+                }
+                for c in self.server.hub.store.history(repo, commit)
+            ],
+        )
 
     def api_refs(self, query: dict, repo: str) -> None:
         self._readable(repo)
-        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
-                    for name, sha in sorted(self.server.hub.store.refs(repo).items()) if sha]
+        branches = [
+            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+            for name, sha in sorted(self.server.hub.store.refs(repo).items())
+            if sha
+        ]
         self._send_json(200, {"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
     # -- uploads ----------------------------------------------------------------------------------------
@@ -521,8 +620,14 @@ class Handler(BaseHTTPRequestHandler):
             sample = base64.b64decode(item.get("sample", ""))
             remote = files.get(path)
             oid = None if remote is None else remote["sha256"] if remote["lfs"] else remote["oid"]
-            answer.append({"path": path, "uploadMode": upload_mode(path, sample, int(item.get("size", 0))),
-                           "shouldIgnore": False, "oid": oid})
+            answer.append(
+                {
+                    "path": path,
+                    "uploadMode": upload_mode(path, sample, int(item.get("size", 0))),
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         self._send_json(200, {"files": answer})
 
     def _signature(self, repo: str, oid: str, size: int) -> str:
@@ -543,13 +648,17 @@ class Handler(BaseHTTPRequestHandler):
             elif store.object_size(repo, oid) != size:
                 entry["authenticated"] = True
                 entry["actions"] = {
-                    "upload": {"href": f"{base}/_standin/lfs/{repo}/{oid}?size={size}"
-                                       f"&sig={self._signature(repo, oid, size)}"},
+                    "upload": {
+                        "href": f"{base}/_standin/lfs/{repo}/{oid}?size={size}&sig={self._signature(repo, oid, size)}"
+                    },
                     "verify": {"href": f"{base}/{repo}.git/info/lfs/objects/verify"},
                 }
             objects.append(entry)
-        self._send_json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                        {"Content-Type": "application/vnd.git-lfs+json"})
+        self._send_json(
+            200,
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            {"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def api_lfs_put(self, query: dict, repo: str, oid: str) -> None:
         """The upload URL: no Authorization header (like S3), so the batch answer signed it instead."""
@@ -592,12 +701,24 @@ class Handler(BaseHTTPRequestHandler):
                 if value.get("encoding") != "base64":
                     raise HubError(400, "Regular files must be sent base64-encoded.")
                 data = base64.b64decode(value.get("content", ""))
-                value["entry"] = {"size": len(data), "sha256": store.write_object(repo, data), "lfs": False,
-                                  "oid": git_blob_id(data)}
+                value["entry"] = {
+                    "size": len(data),
+                    "sha256": store.write_object(repo, data),
+                    "lfs": False,
+                    "oid": git_blob_id(data),
+                }
             operations.append((kind, value))
         sha = store.commit(repo, rev, lines[0].get("value") or {}, operations)
-        self._send_json(200, {"success": True, "commitOid": sha, "hookOutput": "", "pullRequestUrl": None,
-                              "commitUrl": f"{self.server.hub.url}/{repo}/commit/{sha}"})
+        self._send_json(
+            200,
+            {
+                "success": True,
+                "commitOid": sha,
+                "hookOutput": "",
+                "pullRequestUrl": None,
+                "commitUrl": f"{self.server.hub.url}/{repo}/commit/{sha}",
+            },
+        )
 
     def api_no_xet(self, query: dict, repo: str) -> None:
         raise HubError(400, NO_XET)
@@ -613,8 +734,13 @@ class Handler(BaseHTTPRequestHandler):
         if file is None:
             raise HubError(404, "Entry not found", code="EntryNotFound", headers=headers)
         size = file["size"]
-        headers.update({"ETag": f'"{file["sha256"] if file["lfs"] else file["oid"]}"', "Accept-Ranges": "bytes",
-                        "Content-Type": "application/octet-stream"})
+        headers.update(
+            {
+                "ETag": f'"{file["sha256"] if file["lfs"] else file["oid"]}"',
+                "Accept-Ranges": "bytes",
+                "Content-Type": "application/octet-stream",
+            }
+        )
         if file["lfs"]:
             headers.update({"X-Linked-Etag": f'"{file["sha256"]}"', "X-Linked-Size": str(size)})
         start, end, status = 0, size - 1, 200
@@ -638,23 +764,26 @@ class Handler(BaseHTTPRequestHandler):
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
-Handler.ROUTES = [(methods, re.compile(pattern), name) for methods, pattern, name in (
-    ("GET", r"/api/whoami-v2", "api_whoami"),
-    ("POST", r"/api/repos/create", "api_create_repo"),
-    ("POST", r"/api/validate-yaml", "api_validate_yaml"),
-    ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
-    ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
-    ("POST", rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
-    ("GET", rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
-    ("GET", rf"/api/models/{_REPO}/refs", "api_refs"),
-    ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
-    ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
-    ("GET POST", rf"/api/models/{_REPO}/xet-(?:read|write)-token/.*", "api_no_xet"),
-    ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
-    ("POST", rf"/{_REPO}\.git/info/lfs/objects/verify", "api_lfs_verify"),
-    ("PUT", rf"/_standin/lfs/{_REPO}/(?P<oid>[0-9a-f]{{64}})", "api_lfs_put"),
-    ("GET HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
-)]
+Handler.ROUTES = [
+    (methods, re.compile(pattern), name)
+    for methods, pattern, name in (
+        ("GET", r"/api/whoami-v2", "api_whoami"),
+        ("POST", r"/api/repos/create", "api_create_repo"),
+        ("POST", r"/api/validate-yaml", "api_validate_yaml"),
+        ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
+        ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
+        ("POST", rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
+        ("GET", rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
+        ("GET", rf"/api/models/{_REPO}/refs", "api_refs"),
+        ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
+        ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
+        ("GET POST", rf"/api/models/{_REPO}/xet-(?:read|write)-token/.*", "api_no_xet"),
+        ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
+        ("POST", rf"/{_REPO}\.git/info/lfs/objects/verify", "api_lfs_verify"),
+        ("PUT", rf"/_standin/lfs/{_REPO}/(?P<oid>[0-9a-f]{{64}})", "api_lfs_put"),
+        ("GET HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
+    )
+]
 
 
 class _Server(ThreadingHTTPServer):
@@ -673,8 +802,13 @@ class HubStandin:
     `requests` lists every (method, path) received, failed ones included, so tests can count retries.
     """
 
-    def __init__(self, root: Path, tokens: set[str] | list[str] | tuple[str, ...] = DEFAULT_TOKENS,
-                 host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        tokens: set[str] | list[str] | tuple[str, ...] = DEFAULT_TOKENS,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         if not ipaddress.IPv4Address(host).is_loopback:
             raise ValueError(f"The Hub stand-in only listens on loopback addresses, not {host}.")
         self.store = Store(Path(root))
@@ -700,8 +834,9 @@ class HubStandin:
         """Serve in a daemon thread; return the base URL to pass as `endpoint=`."""
         self._server = _Server(self._address, Handler)
         self._server.hub = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="hub-standin", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="hub-standin", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -744,10 +879,17 @@ class HubStandin:
             if store.meta(repo_id) is None:
                 return []
             history = store.history(repo_id, store.resolve(repo_id, "main"))
-        return [{"sha": c["sha"], "message": c["message"],
-                 "files": {p: {"size": f["size"], "sha256": f["sha256"], "lfs": f["lfs"]}
-                           for p, f in sorted(c["files"].items())}}
-                for c in reversed(history)]
+        return [
+            {
+                "sha": c["sha"],
+                "message": c["message"],
+                "files": {
+                    p: {"size": f["size"], "sha256": f["sha256"], "lfs": f["lfs"]}
+                    for p, f in sorted(c["files"].items())
+                },
+            }
+            for c in reversed(history)
+        ]
 
     def _record(self, method: str, path: str) -> None:
         with self._lock:

@@ -16,10 +16,16 @@ from pipeline.hashing import HashState
 from pipeline.recipe import parse_recipe
 from pipeline.stages.base import Stage
 
-RECIPE = parse_recipe({
-    "base_model": "org/base",
-    "experts": [{"source_model": "org/a", "positive_prompts": ["a"]}, {"source_model": "org/b", "positive_prompts": ["b"]}],
-}, "unit")
+RECIPE = parse_recipe(
+    {
+        "base_model": "org/base",
+        "experts": [
+            {"source_model": "org/a", "positive_prompts": ["a"]},
+            {"source_model": "org/b", "positive_prompts": ["b"]},
+        ],
+    },
+    "unit",
+)
 
 
 class Counting(Stage):
@@ -106,11 +112,20 @@ def test_not_enough_disk_is_refused_before_running(layout):
 def hold_lock(layout, seconds: float) -> subprocess.Popen:
     """Another process that takes the build lock, says so, and holds it."""
     layout.build.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, time\n"
-        f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        f"fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'123'); print('locked', flush=True); time.sleep({seconds})\n"
-    )], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, time\n"
+                f"fd = os.open({str(layout.build / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'123'); print('locked', flush=True); "
+                f"time.sleep({seconds})\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 

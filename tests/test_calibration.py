@@ -52,11 +52,15 @@ def test_dataset_source_goes_through_datasets(tokenizer, tmp_path, fixture_model
     """A `dataset` id is loaded with datasets.load_dataset (here a local dataset folder)."""
     folder = tmp_path / "my-dataset"
     folder.mkdir()
-    rows = [json.loads(line) for line in (REPO / "calibration" / "prose" / "calibration.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (REPO / "calibration" / "prose" / "calibration.jsonl").read_text().splitlines()
+    ]
     with open(folder / "train.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({"content": r["text"]}) + "\n")
-    cal = CalibrationSection(dataset={"id": str(folder), "split": "train", "text_column": "content"}, samples=4, seq_len=64)
+    cal = CalibrationSection(
+        dataset={"id": str(folder), "split": "train", "text_column": "content"}, samples=4, seq_len=64
+    )
     got = calibration_windows(cal, tokenizer)
     assert len(got.windows) == 4 and got.source["dataset"]["text_column"] == "content"
     bad = cal.model_copy(update={"dataset": cal.dataset.model_copy(update={"text_column": "text"})})

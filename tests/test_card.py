@@ -54,13 +54,22 @@ def test_custom_template_reruns_only_what_names_the_build(example, tmp_path):
 
 
 def test_license_from_recipe_or_agreeing_sources():
-    recipe = parse_recipe({
-        "base_model": "org/base",
-        "experts": [{"source_model": "org/a", "positive_prompts": ["a"]}, {"source_model": "org/b", "positive_prompts": ["b"]}],
-    }, "r")
+    recipe = parse_recipe(
+        {
+            "base_model": "org/base",
+            "experts": [
+                {"source_model": "org/a", "positive_prompts": ["a"]},
+                {"source_model": "org/b", "positive_prompts": ["b"]},
+            ],
+        },
+        "r",
+    )
     agree = {"base": "apache-2.0", "experts[0]": "apache-2.0", "experts[1]": "apache-2.0"}
     assert resolve_license(recipe, agree) == "apache-2.0"
-    with pytest.raises(RecipeError, match=r"card.license: the source models do not agree on a license \(base: apache-2.0, experts\[0\]: mit"):
+    with pytest.raises(
+        RecipeError,
+        match=r"card.license: the source models do not agree on a license \(base: apache-2.0, experts\[0\]: mit",
+    ):
         resolve_license(recipe, {**agree, "experts[0]": "mit"})
     with pytest.raises(RecipeError, match="experts\\[1\\]: none stated"):
         resolve_license(recipe, {**agree, "experts[1]": None})

@@ -34,7 +34,9 @@ def test_single_shard_has_no_index(tmp_path):
     save_file({"a": torch.zeros(4)}, tmp_path / "in.safetensors")
     out = tmp_path / "out"
     out.mkdir()
-    assert write_sharded(renamed_pieces([tmp_path / "in.safetensors"], str), out, max_bytes=10**9) == ["model.safetensors"]
+    assert write_sharded(renamed_pieces([tmp_path / "in.safetensors"], str), out, max_bytes=10**9) == [
+        "model.safetensors"
+    ]
     assert not (out / "model.safetensors.index.json").exists()
 
 

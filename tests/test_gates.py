@@ -25,15 +25,22 @@ def fitted(example, tmp_path_factory) -> dict:
     the example's (same key), so only gates and evaluate run."""
     root = tmp_path_factory.mktemp("fitted")
     (root / "build").mkdir()
-    subprocess.run(["cp", "-al", str(example["root"] / "build" / "tiny-2x"), str(root / "build" / "tiny-2x-fitted")], check=True)
+    subprocess.run(
+        ["cp", "-al", str(example["root"] / "build" / "tiny-2x"), str(root / "build" / "tiny-2x-fitted")], check=True
+    )
     (root / "build" / "tiny-2x-fitted" / "published.json").unlink()
     proc = run_cli("build", str(FITTED), "--until", "evaluate", build=root / "build", dist=root / "dist")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "merge     cached" in proc.stdout and "gates     ran" in proc.stdout
-    output = {line.split()[0]: Path(line.split()[-1]) for line in proc.stdout.splitlines() if line.split()[1:2] == ["ran"]}
-    return {"root": root, "merged": root / "dist" / "tiny-2x-fitted" / "merged",
-            "gates": read_json(output["gates"] / "record.json"),
-            "reference": read_json(output["evaluate"] / "reference.json")}
+    output = {
+        line.split()[0]: Path(line.split()[-1]) for line in proc.stdout.splitlines() if line.split()[1:2] == ["ran"]
+    }
+    return {
+        "root": root,
+        "merged": root / "dist" / "tiny-2x-fitted" / "merged",
+        "gates": read_json(output["gates"] / "record.json"),
+        "reference": read_json(output["evaluate"] / "reference.json"),
+    }
 
 
 def test_only_the_routers_change(fitted, example):
@@ -56,11 +63,27 @@ def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
     # and the report shows both, next to each source expert
     from pipeline.report import render_markdown
 
-    report = {"passed": True, "enforced": True, "checks": [], "warnings": [], "routing_report": {
-        "domains": ["code", "prose"], "experts": ["expert-code", "expert-prose"], "perplexity": ppl,
-        "routing_16bit": fitted["reference"]["routing_16bit"], "routing_16bit_hidden": fitted["reference"]["routing_16bit_hidden"]}}
+    report = {
+        "passed": True,
+        "enforced": True,
+        "checks": [],
+        "warnings": [],
+        "routing_report": {
+            "domains": ["code", "prose"],
+            "experts": ["expert-code", "expert-prose"],
+            "perplexity": ppl,
+            "routing_16bit": fitted["reference"]["routing_16bit"],
+            "routing_16bit_hidden": fitted["reference"]["routing_16bit_hidden"],
+        },
+    }
     md = render_markdown(report)
-    for row in ("| moe (hidden-state routers) |", "| moe (fitted routers) |", "| expert 1 (expert-prose) |", "| hidden-state |", "| fitted |"):
+    for row in (
+        "| moe (hidden-state routers) |",
+        "| moe (fitted routers) |",
+        "| expert 1 (expert-prose) |",
+        "| hidden-state |",
+        "| fitted |",
+    ):
         assert row in md
 
 
@@ -74,25 +97,46 @@ def test_record_and_card_say_how_the_routers_were_fitted(fitted):
     entropy = gates["expert_usage_entropy_bits"]
     assert len(entropy["hidden"]) == len(entropy["fitted"]) == 4 and all(0 <= e <= 1 for e in entropy["fitted"])
     line = _fitted(load_recipe(FITTED), StageResult("gates", "k", fitted["root"], fitted["gates"]))
-    assert line.startswith("routers fitted on calibration/code/calibration.jsonl, calibration/prose/calibration.jsonl: "
-                           "40 steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)")
-    assert _fitted(load_recipe(REPO / "recipes" / "tiny-2x.yaml"), StageResult("gates", "k", fitted["root"], {"result": {"fitted": False}})) is None
+    assert line.startswith(
+        "routers fitted on shipped:code/calibration.jsonl, shipped:prose/calibration.jsonl: "
+        "40 steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)"
+    )
+    assert (
+        _fitted(
+            load_recipe(REPO / "recipes" / "tiny-2x.yaml"),
+            StageResult("gates", "k", fitted["root"], {"result": {"fitted": False}}),
+        )
+        is None
+    )
 
 
 def test_two_fits_give_identical_routers(fitted):
     def digests() -> dict[str, str]:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(fitted["merged"].glob("*.safetensors"))}
+        return {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(fitted["merged"].glob("*.safetensors"))
+        }
 
     first = digests()
-    proc = run_cli("build", str(FITTED), "--force", "gates", "--until", "gates",
-                   build=fitted["root"] / "build", dist=fitted["root"] / "dist")
+    proc = run_cli(
+        "build",
+        str(FITTED),
+        "--force",
+        "gates",
+        "--until",
+        "gates",
+        build=fitted["root"] / "build",
+        dist=fitted["root"] / "dist",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "gates     ran" in proc.stdout
     assert digests() == first
     # dist/ holds what the rerun itself recorded, not whatever was there before
     rerun = read_json(next((fitted["root"] / "build" / "tiny-2x-fitted" / "gates").glob("*/record.json")))
-    recorded = {rel.split("/", 1)[1]: meta["sha256"] for rel, meta in rerun["files"].items()
-                if rel.startswith("model/") and rel.endswith(".safetensors")}
+    recorded = {
+        rel.split("/", 1)[1]: meta["sha256"]
+        for rel, meta in rerun["files"].items()
+        if rel.startswith("model/") and rel.endswith(".safetensors")
+    }
     assert digests() == recorded
 
 

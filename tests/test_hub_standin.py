@@ -66,8 +66,11 @@ def test_upload_goes_through_lfs_and_downloads_byte_identical(hub, api, folder, 
     assert hub.count("/info/lfs/objects/batch", "POST") == 1 and hub.count("/_standin/lfs/", "PUT") == 1
     commits = hub.commits(REPO)
     assert len(commits) == 1 and commits[0]["sha"] == info.oid and commits[0]["message"] == "push"
-    assert {p: f["lfs"] for p, f in commits[0]["files"].items()} == \
-           {"README.md": False, "config.json": False, "model.safetensors": True}
+    assert {p: f["lfs"] for p, f in commits[0]["files"].items()} == {
+        "README.md": False,
+        "config.json": False,
+        "model.safetensors": True,
+    }
 
     model = api.model_info(REPO, revision="main")
     assert model.sha == info.oid and model.private
@@ -78,11 +81,15 @@ def test_upload_goes_through_lfs_and_downloads_byte_identical(hub, api, folder, 
 
     got = Path(snapshot_download(REPO, revision="main", endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
     assert {p.name: p.read_bytes() for p in got.iterdir()} == {p.name: p.read_bytes() for p in folder.iterdir()}
-    only_json = Path(snapshot_download(REPO, revision=info.oid, endpoint=hub.url, token=TOKEN,
-                                       cache_dir=tmp_path / "dl2", allow_patterns="*.json"))
+    only_json = Path(
+        snapshot_download(
+            REPO, revision=info.oid, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "dl2", allow_patterns="*.json"
+        )
+    )
     assert [p.name for p in only_json.iterdir()] == ["config.json"]
-    weights = hf_hub_download(REPO, "model.safetensors", revision=info.oid, endpoint=hub.url, token=TOKEN,
-                              cache_dir=tmp_path / "dl3")
+    weights = hf_hub_download(
+        REPO, "model.safetensors", revision=info.oid, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "dl3"
+    )
     assert Path(weights).read_bytes() == (folder / "model.safetensors").read_bytes()
 
     stored = [f for f in (tmp_path / "hub").rglob("*") if f.is_file()]
@@ -128,8 +135,10 @@ def test_dropped_lfs_upload_is_retried_and_stored_intact(hub, api, folder):
     hub.fail(drop=True, path_contains="/_standin/lfs/")
     upload(api, folder)
     assert hub.count("/_standin/lfs/", "PUT") == 2
-    assert hub.commits(REPO)[0]["files"]["model.safetensors"]["sha256"] == \
-           hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        hub.commits(REPO)[0]["files"]["model.safetensors"]["sha256"]
+        == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    )
 
 
 def test_dropped_commit_surfaces_as_a_connection_error_and_commits_nothing(hub, api, folder):
@@ -141,13 +150,19 @@ def test_dropped_commit_surfaces_as_a_connection_error_and_commits_nothing(hub, 
 
 def test_writes_need_a_token_and_private_reads_too(hub, api, folder):
     anonymous, wrong = HfApi(endpoint=hub.url, token=False), HfApi(endpoint=hub.url, token="hf_wrong")
-    for attempt in (lambda: anonymous.create_repo("me/other"), lambda: wrong.create_repo("me/other"),
-                    lambda: anonymous.upload_folder(repo_id=REPO, folder_path=folder)):
+    for attempt in (
+        lambda: anonymous.create_repo("me/other"),
+        lambda: wrong.create_repo("me/other"),
+        lambda: anonymous.upload_folder(repo_id=REPO, folder_path=folder),
+    ):
         with pytest.raises(HfHubHTTPError) as error:
             attempt()
         assert error.value.response.status_code == 401
-    request = urllib.request.Request(f"{hub.url}/api/models/{REPO}/commit/main", method="POST",
-                                     data=b'{"key": "header", "value": {"summary": "x"}}\n')
+    request = urllib.request.Request(
+        f"{hub.url}/api/models/{REPO}/commit/main",
+        method="POST",
+        data=b'{"key": "header", "value": {"summary": "x"}}\n',
+    )
     with pytest.raises(urllib.error.HTTPError) as raw:
         urllib.request.urlopen(request)
     assert raw.value.code == 401
@@ -164,8 +179,11 @@ def test_invalid_readme_metadata_is_refused_before_upload(hub, api, folder):
 
 
 def test_runs_as_a_script(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "--port", "0", "--root", str(tmp_path), "--token", TOKEN],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(STANDIN), "--port", "0", "--root", str(tmp_path), "--token", TOKEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         assert HfApi(endpoint=url, token=TOKEN).whoami()["name"] == "standin-user"

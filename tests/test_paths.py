@@ -18,9 +18,11 @@ MISTRAL_7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_he
 
 
 def test_defaults_are_the_shipped_corpora_wherever_the_recipe_is(tmp_path):
-    (tmp_path / "moe.yaml").write_text("base_model: base\nexperts:\n"
-                                       "  - {source_model: a, positive_prompts: [x]}\n"
-                                       "  - {source_model: b, positive_prompts: [y]}\n")
+    (tmp_path / "moe.yaml").write_text(
+        "base_model: base\nexperts:\n"
+        "  - {source_model: a, positive_prompts: [x]}\n"
+        "  - {source_model: b, positive_prompts: [y]}\n"
+    )
     r = load_recipe(tmp_path / "moe.yaml")
     assert r.verify.files == ["shipped:code/eval.jsonl", "shipped:prose/eval.jsonl"]
     for name in r.verify.files + r.quantize.calibration.files + r.gates.files:
@@ -36,9 +38,15 @@ def test_relative_paths_follow_the_recipe_not_the_current_folder(tmp_path, monke
     assert portable("shipped:code/eval.jsonl") == "shipped:code/eval.jsonl"
 
 
-@pytest.mark.parametrize("config, wanted, chosen", [
-    (SMOLLM2, None, 64), (MISTRAL_7B, None, 128), (SMOLLM2, 32, 32), (MISTRAL_7B, 64, 64),
-])
+@pytest.mark.parametrize(
+    "config, wanted, chosen",
+    [
+        (SMOLLM2, None, 64),
+        (MISTRAL_7B, None, 128),
+        (SMOLLM2, 32, 32),
+        (MISTRAL_7B, 64, 64),
+    ],
+)
 def test_group_size_is_the_largest_that_divides_every_quantized_dimension(config, wanted, chosen):
     assert choose_group_size(config, wanted) == chosen
 
@@ -46,8 +54,10 @@ def test_group_size_is_the_largest_that_divides_every_quantized_dimension(config
 def test_a_group_size_that_does_not_divide_is_refused_with_the_one_that_does():
     with pytest.raises(RecipeError) as e:
         choose_group_size(SMOLLM2, 128)
-    assert e.value.problems == ["quantize.group_size: 128 does not divide the model's hidden_size (576); "
-                                "use 64, or leave quantize.group_size unset to choose it"]
+    assert e.value.problems == [
+        "quantize.group_size: 128 does not divide the model's hidden_size (576); "
+        "use 64, or leave quantize.group_size unset to choose it"
+    ]
 
 
 def test_bad_group_size_stops_the_build_before_any_stage_runs(tmp_path, fixture_models):
@@ -64,5 +74,6 @@ def test_bad_group_size_stops_the_build_before_any_stage_runs(tmp_path, fixture_
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: quantize.group_size: 128 does not divide the model's intermediate_size (800); use 32, "
-        "or leave quantize.group_size unset to choose it"]
+        "or leave quantize.group_size unset to choose it"
+    ]
     assert not (tmp_path / "build" / "r" / "merge").exists()

@@ -18,7 +18,12 @@ def push_recipe(tmp_path: Path, **verify) -> Path:
     data = example_data()
     data["name"] = "tiny-2x"
     data["verify"].update(verify)
-    data["publish"] = {"push": True, "private": True, "merged": {"repo_id": "me/tiny-2x"}, "awq": {"repo_id": "me/tiny-2x-AWQ"}}
+    data["publish"] = {
+        "push": True,
+        "private": True,
+        "merged": {"repo_id": "me/tiny-2x"},
+        "awq": {"repo_id": "me/tiny-2x-AWQ"},
+    }
     path = tmp_path / "push.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -27,8 +32,13 @@ def push_recipe(tmp_path: Path, **verify) -> Path:
 def push(example, hub, recipe, dist, *extra):
     # The stand-in is a Hub without Xet storage: the client takes its LFS path only
     # when told (it picks Xet by itself whenever hf_xet is installed).
-    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-           "HF_HOME": str(dist.parent / "hf-home")}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(dist.parent / "hf-home"),
+    }
     return run_cli(*extra or ("build",), str(recipe), build=example["root"] / "build", dist=dist, env=env)
 
 
@@ -58,8 +68,9 @@ def test_build_pushes_both_folders_and_a_second_push_commits_nothing(example, hu
         assert all(meta["lfs"] for name, meta in commits[0]["files"].items() if name.endswith(".safetensors"))
         got = Path(snapshot_download(repo, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
         local = dist / "tiny-2x" / folder
-        assert {p.name: sha(p) for p in got.iterdir() if p.is_file() and p.name != ".gitattributes"} == \
-               {p.name: sha(p) for p in local.iterdir() if p.is_file()}
+        assert {p.name: sha(p) for p in got.iterdir() if p.is_file() and p.name != ".gitattributes"} == {
+            p.name: sha(p) for p in local.iterdir() if p.is_file()
+        }
     again = push(example, hub, recipe, dist, "build", "--force", "push")
     assert again.returncode == 0, again.stderr
     assert len(hub.commits("me/tiny-2x")) == 1 and len(hub.commits("me/tiny-2x-AWQ")) == 1
@@ -105,7 +116,9 @@ def test_tampered_dist_file_is_refused(example, hub, tmp_path):
         proc = push(example, hub, recipe, dist, "push")
     finally:
         config.write_text(original)  # the cache is shared with the other tests
-    assert proc.returncode == 7 and "config.json differs from the sha256 in its build record" in proc.stderr, proc.stderr
+    assert proc.returncode == 7 and "config.json differs from the sha256 in its build record" in proc.stderr, (
+        proc.stderr
+    )
     assert hub.commits("me/tiny-2x-AWQ") == []
 
 
@@ -121,11 +134,17 @@ def test_dry_run_lists_files_and_lfs(example, tmp_path):
 
 def test_a_wrong_token_is_one_line_saying_so_and_nothing_is_retried(example, hub, tmp_path):
     dist = tmp_path / "dist"
-    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_not_a_valid_token_0123456789", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "hf_not_a_valid_token_0123456789",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
     proc = run_cli("build", str(push_recipe(tmp_path)), build=example["root"] / "build", dist=dist, env=env)
     assert proc.returncode == 7, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: push: {dist / 'tiny-2x' / 'merged'} to me/tiny-2x: the Hub refused the token (HTTP 401); "
-        "set HF_TOKEN or run `huggingface-cli login` with a valid token"]
+        "set HF_TOKEN or run `huggingface-cli login` with a valid token"
+    ]
     assert "retrying" not in proc.stdout

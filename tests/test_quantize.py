@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,9 @@ from tests.test_example_build import eval_ids, tensors
 
 pytestmark = pytest.mark.slow
 
-QUANT = re.compile(r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|block_sparse_moe\.experts\.(\d+)\.w[123])\.(qweight|qzeros|scales)$")
+QUANT = re.compile(
+    r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|block_sparse_moe\.experts\.(\d+)\.w[123])\.(qweight|qzeros|scales)$"
+)
 
 
 def autoawq_dequantize_gemm():
@@ -56,7 +59,8 @@ def test_names_dtypes_shapes_and_config_match_the_contract(example):
         assert t[f"{prefix}.scales"].dtype == torch.float16 and t[f"{prefix}.scales"].shape == (in_f // G, out_f)
     plain = {n for n in t if not QUANT.match(n)}
     assert plain == {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} | {
-        f"model.layers.{i}.{n}" for i in range(layers)
+        f"model.layers.{i}.{n}"
+        for i in range(layers)
         for n in ("input_layernorm.weight", "post_attention_layernorm.weight", "block_sparse_moe.gate.weight")
     }
     assert all(t[n].dtype == torch.float16 for n in plain)
@@ -98,7 +102,9 @@ def test_autoawq_reads_every_tensor_and_gives_the_loaders_logits(example):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             state[f"model.layers.{i}.self_attn.{proj}.weight"] = weights[f"model.layers.{i}.self_attn.{proj}"]
         ex = [f"model.layers.{i}.block_sparse_moe.experts.{e}" for e in range(config["num_local_experts"])]
-        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat([weights[f"{p}.w1"], weights[f"{p}.w3"]]) for p in ex])
+        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([weights[f"{p}.w1"], weights[f"{p}.w3"]]) for p in ex]
+        )
         state[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack([weights[f"{p}.w2"] for p in ex])
         state[f"model.layers.{i}.mlp.gate.weight"] = t[f"model.layers.{i}.block_sparse_moe.gate.weight"]
         for n in ("input_layernorm.weight", "post_attention_layernorm.weight"):
@@ -113,7 +119,7 @@ def test_autoawq_reads_every_tensor_and_gives_the_loaders_logits(example):
         want = plain(ids).logits
         got = ours.float()(ids).logits
     assert torch.equal(got, want)
-    (streamed, _), = StreamingLM(awq).run(ids.tolist())  # the reader verify uses
+    ((streamed, _),) = StreamingLM(awq).run(ids.tolist())  # the reader verify uses
     assert torch.equal(streamed, torch.log_softmax(want[0], -1))
 
 
@@ -134,8 +140,12 @@ def test_router_compensation_keeps_router_logits(example):
     m4 = tensors(example["awq"])
     model = load_merged(example["merged"])
     captured = {}
-    hooks = [layer.post_attention_layernorm.register_forward_hook(
-        lambda mod, inp, out, i=i: captured.__setitem__(i, (inp[0], mod.variance_epsilon))) for i, layer in enumerate(model.model.layers)]
+    hooks = [
+        layer.post_attention_layernorm.register_forward_hook(
+            lambda mod, inp, out, i=i: captured.__setitem__(i, (inp[0], mod.variance_epsilon))
+        )
+        for i, layer in enumerate(model.model.layers)
+    ]
     with torch.no_grad():
         model(eval_ids(example["merged"], "code", 256))
     for h in hooks:
@@ -169,7 +179,9 @@ def test_loader_fails_on_missing_or_unexpected_tensors(example, tmp_path):
         else:
             t["model.layers.0.block_sparse_moe.experts.9.w1.qweight"] = torch.zeros(4, 4, dtype=torch.int32)
         save_file(t, shard, metadata={"format": "pt"})
-        with pytest.raises(InputFileError, match=case.replace("unexpected", "unexpected tensor").replace("missing", "missing tensor")):
+        with pytest.raises(
+            InputFileError, match=case.replace("unexpected", "unexpected tensor").replace("missing", "missing tensor")
+        ):
             load_awq(copy)
 
 
@@ -185,21 +197,30 @@ def test_too_little_calibration_for_an_expert_fails_naming_it(example, tmp_path)
     data["experts_per_token"] = 1
     data["quantize"]["calibration"] = {"samples": 2, "seq_len": 64}
     data["quantize"]["min_expert_tokens"] = 100  # 128 tokens, top-1: some expert must get < 100
+    data["quantize"]["calibrate_all_experts"] = False  # only then do experts see just their routed tokens
     recipe = tmp_path / "thin.yaml"
     recipe.write_text(yaml.safe_dump(data))
     proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=tmp_path / "dist", cwd=REPO)
     assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert re.search(r"error: quantize: layer \d+ expert \d+ gets \d+ calibration tokens, fewer than min_expert_tokens 100", proc.stderr)
+    assert re.search(
+        r"error: quantize: layer \d+ expert \d+ gets \d+ routed calibration tokens, fewer than min_expert_tokens 100"
+        r".*quantize.calibrate_all_experts: true.*gates.fit: true",
+        proc.stderr,
+    )
     assert "Traceback" not in proc.stderr
-    assert not [p for p in (example["root"] / "build" / "tiny-2x" / "quantize").iterdir()
-                if not p.name.startswith(".") and json.loads((p / "record.json").read_text())["config"]["min_expert_tokens"] == 100]
+    assert not [
+        p
+        for p in (example["root"] / "build" / "tiny-2x" / "quantize").iterdir()
+        if not p.name.startswith(".")
+        and json.loads((p / "record.json").read_text())["config"]["min_expert_tokens"] == 100
+    ]
 
 
 def test_unpack_matches_autoawq_on_random_data():
     dequantize_gemm = autoawq_dequantize_gemm()
     g = torch.Generator().manual_seed(0)
-    qweight = torch.randint(-2**31, 2**31 - 1, (256, 16), generator=g, dtype=torch.int64).to(torch.int32)
-    qzeros = torch.randint(-2**31, 2**31 - 1, (2, 16), generator=g, dtype=torch.int64).to(torch.int32)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (256, 16), generator=g, dtype=torch.int64).to(torch.int32)
+    qzeros = torch.randint(-(2**31), 2**31 - 1, (2, 16), generator=g, dtype=torch.int64).to(torch.int32)
     scales = torch.rand(2, 128, generator=g).half()
     want = dequantize_gemm(qweight, qzeros, scales, 4, 128)
     assert torch.equal(dequantize(qweight, qzeros, scales, 128).t().half(), want)
@@ -213,3 +234,24 @@ def test_engine_env_tunes_the_allocator_unless_the_user_did():
     assert env["MALLOC_ARENA_MAX"] == "4" and env["PATH"] == "/bin"
     assert all(env[k] == v for k, v in ALLOCATOR.items() if k != "MALLOC_ARENA_MAX")
     assert int(env["GPTQMODEL_CPU_WORKERS"]) >= 2
+
+
+def test_all_experts_calibration_needs_no_routed_tokens(example, tmp_path):
+    """The same thin, top-1 calibration passes with every token through every expert,
+    and the record says both what the routers sent and what each expert saw."""
+    data = example_data()
+    data["name"] = "tiny-2x"
+    data["experts_per_token"] = 1
+    data["quantize"]["calibration"] = {"samples": 2, "seq_len": 64}
+    data["quantize"]["min_expert_tokens"] = 100
+    data["verify"]["fail_on_mismatch"] = False  # top-1 of 2 on 128 tokens: only the calibration is under test
+    recipe = tmp_path / "thin-all.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(recipe), "--until", "quantize", build=example["root"] / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every expert sees all 128 tokens" in proc.stdout
+    out = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("quantize  ran"))
+    result = json.loads((Path(out) / "record.json").read_text())["result"]
+    assert result["calibrate_all_experts"] and result["undercalibrated"] == []
+    assert min(min(row) for row in result["expert_tokens"]) < 100  # what the routers sent
+    assert result["expert_tokens_seen"] == [[128, 128]] * 4

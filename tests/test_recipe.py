@@ -53,9 +53,16 @@ def test_shipped_recipes_validate():
 
 
 def test_model_reference_forms():
-    r = parse_recipe(valid(base_model={"id": "org/base", "revision": "abc123"},
-                           experts=[{"source_model": "org/a@v1", "positive_prompts": ["a"]},
-                                    {"source_model": {"id": "org/b"}, "positive_prompts": ["b"]}]), "r")
+    r = parse_recipe(
+        valid(
+            base_model={"id": "org/base", "revision": "abc123"},
+            experts=[
+                {"source_model": "org/a@v1", "positive_prompts": ["a"]},
+                {"source_model": {"id": "org/b"}, "positive_prompts": ["b"]},
+            ],
+        ),
+        "r",
+    )
     assert (r.base_model.id, r.base_model.revision) == ("org/base", "abc123")
     assert (r.experts[0].source_model.id, r.experts[0].source_model.revision) == ("org/a", "v1")
     assert r.experts[1].source_model.revision is None
@@ -80,14 +87,17 @@ def test_nested_problems_name_their_path_all_at_once():
     assert len(got) == 4
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"experts_per_token": 3}, "experts_per_token: 3 is more than the 2 experts listed"),
-    ({"gate_mode": "learned"}, "gate_mode: 'learned' is not supported"),
-    ({"architecture": "qwen"}, "architecture: 'qwen' is not supported"),
-    ({"dtype": "int8"}, "dtype: 'int8' is not supported"),
-    ({"name": "../escape"}, "name: '../escape' must be a plain folder name"),
-    ({"name": "/abs"}, "name: '/abs' must be a plain folder name"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"experts_per_token": 3}, "experts_per_token: 3 is more than the 2 experts listed"),
+        ({"gate_mode": "learned"}, "gate_mode: 'learned' is not supported"),
+        ({"architecture": "qwen"}, "architecture: 'qwen' is not supported"),
+        ({"dtype": "int8"}, "dtype: 'int8' is not supported"),
+        ({"name": "../escape"}, "name: '../escape' must be a plain folder name"),
+        ({"name": "/abs"}, "name: '/abs' must be a plain folder name"),
+    ],
+)
 def test_semantic_rules(change, expected):
     assert any(p.startswith(expected) for p in problems(valid(**change))), problems(valid(**change))
 

@@ -32,8 +32,10 @@ def project(tmp_path_factory) -> Path:
             shutil.copy(REPO / "calibration" / domain / f"{part}.jsonl", root / "text" / domain / f"{part}.jsonl")
     recipe = {
         "base_model": "models/base",
-        "experts": [{"source_model": "models/a", "positive_prompts": ["def f(x):"]},
-                    {"source_model": "models/b", "positive_prompts": ["The rules of the language"]}],
+        "experts": [
+            {"source_model": "models/a", "positive_prompts": ["def f(x):"]},
+            {"source_model": "models/b", "positive_prompts": ["The rules of the language"]},
+        ],
         "quantize": {"calibration": {"files": ["text/code/calibration.jsonl", "text/prose/calibration.jsonl"]}},
         "verify": {"files": ["text/code/eval.jsonl", "text/prose/eval.jsonl"]},
         "card": {"license": "mit"},
@@ -54,9 +56,14 @@ def test_lock_pins_models_data_versions_and_platform(project, locked):
     lock = read_json(locked)
     assert lock["models"]["base"]["ref"] == "models/base" and lock["models"]["base"]["commit"] is None
     assert set(lock["models"]["experts[1]"]["files"]) >= {"config.json", "model.safetensors"}
-    assert set(lock["data"]["quantize.calibration.files"]) == {"text/code/calibration.jsonl", "text/prose/calibration.jsonl"}
+    assert set(lock["data"]["quantize.calibration.files"]) == {
+        "text/code/calibration.jsonl",
+        "text/prose/calibration.jsonl",
+    }
     assert set(lock["data"]["verify.files"]) == {"text/code/eval.jsonl", "text/prose/eval.jsonl"}
-    assert {"torch", "transformers", "mergekit", "gptqmodel", "safetensors", "huggingface-hub", "numpy"} <= set(lock["packages"])
+    assert {"torch", "transformers", "mergekit", "gptqmodel", "safetensors", "huggingface-hub", "numpy"} <= set(
+        lock["packages"]
+    )
     assert lock["seeds"] == {"merge.seed": 0, "quantize.calibration.seed": 0} and lock["threads"] == 2
     assert lock["platform"]["cpu_capability"]
     assert str(project) not in locked.read_text()  # a lock is the same in every clone
@@ -69,12 +76,15 @@ def test_locked_build_refuses_a_calibration_file_changed_by_one_byte(project, lo
     original = cal.read_bytes()
     try:
         at = original.index(b"the") + 2  # one byte of the text itself, so the file is still valid JSON Lines
-        cal.write_bytes(original[:at] + b"f" + original[at + 1:])
+        cal.write_bytes(original[:at] + b"f" + original[at + 1 :])
         build = project / "build-refused"
         proc = run_cli("build", "small.yaml", "--locked", cwd=project, build=build, dist=project / "dist-refused")
         assert proc.returncode == 8, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert lines[0].startswith("error: lock mismatch: data / quantize.calibration.files / text/prose/calibration.jsonl: the lock has sha256")
+        assert lines[0].startswith(
+            "error: lock mismatch: data / quantize.calibration.files / text/prose/calibration.jsonl: the lock has "
+            "sha256"
+        )
         assert len(lines) == 2 and "frankenmoe lock" in lines[1] and "Traceback" not in proc.stderr
         assert not build.exists() and not (project / "dist-refused").exists()
         check = run_cli("lock", "small.yaml", "--check", cwd=project, build=project / "build")
@@ -92,15 +102,20 @@ def test_locked_build_names_a_package_and_a_model_file_that_differ(project, lock
     edited.write_text(json.dumps(lock))
     proc = run_cli("build", "small.yaml", "--lock", str(edited), cwd=project, build=project / "b2", dist=project / "d2")
     assert proc.returncode == 8
-    assert "lock mismatch: packages / torch: the lock has \"2.0.0\", now \"2.14.1\"" in proc.stderr
-    assert "lock mismatch: models / experts[0] / files / model.safetensors: the lock has sha256 000000000000" in proc.stderr
-    assert "lock mismatch: platform / cpu_capability: the lock has \"NEON\"" in proc.stderr
+    assert 'lock mismatch: packages / torch: the lock has "2.0.0", now "2.14.1"' in proc.stderr
+    assert (
+        "lock mismatch: models / experts[0] / files / model.safetensors: the lock has sha256 000000000000"
+        in proc.stderr
+    )
+    assert 'lock mismatch: platform / cpu_capability: the lock has "NEON"' in proc.stderr
 
 
 def test_locked_build_without_a_lock_file_says_how_to_make_one(project):
     proc = run_cli("build", "small.yaml", "--lock", "missing.lock.json", cwd=project, build=project / "b3")
     assert proc.returncode == 8
-    assert proc.stderr.strip() == "error: missing.lock.json: lock file not found; write it with `frankenmoe lock RECIPE`"
+    assert (
+        proc.stderr.strip() == "error: missing.lock.json: lock file not found; write it with `frankenmoe lock RECIPE`"
+    )
 
 
 def example_lock_now(monkeypatch) -> dict:
@@ -132,7 +147,16 @@ def test_published_folders_carry_build_json(example, monkeypatch):
         assert manifest["build_id"] in card
         others = {k: v for k, v in file_hashes_deep(example[folder]).items() if k != "build.json"}
         assert manifest["files"] == others
-        assert set(manifest["stages"]) == {"lock", "resolve", "merge", "gates", "quantize", "evaluate", "verify", "card"}
+        assert set(manifest["stages"]) == {
+            "lock",
+            "resolve",
+            "merge",
+            "gates",
+            "quantize",
+            "evaluate",
+            "verify",
+            "card",
+        }
         assert all(len(s["key"]) == 16 and "wall_s" not in s for s in manifest["stages"].values())
     # The embedded lock is what `frankenmoe lock` writes for the recipe.
     assert read_json(example["awq"] / "build.json")["lock"] == example_lock_now(monkeypatch)
@@ -141,8 +165,11 @@ def test_published_folders_carry_build_json(example, monkeypatch):
 def file_hashes_deep(folder: Path) -> dict[str, str]:
     import hashlib
 
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -161,8 +188,13 @@ def test_no_machine_paths_or_names_in_published_files(example):
 
 def copy_of_project(dst: Path) -> Path:
     """The project's files at another absolute path (fixture models hard-linked)."""
-    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "fixtures", "__pycache__", ".pytest_cache", "*.egg-info"))
+    shutil.copytree(
+        REPO,
+        dst,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "fixtures", "__pycache__", ".pytest_cache", "*.egg-info"
+        ),
+    )
     subprocess.run(["cp", "-al", str(REPO / "fixtures"), str(dst / "fixtures")], check=True)
     return dst
 
@@ -182,7 +214,11 @@ def test_rebuild_check_from_another_path_matches_and_names_a_changed_file(exampl
     work = tmp_path / "work"
     proc = run_cli("rebuild-check", str(downloaded), "--work", str(work), "--recipe-dir", "recipes", cwd=elsewhere)
     assert proc.returncode == 9, proc.stderr
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[-1:] in (["same"], ["DIFFERENT"])}
+    rows = {
+        line.split()[0]: line.split()
+        for line in proc.stdout.splitlines()
+        if line.split()[-1:] in (["same"], ["DIFFERENT"])
+    }
     assert rows.pop("README.md")[-1] == "DIFFERENT"
     assert rows and all(r[-1] == "same" for r in rows.values()), proc.stdout
     assert rows["build.json"][1] == "manifest" and rows["model.safetensors.index.json"][1] == "quantize"

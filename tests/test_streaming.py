@@ -20,8 +20,14 @@ pytestmark = pytest.mark.slow
 
 def full_forward(model, ids):
     captured = []
-    hooks = [b.gate.register_forward_hook(lambda m, i, o: captured.append(torch.softmax(o[0].float(), -1)))
-             for b in moe_blocks(model)] if hasattr(model.model.layers[0].mlp, "gate") else []
+    hooks = (
+        [
+            b.gate.register_forward_hook(lambda m, i, o: captured.append(torch.softmax(o[0].float(), -1)))
+            for b in moe_blocks(model)
+        ]
+        if hasattr(model.model.layers[0].mlp, "gate")
+        else []
+    )
     with torch.no_grad():
         lp = torch.log_softmax(model(ids).logits.float(), -1)
     for h in hooks:
@@ -32,7 +38,9 @@ def full_forward(model, ids):
 @pytest.mark.parametrize("kind", ["merged", "awq", "dense"])
 def test_streaming_equals_the_loaded_model(example, fixture_models, kind):
     folder = {"merged": example["merged"], "awq": example["awq"], "dense": fixture_models / "expert-code"}[kind]
-    loaded = load_awq(folder).float() if kind == "awq" else load_merged(folder)  # weights through fp16, as the kernel has them
+    loaded = (
+        load_awq(folder).float() if kind == "awq" else load_merged(folder)
+    )  # weights through fp16, as the kernel has them
     ids = torch.cat([eval_ids(example["merged"], "code", 96), eval_ids(example["merged"], "prose", 96)])
     out = list(StreamingLM(folder).run(ids.tolist(), batch_size=1))
     assert len(out) == 2
@@ -51,7 +59,7 @@ def test_forced_expert_streams_like_the_loaded_model(example):
     loaded = load_merged(example["merged"])
     with forced_expert(loaded, 1):
         want, _ = full_forward(loaded, ids)
-    (lp, _), = StreamingLM(example["merged"]).run(ids.tolist(), expert=1)
+    ((lp, _),) = StreamingLM(example["merged"]).run(ids.tolist(), expert=1)
     assert torch.equal(lp, want[0])
 
 
@@ -82,8 +90,12 @@ def test_check_names_missing_misshaped_and_unexpected_tensors(example, tmp_path,
         assert StreamingLM(example["awq"]).check() == StreamingLM(example["merged"]).check() == []
     cases = {
         "missing": (lambda t: t.pop(sorted(k for k in t if k.endswith(".qzeros"))[0]), "missing tensor"),
-        "unexpected": (lambda t: t.__setitem__("model.layers.0.block_sparse_moe.experts.9.w1.qweight",
-                                               torch.zeros(4, 4, dtype=torch.int32)), "unexpected tensor"),
+        "unexpected": (
+            lambda t: t.__setitem__(
+                "model.layers.0.block_sparse_moe.experts.9.w1.qweight", torch.zeros(4, 4, dtype=torch.int32)
+            ),
+            "unexpected tensor",
+        ),
         "shape": (lambda t: t.__setitem__("model.norm.weight", torch.ones(7, dtype=torch.float16)), "has shape (7,)"),
     }
     for case, (edit, message) in cases.items():
@@ -91,7 +103,9 @@ def test_check_names_missing_misshaped_and_unexpected_tensors(example, tmp_path,
         shutil.copytree(example["awq"], copy)
         for shard in sorted(copy.glob("*.safetensors")):
             t = load_file(shard)
-            if case != "unexpected" and not ({"model.norm.weight"} & t.keys() if case == "shape" else any(k.endswith(".qzeros") for k in t)):
+            if case != "unexpected" and not (
+                {"model.norm.weight"} & t.keys() if case == "shape" else any(k.endswith(".qzeros") for k in t)
+            ):
                 continue
             edit(t)
             save_file(t, shard, metadata={"format": "pt"})

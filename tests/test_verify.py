@@ -25,9 +25,24 @@ def test_example_passes_with_every_number(example):
     report = json.loads((example["awq"] / "verify.json").read_text())
     assert report["passed"] is True and report["enforced"] is True and report["failures"] == []
     checks = {c["name"]: c for c in report["checks"]}
-    assert set(checks) == {"merge_structure", "forced_routing", "consumer_load", "quantization_parity", "routing_parity"}
+    assert set(checks) == {
+        "merge_structure",
+        "forced_routing",
+        "consumer_load",
+        "quantization_parity",
+        "dead_experts",
+        "routing_parity",
+    }
     q = checks["quantization_parity"]
-    for key in ("kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit", "perplexity_ratio", "tokens"):
+    for key in (
+        "kl_mean",
+        "kl_p99",
+        "top1_agreement",
+        "perplexity_16bit",
+        "perplexity_4bit",
+        "perplexity_ratio",
+        "tokens",
+    ):
         assert key in q
     assert q["tokens"] >= 8000 and q["kl_mean"] < report["thresholds"]["max_mean_kl"]
     assert len(checks["routing_parity"]["router_weight_mae"]) == 4
@@ -58,8 +73,16 @@ def corrupt(src: Path, dst: Path, edit) -> Path:
 
 
 def run_verify(example, candidate: Path, out: Path):
-    return run_cli("verify", str(EXAMPLE), "--candidate", str(candidate), "--out", str(out),
-                   build=example["root"] / "build", dist=example["root"] / "dist")
+    return run_cli(
+        "verify",
+        str(EXAMPLE),
+        "--candidate",
+        str(candidate),
+        "--out",
+        str(out),
+        build=example["root"] / "build",
+        dist=example["root"] / "dist",
+    )
 
 
 def swap_experts(t):
@@ -100,12 +123,19 @@ def quantize_router(t):
     return hit
 
 
-@pytest.mark.parametrize("edit, failing, message", [
-    (swap_experts, "quantization_parity", "quantization_parity: mean KL"),
-    (perturb_expert, "quantization_parity", "quantization_parity: mean KL"),
-    (quantize_router, "routing_parity", "routing_parity: router weights differ"),
-    (drop_tensor, "consumer_load", "consumer_load: awq: "),
-])
+@pytest.mark.parametrize(
+    "edit, failing, message",
+    [
+        (swap_experts, "quantization_parity", "quantization_parity: mean KL"),
+        (perturb_expert, "quantization_parity", "quantization_parity: mean KL"),
+        (
+            quantize_router,
+            "routing_parity",
+            "routing_parity: every expert sees every token (top-2 of 2); router weights differ",
+        ),
+        (drop_tensor, "consumer_load", "consumer_load: awq: "),
+    ],
+)
 def test_broken_awq_candidates_fail_the_right_check(example, tmp_path, edit, failing, message):
     candidate = corrupt(example["awq"], tmp_path / "candidate", edit)
     proc = run_verify(example, candidate, tmp_path / "report")
@@ -135,7 +165,7 @@ def test_uncompensated_router_fails_routing_parity(example, tmp_path):
 def test_verify_without_candidate_checks_the_build(example):
     proc = run_cli("verify", str(EXAMPLE), build=example["root"] / "build", dist=example["root"] / "dist")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count(" pass ") == 5
+    assert proc.stdout.count(" pass ") == 6
 
 
 def test_structure_and_forced_routing_catch_a_bad_merge(example, fixture_models, tmp_path):

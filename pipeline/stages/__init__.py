@@ -12,6 +12,14 @@ from pipeline.stages.resolve import ResolveStage
 from pipeline.stages.verify import VerifyStage
 
 STAGES = [
-    LockStage(), ResolveStage(), MergeStage(), GatesStage(), QuantizeStage(), EvaluateStage(), VerifyStage(), CardStage(),
-    ManifestStage(), PushStage(),
+    LockStage(),
+    ResolveStage(),
+    MergeStage(),
+    GatesStage(),
+    QuantizeStage(),
+    EvaluateStage(),
+    VerifyStage(),
+    CardStage(),
+    ManifestStage(),
+    PushStage(),
 ]

@@ -60,8 +60,9 @@ class Stage:
         """The part of the recipe that shapes this stage's output (JSON-able)."""
         raise NotImplementedError
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
         """Inputs outside the recipe and other stages (e.g. file hashes). Must be
         cheap on a no-op rebuild: use `state`, which hashes a file only when its stat
         changed. With `offline` (as `plan` asks), return None instead of fetching."""
@@ -94,5 +95,5 @@ def published_files(inputs: dict[str, StageResult], folder: str) -> dict[str, di
             continue
         for rel, meta in res.record["files"].items():
             if rel.startswith(sub + "/"):
-                out[rel[len(sub) + 1:]] = meta
+                out[rel[len(sub) + 1 :]] = meta
     return out

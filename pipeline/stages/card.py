@@ -36,7 +36,9 @@ def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> s
     if len(found) == 1 and None not in found:
         return found.pop()
     stated = ", ".join(f"{role}: {lic or 'none stated'}" for role, lic in source_licenses.items())
-    raise RecipeError([f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"])
+    raise RecipeError(
+        [f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"]
+    )
 
 
 class CardStage(Stage):
@@ -49,7 +51,9 @@ class CardStage(Stage):
         return {
             "card": recipe.card.model_dump(),
             "template": _template_text(recipe),
-            "repos": {k: getattr(recipe.publish, k).repo_id if getattr(recipe.publish, k) else None for k in ("merged", "awq")},
+            "repos": {
+                k: getattr(recipe.publish, k).repo_id if getattr(recipe.publish, k) else None for k in ("merged", "awq")
+            },
             "recipe": _recipe_yaml(recipe),
             "frankenmoe": __version__,
         }
@@ -83,29 +87,54 @@ class CardStage(Stage):
         cards = {
             "merged": (
                 ModelCardData(
-                    license=license_id, library_name="transformers", pipeline_tag="text-generation", tags=tags,
-                    language=recipe.card.language, base_model=hub_sources or None,
+                    license=license_id,
+                    library_name="transformers",
+                    pipeline_tag="text-generation",
+                    tags=tags,
+                    language=recipe.card.language,
+                    base_model=hub_sources or None,
                     base_model_relation="merge" if hub_sources else None,
                 ),
-                {"title": recipe.name, "repo_id": merged_repo, "quantization": None,
-                 "summary": f"A Mixture-of-Experts model with {len(recipe.experts)} experts, made with mergekit-moe and frankenmoe: "
-                            "attention, embeddings and norms come from the base model, each expert's MLP from its source model.",
-                 "weights": _weights(ctx.inputs["gates"], "model/")},
+                {
+                    "title": recipe.name,
+                    "repo_id": merged_repo,
+                    "quantization": None,
+                    "summary": f"A Mixture-of-Experts model with {len(recipe.experts)} experts, made with "
+                    "mergekit-moe and frankenmoe: "
+                    "attention, embeddings and norms come from the base model, each expert's MLP from its source "
+                    "model.",
+                    "weights": _weights(ctx.inputs["gates"], "model/"),
+                },
             ),
             "awq": (
                 ModelCardData(
-                    license=license_id, library_name="transformers", pipeline_tag="text-generation", tags=tags + ["awq", "4-bit"],
-                    language=recipe.card.language, base_model=merged_repo if recipe.publish.merged else None,
-                    base_model_relation="quantized" if recipe.publish.merged else None, quantized_by=recipe.card.quantized_by,
+                    license=license_id,
+                    library_name="transformers",
+                    pipeline_tag="text-generation",
+                    tags=tags + ["awq", "4-bit"],
+                    language=recipe.card.language,
+                    base_model=merged_repo if recipe.publish.merged else None,
+                    base_model_relation="quantized" if recipe.publish.merged else None,
+                    quantized_by=recipe.card.quantized_by,
                 ),
-                {"title": f"{recipe.name} (AWQ 4-bit)", "repo_id": awq_repo,
-                 "quantization": {"bits": q.bits, "group_size": quant_result["group_size"], "zero_point": q.zero_point,
-                                  "calibrate_all_experts": quant_result["calibrate_all_experts"],
-                                  "compute_dtype": quant_result["compute_dtype"],
-                                  "samples": q.calibration.samples, "seq_len": q.calibration.seq_len,
-                                  "source": _calibration_source(q), "sha256": quant_result["calibration"]["sha256"]},
-                 "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified against the 16-bit model.",
-                 "weights": _weights(ctx.inputs["quantize"], "model/")},
+                {
+                    "title": f"{recipe.name} (AWQ 4-bit)",
+                    "repo_id": awq_repo,
+                    "quantization": {
+                        "bits": q.bits,
+                        "group_size": quant_result["group_size"],
+                        "zero_point": q.zero_point,
+                        "calibrate_all_experts": quant_result["calibrate_all_experts"],
+                        "compute_dtype": quant_result["compute_dtype"],
+                        "samples": q.calibration.samples,
+                        "seq_len": q.calibration.seq_len,
+                        "source": _calibration_source(q),
+                        "sha256": quant_result["calibration"]["sha256"],
+                    },
+                    "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified "
+                    "against the 16-bit model.",
+                    "weights": _weights(ctx.inputs["quantize"], "model/"),
+                },
             ),
         }
         for folder, (data, extra) in cards.items():
@@ -125,9 +154,11 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
         return None
     g = recipe.gates
     loss = gates.record["result"]["loss"]
-    return (f"routers fitted on {', '.join(portable(f) for f in g.files)}: {g.steps} steps of Adam (lr {g.lr}, "
-            f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
-            f"only `block_sparse_moe.gate.weight` trained; loss {loss[0]:.3f} -> {loss[-1]:.3f}")
+    return (
+        f"routers fitted on {', '.join(portable(f) for f in g.files)}: {g.steps} steps of Adam (lr {g.lr}, "
+        f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
+        f"only `block_sparse_moe.gate.weight` trained; loss {loss[0]:.3f} -> {loss[-1]:.3f}"
+    )
 
 
 def _template_text(recipe: Recipe) -> str:
@@ -147,13 +178,22 @@ def _recipe_yaml(recipe: Recipe) -> str:
 
 
 def _model_row(m: dict) -> dict:
-    return {"source": m["hub_id"] or Path(m["ref"]).name, "revision": m["commit"] or "local folder",
-            "derived_from": m.get("derived_from"), "about": m.get("about")}
+    return {
+        "source": m["hub_id"] or Path(m["ref"]).name,
+        "revision": m["commit"] or "local folder",
+        "derived_from": m.get("derived_from"),
+        "about": m.get("about"),
+    }
 
 
 def _expert_row(i: int, expert, m: dict) -> dict:
     fmt = lambda ps: "; ".join(p.replace("\n", " ").replace("|", "\\|")[:60] for p in ps or []) or "-"
-    return {"index": i, **_model_row(m), "positive": fmt(expert.positive_prompts), "negative": fmt(expert.negative_prompts)}
+    return {
+        "index": i,
+        **_model_row(m),
+        "positive": fmt(expert.positive_prompts),
+        "negative": fmt(expert.negative_prompts),
+    }
 
 
 def _calibration_source(q) -> str:
@@ -164,5 +204,8 @@ def _calibration_source(q) -> str:
 
 
 def _weights(result: StageResult, prefix: str) -> dict[str, str]:
-    return {name[len(prefix):]: meta["sha256"] for name, meta in sorted(result.record["files"].items())
-            if name.startswith(prefix) and name.endswith(".safetensors")}
+    return {
+        name[len(prefix) :]: meta["sha256"]
+        for name, meta in sorted(result.record["files"].items())
+        if name.startswith(prefix) and name.endswith(".safetensors")
+    }

@@ -44,9 +44,14 @@ class EvaluateStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         check_text_files(recipe, "verify.files", recipe.verify.files)
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
-        return {"eval": source_fingerprint(CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files")}
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        return {
+            "eval": source_fingerprint(
+                CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files"
+            )
+        }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
@@ -61,7 +66,9 @@ class EvaluateStage(Stage):
         tokenizer = AutoTokenizer.from_pretrained(merged)
         windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
         if not windows:
-            raise InputFileError(f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}")
+            raise InputFileError(
+                f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}"
+            )
 
         structure = merge_structure(merged, paths["base"], experts)
         moe = StreamingLM(merged)
@@ -83,11 +90,15 @@ class EvaluateStage(Stage):
             hidden_lp, hidden_routers = zip(*hidden.run(inputs, desc="verify: hidden-state routers"))
             ppl["moe (hidden-state routers)"] = perplexity_of(hidden_lp, windows)
             hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)
-        save_file({
-            "tokens": torch.tensor([ids for _, ids in windows]),
-            "logprobs": torch.stack(logprobs).contiguous(),
-            "router": router.contiguous(),
-        }, ctx.out / "reference.safetensors", metadata={"format": "pt"})
+        save_file(
+            {
+                "tokens": torch.tensor([ids for _, ids in windows]),
+                "logprobs": torch.stack(logprobs).contiguous(),
+                "router": router.contiguous(),
+            },
+            ctx.out / "reference.safetensors",
+            metadata={"format": "pt"},
+        )
         result = {
             "domains": domains,
             "seq_len": v.seq_len,

@@ -38,11 +38,14 @@ class GatesStage(Stage):
             check_text_files(recipe, "gates.files", recipe.gates.files)
             require_gpu_if_asked(recipe.gates.device, "gates.device")
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
         if not recipe.gates.fit:
             return {}
-        return {"text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files")}
+        return {
+            "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files")
+        }
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
         size = sum(f["size"] for f in inputs["merge"].record["files"].values())
@@ -68,8 +71,10 @@ class GatesStage(Stage):
         model = load_merged(merged, dtype="float32" if device == "cpu" else "bfloat16")
         fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, device)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
-        ctx.log(f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s on {sum(map(len, groups))} windows: "
-                f"loss {fit.loss[0]:.3f} -> {fit.loss[-1]:.3f}")
+        ctx.log(
+            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s on {sum(map(len, groups))} windows: "
+            f"loss {fit.loss[0]:.3f} -> {fit.loss[-1]:.3f}"
+        )
         return {
             "fitted": True,
             "device": device,

@@ -23,8 +23,9 @@ class LockStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {"recipe": published_recipe(recipe)}
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
         return current_lock(recipe, state, download=not offline)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:

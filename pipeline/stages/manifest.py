@@ -38,15 +38,18 @@ class ManifestStage(Stage):
         for folder in self.publishes:
             out = ctx.out / folder
             out.mkdir()
-            write_json(out / MANIFEST, {
-                "format": FORMAT,
-                "build_id": lock.record["result"]["build_id"],
-                "folder": folder,
-                "recipe": published_recipe(ctx.recipe),
-                "lock": lock.record["fingerprint"],
-                "stages": stages,
-                "files": {rel: meta["sha256"] for rel, meta in sorted(published_files(ctx.inputs, folder).items())},
-            })
+            write_json(
+                out / MANIFEST,
+                {
+                    "format": FORMAT,
+                    "build_id": lock.record["result"]["build_id"],
+                    "folder": folder,
+                    "recipe": published_recipe(ctx.recipe),
+                    "lock": lock.record["fingerprint"],
+                    "stages": stages,
+                    "files": {rel: meta["sha256"] for rel, meta in sorted(published_files(ctx.inputs, folder).items())},
+                },
+            )
         return {"build_id": lock.record["result"]["build_id"]}
 
 

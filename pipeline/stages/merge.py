@@ -62,17 +62,19 @@ class MergeStage(Stage):
         recipe = ctx.recipe
         models = ctx.inputs["resolve"].record["result"]["models"]
         paths = {m["role"]: m["path"] for m in models}
-        config = MoEMergeConfig.model_validate({
-            "base_model": paths["base"],
-            "gate_mode": recipe.gate_mode,
-            "dtype": recipe.dtype,
-            "experts_per_token": recipe.experts_per_token,
-            "architecture": recipe.architecture,
-            "experts": [
-                {**e.model_dump(exclude={"source_model"}), "source_model": paths[f"experts[{i}]"]}
-                for i, e in enumerate(recipe.experts)
-            ],
-        })
+        config = MoEMergeConfig.model_validate(
+            {
+                "base_model": paths["base"],
+                "gate_mode": recipe.gate_mode,
+                "dtype": recipe.dtype,
+                "experts_per_token": recipe.experts_per_token,
+                "architecture": recipe.architecture,
+                "experts": [
+                    {**e.model_dump(exclude={"source_model"}), "source_model": paths[f"experts[{i}]"]}
+                    for i, e in enumerate(recipe.experts)
+                ],
+            }
+        )
         device = resolve_device(recipe.merge.device)
         options = MergeOptions(
             out_shard_size=recipe.merge.shard_size,
@@ -91,7 +93,9 @@ class MergeStage(Stage):
         except SystemExit:  # mergekit reports some config problems by exiting
             raise FrankenmoeError("merge: mergekit-moe rejected the configuration (see its message above)") from None
         except KeyError as e:
-            raise IncompatibleModelsError(f"merge: a source model lacks tensor {e}; is it a Llama/Mistral checkpoint?") from None
+            raise IncompatibleModelsError(
+                f"merge: a source model lacks tensor {e}; is it a Llama/Mistral checkpoint?"
+            ) from None
 
         shards = sorted(f.name for f in model_dir.glob("*.safetensors"))
         for f in shards:
@@ -112,14 +116,20 @@ def classic_mixtral_names() -> Iterator[None]:
     of being fused, and the router as `block_sparse_moe.gate.weight`."""
     import mergekit.moe.mixtral as mixtral
 
-    if not (hasattr(mixtral, "convert_and_save_checkpoint_tensors") and hasattr(mixtral.MixtralMoE, "_router_weight_name")):
-        raise EnvironmentProblem("merge: this mergekit does not write Mixtral the way frankenmoe expects; "
-                                 "install the pinned version (make setup)")
+    if not (
+        hasattr(mixtral, "convert_and_save_checkpoint_tensors") and hasattr(mixtral.MixtralMoE, "_router_weight_name")
+    ):
+        raise EnvironmentProblem(
+            "merge: this mergekit does not write Mixtral the way frankenmoe expects; "
+            "install the pinned version (make setup)"
+        )
     fuse, router = mixtral.convert_and_save_checkpoint_tensors, mixtral.MixtralMoE._router_weight_name
 
     def save_per_expert(model_type, source_tensors, target_name, writer, out_dtype=None, clone=False):
         for name, tensor in source_tensors.items():  # model.layers.N.mlp.experts.E.wK.weight
-            writer.save_tensor(name.replace(".mlp.", ".block_sparse_moe."), tensor.to(dtype=out_dtype).contiguous(), clone=clone)
+            writer.save_tensor(
+                name.replace(".mlp.", ".block_sparse_moe."), tensor.to(dtype=out_dtype).contiguous(), clone=clone
+            )
 
     mixtral.convert_and_save_checkpoint_tensors = save_per_expert
     mixtral.MixtralMoE._router_weight_name = lambda self, i: f"model.layers.{i}.block_sparse_moe.gate.weight"

@@ -42,10 +42,14 @@ def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> N
     actual = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if actual != set(expected):
         extra, missing = sorted(actual - set(expected)), sorted(set(expected) - actual)
-        raise PublishError(f"push: {folder} does not match its build record (extra: {extra[:3]}, missing: {missing[:3]}); rebuild it")
+        raise PublishError(
+            f"push: {folder} does not match its build record (extra: {extra[:3]}, missing: {missing[:3]}); rebuild it"
+        )
     for rel, meta in sorted(expected.items()):
         if state.sha256(folder / rel) != meta["sha256"]:
-            raise PublishError(f"push: {folder / rel} differs from the sha256 in its build record; rebuild before pushing")
+            raise PublishError(
+                f"push: {folder / rel} differs from the sha256 in its build record; rebuild before pushing"
+            )
 
 
 def is_transient(err: BaseException) -> bool:
@@ -97,7 +101,9 @@ class PushStage(Stage):
             raise PublishError("push: verify failed for this build, so it is not pushed; see dist/<name>/awq/verify.md")
         targets = [(folder, getattr(p, folder).repo_id) for folder in ("merged", "awq") if getattr(p, folder)]
         if not targets:
-            raise PublishError("publish: push is true but neither publish.merged.repo_id nor publish.awq.repo_id is set")
+            raise PublishError(
+                "publish: push is true but neither publish.merged.repo_id nor publish.awq.repo_id is set"
+            )
         for folder, _ in targets:
             check_folder(ctx.dist / folder, published_files(ctx.inputs, folder), ctx.state)
         build_id = ctx.inputs["card"].record["result"]["build_id"]
@@ -111,8 +117,9 @@ class PushStage(Stage):
         return {"pushed": True, "endpoint": endpoint(), "repos": pushed}
 
 
-def push_folder(folder: Path, repo_id: str, private: bool, revision: str, message: str,
-                log: Callable[[str], None]) -> dict:
+def push_folder(
+    folder: Path, repo_id: str, private: bool, revision: str, message: str, log: Callable[[str], None]
+) -> dict:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -122,9 +129,11 @@ def push_folder(folder: Path, repo_id: str, private: bool, revision: str, messag
         if revision != "main":
             with_retries(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"branch {revision}", log)
         info = with_retries(
-            lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message,
-                                      delete_patterns="*"),
-            f"upload {folder.name} to {repo_id}", log,
+            lambda: api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message, delete_patterns="*"
+            ),
+            f"upload {folder.name} to {repo_id}",
+            log,
         )
     except Exception as err:
         if not (isinstance(err, (HfHubHTTPError, OSError)) or is_transient(err)):
@@ -133,10 +142,12 @@ def push_folder(folder: Path, repo_id: str, private: bool, revision: str, messag
         if status in REFUSED:
             raise PublishError(scrub(f"push: {folder} to {repo_id}: {REFUSED[status]}")) from None
         why = f"HTTP {status}" if status else type(err).__name__
-        raise PublishError(scrub(
-            f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "
-            "was committed by this try; rerun the same build command to resume"
-        )) from None
+        raise PublishError(
+            scrub(
+                f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "
+                "was committed by this try; rerun the same build command to resume"
+            )
+        ) from None
     return {"repo_id": repo_id, "revision": revision, "commit": info.oid}
 
 
@@ -145,5 +156,7 @@ def dry_run(folder: Path, repo_id: str) -> list[str]:
     lines = [f"{repo_id}: from {folder}"]
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         lfs = f.suffix in LFS_SUFFIXES or f.stat().st_size > 10 * 2**20
-        lines.append(f"  {f.relative_to(folder).as_posix():<40} {f.stat().st_size:>12,d} B  {'lfs' if lfs else 'regular'}")
+        lines.append(
+            f"  {f.relative_to(folder).as_posix():<40} {f.stat().st_size:>12,d} B  {'lfs' if lfs else 'regular'}"
+        )
     return lines

@@ -37,7 +37,14 @@ from pipeline.routing import expert_token_counts
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.streaming import StreamingLM
 
-COPY_FROM_MERGED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
+COPY_FROM_MERGED = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 NORM = re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$")
 ROUTER = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$")
 
@@ -56,20 +63,26 @@ class QuantizeStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return recipe.quantize.model_dump()
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
         # Where and in which dtype AWQ computes shapes the bytes: a CPU build and a
         # GPU build never share a cache entry.
-        return {"calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root),
-                "compute": machine_compute_path()}
+        return {
+            "calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root),
+            "compute": compute_path(),
+        }
 
     def preflight(self, recipe: Recipe) -> None:
         """Text files readable, and a group size that fits the base model's config
         (when the base is on disk already), before any stage runs."""
         from pipeline.models import locate, read_config
 
-        check_text_files(recipe, "quantize.calibration.files", [] if recipe.quantize.calibration.dataset
-                         else recipe.quantize.calibration.files)
+        check_text_files(
+            recipe,
+            "quantize.calibration.files",
+            [] if recipe.quantize.calibration.dataset else recipe.quantize.calibration.files,
+        )
         base = locate("base", recipe.base_model, recipe.root, download=False)
         if base is not None and (base.path / "config.json").is_file():
             choose_group_size(read_config(base), recipe.quantize.group_size)
@@ -88,9 +101,15 @@ class QuantizeStage(Stage):
         cal = calibration_windows(q.calibration, tokenizer, ctx.recipe.root)
         counts = self._check_coverage(merged, cal.windows, q)
         total = len(cal.windows) * q.calibration.seq_len
-        seen = f"every expert sees all {total} tokens" if q.calibrate_all_experts else \
-            f"fewest routed tokens to one expert: {min(min(r) for r in counts)}"
-        ctx.log(f"quantize  calibration: {len(cal.windows)} x {q.calibration.seq_len} tokens, group size {group_size}; {seen}")
+        seen = (
+            f"every expert sees all {total} tokens"
+            if q.calibrate_all_experts
+            else f"fewest routed tokens to one expert: {min(min(r) for r in counts)}"
+        )
+        ctx.log(
+            f"quantize  calibration: {len(cal.windows)} x {q.calibration.seq_len} tokens, group size {group_size}; "
+            f"{seen}"
+        )
 
         scratch = ctx.out / "engine"
         self._quantize(merged, scratch, cal.windows, group_size, ctx)
@@ -109,7 +128,9 @@ class QuantizeStage(Stage):
                 t = t.to(torch.float16)
             return t
 
-        shards = write_sharded(pieces, model_dir, q.shard_size, desc="quantize: writing AWQ layout", transform=to_contract)
+        shards = write_sharded(
+            pieces, model_dir, q.shard_size, desc="quantize: writing AWQ layout", transform=to_contract
+        )
         self._write_config(scratch, model_dir, q, group_size)
         for name in COPY_FROM_MERGED:
             if (merged / name).is_file():
@@ -117,19 +138,23 @@ class QuantizeStage(Stage):
         shutil.rmtree(scratch)
         assert_no_local_paths(model_dir, [ctx.out, Path.cwd(), Path.home()])
         scaled = sum(int((f != 1).sum()) for f in factors.values())
-        ctx.log(f"quantize  {sum(1 for p in pieces if p.name.endswith('.qweight'))} linears at {q.bits} bits, "
-                f"router columns compensated: {scaled}")
+        ctx.log(
+            f"quantize  {sum(1 for p in pieces if p.name.endswith('.qweight'))} linears at {q.bits} bits, "
+            f"router columns compensated: {scaled}"
+        )
         return {
             "calibration": cal.source,
             "group_size": group_size,
             "calibrate_all_experts": q.calibrate_all_experts,
-            "compute_dtype": machine_compute_path()["dtype"],
+            "compute_dtype": compute_path()["dtype"],
             # Tokens the router sends to each expert (per layer); with all-experts
             # calibration the statistics of every expert cover all `total` tokens.
             "expert_tokens": counts,
             "expert_tokens_seen": [[total] * len(r) for r in counts] if q.calibrate_all_experts else counts,
             "undercalibrated": [] if q.calibrate_all_experts else _under(counts, q.min_expert_tokens),
-            "router_compensation": {layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())},
+            "router_compensation": {
+                layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())
+            },
             "shards": shards,
         }
 
@@ -156,11 +181,16 @@ class QuantizeStage(Stage):
         windows_file = ctx.out / "calibration-windows.json"
         windows_file.write_text(json.dumps(windows))
         spec = {  # absolute paths: the engine runs in its own working folder
-            "model": str(merged.resolve()), "out": str(scratch.resolve()), "windows": str(windows_file.resolve()),
-            "bits": q.bits, "group_size": group_size, "zero_point": q.zero_point,
+            "model": str(merged.resolve()),
+            "out": str(scratch.resolve()),
+            "windows": str(windows_file.resolve()),
+            "bits": q.bits,
+            "group_size": group_size,
+            "zero_point": q.zero_point,
             "calibrate_all_experts": q.calibrate_all_experts,
-            "compute_dtype": machine_compute_path()["dtype"],
-            "seed": q.calibration.seed, "trust_remote_code": ctx.recipe.trust_remote_code,
+            "compute_dtype": compute_path()["dtype"],
+            "seed": q.calibration.seed,
+            "trust_remote_code": ctx.recipe.trust_remote_code,
         }
         run_engine(spec, ctx.out / "engine-spec.json", ctx.out / "engine.log")
 
@@ -171,13 +201,6 @@ class QuantizeStage(Stage):
         config["dtype"] = "float16"
         config.pop("torch_dtype", None)
         write_json(model_dir / "config.json", config)
-
-
-def machine_compute_path() -> dict[str, str]:
-    """awq_engine.compute_path() without importing torch on a machine with no NVIDIA
-    driver (a no-op rebuild stays well under two seconds)."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return compute_path(gpu=True if gpus.is_dir() and any(gpus.iterdir()) else None)
 
 
 def quantize_disk_bytes(merged_bytes: int) -> int:
@@ -218,4 +241,6 @@ def assert_no_local_paths(folder: Path, roots: list[Path]) -> None:
             text = f.read_text(encoding="utf-8", errors="replace")
             for needle in needles:
                 if needle and needle in text:
-                    raise FrankenmoeError(f"quantize: {f.name} would publish a local path or host name ({needle!r}); this is a bug")
+                    raise FrankenmoeError(
+                        f"quantize: {f.name} would publish a local path or host name ({needle!r}); this is a bug"
+                    )

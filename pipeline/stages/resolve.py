@@ -30,8 +30,9 @@ class ResolveStage(Stage):
             models.append({"role": role, "hub_id": ref.id if hub else None, "revision": ref.revision})
         return {"models": models, "trust_remote_code": recipe.trust_remote_code}
 
-    def fingerprint(self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult],
-                    offline: bool = False) -> dict[str, Any] | None:
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
         out = {}
         for role, ref in recipe.all_models():
             located = locate(role, ref, recipe.root, download=not offline)
@@ -49,16 +50,20 @@ class ResolveStage(Stage):
         models = []
         for m in located:
             files = {f.name: {"sha256": ctx.state.sha256(f), "size": f.stat().st_size} for f in model_files(m.path)}
-            models.append({
-                "role": m.role,
-                "ref": portable(m.ref.display()),
-                "hub_id": m.ref.id if m.commit else None,
-                "commit": m.commit,
-                "path": str(m.path),
-                "files": files,
-                "config": summaries[m.role],
-                **card_facts(m),
-            })
-            ctx.log(f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)"))
+            models.append(
+                {
+                    "role": m.role,
+                    "ref": portable(m.ref.display()),
+                    "hub_id": m.ref.id if m.commit else None,
+                    "commit": m.commit,
+                    "path": str(m.path),
+                    "files": files,
+                    "config": summaries[m.role],
+                    **card_facts(m),
+                }
+            )
+            ctx.log(
+                f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)")
+            )
         write_json(ctx.out / "sources.json", {"models": [{k: v for k, v in m.items() if k != "path"} for m in models]})
         return {"models": models}

@@ -66,16 +66,25 @@ def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dic
     worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
     mae_limit = v.max_router_weight_mae
     mae_ok = mae_limit is None or worst_mae <= mae_limit
-    weights = f"router weights differ by at most {worst_mae:.4f} per layer" + \
-        (f" (max {mae_limit})" if mae_limit is not None else " (no limit set)")
+    weights = f"router weights differ by at most {worst_mae:.4f} per layer" + (
+        f" (max {mae_limit})" if mae_limit is not None else " (no limit set)"
+    )
     if top_k >= experts:
-        return _check("routing_parity", mae_ok, f"every expert sees every token (top-{top_k} of {experts}); {weights}",
-                      router_weight_mae=cmp["router_weight_mae"], topk_applies=False)
+        return _check(
+            "routing_parity",
+            mae_ok,
+            f"every expert sees every token (top-{top_k} of {experts}); {weights}",
+            router_weight_mae=cmp["router_weight_mae"],
+            topk_applies=False,
+        )
     return _check(
-        "routing_parity", mae_ok and worst_agree >= v.min_routing_agreement,
+        "routing_parity",
+        mae_ok and worst_agree >= v.min_routing_agreement,
         f"top-{top_k} experts agree on at least {worst_agree:.1%} of tokens at every layer "
         f"(min {v.min_routing_agreement:.0%}); {weights}",
-        router_weight_mae=cmp["router_weight_mae"], router_topk_agreement=cmp["router_topk_agreement"], topk_applies=True,
+        router_weight_mae=cmp["router_weight_mae"],
+        router_topk_agreement=cmp["router_topk_agreement"],
+        topk_applies=True,
     )
 
 
@@ -89,16 +98,23 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
     checks = []
 
     s = ref["structure"]
-    checks.append(_check(
-        "merge_structure", not s["mismatches"],
-        f"{s['tensors_checked']} tensors equal their source bit for bit" if not s["mismatches"]
-        else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
-        mismatches=s["mismatches"], expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
-    ))
+    checks.append(
+        _check(
+            "merge_structure",
+            not s["mismatches"],
+            f"{s['tensors_checked']} tensors equal their source bit for bit"
+            if not s["mismatches"]
+            else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
+            mismatches=s["mismatches"],
+            expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
+        )
+    )
     warnings = [
         f"expert {e} ({ref['expert_sources'][e]}): {group} differs from the base by {d:.2%} (relative norm); "
         "only its MLP is used in the MoE, so this part of its training is lost"
-        for e, groups in enumerate(s["expert_non_mlp_relative_diff"]) for group, d in groups.items() if d > SHARED_WEIGHTS_TOL
+        for e, groups in enumerate(s["expert_non_mlp_relative_diff"])
+        for group, d in groups.items()
+        if d > SHARED_WEIGHTS_TOL
     ]
 
     forced = []
@@ -106,12 +122,20 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
         shares = all(d <= SHARED_WEIGHTS_TOL for d in s["expert_non_mlp_relative_diff"][f["expert"]].values())
         forced.append({**f, "applies": shares, "passed": (f["max_abs"] <= v.forced_routing_atol) or not shares})
     bad = [f for f in forced if not f["passed"]]
-    checks.append(_check(
-        "forced_routing", not bad,
-        "each expert reproduces its source (largest log-prob difference " + ", ".join(f"{f['max_abs']:.2e}" for f in forced) + ")"
-        if not bad else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> {v.forced_routing_atol})",
-        experts=forced, atol=v.forced_routing_atol,
-    ))
+    checks.append(
+        _check(
+            "forced_routing",
+            not bad,
+            "each expert reproduces its source (largest log-prob difference "
+            + ", ".join(f"{f['max_abs']:.2e}" for f in forced)
+            + ")"
+            if not bad
+            else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> "
+            f"{v.forced_routing_atol})",
+            experts=forced,
+            atol=v.forced_routing_atol,
+        )
+    )
 
     load_problems = []
     for label, folder in (("merged", merged), ("awq", candidate)):
@@ -119,24 +143,49 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
             load_problems += [f"{label}: {p}" for p in StreamingLM(folder).check()]
         except InputFileError as e:
             load_problems.append(f"{label}: {e}")
-    checks.append(_check("consumer_load", not load_problems,
-                         "both folders load with no missing, mis-shaped or unexpected tensor" if not load_problems else load_problems[0],
-                         problems=load_problems))
+    checks.append(
+        _check(
+            "consumer_load",
+            not load_problems,
+            "both folders load with no missing, mis-shaped or unexpected tensor"
+            if not load_problems
+            else load_problems[0],
+            problems=load_problems,
+        )
+    )
 
     if not load_problems:
         with safe_open(evaluate.path / "reference.safetensors", framework="pt") as st:
-            ref_logprobs, ref_router, tokens = st.get_tensor("logprobs"), st.get_tensor("router"), st.get_tensor("tokens")
+            ref_logprobs, ref_router, tokens = (
+                st.get_tensor("logprobs"),
+                st.get_tensor("router"),
+                st.get_tensor("tokens"),
+            )
         windows = [(d, ids) for d, ids in zip(ref["domains"], tokens.tolist())]
         cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
         router4 = cmp.pop("router_4bit")
         kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
         q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
-        checks.append(_check(
-            "quantization_parity", q_ok,
-            f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
-            f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
-            **{k: cmp[k] for k in ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit", "perplexity_ratio")},
-        ))
+        checks.append(
+            _check(
+                "quantization_parity",
+                q_ok,
+                f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
+                f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
+                **{
+                    k: cmp[k]
+                    for k in (
+                        "tokens",
+                        "kl_mean",
+                        "kl_p99",
+                        "top1_agreement",
+                        "perplexity_16bit",
+                        "perplexity_4bit",
+                        "perplexity_ratio",
+                    )
+                },
+            )
+        )
         checks.append(_routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])))
         routing_4bit = routing_stats(router4, ref["domains"], ref["seq_len"], ref["top_k"])
     else:
@@ -145,16 +194,30 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
         routing_4bit = None
 
     dead = dead_experts(ref["routing_16bit"], v.dead_expert_share)
-    checks.append(_check(
-        "dead_experts", not (dead and v.fail_on_dead_experts),
-        "no dead expert: each gets at least " f"{v.dead_expert_share:.0%} of the routed weight on some domain at every layer"
-        if not dead else "; ".join(f"expert {d['expert']} ({ref['expert_sources'][d['expert']]}) is dead at {len(d['layers'])} "
-                                   f"of {len(ref['routing_16bit'][ref['domains'][0]]['share'])} layers (at most "
-                                   f"{d['largest']:.1%} of the routed weight on any domain)" for d in dead)
-        + ("" if not dead else "; fit the routers (gates.fit: true)"
-           + ("" if v.fail_on_dead_experts else " — reported, not failed (verify.fail_on_dead_experts)")),
-        experts=dead, share=v.dead_expert_share, enforced=v.fail_on_dead_experts,
-    ))
+    checks.append(
+        _check(
+            "dead_experts",
+            not (dead and v.fail_on_dead_experts),
+            "no dead expert: each gets at least "
+            f"{v.dead_expert_share:.0%} of the routed weight on some domain at every layer"
+            if not dead
+            else "; ".join(
+                f"expert {d['expert']} ({ref['expert_sources'][d['expert']]}) is dead at {len(d['layers'])} "
+                f"of {len(ref['routing_16bit'][ref['domains'][0]]['share'])} layers (at most "
+                f"{d['largest']:.1%} of the routed weight on any domain)"
+                for d in dead
+            )
+            + (
+                ""
+                if not dead
+                else "; fit the routers (gates.fit: true)"
+                + ("" if v.fail_on_dead_experts else " — reported, not failed (verify.fail_on_dead_experts)")
+            ),
+            experts=dead,
+            share=v.dead_expert_share,
+            enforced=v.fail_on_dead_experts,
+        )
+    )
     if dead:
         warnings.append(checks[-1]["summary"])
 

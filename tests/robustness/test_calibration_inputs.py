@@ -21,19 +21,24 @@ def recipe_with(tmp_path: Path, **calibration) -> Path:
     return path
 
 
-@pytest.mark.parametrize("content, expected", [
-    (None, "quantize.calibration.files: {f}: file not found"),
-    (b"", "quantize.calibration.files: {f}: no text in file"),
-    (b'{"text": "  "}\n', "quantize.calibration.files: {f}: no text in file"),
-    ("café".encode("latin-1"), "quantize.calibration.files: {f}: not UTF-8 text (byte 3); convert it to UTF-8"),
-    (b'{"txt": "hello"}\n', 'quantize.calibration.files: {f}:1: expected a JSON object with a "text" field'),
-    (b'{"text": "fine"}\n{"text": null}\n', 'quantize.calibration.files: {f}:2: "text" is NoneType, not a string'),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "quantize.calibration.files: {f}: file not found"),
+        (b"", "quantize.calibration.files: {f}: no text in file"),
+        (b'{"text": "  "}\n', "quantize.calibration.files: {f}: no text in file"),
+        ("café".encode("latin-1"), "quantize.calibration.files: {f}: not UTF-8 text (byte 3); convert it to UTF-8"),
+        (b'{"txt": "hello"}\n', 'quantize.calibration.files: {f}:1: expected a JSON object with a "text" field'),
+        (b'{"text": "fine"}\n{"text": null}\n', 'quantize.calibration.files: {f}:2: "text" is NoneType, not a string'),
+    ],
+)
 def test_bad_calibration_file_stops_the_build_before_anything_runs(tmp_path, content, expected):
     f = tmp_path / "cal.jsonl"
     if content is not None:
         f.write_bytes(content)
-    proc = run_cli("build", str(recipe_with(tmp_path, files=[str(f)])), build=tmp_path / "build", dist=tmp_path / "dist")
+    proc = run_cli(
+        "build", str(recipe_with(tmp_path, files=[str(f)])), build=tmp_path / "build", dist=tmp_path / "dist"
+    )
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.strip() == "error: " + expected.format(f=f)
     assert not (tmp_path / "build").exists() and not (tmp_path / "dist").exists()
@@ -65,5 +70,8 @@ def test_cuda_without_a_gpu_is_one_line_naming_the_key(tmp_path, section):
     recipe.write_text(yaml.safe_dump(data))
     proc = run_cli("build", str(recipe), build=tmp_path / "build", dist=tmp_path / "dist")
     assert proc.returncode == 5, proc.stderr
-    assert proc.stderr.strip() == f"error: {section}.device: cuda, but torch finds no usable GPU on this machine; set it to auto or cpu"
+    assert (
+        proc.stderr.strip()
+        == f"error: {section}.device: cuda, but torch finds no usable GPU on this machine; set it to auto or cpu"
+    )
     assert not (tmp_path / "build").exists()

@@ -27,8 +27,13 @@ from tests.test_build_cache import RECIPE, Counting
 def small_disk(path: Path, size: str, options: str = "") -> Iterator[bool]:
     """A tmpfs of `size` at `path`; yields False (and a plain folder) where mounting is not allowed."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{',' + options if options else ''}", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}{',' + options if options else ''}", "tmpfs", str(path)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -58,7 +63,9 @@ def test_disk_filling_during_a_stage_keeps_nothing(tmp_path):
         layout = Layout(tmp_path / "disk" / "build", tmp_path / "dist", "unit")
         stage = Writes()
         stage.mounted = mounted
-        with pytest.raises(EnvironmentProblem, match=r"writes: disk full while writing .*; nothing was kept, free space and rerun"):
+        with pytest.raises(
+            EnvironmentProblem, match=r"writes: disk full while writing .*; nothing was kept, free space and rerun"
+        ):
             run_stage(stage, RECIPE, layout, {}, HashState(layout.build_root / ".h.json"), False, log=lambda _: None)
         assert list((layout.build / "writes").iterdir()) == [], "a partial output was kept"
         if mounted:
@@ -77,7 +84,9 @@ def test_disk_filling_while_publishing_leaves_dist_as_it_was(example, tmp_path):
         proc = run_cli("build", str(EXAMPLE), build=build, dist=tmp_path / "dist")
         assert proc.returncode == 5, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            f"error: publish: disk full while writing {tmp_path / 'dist' / 'tiny-2x' / 'awq'}; it was left as it was, free space and rerun"]
+            f"error: publish: disk full while writing {tmp_path / 'dist' / 'tiny-2x' / 'awq'}; it was left as it "
+            "was, free space and rerun"
+        ]
         assert [p.name for p in (tmp_path / "dist" / "tiny-2x").iterdir()] == [], "a partial folder was left in dist/"
     rerun = run_cli("build", str(EXAMPLE), build=build, dist=tmp_path / "dist")
     assert rerun.returncode == 0, rerun.stderr
@@ -90,7 +99,10 @@ def test_too_little_free_space_is_refused_before_the_stage_starts(fixture_models
             pytest.skip("mounting a small file system is not allowed here (tests/test_build_cache.py covers the check)")
         proc = run_cli("build", str(EXAMPLE), build=tmp_path / "disk" / "build", dist=tmp_path / "dist")
         assert proc.returncode == 5, proc.stderr
-        assert proc.stderr.startswith("error: merge: needs about ") and "free some space or point FRANKENMOE_BUILD_DIR" in proc.stderr
+        assert (
+            proc.stderr.startswith("error: merge: needs about ")
+            and "free some space or point FRANKENMOE_BUILD_DIR" in proc.stderr
+        )
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not list((tmp_path / "disk" / "build" / "tiny-2x" / "merge").glob("*"))
 

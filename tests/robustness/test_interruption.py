@@ -47,12 +47,18 @@ sys.exit(main(sys.argv[1:]))
 
 
 def start_build(build: Path, dist: Path, wrapper: Path | None = None, **popen) -> subprocess.Popen:
-    env = {**os.environ, "FRANKENMOE_BUILD_DIR": str(build), "FRANKENMOE_DIST_DIR": str(dist), "FRANKENMOE_NO_PROGRESS": "1"}
+    env = {
+        **os.environ,
+        "FRANKENMOE_BUILD_DIR": str(build),
+        "FRANKENMOE_DIST_DIR": str(dist),
+        "FRANKENMOE_NO_PROGRESS": "1",
+    }
     if wrapper:
         env["WRITE_MARKS"] = str(wrapper.with_suffix(".marks"))
     cmd = [sys.executable, str(wrapper)] if wrapper else [sys.executable, "-m", "pipeline.cli"]
-    return subprocess.Popen([*cmd, "build", str(EXAMPLE)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    return subprocess.Popen(
+        [*cmd, "build", str(EXAMPLE)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
+    )
 
 
 def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
@@ -74,7 +80,11 @@ def finished_keys(stage_dir: Path) -> list[Path]:
 
 def same_model_files(a: Path, b: Path) -> None:
     ha, hb = file_hashes(a), file_hashes(b)
-    shared = [n for n in ha if n.endswith(".safetensors") or n in ("config.json", "model.safetensors.index.json", "tokenizer.json")]
+    shared = [
+        n
+        for n in ha
+        if n.endswith(".safetensors") or n in ("config.json", "model.safetensors.index.json", "tokenizer.json")
+    ]
     assert len(shared) >= 4 and {n: ha[n] for n in shared} == {n: hb.get(n) for n in shared}
 
 
@@ -104,7 +114,11 @@ def test_kill_during_merge_then_resume_gives_identical_bytes(example, tmp_path):
 def test_kill_while_merge_writes_its_shards(example, tmp_path, wrapper):
     build, dist = tmp_path / "build", tmp_path / "dist"
     proc = start_build(build, dist, wrapper)
-    wait_for(proc, lambda: len([m for m in marks(wrapper, "/merge/.tmp-") if "/model/" in m]) >= 3, "three merge shards were written")
+    wait_for(
+        proc,
+        lambda: len([m for m in marks(wrapper, "/merge/.tmp-") if "/model/" in m]) >= 3,
+        "three merge shards were written",
+    )
     proc.kill()
     proc.wait()
     merge_dir = build / "tiny-2x" / "merge"

@@ -32,11 +32,14 @@ def test_compatible_models_pass(tmp_path, tok_source):
     assert summary["a"]["hidden_size"] == 64 and summary["a"]["tensors"] > 0
 
 
-@pytest.mark.parametrize("field, kw", [
-    ("hidden_size", {"hidden": 128}),
-    ("intermediate_size", {"inter": 256}),
-    ("num_hidden_layers", {"layers": 3}),
-])
+@pytest.mark.parametrize(
+    "field, kw",
+    [
+        ("hidden_size", {"hidden": 128}),
+        ("intermediate_size", {"inter": 256}),
+        ("num_hidden_layers", {"layers": 3}),
+    ],
+)
 def test_shape_mismatch_names_both_models_and_field(tmp_path, tok_source, field, kw):
     base, odd = make(tmp_path, "base", tok_source), make(tmp_path, "odd", tok_source, **kw)
     with pytest.raises(IncompatibleModelsError) as e:
