@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import EnvironmentProblem, FrankenmoeError
+from pipeline.errors import EnvironmentProblem, FrankenmoeError, InputFileError
 
 FIXTURES_DIR = Path("fixtures")
 
@@ -168,6 +168,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from pipeline.loading import load_model
 
+    if not (args.dir / "config.json").is_file():
+        raise InputFileError(
+            f"generate: {args.dir}: not a model folder (no config.json); give dist/<name>/awq or dist/<name>/merged"
+        )
     _quiet_libraries()
     model = load_model(args.dir, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(args.dir)
@@ -178,6 +182,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     print(tokenizer.decode(out[0], skip_special_tokens=True))
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line that says what to do about this operating-system error, by its kind."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space, or point FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR at a larger disk",
+        errno.EDQUOT: "free some space, or point FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR at a larger disk",
+        errno.ENOENT: "check the path",
+        errno.EACCES: "check its permissions",
+        errno.EPERM: "check its permissions",
+        errno.EROFS: "it is on a read-only file system; use a writable folder (FRANKENMOE_BUILD_DIR / "
+        "FRANKENMOE_DIST_DIR move the build)",
+    }.get(e.errno, "check the folder (FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR move the build)")
+    return f"{where}{e.strerror or e}; {hint}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -291,12 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         return 141
     except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
-        where = f"{e.filename}: " if e.filename else ""
-        print(
-            f"error: {where}{e.strerror or e}; check the folder and free space (FRANKENMOE_BUILD_DIR / "
-            "FRANKENMOE_DIST_DIR move them)",
-            file=sys.stderr,
-        )
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return EnvironmentProblem.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)

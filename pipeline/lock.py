@@ -33,7 +33,21 @@ from pipeline.recipe import Recipe
 from pipeline.versions import tool_versions
 
 FORMAT = 1
-PACKAGES = ["torch", "transformers", "tokenizers", "mergekit", "gptqmodel", "safetensors", "huggingface-hub", "numpy"]
+# Every package that writes published bytes: the model files, the card (jinja2 through
+# huggingface_hub), the routing heatmap (matplotlib), calibration from a dataset.
+PACKAGES = [
+    "torch",
+    "transformers",
+    "tokenizers",
+    "mergekit",
+    "gptqmodel",
+    "safetensors",
+    "huggingface-hub",
+    "numpy",
+    "jinja2",
+    "matplotlib",
+    "datasets",
+]
 
 
 class LockMismatch(FrankenmoeError):

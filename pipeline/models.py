@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import IncompatibleModelsError, InputFileError
+from pipeline.paths import resolve_path
 from pipeline.recipe import ModelRef
 
 # Everything a merge reads from a source; weights only as safetensors.
@@ -48,6 +49,9 @@ def locate(role: str, ref: ModelRef, root: Path, download: bool = True) -> Locat
     """The local folder holding `ref` (relative to `root`, the recipe's folder);
     downloads Hub ids unless `download` is False (then returns None when the files
     are not already in the local Hub cache)."""
+    if ref.revision and resolve_path(ref.display(), root).is_dir():
+        # A folder whose name has an '@' (mergekit's org/name@revision form split it).
+        return LocatedModel(role, ref, resolve_path(ref.display(), root).resolve(), None)
     local = ref.local_path(root)
     if local.is_dir():
         if ref.revision:

@@ -44,6 +44,7 @@ class VerifyStage(Stage):
             ctx.inputs["gates"].path / "model",
             ctx.inputs["quantize"].path / "model",
             ctx.out / "report",
+            quantization=_quantization_facts(ctx.inputs["quantize"].record["result"]),
         )
         for check in report["checks"]:
             ctx.log(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
@@ -88,9 +89,20 @@ def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dic
     )
 
 
-def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, candidate: Path, out: Path) -> dict:
+def _quantization_facts(result: dict) -> dict:
+    """How the build's 4-bit model was made, for the reader of verify.json: group
+    size, compute dtype, whether calibration went through every expert, and the
+    calibration tokens each expert saw (and was routed) per layer."""
+    keys = ("group_size", "compute_dtype", "calibrate_all_experts", "expert_tokens_seen", "expert_tokens")
+    return {k: result[k] for k in keys if k in result}
+
+
+def verify_candidate(
+    v: VerifySection, evaluate: StageResult, merged: Path, candidate: Path, out: Path, quantization: dict | None = None
+) -> dict:
     """Run every check of `candidate` (a folder in the published AWQ layout) against
-    the 16-bit reference; write verify.json, verify.md and routing.png into `out`."""
+    the 16-bit reference; write verify.json, verify.md and routing.png into `out`.
+    `quantization`: how the build made it (absent for someone else's candidate)."""
     from safetensors import safe_open
 
     ref = json.loads((evaluate.path / "reference.json").read_text())
@@ -227,6 +239,7 @@ def verify_candidate(v: VerifySection, evaluate: StageResult, merged: Path, cand
         "enforced": v.fail_on_mismatch,
         "failures": failures,
         "warnings": warnings,
+        "quantization": quantization,
         "thresholds": {**v.model_dump(exclude={"files"}), **limits},
         "checks": checks,
         "routing_report": {

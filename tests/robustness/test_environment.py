@@ -115,3 +115,22 @@ def test_read_only_output_folder_is_one_line_exit_5(fixture_models, tmp_path):
         assert proc.returncode == 5, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert str(tmp_path / "ro" / "build") in proc.stderr
+
+
+def test_generate_on_a_missing_folder_names_it(tmp_path):
+    proc = run_cli("generate", str(tmp_path / "nope"), "--prompt", "def f(")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: generate: {tmp_path / 'nope'}: not a model folder (no config.json); "
+        "give dist/<name>/awq or dist/<name>/merged"
+    )
+
+
+def test_operating_system_errors_say_what_to_do_by_kind():
+    import errno
+
+    from pipeline.cli import os_error_line
+
+    assert os_error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")).endswith("check the path")
+    assert "free some space" in os_error_line(OSError(errno.ENOSPC, "No space left on device", "/x"))
+    assert "free some space" not in os_error_line(PermissionError(errno.EACCES, "Permission denied", "/x"))

@@ -116,3 +116,23 @@ def test_hub_id_unavailable_offline(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         importlib.reload(huggingface_hub.constants)
+
+
+def test_a_local_folder_with_an_at_sign_is_a_folder_not_a_revision(tok_source, tmp_path):
+    from pipeline.recipe import parse_recipe
+
+    folder = tmp_path / "base@v2"
+    folder.symlink_to(tok_source, target_is_directory=True)
+    ref = parse_recipe(
+        {
+            "base_model": "base@v2",
+            "experts": [
+                {"source_model": "a", "positive_prompts": ["x"]},
+                {"source_model": "b", "positive_prompts": ["y"]},
+            ],
+        },
+        "r",
+        root=tmp_path,
+    ).base_model
+    got = locate("base", ref, tmp_path)
+    assert got.path == tok_source.resolve() and got.commit is None
