@@ -71,6 +71,7 @@ def key_material(stage: Stage, recipe: Recipe, fingerprint: dict, deps: dict[str
     """Everything that shapes a stage's output bytes; its hash is the stage key."""
     return {
         "stage": stage.name,
+        "stage_version": stage.version,
         "config": stage.config(recipe),
         "fingerprint": fingerprint,
         "inputs": {name: res.key for name, res in sorted(deps.items())},

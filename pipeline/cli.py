@@ -121,6 +121,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.build import default_layout, finished_results
     from pipeline.errors import VerifyFailed
     from pipeline.recipe import load_recipe
+    from pipeline.report import outcome
     from pipeline.stages.verify import verify_candidate
 
     recipe = load_recipe(args.recipe)
@@ -133,7 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     out = args.out or layout.build / "verify-candidate"
     report = verify_candidate(recipe.verify, done["evaluate"], done["gates"].path / "model", candidate, out)
     for check in report["checks"]:
-        print(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
+        print(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
     print(f"report: {out / 'verify.md'}")
     if not report["passed"]:
         raise VerifyFailed(report["failures"])

@@ -102,22 +102,42 @@ def moe_layers(names) -> set[int]:
 
 
 def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
-    """Per expert k: max and mean |log-prob difference| of the MoE routed fully to k
-    vs source k (both StreamingLM, so neither is ever held whole)."""
+    """Per expert k, the MoE routed fully to k against source k (both StreamingLM, so
+    neither is ever held whole): max and mean |log-prob difference| (0 when the
+    source shares the base's non-MLP weights), and how much of the expert survives
+    the merge: mean KL(source || forced MoE) and both perplexities."""
+    import torch
+
     inputs = [ids[:-1] for _, ids in windows]
     out = []
     for k, src in enumerate(sources):
-        worst, total, count = 0.0, 0.0, 0
+        worst, total, count, kl, nll_moe, nll_src = 0.0, 0.0, 0, 0.0, 0.0, 0.0
         pairs = zip(
             moe.run(inputs, expert=k, desc=f"verify: forced routing, expert {k}"),
             src.run(inputs, desc=f"verify: source of expert {k}"),
+            windows,
         )
-        for (a, _), (b, _) in pairs:
+        for (a, _), (b, _), (_, ids) in pairs:
             d = (a - b).abs()
             worst = max(worst, float(d.max()))
             total += float(d.sum())
             count += d.numel()
-        out.append({"expert": k, "max_abs": worst, "mean_abs": total / count})
+            kl += float((b.exp() * (b - a)).sum())
+            t = torch.tensor(ids[1:])
+            idx = torch.arange(len(t))
+            nll_moe += float(-a[idx, t].sum())
+            nll_src += float(-b[idx, t].sum())
+        tokens = count // max(1, d.shape[-1])
+        out.append(
+            {
+                "expert": k,
+                "max_abs": worst,
+                "mean_abs": total / count,
+                "kl_mean": kl / tokens,
+                "perplexity_forced_moe": math.exp(nll_moe / tokens),
+                "perplexity_source": math.exp(nll_src / tokens),
+            }
+        )
     return out
 
 

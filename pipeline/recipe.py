@@ -183,6 +183,9 @@ class VerifySection(Strict):
     max_tokens: int = Field(default=8192, ge=16)
     seq_len: int = Field(default=256, ge=8)
     forced_routing_atol: float = Field(default=1e-2, gt=0)
+    # How much of an expert may be lost in the merge: mean KL(source || MoE forced
+    # to that expert) per token. Reported always; a limit only when set.
+    max_forced_kl: float | None = Field(default=None, gt=0)
     # Unset: by the model's size (pipeline/quality_limits.py: published 7B figures,
     # a measured 135M model); router drift measured on the example (README,
     # "Verification thresholds").

@@ -50,3 +50,37 @@ def test_an_expert_below_the_share_on_every_domain_is_dead_at_that_layer():
     }
     assert dead_experts(routing, 0.05) == [{"expert": 0, "layers": [0, 2], "largest": 0.04}]
     assert dead_experts(routing, 0.01) == []
+
+
+def _ref(diffs: list[dict]) -> tuple[dict, dict]:
+    forced = [
+        {
+            "expert": e,
+            "max_abs": 0.0 if not d else 2.5,
+            "mean_abs": 0.0,
+            "kl_mean": 0.0 if not d else 0.3,
+            "perplexity_forced_moe": 10.0,
+            "perplexity_source": 9.0,
+        }
+        for e, d in enumerate(diffs)
+    ]
+    return {"forced_routing": forced}, {"expert_non_mlp_relative_diff": diffs}
+
+
+def test_forced_routing_is_not_applicable_to_fully_fine_tuned_experts():
+    from pipeline.stages.verify import _forced_routing_check
+
+    ref, structure = _ref([{"attention": 0.2}, {"attention": 0.1}])  # neither shares the base's attention
+    check = _forced_routing_check(VerifySection(), ref, structure)
+    assert check["status"] == "skipped" and check["passed"]
+    assert check["summary"].startswith("skipped: no expert shares the base's non-MLP weights")
+    assert "expert 0: KL 0.3000, perplexity 10.00 vs source 9.00" in check["summary"]
+    assert [f["applies"] for f in check["experts"]] == [False, False]
+
+    ref, structure = _ref([{}, {"attention": 0.1}])  # expert 0 is an MLP-only fine-tune
+    check = _forced_routing_check(VerifySection(), ref, structure)
+    assert check["status"] == "pass" and "not applicable to expert(s) 1" in check["summary"]
+
+    limited = _forced_routing_check(VerifySection(max_forced_kl=0.1), ref, structure)
+    assert not limited["passed"]
+    assert "expert 1 keeps too little of its source: KL 0.3000 (max 0.1)" in limited["summary"]

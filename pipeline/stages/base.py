@@ -41,6 +41,9 @@ class Stage:
     """Base class. Subclasses set the class variables and implement `config` and `run`."""
 
     name: ClassVar[str]
+    # Part of the key: bump it when a change to the stage's code changes what it
+    # writes (bytes or record fields), so no cache anywhere serves the old output.
+    version: ClassVar[int] = 1
     depends: ClassVar[tuple[str, ...]] = ()
     # Packages whose versions shape this stage's output bytes (part of the key).
     packages: ClassVar[tuple[str, ...]] = ()

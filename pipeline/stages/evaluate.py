@@ -34,6 +34,7 @@ from pipeline.streaming import StreamingLM
 
 class EvaluateStage(Stage):
     name = "evaluate"
+    version = 2  # 2: forced routing also measures what survives of each expert (KL, perplexities)
     depends = ("resolve", "merge", "gates")
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 

@@ -19,7 +19,7 @@ from pipeline.evaluation import compare_candidate, dead_experts, routing_stats
 from pipeline.jsonio import write_json
 from pipeline.quality_limits import quality_limits
 from pipeline.recipe import Recipe, VerifySection
-from pipeline.report import render_markdown, render_routing_png
+from pipeline.report import outcome, render_markdown, render_routing_png
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.streaming import StreamingLM
 
@@ -47,7 +47,7 @@ class VerifyStage(Stage):
             quantization=_quantization_facts(ctx.inputs["quantize"].record["result"]),
         )
         for check in report["checks"]:
-            ctx.log(f"verify    {check['name']:<22} {'pass' if check['passed'] else 'FAIL'}  {check['summary']}")
+            ctx.log(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
         for warning in report["warnings"]:
             ctx.log(f"warning   {warning}")
         return {"passed": report["passed"], "failures": report["failures"], "enforced": report["enforced"]}
@@ -86,6 +86,64 @@ def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dic
         router_weight_mae=cmp["router_weight_mae"],
         router_topk_agreement=cmp["router_topk_agreement"],
         topk_applies=True,
+    )
+
+
+def _forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
+    """Routed fully to expert k, the MoE must reproduce source k exactly, but only
+    where source k shares the base's attention, norms and embeddings (MLP-only
+    fine-tunes): for other experts that is "not applicable", and with none the check
+    is "skipped". For every expert it reports what survives of it in the merge (KL
+    and perplexity of the forced MoE against the source), with an optional limit."""
+    forced = []
+    for f in ref["forced_routing"]:
+        shares = all(d <= SHARED_WEIGHTS_TOL for d in structure["expert_non_mlp_relative_diff"][f["expert"]].values())
+        exact = f["max_abs"] <= v.forced_routing_atol
+        kl_ok = v.max_forced_kl is None or f.get("kl_mean", 0.0) <= v.max_forced_kl
+        forced.append({**f, "applies": shares, "passed": (exact or not shares) and kl_ok})
+    survival = "; ".join(
+        f"expert {f['expert']}: KL {f['kl_mean']:.4f}, perplexity {f['perplexity_forced_moe']:.2f} vs source "
+        f"{f['perplexity_source']:.2f}"
+        for f in forced
+        if "kl_mean" in f
+    )
+    applicable = [f for f in forced if f["applies"]]
+    bad = [f for f in forced if not f["passed"]]
+    if bad:
+        f = bad[0]
+        why = (
+            f"routed alone differs from its source by {f['max_abs']:.3g} (> {v.forced_routing_atol})"
+            if f["applies"] and f["max_abs"] > v.forced_routing_atol
+            else f"keeps too little of its source: KL {f['kl_mean']:.4f} (max {v.max_forced_kl})"
+        )
+        summary, status = f"expert {f['expert']} {why}", "fail"
+    elif not applicable:
+        summary, status = (
+            (
+                "skipped: no expert shares the base's non-MLP weights, so none can be reproduced exactly; "
+                f"what survives of each: {survival}"
+            ),
+            "skipped",
+        )
+    else:
+        others = [f["expert"] for f in forced if not f["applies"]]
+        summary = (
+            f"{len(applicable)} expert(s) sharing the base's non-MLP weights reproduce their source (largest log-prob "
+            "difference "
+            + ", ".join(f"{f['max_abs']:.2e}" for f in applicable)
+            + ")"
+            + (f"; not applicable to expert(s) {', '.join(map(str, others))}" if others else "")
+            + (f"; what survives of each: {survival}" if survival and others else "")
+        )
+        status = "pass"
+    return _check(
+        "forced_routing",
+        not bad,
+        summary,
+        status=status,
+        experts=forced,
+        atol=v.forced_routing_atol,
+        max_forced_kl=v.max_forced_kl,
     )
 
 
@@ -129,25 +187,7 @@ def verify_candidate(
         if d > SHARED_WEIGHTS_TOL
     ]
 
-    forced = []
-    for f in ref["forced_routing"]:
-        shares = all(d <= SHARED_WEIGHTS_TOL for d in s["expert_non_mlp_relative_diff"][f["expert"]].values())
-        forced.append({**f, "applies": shares, "passed": (f["max_abs"] <= v.forced_routing_atol) or not shares})
-    bad = [f for f in forced if not f["passed"]]
-    checks.append(
-        _check(
-            "forced_routing",
-            not bad,
-            "each expert reproduces its source (largest log-prob difference "
-            + ", ".join(f"{f['max_abs']:.2e}" for f in forced)
-            + ")"
-            if not bad
-            else f"expert {bad[0]['expert']} routed alone differs from its source by {bad[0]['max_abs']:.3g} (> "
-            f"{v.forced_routing_atol})",
-            experts=forced,
-            atol=v.forced_routing_atol,
-        )
-    )
+    checks.append(_forced_routing_check(v, ref, s))
 
     load_problems = []
     for label, folder in (("merged", merged), ("awq", candidate)):
