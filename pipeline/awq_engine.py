@@ -10,9 +10,12 @@ narrowly where that needs it, without touching the parent.
 
 Compute dtype. GPTQModel's AWQ computes in the dtype the model is loaded in.
 float16 on a CPU is emulated and can be 100x slower than float32 or native
-bfloat16 (../shared/NOTES.md), so a CPU computes in bfloat16 where it has the
-instructions for it (avx512_bf16, amx_bf16) and in float32 otherwise (with
-allow_float32_awq_packing); a GPU keeps float16, GPTQModel's own path. The
+bfloat16 (../shared/NOTES.md), so a CPU computes in float32 (with
+allow_float32_awq_packing); a GPU keeps float16, GPTQModel's own path. bfloat16
+was measured too, on a CPU with avx512_bf16 and the real example: no faster than
+float32 with clip-matmul (quantize stage 123-186 s vs 136 s) and a worse 4-bit
+model (mean KL 0.0802 vs 0.0784; GPTQModel's float16 path 0.0760), so it is only
+an override (FRANKENMOE_AWQ_DTYPE=bfloat16). The
 published checkpoint keeps its form: the quantize stage writes every float
 tensor as float16 afterwards. Which path ran shapes the bytes, so the stage keys
 its cache on compute_path() and passes its dtype as spec["compute_dtype"].
@@ -57,9 +60,7 @@ ALLOCATOR = {
 COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 # FRANKENMOE_AWQ_DTYPE=float16 runs GPTQModel's own path on a CPU too (for benchmarks).
 DTYPE_ENV = "FRANKENMOE_AWQ_DTYPE"
-# /proc/cpuinfo flags of x86 CPUs that compute bfloat16 natively (oneDNN uses them).
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# The vector extension named for CPUs without them, best first.
+# The vector extension a CPU's path names (it shapes float32 rounding), widest first.
 VECTOR_FLAGS = (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("asimd", "asimd"), ("neon", "neon"))
 # Changes to GPTQModel's AWQ that make it faster at equal quality (SPEEDUPS, by
 # name) are all applied unless this says otherwise: `none` runs GPTQModel's own
@@ -127,8 +128,8 @@ def compute_path(
     dict (no timings, no host names).
 
     GPU: {"device": "cuda", "dtype": "float16", "capability": "sm_90 NVIDIA H200"};
-    a CPU with native bfloat16: {"device": "cpu", "dtype": "bfloat16", "isa": "amx_bf16 avx512_bf16"};
-    other CPUs: {"device": "cpu", "dtype": "float32", "isa": "avx2"}.
+    a CPU: {"device": "cpu", "dtype": "float32", "isa": "avx512"} (its widest vector
+    extension: float32 rounding in the kernels depends on it).
     FRANKENMOE_AWQ_DTYPE in `environ` overrides the dtype (and says so: "dtype_from");
     FRANKENMOE_AWQ_SPEEDUPS other than all adds "speedups" (see SPEEDUPS).
     `cpuinfo` (text of /proc/cpuinfo) and `gpu` (((major, minor), name), or None
@@ -142,12 +143,8 @@ def compute_path(
         path = {"device": "cuda", "dtype": "float16", "capability": f"sm_{major}{minor} {name}"}
     else:
         flags = _cpu_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo)
-        native = sorted(f for f in NATIVE_BF16_FLAGS if f in flags)
-        if native:
-            path = {"device": "cpu", "dtype": "bfloat16", "isa": " ".join(native)}
-        else:
-            isa = next((name for flag, name in VECTOR_FLAGS if flag in flags), "unknown")
-            path = {"device": "cpu", "dtype": "float32", "isa": isa}
+        isa = next((name for flag, name in VECTOR_FLAGS if flag in flags), "unknown")
+        path = {"device": "cpu", "dtype": "float32", "isa": isa}
     override = environ.get(DTYPE_ENV, "").strip()
     if override:
         path["dtype"] = check_dtype(override, DTYPE_ENV)

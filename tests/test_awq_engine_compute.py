@@ -30,15 +30,15 @@ ZEN4 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512_bf16 avx51
 SKYLAKE_X = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n"
 HASWELL = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
 GRAVITON2 = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n"
-# A flag name must match whole: "avx512_bf16" inside another word is not the flag.
-LOOKALIKE = "processor\t: 0\nflags\t\t: fpu avx2 xavx512_bf16 amx_bf16x\n"
+# A flag name must match whole: "avx512f" inside another word is not the flag.
+LOOKALIKE = "processor\t: 0\nflags\t\t: fpu avx2 xavx512f avx512fx\n"
 
 
 @pytest.mark.parametrize(
     "cpuinfo, dtype, isa",
     [
-        (SAPPHIRE_RAPIDS, "bfloat16", "amx_bf16 avx512_bf16"),
-        (ZEN4, "bfloat16", "avx512_bf16"),
+        (SAPPHIRE_RAPIDS, "float32", "avx512"),
+        (ZEN4, "float32", "avx512"),
         (SKYLAKE_X, "float32", "avx512"),
         (HASWELL, "float32", "avx2"),
         (GRAVITON2, "float32", "asimd"),
@@ -46,7 +46,7 @@ LOOKALIKE = "processor\t: 0\nflags\t\t: fpu avx2 xavx512_bf16 amx_bf16x\n"
         ("", "float32", "unknown"),
     ],
 )
-def test_a_cpu_computes_in_bfloat16_only_where_it_has_native_instructions(cpuinfo, dtype, isa):
+def test_a_cpu_computes_in_float32_and_names_its_vector_extension(cpuinfo, dtype, isa):
     assert compute_path(environ={}, cpuinfo=cpuinfo, gpu=None) == {"device": "cpu", "dtype": dtype, "isa": isa}
 
 
@@ -60,7 +60,7 @@ def test_detection_asks_torch_for_a_gpu_and_reads_proc_cpuinfo(monkeypatch):
     assert compute_path(environ={})["capability"] == "sm_86 NVIDIA RTX A6000"
     monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
     monkeypatch.setattr(awq_engine, "_read_cpuinfo", lambda: ZEN4)
-    assert compute_path(environ={}) == {"device": "cpu", "dtype": "bfloat16", "isa": "avx512_bf16"}
+    assert compute_path(environ={}) == {"device": "cpu", "dtype": "float32", "isa": "avx512"}
 
 
 def test_the_path_is_stable_and_carries_no_timings_or_host_names(monkeypatch):
