@@ -21,18 +21,20 @@ import math
 import shutil
 from pathlib import Path
 
-from pipeline.awq_engine import run_engine
-from pipeline.awq_layout import quantization_config
-from pipeline.build import default_layout, finished_results
+from pipeline.engine.build import default_layout, finished_results
+from pipeline.quantization.awq_engine import run_engine
+from pipeline.quantization.awq_layout import quantization_config
 from pipeline.recipe import load_recipe
+from pipeline.stages import STAGES
+from pipeline.stages.resolve import model_paths
 
 
 def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:
     """Needs a finished build of the recipe (under `build_root`, default build/)."""
     recipe = load_recipe(recipe_file)
-    done = finished_results(recipe, default_layout(recipe, build_root=build_root), ["verify"])
+    done = finished_results(recipe, default_layout(recipe, build_root=build_root), STAGES, ["verify"])
     quantize, evaluate, verify = done["quantize"], done["evaluate"], done["verify"]
-    base = Path(next(m["path"] for m in done["resolve"].record["result"]["models"] if m["role"] == "base"))
+    base = model_paths(done["resolve"])["base"]
     spec_used = json.loads((quantize.path / "engine-spec.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -92,7 +94,7 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
     import torch
     from safetensors import safe_open
 
-    from pipeline.streaming import StreamingLM
+    from pipeline.checkpoints.streaming import StreamingLM
 
     with safe_open(reference, framework="pt") as st:
         tokens = st.get_tensor("tokens").tolist()

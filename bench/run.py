@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from bench.measure import BIN, REPO, build_env, measure
-from pipeline.awq_engine import ALLOCATOR
+from pipeline.quantization.awq_engine import ALLOCATOR
 
 
 def stage_record(stage: str, out: str) -> dict:
@@ -211,8 +211,8 @@ def report(results: dict) -> str:
         f"{w['whole_s']:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: "
         f"**{ratios['whole_build_vs_raw_tools']}x**; "
         f"through quantize only: {w['through_quantize_s']:.1f} s, {ratios['build_through_quantize_vs_raw_tools']}x",
-        "- the quantize stage runs GPTQModel with glibc malloc keeping freed memory (pipeline/awq_engine.py); "
-        "GPTQModel "
+        "- the quantize stage runs GPTQModel with glibc malloc keeping freed memory "
+        "(pipeline/quantization/awq_engine.py); GPTQModel "
         f"alone with the same settings: {r['quantize_same_allocator']['wall_s']:.1f} s (vs "
         f"{r['quantize']['wall_s']:.1f} s "
         f"without), and against that the whole build is {ratios['whole_build_vs_raw_tools_same_allocator']}x",

@@ -12,13 +12,35 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import EnvironmentProblem, FrankenmoeError, InputFileError
+from pipeline.errors import (
+    EXIT_CODES,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    EnvironmentProblem,
+    FrankenmoeError,
+    InputFileError,
+    NotBuiltError,
+    exit_code,
+)
 
 FIXTURES_DIR = Path("fixtures")
 
 
+def _stages():
+    """The build's stage list: the CLI is where the engine is given it."""
+    from pipeline.stages import STAGES
+
+    return STAGES
+
+
+def _stage_names() -> list[str]:
+    from pipeline.stages import STAGE_NAMES
+
+    return STAGE_NAMES
+
+
 def _quiet_libraries() -> None:
-    from pipeline.progress import quiet_libraries
+    from pipeline.support.progress import quiet_libraries
 
     quiet_libraries()
 
@@ -33,7 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except FrankenmoeError as e:
             for line in e.lines():
                 print(f"{path}: {line}" if not line.startswith(str(path)) else line, file=sys.stderr)
-            status = e.exit_code
+            status = exit_code(e)
             continue
         print(
             f"{path}: ok ({recipe.name}: {len(recipe.experts)} experts, gate_mode {recipe.gate_mode}, "
@@ -43,33 +65,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.build import default_layout
-    from pipeline.plan import format_plan, make_plan
+    from pipeline.engine.build import default_layout
+    from pipeline.engine.plan import format_plan, make_plan
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
-    print(format_plan(recipe, layout, make_plan(recipe, layout, fetch=args.fetch)))
+    print(format_plan(recipe, layout, make_plan(recipe, layout, _stages(), fetch=args.fetch)))
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build, default_layout
-    from pipeline.lock import lock_path, read_lock
+    from pipeline.engine.build import build, default_layout
+    from pipeline.provenance.lockfile import lock_path, read_lock
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, root=args.paths_from)
     locked = read_lock(args.lock or lock_path(args.recipe)) if args.locked or args.lock else None
-    build(recipe, default_layout(recipe), force=set(args.force or []), until=args.until, locked=locked)
+    build(recipe, default_layout(recipe), _stages(), force=set(args.force or []), until=args.until, locked=locked)
     return 0
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from pipeline.build import default_layout
-    from pipeline.hashing import HashState
-    from pipeline.jsonio import write_json
-    from pipeline.lock import current_lock, lock_path, read_lock, require_match
+    from pipeline.engine.build import default_layout
+    from pipeline.provenance.lockfile import current_lock, lock_path, read_lock, require_match
     from pipeline.recipe import load_recipe
+    from pipeline.support.hashing import HashState
+    from pipeline.support.jsonio import write_json
 
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
@@ -90,26 +112,26 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_repro_check(args: argparse.Namespace) -> int:
-    from pipeline.build import default_layout
+    from pipeline.engine.build import default_layout
+    from pipeline.engine.repro import repro_check
     from pipeline.recipe import load_recipe
-    from pipeline.repro import repro_check
 
     recipe = load_recipe(args.recipe)
     work = args.work or default_layout(recipe).build_root / ".repro-check" / recipe.name
-    repro_check(args.recipe, work)
+    repro_check(args.recipe, work, _stages())
     return 0
 
 
 def cmd_rebuild_check(args: argparse.Namespace) -> int:
-    from pipeline.repro import rebuild_check
+    from pipeline.engine.repro import rebuild_check
 
     work = args.work or Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / ".rebuild-check"
-    rebuild_check(args.dir, work, args.recipe_dir)
+    rebuild_check(args.dir, work, _stages(), args.recipe_dir)
     return 0
 
 
 def cmd_fixtures(args: argparse.Namespace) -> int:
-    from pipeline.fixture_cache import EXAMPLES, ensure_example
+    from pipeline.example.catalog import EXAMPLES, ensure_example
 
     _quiet_libraries()
     for name in args.only or EXAMPLES:
@@ -118,21 +140,20 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.build import default_layout, finished_results
+    from pipeline.engine.build import default_layout, finished_results
     from pipeline.errors import VerifyFailed
+    from pipeline.moe.report import outcome
     from pipeline.recipe import load_recipe
-    from pipeline.report import outcome
-    from pipeline.stages.verify import verify_candidate
+    from pipeline.stages.verify import candidate_inputs, candidate_problems, verify_from_results
 
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
     layout = default_layout(recipe)
-    done = finished_results(
-        recipe, layout, ["gates", "quantize", "evaluate"] if args.candidate is None else ["gates", "evaluate"]
-    )
-    candidate = args.candidate or done["quantize"].path / "model"
+    done = finished_results(recipe, layout, _stages(), candidate_inputs(args.candidate is None))
+    if args.candidate is not None and (problems := candidate_problems(done, args.candidate)):
+        raise VerifyFailed(problems, hint=None)
     out = args.out or layout.build / "verify-candidate"
-    report = verify_candidate(recipe.verify, done["evaluate"], done["gates"].path / "model", candidate, out)
+    report = verify_from_results(done, recipe, args.candidate, out)
     for check in report["checks"]:
         print(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
     print(f"report: {out / 'verify.md'}")
@@ -142,24 +163,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from pipeline.build import build, default_layout
+    from pipeline.engine.build import build, default_layout
     from pipeline.errors import PublishError
     from pipeline.recipe import load_recipe
     from pipeline.stages.push import dry_run
 
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
-    targets = [(f, getattr(recipe.publish, f).repo_id) for f in ("merged", "awq") if getattr(recipe.publish, f)]
+    targets = recipe.publish.targets()
     if not targets:
-        raise PublishError("publish: set publish.merged.repo_id and/or publish.awq.repo_id in the recipe to push")
+        raise PublishError("publish: set publish.<folder>.repo_id in the recipe (merged, awq, ...) to push")
     if args.dry_run:
-        for folder, repo_id in targets:
+        for folder, repo_id in targets.items():
             if not (layout.dist / folder).is_dir():
-                raise PublishError(f"push: {layout.dist / folder} does not exist; build the recipe first")
+                raise NotBuiltError(f"push: {layout.dist / folder} does not exist; build the recipe first")
             print("\n".join(dry_run(layout.dist / folder, repo_id)))
         return 0
     pushing = recipe.model_copy(update={"publish": recipe.publish.model_copy(update={"push": True})})
-    build(pushing, layout)
+    build(pushing, layout, _stages())
     return 0
 
 
@@ -167,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.loading import load_model
+    from pipeline.checkpoints.loading import load_model
 
     if not (args.dir / "config.json").is_file():
         raise InputFileError(
@@ -219,8 +240,14 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="run the stages (cached ones are skipped)")
     b.add_argument("recipe", type=Path)
-    b.add_argument("--force", action="append", metavar="STAGE", help="rerun STAGE even if cached (repeatable)")
-    b.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
+    b.add_argument(
+        "--force",
+        action="append",
+        choices=_stage_names(),
+        metavar="STAGE",
+        help="rerun STAGE even if cached (repeatable)",
+    )
+    b.add_argument("--until", choices=_stage_names(), metavar="STAGE", help="run only STAGE and the stages it needs")
     b.add_argument(
         "--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file"
     )
@@ -298,37 +325,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.progress import quiet_environment
+    from pipeline.support.progress import quiet_environment
 
     quiet_environment()
     args = parser().parse_args(argv)
     try:
         return args.func(args)
     except FrankenmoeError as e:
-        from pipeline.secrets import scrub
+        from pipeline.support.secrets import scrub
 
         for line in e.lines():
             print(scrub(f"error: {line}"), file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         return 141
     except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
         print(f"error: {os_error_line(e)}", file=sys.stderr)
-        return EnvironmentProblem.exit_code
+        return EXIT_CODES[EnvironmentProblem]
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception:  # a bug: the traceback is needed to report it, but never with a token in it
         import traceback
 
-        from pipeline.secrets import scrub
+        from pipeline.support.secrets import scrub
 
         print(scrub(traceback.format_exc()), file=sys.stderr, end="")
         print(
             "error: internal error, a bug in frankenmoe or a library; please report it with the traceback above",
             file=sys.stderr,
         )
-        return 1
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
-"""Error classes, each with the exit code the CLI returns for it.
+"""Every user-facing error class, and the one table that gives each its exit code.
 
-Every user-facing failure is one of these: the CLI prints its message on one line
-(no traceback) and exits with its code. The table is in the README.
+Every failure a user can fix is one of these: the CLI prints its message on one line
+per problem (no traceback) and exits with `exit_code(error)`. Exit 1 is left to
+internal errors (a bug, printed with its traceback). The README's "Errors and exit
+codes" table is checked against `EXIT_CODES` by a test.
 """
 
 from __future__ import annotations
 
 
 class FrankenmoeError(Exception):
-    """Base class: one problem, or a list of them, each printed on its own line."""
-
-    exit_code = 1
+    """Base class, never raised itself: one problem, or a list of them, each printed on its own line."""
 
     def __init__(self, problems: str | list[str]) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -23,38 +23,85 @@ class FrankenmoeError(Exception):
 class RecipeError(FrankenmoeError):
     """The recipe is malformed: every problem at once, one line each."""
 
-    exit_code = 2
+
+class UsageError(FrankenmoeError):
+    """The command line asks for something that does not exist (an unknown stage)."""
 
 
 class IncompatibleModelsError(FrankenmoeError):
     """Source models that cannot be merged together (architecture, shapes, tokenizer)."""
 
-    exit_code = 3
-
 
 class InputFileError(FrankenmoeError):
     """A model, calibration or other input file is missing, corrupt or unreadable."""
 
-    exit_code = 4
+
+class UndercalibratedExpert(InputFileError):
+    """Calibration text that never reaches an expert cannot calibrate it."""
 
 
 class EnvironmentProblem(FrankenmoeError):
-    """The machine cannot run the build: disk space, permissions, a busy build lock."""
-
-    exit_code = 5
+    """The machine cannot run the build: disk space, permissions, a missing GPU or tool."""
 
 
 class VerifyFailed(FrankenmoeError):
     """A verify check failed; one line per failed check."""
 
-    exit_code = 6
+    BUILD_HINT = (
+        "the build stopped before publishing further; see dist/<name>/awq/verify.md, "
+        "or set verify.fail_on_mismatch: false to continue anyway (recorded in verify.json)"
+    )
+
+    def __init__(self, problems: str | list[str], hint: str | None = BUILD_HINT) -> None:
+        super().__init__(problems)
+        self.hint = hint
 
     def lines(self) -> list[str]:
-        return [f"verify failed: {f}" for f in self.problems] + [
-            "the build stopped before publishing further; see dist/<name>/awq/verify.md, "
-            "or set verify.fail_on_mismatch: false to continue anyway (recorded in verify.json)"
-        ]
+        return [f"verify failed: {f}" for f in self.problems] + ([self.hint] if self.hint else [])
 
 
 class PublishError(FrankenmoeError):
-    exit_code = 7
+    """The push was refused or failed; nothing half-pushed (a Hub commit is atomic)."""
+
+
+class LockMismatch(FrankenmoeError):
+    """`build --locked` / `lock --check`: the inputs or the environment differ from the lock file."""
+
+
+class NotReproducible(FrankenmoeError):
+    """Two builds of the same inputs gave different bytes."""
+
+
+class NotBuiltError(FrankenmoeError):
+    """A command that reads a finished build (verify, push --dry-run) found none."""
+
+
+class ToolFailed(FrankenmoeError):
+    """A tool the build runs (mergekit, the AWQ engine, llama.cpp, a nested build)
+    failed; its own message is printed above."""
+
+
+# Most specific first is not needed: `exit_code` walks each error's class hierarchy.
+EXIT_CODES: dict[type[FrankenmoeError], int] = {
+    RecipeError: 2,
+    UsageError: 2,
+    IncompatibleModelsError: 3,
+    InputFileError: 4,
+    EnvironmentProblem: 5,
+    VerifyFailed: 6,
+    PublishError: 7,
+    LockMismatch: 8,
+    NotReproducible: 9,
+    NotBuiltError: 10,
+    ToolFailed: 11,
+}
+INTERNAL_ERROR = 1
+INTERRUPTED = 130
+
+
+def exit_code(error: FrankenmoeError) -> int:
+    """The exit code for an error, by its class or the nearest listed ancestor."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return INTERNAL_ERROR

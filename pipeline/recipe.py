@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from pipeline.errors import RecipeError
-from pipeline.paths import resolve_path, shipped
+from pipeline.support.paths import resolve_path, shipped
 
 GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
 DTYPES = ("float16", "bfloat16", "float32")
@@ -123,7 +123,7 @@ class MergeSection(Strict):
 
 
 def _shipped(split: str) -> list[str]:
-    """The corpora installed with the package (pipeline/paths.py), one file per domain."""
+    """The corpora installed with the package (pipeline/support/paths.py), one file per domain."""
     return [shipped(f"code/{split}.jsonl"), shipped(f"prose/{split}.jsonl")]
 
 
@@ -186,7 +186,7 @@ class VerifySection(Strict):
     # How much of an expert may be lost in the merge: mean KL(source || MoE forced
     # to that expert) per token. Reported always; a limit only when set.
     max_forced_kl: float | None = Field(default=None, gt=0)
-    # Unset: by the model's size (pipeline/quality_limits.py: published 7B figures,
+    # Unset: by the model's size (pipeline/moe/quality_limits.py: published 7B figures,
     # a measured 135M model); router drift measured on the example (README,
     # "Verification thresholds").
     max_mean_kl: float | None = Field(default=None, gt=0)
@@ -228,6 +228,14 @@ class PublishSection(Strict):
     revision: str = "main"
     commit_message: str | None = None
 
+    def targets(self) -> dict[str, str]:
+        """{published folder: repo id} for every folder the recipe pushes."""
+        return {
+            name: target.repo_id
+            for name in type(self).model_fields
+            if isinstance(target := getattr(self, name), RepoTarget)
+        }
+
 
 class Recipe(Strict):
     name: str
@@ -253,7 +261,7 @@ class Recipe(Strict):
         return self._root
 
     def path(self, name: str) -> Path:
-        """A path key's file (pipeline/paths.py: shipped, recipe-relative or absolute)."""
+        """A path key's file (pipeline/support/paths.py: shipped, recipe-relative or absolute)."""
         return resolve_path(name, self._root)
 
     def all_models(self) -> list[tuple[str, ModelRef]]:

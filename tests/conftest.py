@@ -55,7 +55,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def fixture_models() -> Path:
     """The trained example models (made by `make fixtures`; trained here if missing)."""
-    from pipeline.fixture_cache import ensure_tiny
+    from pipeline.example.catalog import ensure_tiny
 
     return ensure_tiny(FIXTURES, log=lambda _: None)
 

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import awq_engine
-from pipeline.awq_engine import DTYPE_ENV, PROGRESS_FD_ENV, LayerProgress, compute_path, progress_line, run_engine
 from pipeline.errors import FrankenmoeError
+from pipeline.quantization import awq_engine
+from pipeline.quantization.awq_engine import (
+    DTYPE_ENV,
+    PROGRESS_FD_ENV,
+    LayerProgress,
+    compute_path,
+    progress_line,
+    run_engine,
+)
 
 SAPPHIRE_RAPIDS = textwrap.dedent("""\
     processor\t: 0
@@ -96,9 +103,9 @@ def test_the_engine_takes_the_dtype_from_the_spec_before_the_machine(tmp_path, m
     def fake_seed(seed):
         raise Stop
 
-    import pipeline.determinism
+    import pipeline.support.determinism
 
-    monkeypatch.setattr(pipeline.determinism, "seed_everything", fake_seed)
+    monkeypatch.setattr(pipeline.support.determinism, "seed_everything", fake_seed)
     monkeypatch.setattr(awq_engine, "compute_path", lambda: seen.setdefault("asked", {"dtype": "float32"}))
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"seed": 0, "compute_dtype": "bfloat16"}))
@@ -211,7 +218,7 @@ def test_no_gpu_driver_no_torch_import():
     if awq_engine._gpu_driver_loaded():
         pytest.skip("this machine has a GPU driver")
     code = (
-        "import sys; from pipeline.awq_engine import compute_path; p = compute_path(); "
+        "import sys; from pipeline.quantization.awq_engine import compute_path; p = compute_path(); "
         "print('torch' in sys.modules, p['device'])"
     )
     out = subprocess.run(
@@ -225,7 +232,7 @@ def test_no_gpu_driver_no_torch_import():
 
 
 def test_speedups_are_all_on_unless_the_environment_names_others():
-    from pipeline.awq_engine import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
+    from pipeline.quantization.awq_engine import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
 
     assert speedups_wanted({}) == list(SPEEDUPS) == speedups_wanted({SPEEDUPS_ENV: "all"})
     assert speedups_wanted({SPEEDUPS_ENV: "none"}) == []
@@ -262,7 +269,7 @@ def test_clip_search_by_matmul_chooses_what_gptqmodel_chooses(shape, group_size,
     pytest.importorskip("gptqmodel")
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    from pipeline.awq_engine import _best_clip_by_matmul
+    from pipeline.quantization.awq_engine import _best_clip_by_matmul
 
     g = torch.Generator().manual_seed(0)
     out_f, in_f = shape
@@ -302,7 +309,7 @@ def test_float32_linears_pack_into_the_awq_gemm_layout():
     pytest.importorskip("gptqmodel")
     from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
 
-    from pipeline.awq_layout import dequantize, unpack_int4
+    from pipeline.quantization.awq_layout import dequantize, unpack_int4
 
     stock = list(AwqTorchLinear.SUPPORTS_DTYPES)
     try:

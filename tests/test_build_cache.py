@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from pipeline.build import Layout, build_lock, cached_result, publish, run_stage
+from pipeline.engine.build import Layout, build_lock, cached_result, publish, run_stage
 from pipeline.errors import EnvironmentProblem
-from pipeline.hashing import HashState
 from pipeline.recipe import parse_recipe
 from pipeline.stages.base import Stage
+from pipeline.support.hashing import HashState
 
 RECIPE = parse_recipe(
     {
@@ -39,7 +39,7 @@ class Counting(Stage):
     def config(self, recipe):
         return {"group_size": recipe.quantize.group_size}
 
-    def estimate_bytes(self, recipe, inputs):
+    def estimate_bytes(self, recipe, inputs, base_config):
         return self.needs
 
     def run(self, ctx):
@@ -163,7 +163,7 @@ def test_unusable_build_folder_is_one_line_exit_5(tmp_path):
 
 
 def test_hash_memo_reads_a_hard_linked_file_once(tmp_path, monkeypatch):
-    import pipeline.hashing as hashing
+    import pipeline.support.hashing as hashing
 
     a = tmp_path / "a.bin"
     a.write_bytes(b"x" * 100)

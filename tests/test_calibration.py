@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.calibration import calibration_windows
 from pipeline.errors import InputFileError
+from pipeline.moe.calibration import calibration_windows
 from pipeline.recipe import CalibrationSection
 from tests.conftest import REPO
 

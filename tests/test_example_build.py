@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from pipeline.corpus import read_documents
-from pipeline.loading import load_merged
-from pipeline.routing import forced_expert
+from pipeline.checkpoints.loading import load_merged
+from pipeline.moe.corpus import read_documents
+from pipeline.moe.routing import forced_expert
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 pytestmark = pytest.mark.slow

@@ -61,7 +61,7 @@ def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
     for domain in ("code", "prose"):
         assert ppl["moe"][domain] < ppl["moe (hidden-state routers)"][domain], (domain, ppl)
     # and the report shows both, next to each source expert
-    from pipeline.report import render_markdown
+    from pipeline.moe.report import render_markdown
 
     report = {
         "passed": True,

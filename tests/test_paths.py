@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from pipeline.awq_layout import choose_group_size
 from pipeline.errors import RecipeError
-from pipeline.paths import portable, resolve_path, shipped_dir
+from pipeline.quantization.awq_layout import choose_group_size
 from pipeline.recipe import load_recipe
+from pipeline.support.paths import portable, resolve_path, shipped_dir
 from tests.conftest import REPO, run_cli
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}

@@ -3,8 +3,8 @@ experts are found from the routing statistics."""
 
 from __future__ import annotations
 
-from pipeline.evaluation import dead_experts
-from pipeline.quality_limits import dense_params, quality_limits
+from pipeline.moe.evaluation import dead_experts
+from pipeline.moe.quality_limits import dense_params, quality_limits
 from pipeline.recipe import VerifySection
 
 SMOLLM2 = {

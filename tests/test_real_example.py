@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.loading import load_model
+from pipeline.checkpoints.loading import load_model
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ RECIPE = REPO / "recipes" / "smollm2-2x.yaml"
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> dict:
-    from pipeline.fixture_cache import ensure_example
+    from pipeline.example.catalog import ensure_example
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     root = tmp_path_factory.mktemp("real")

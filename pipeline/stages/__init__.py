@@ -11,7 +11,7 @@ from pipeline.stages.quantize import QuantizeStage
 from pipeline.stages.resolve import ResolveStage
 from pipeline.stages.verify import VerifyStage
 
-STAGES = [
+STAGES = (
     LockStage(),
     ResolveStage(),
     MergeStage(),
@@ -22,4 +22,5 @@ STAGES = [
     CardStage(),
     ManifestStage(),
     PushStage(),
-]
+)
+STAGE_NAMES = [s.name for s in STAGES]

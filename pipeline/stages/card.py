@@ -18,11 +18,16 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import RecipeError
-from pipeline.lock import published_recipe
-from pipeline.paths import portable
+from pipeline.provenance.lockfile import published_recipe
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.versions import tool_versions
+from pipeline.stages.gates import gates_result
+from pipeline.stages.lock import build_id
+from pipeline.stages.quantize import quantize_result
+from pipeline.stages.resolve import resolved_models
+from pipeline.stages.verify import report_dir
+from pipeline.support.paths import portable
+from pipeline.support.versions import tool_versions
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 CARD_TOOLS = ["mergekit", "gptqmodel", "transformers", "torch", "safetensors", "huggingface-hub"]
@@ -62,13 +67,13 @@ class CardStage(Stage):
         from huggingface_hub import ModelCard, ModelCardData
 
         recipe = ctx.recipe
-        models = ctx.inputs["resolve"].record["result"]["models"]
+        models = resolved_models(ctx.inputs["resolve"])
         license_id = resolve_license(recipe, {m["role"]: m.get("license") for m in models})
-        bid = ctx.inputs["lock"].record["result"]["build_id"]
-        verify_dir = ctx.inputs["verify"].path / "report"
+        bid = build_id(ctx.inputs["lock"])
+        verify_dir = report_dir(ctx.inputs["verify"])
         verify_md = (verify_dir / "verify.md").read_text(encoding="utf-8")
         q = recipe.quantize
-        quant_result = ctx.inputs["quantize"].record["result"]
+        quant_result = quantize_result(ctx.inputs["quantize"])
         common = {
             "experts": [_expert_row(i, e, models[i + 1]) for i, e in enumerate(recipe.experts)],
             "base": _model_row(models[0]),
@@ -150,10 +155,10 @@ class CardStage(Stage):
 
 def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
     """How the routers were fitted, for the card; None for mergekit's own routers."""
-    if not gates.record["result"].get("fitted"):
+    if not gates_result(gates).get("fitted"):
         return None
     g = recipe.gates
-    loss = gates.record["result"]["loss"]
+    loss = gates_result(gates)["loss"]
     return (
         f"routers fitted on {', '.join(portable(f) for f in g.files)}: {g.steps} steps of Adam (lr {g.lr}, "
         f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
@@ -206,6 +211,6 @@ def _calibration_source(q) -> str:
 def _weights(result: StageResult, prefix: str) -> dict[str, str]:
     return {
         name[len(prefix) :]: meta["sha256"]
-        for name, meta in sorted(result.record["files"].items())
+        for name, meta in sorted(result.files.items())
         if name.startswith(prefix) and name.endswith(".safetensors")
     }

@@ -2,7 +2,7 @@
 
 Runs the merged MoE (and, for the routing report, its sources and base) over the
 held-out evaluation text, each streamed one layer at a time from disk
-(pipeline/streaming.py), and stores what every later comparison needs:
+(pipeline/checkpoints/streaming.py), and stores what every later comparison needs:
 `reference.safetensors` (evaluation token ids, the MoE's log-probs and router
 weights) and `reference.json` (merge structure, forced-routing parity, per-domain
 perplexities, routing statistics). Changing only thresholds, or verifying another
@@ -11,13 +11,12 @@ candidate with `frankenmoe verify --candidate`, reuses it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pipeline.calibration import check_text_files, source_fingerprint
-from pipeline.determinism import seed_everything
+from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.errors import InputFileError
-from pipeline.evaluation import (
+from pipeline.moe.calibration import check_text_files, source_fingerprint
+from pipeline.moe.evaluation import (
     eval_windows,
     forced_routing_parity,
     merge_structure,
@@ -25,11 +24,14 @@ from pipeline.evaluation import (
     perplexity_of,
     routing_stats,
 )
-from pipeline.hashing import HashState
-from pipeline.jsonio import write_json
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.streaming import StreamingLM
+from pipeline.stages.gates import gates_result, routed_model
+from pipeline.stages.merge import merged_model
+from pipeline.stages.resolve import model_paths
+from pipeline.support.determinism import seed_everything
+from pipeline.support.hashing import HashState
+from pipeline.support.jsonio import write_json
 
 
 class EvaluateStage(Stage):
@@ -61,8 +63,8 @@ class EvaluateStage(Stage):
 
         seed_everything(0)
         v = ctx.recipe.verify
-        merged = ctx.inputs["gates"].path / "model"
-        paths = {m["role"]: Path(m["path"]) for m in ctx.inputs["resolve"].record["result"]["models"]}
+        merged = routed_model(ctx.inputs["gates"])
+        paths = model_paths(ctx.inputs["resolve"])
         experts = [paths[f"experts[{i}]"] for i in range(len(ctx.recipe.experts))]
         tokenizer = AutoTokenizer.from_pretrained(merged)
         windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
@@ -86,8 +88,8 @@ class EvaluateStage(Stage):
         for i, src in enumerate(sources):
             ppl[f"expert {i}"] = perplexity(src, windows)
         hidden_routing = None
-        if ctx.inputs["gates"].record["result"].get("fitted"):
-            hidden = StreamingLM(ctx.inputs["merge"].path / "model")  # mergekit's own routers
+        if gates_result(ctx.inputs["gates"]).get("fitted"):
+            hidden = StreamingLM(merged_model(ctx.inputs["merge"]))  # mergekit's own routers
             hidden_lp, hidden_routers = zip(*hidden.run(inputs, desc="verify: hidden-state routers"))
             ppl["moe (hidden-state routers)"] = perplexity_of(hidden_lp, windows)
             hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)

@@ -1,4 +1,4 @@
-"""gates: optionally fit the routers on training text (pipeline/router_fit.py).
+"""gates: optionally fit the routers on training text (pipeline/moe/router_fit.py).
 
 With `gates.fit: false` (the default, so a plain mergekit recipe gives what
 mergekit gives) the output is the merged model itself, hard-linked. With
@@ -14,14 +14,34 @@ as dist/<name>/merged/.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict, cast
 
-from pipeline.calibration import check_text_files, source_fingerprint, token_windows
-from pipeline.device import require_gpu_if_asked, resolve_device
-from pipeline.hashing import HashState
-from pipeline.paths import portable
+from pipeline.moe.calibration import check_text_files, source_fingerprint, token_windows
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.merge import merged_model, moe_bytes
+from pipeline.support.device import require_gpu_if_asked, resolve_device
+from pipeline.support.hashing import HashState
+from pipeline.support.paths import portable
+
+
+class GatesResult(TypedDict, total=False):
+    fitted: bool  # False: mergekit's routers as they are
+    device: str
+    windows: dict[str, int]
+    loss: list[float]
+    expert_usage_entropy_bits: dict[str, Any]
+    rewritten_shards: list[str]
+
+
+def gates_result(result: StageResult) -> GatesResult:
+    return cast(GatesResult, result.result)
+
+
+def routed_model(result: StageResult) -> Path:
+    """The MoE folder with the routers the build uses (fitted or mergekit's)."""
+    return result.path / "model"
 
 
 class GatesStage(Stage):
@@ -47,23 +67,26 @@ class GatesStage(Stage):
             "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files")
         }
 
-    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
-        size = sum(f["size"] for f in inputs["merge"].record["files"].values())
-        return size if recipe.gates.fit else None
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
+        if not recipe.gates.fit:
+            return None
+        if "merge" in inputs:
+            return sum(f["size"] for f in inputs["merge"].files.values())
+        return None if base_config is None else moe_bytes(base_config, len(recipe.experts), recipe.dtype)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from pipeline.router_fit import write_fitted
+        from pipeline.moe.router_fit import write_fitted
 
         g = ctx.recipe.gates
-        merged = ctx.inputs["merge"].path / "model"
+        merged = merged_model(ctx.inputs["merge"])
         if not g.fit:
             write_fitted(merged, ctx.out / "model", {})  # hard links: the merge output as it is
             return {"fitted": False}
 
         from transformers import AutoTokenizer
 
-        from pipeline.loading import load_merged
-        from pipeline.router_fit import fit_routers
+        from pipeline.checkpoints.loading import load_merged
+        from pipeline.moe.router_fit import fit_routers
 
         device = resolve_device(g.device)
         tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -1,4 +1,4 @@
-"""lock: pin everything the build reads (pipeline/lock.py) and name the build.
+"""lock: pin everything the build reads (pipeline/provenance/lockfile.py) and name the build.
 
 Output: `lock.json`, the lock as it is for this build (what `frankenmoe lock`
 would write), and the build id in the record: a hash of the recipe and the lock.
@@ -8,13 +8,27 @@ and the build manifest, which depend on it, never name a stale build.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from pipeline.hashing import HashState
-from pipeline.jsonio import write_json
-from pipeline.lock import build_id, current_lock, published_recipe
+from pipeline.provenance.lockfile import build_id as compute_build_id
+from pipeline.provenance.lockfile import current_lock, published_recipe
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.support.hashing import HashState
+from pipeline.support.jsonio import write_json
+
+
+class LockResult(TypedDict):
+    build_id: str  # a hash of the recipe and its lock
+
+
+def build_id(result: StageResult) -> str:
+    return cast(LockResult, result.result)["build_id"]
+
+
+def lock_pins(result: StageResult) -> dict[str, Any]:
+    """The lock as it was for this build (its fingerprint)."""
+    return result.record["fingerprint"]
 
 
 class LockStage(Stage):
@@ -31,4 +45,4 @@ class LockStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         lock = current_lock(ctx.recipe, ctx.state)
         write_json(ctx.out / "lock.json", lock)
-        return {"build_id": build_id(ctx.recipe, lock)}
+        return {"build_id": compute_build_id(ctx.recipe, lock)}

@@ -10,47 +10,45 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.jsonio import write_json
-from pipeline.lock import published_recipe
+from pipeline.provenance.lockfile import published_recipe
+from pipeline.provenance.manifest_format import FORMAT, MANIFEST
 from pipeline.recipe import Recipe
-from pipeline.stages.base import Stage, StageContext, StageResult, published_files
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.lock import build_id, lock_pins
+from pipeline.support.jsonio import write_json
 
-FORMAT = "frankenmoe-build/1"
-MANIFEST = "build.json"
 # Record fields that describe the machine or the moment, not the result.
 NOT_PUBLISHED = {"wall_s", "path"}
 
 
 class ManifestStage(Stage):
     name = "manifest"
-    depends = ("lock", "resolve", "merge", "gates", "quantize", "evaluate", "verify", "card")
-    publishes = {"merged": "merged", "awq": "awq"}
+    depends_on_all_earlier = True  # build.json holds every stage's record
+    publishes_into_every_folder = True
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {"format": FORMAT}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         lock = ctx.inputs["lock"]
-        from pipeline.stages import STAGES
-
-        diagnostics = {s.name: set(s.diagnostics) for s in STAGES}
+        diagnostics = {s.name: set(s.diagnostics) for s in ctx.stages}
         stages = {name: _portable_record(res, diagnostics[name]) for name, res in sorted(ctx.inputs.items())}
-        for folder in self.publishes:
+        for folder in ctx.folders():
             out = ctx.out / folder
             out.mkdir()
             write_json(
                 out / MANIFEST,
                 {
                     "format": FORMAT,
-                    "build_id": lock.record["result"]["build_id"],
+                    "build_id": build_id(lock),
                     "folder": folder,
                     "recipe": published_recipe(ctx.recipe),
-                    "lock": lock.record["fingerprint"],
+                    "lock": lock_pins(lock),
                     "stages": stages,
-                    "files": {rel: meta["sha256"] for rel, meta in sorted(published_files(ctx.inputs, folder).items())},
+                    "files": {rel: meta["sha256"] for rel, meta in sorted(ctx.published_files(folder).items())},
                 },
             )
-        return {"build_id": lock.record["result"]["build_id"]}
+        return {"build_id": build_id(lock)}
 
 
 def _portable_record(result: StageResult, diagnostics: set[str]) -> dict[str, Any]:

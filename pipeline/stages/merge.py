@@ -21,14 +21,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.determinism import seed_everything
-from pipeline.device import require_gpu_if_asked, resolve_device
-from pipeline.errors import EnvironmentProblem, FrankenmoeError, IncompatibleModelsError
+from pipeline.errors import EnvironmentProblem, IncompatibleModelsError, ToolFailed
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.resolve import resolved_models
+from pipeline.support.determinism import seed_everything
+from pipeline.support.device import require_gpu_if_asked, resolve_device
 
 # Side files worth carrying from the base model into the merged folder.
 COPY_FROM_BASE = ("generation_config.json",)
+
+
+def merged_model(result: StageResult) -> Path:
+    """The merged model folder (mergekit's routers)."""
+    return result.path / "model"
 
 
 class MergeStage(Stage):
@@ -51,8 +57,10 @@ class MergeStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         require_gpu_if_asked(recipe.merge.device, "merge.device")
 
-    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
-        return merge_disk_bytes(inputs["resolve"].record["result"]["models"][0]["config"], recipe)
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
+        if "resolve" in inputs:
+            base_config = resolved_models(inputs["resolve"])[0]["config"]
+        return None if base_config is None else merge_disk_bytes(base_config, recipe)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from mergekit.merge import MergeOptions
@@ -60,7 +68,7 @@ class MergeStage(Stage):
         from mergekit.scripts.moe import build as mergekit_moe_build
 
         recipe = ctx.recipe
-        models = ctx.inputs["resolve"].record["result"]["models"]
+        models = resolved_models(ctx.inputs["resolve"])
         paths = {m["role"]: m["path"] for m in models}
         config = MoEMergeConfig.model_validate(
             {
@@ -91,7 +99,7 @@ class MergeStage(Stage):
             with classic_mixtral_names():
                 mergekit_moe_build(config, out_path=str(model_dir), merge_options=options, device=device)
         except SystemExit:  # mergekit reports some config problems by exiting
-            raise FrankenmoeError("merge: mergekit-moe rejected the configuration (see its message above)") from None
+            raise ToolFailed("merge: mergekit-moe rejected the configuration (see its message above)") from None
         except KeyError as e:
             raise IncompatibleModelsError(
                 f"merge: a source model lacks tensor {e}; is it a Llama/Mistral checkpoint?"

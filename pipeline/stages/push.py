@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import PublishError
-from pipeline.hashing import HashState
 from pipeline.recipe import Recipe
-from pipeline.secrets import scrub
-from pipeline.stages.base import Stage, StageContext, published_files
+from pipeline.stages.base import Stage, StageContext
+from pipeline.stages.lock import build_id as lock_build_id
+from pipeline.stages.verify import verify_result
+from pipeline.support.hashing import HashState
+from pipeline.support.secrets import scrub
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 TRIES = 4
@@ -80,7 +82,7 @@ def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None
 
 class PushStage(Stage):
     name = "push"
-    depends = ("gates", "quantize", "verify", "card", "manifest")
+    depends_on_all_earlier = True  # every published folder and its records
     packages = ("huggingface-hub",)
     reads_dist = True
     # The remote repo may have been deleted or edited since: compare with it every
@@ -96,17 +98,17 @@ class PushStage(Stage):
         if not p.push:
             ctx.log("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
             return {"pushed": False}
-        verify = ctx.inputs["verify"].record["result"]
-        if not verify["passed"]:
+        if not verify_result(ctx.inputs["verify"])["passed"]:
             raise PublishError("push: verify failed for this build, so it is not pushed; see dist/<name>/awq/verify.md")
-        targets = [(folder, getattr(p, folder).repo_id) for folder in ("merged", "awq") if getattr(p, folder)]
+        targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in ctx.folders()]
         if not targets:
             raise PublishError(
-                "publish: push is true but neither publish.merged.repo_id nor publish.awq.repo_id is set"
+                "publish: push is true but no publish.<folder>.repo_id is set for a folder this build publishes "
+                f"({', '.join(ctx.folders())})"
             )
         for folder, _ in targets:
-            check_folder(ctx.dist / folder, published_files(ctx.inputs, folder), ctx.state)
-        build_id = ctx.inputs["card"].record["result"]["build_id"]
+            check_folder(ctx.dist / folder, ctx.published_files(folder), ctx.state)
+        build_id = lock_build_id(ctx.inputs["lock"])
         message = p.commit_message or f"frankenmoe build {build_id}"
         if build_id not in message:
             message = f"{message} (frankenmoe build {build_id})"

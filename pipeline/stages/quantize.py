@@ -1,12 +1,12 @@
 """quantize: AWQ 4-bit with GPTQModel, published in AutoAWQ's Mixtral GEMM layout.
 
 Steps:
-1. pick calibration windows (pipeline/calibration.py) and, on the 16-bit model,
+1. pick calibration windows (pipeline/moe/calibration.py) and, on the 16-bit model,
    count the tokens the router sends to each expert: an expert that sees too few
    calibration tokens gets badly chosen scales, so that fails here, before the
    expensive part, naming layer and expert;
 2. quantize with GPTQModel (AWQ, GEMM format) into a scratch folder;
-3. rewrite to the published contract (pipeline/awq_layout.py): AutoAWQ tensor
+3. rewrite to the published contract (pipeline/quantization/awq_layout.py): AutoAWQ tensor
    names, FP16 everywhere but the packed ints, exactly the documented
    `quantization_config`, no engine side files (they carry temporary paths and
    timings), shards of at most `quantize.shard_size`;
@@ -23,19 +23,21 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from pipeline.awq_engine import compute_path, run_engine
-from pipeline.awq_layout import choose_group_size, published_name, quantization_config
-from pipeline.calibration import calibration_windows, check_text_files, source_fingerprint
-from pipeline.checkpoint import renamed_pieces, write_sharded
-from pipeline.errors import FrankenmoeError, InputFileError
-from pipeline.hashing import HashState
-from pipeline.jsonio import write_json
+from pipeline.checkpoints.streaming import StreamingLM
+from pipeline.checkpoints.writing import renamed_pieces, write_sharded
+from pipeline.errors import UndercalibratedExpert
+from pipeline.moe.calibration import calibration_windows, check_text_files, source_fingerprint
+from pipeline.moe.routing import expert_token_counts
+from pipeline.quantization.awq_engine import compute_path, run_engine
+from pipeline.quantization.awq_layout import choose_group_size, published_name, quantization_config
 from pipeline.recipe import Recipe
-from pipeline.routing import expert_token_counts
 from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.streaming import StreamingLM
+from pipeline.stages.gates import routed_model
+from pipeline.stages.merge import moe_bytes
+from pipeline.support.hashing import HashState
+from pipeline.support.jsonio import write_json
 
 COPY_FROM_MERGED = (
     "generation_config.json",
@@ -49,8 +51,24 @@ NORM = re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$")
 ROUTER = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$")
 
 
-class UndercalibratedExpert(InputFileError):
-    """Calibration text that never reaches an expert cannot calibrate it."""
+class QuantizeResult(TypedDict):
+    calibration: dict[str, Any]  # source, windows, sha256 of the token windows
+    group_size: int
+    calibrate_all_experts: bool
+    compute_dtype: str
+    expert_tokens: list[list[int]]  # routed to each expert, per layer
+    expert_tokens_seen: list[list[int]]  # in each expert's statistics, per layer
+    undercalibrated: list[str]
+    router_compensation: dict[str, dict[str, float]]
+
+
+def quantize_result(result: StageResult) -> QuantizeResult:
+    return cast(QuantizeResult, result.result)
+
+
+def quantized_model(result: StageResult) -> Path:
+    """The published AWQ folder."""
+    return result.path / "model"
 
 
 class QuantizeStage(Stage):
@@ -76,7 +94,7 @@ class QuantizeStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         """Text files readable, and a group size that fits the base model's config
         (when the base is on disk already), before any stage runs."""
-        from pipeline.models import locate, read_config
+        from pipeline.checkpoints.sources import locate, read_config
 
         check_text_files(
             recipe,
@@ -87,15 +105,19 @@ class QuantizeStage(Stage):
         if base is not None and (base.path / "config.json").is_file():
             choose_group_size(read_config(base), recipe.quantize.group_size)
 
-    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult]) -> int | None:
-        return quantize_disk_bytes(sum(f["size"] for f in inputs["gates"].record["files"].values()))
+    def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
+        if "gates" in inputs:
+            return quantize_disk_bytes(sum(f["size"] for f in inputs["gates"].files.values()))
+        if base_config is None:
+            return None
+        return quantize_disk_bytes(moe_bytes(base_config, len(recipe.experts), recipe.dtype))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
         from transformers import AutoTokenizer
 
         q = ctx.recipe.quantize
-        merged = ctx.inputs["gates"].path / "model"
+        merged = routed_model(ctx.inputs["gates"])
         group_size = choose_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
         cal = calibration_windows(q.calibration, tokenizer, ctx.recipe.root)
@@ -241,6 +263,6 @@ def assert_no_local_paths(folder: Path, roots: list[Path]) -> None:
             text = f.read_text(encoding="utf-8", errors="replace")
             for needle in needles:
                 if needle and needle in text:
-                    raise FrankenmoeError(
+                    raise RuntimeError(
                         f"quantize: {f.name} would publish a local path or host name ({needle!r}); this is a bug"
                     )

@@ -7,14 +7,41 @@ record, so everything after this stage works on local, pinned, hashed files.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict, cast
 
-from pipeline.hashing import HashState
-from pipeline.jsonio import write_json
-from pipeline.models import card_facts, locate, model_files, preflight
-from pipeline.paths import portable
+from pipeline.checkpoints.sources import card_facts, locate, model_files, preflight
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.support.hashing import HashState
+from pipeline.support.jsonio import write_json
+from pipeline.support.paths import portable
+
+
+class ResolvedModel(TypedDict):
+    role: str  # "base" or "experts[i]"
+    ref: str  # as the recipe names it (portable)
+    hub_id: str | None
+    commit: str | None
+    path: str  # local folder (never published)
+    files: dict[str, dict]
+    config: dict[str, Any]
+    license: str | None
+    derived_from: str | None
+    about: str | None
+
+
+class ResolveResult(TypedDict):
+    models: list[ResolvedModel]  # base first, then the experts in recipe order
+
+
+def resolved_models(result: StageResult) -> list[ResolvedModel]:
+    return cast(ResolveResult, result.result)["models"]
+
+
+def model_paths(result: StageResult) -> dict[str, Path]:
+    """{role: local folder} of every source model."""
+    return {m["role"]: Path(m["path"]) for m in resolved_models(result)}
 
 
 class ResolveStage(Stage):

@@ -12,24 +12,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from pipeline.errors import InputFileError
-from pipeline.evaluation import compare_candidate, dead_experts, routing_stats
-from pipeline.jsonio import write_json
-from pipeline.quality_limits import quality_limits
+from pipeline.checkpoints.streaming import StreamingLM
+from pipeline.errors import InputFileError, VerifyFailed
+from pipeline.moe.evaluation import compare_candidate, dead_experts, routing_stats
+from pipeline.moe.quality_limits import quality_limits
+from pipeline.moe.report import outcome, render_markdown, render_routing_png
+from pipeline.quantization.awq_layout import awq_form_problems
 from pipeline.recipe import Recipe, VerifySection
-from pipeline.report import outcome, render_markdown, render_routing_png
 from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.streaming import StreamingLM
+from pipeline.stages.gates import routed_model
+from pipeline.stages.quantize import QuantizeResult, quantize_result, quantized_model
+from pipeline.support.jsonio import write_json
 
 # A source whose non-MLP weights differ from the base's by more than this (relative
 # norm) cannot be reproduced by forced routing; that is reported, not failed.
 SHARED_WEIGHTS_TOL = 1e-6
 
 
+class VerifyResult(TypedDict):
+    passed: bool
+    failures: list[str]  # one line per failed check
+    enforced: bool  # verify.fail_on_mismatch: a failure stops the build
+
+
+def verify_result(result: StageResult) -> VerifyResult:
+    return cast(VerifyResult, result.result)
+
+
+def report_dir(result: StageResult) -> Path:
+    """verify.json, verify.md and routing.png."""
+    return result.path / "report"
+
+
 class VerifyStage(Stage):
     name = "verify"
+    version = 2  # 2: consumer_load requires the exact AWQ GEMM form and says so
     depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib")
     publishes = {"awq": "report"}
@@ -41,16 +60,47 @@ class VerifyStage(Stage):
         report = verify_candidate(
             ctx.recipe.verify,
             ctx.inputs["evaluate"],
-            ctx.inputs["gates"].path / "model",
-            ctx.inputs["quantize"].path / "model",
+            routed_model(ctx.inputs["gates"]),
+            quantized_model(ctx.inputs["quantize"]),
             ctx.out / "report",
-            quantization=_quantization_facts(ctx.inputs["quantize"].record["result"]),
+            quantization=_quantization_facts(quantize_result(ctx.inputs["quantize"])),
         )
         for check in report["checks"]:
             ctx.log(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
         for warning in report["warnings"]:
             ctx.log(f"warning   {warning}")
         return {"passed": report["passed"], "failures": report["failures"], "enforced": report["enforced"]}
+
+    def blocking_error(self, result: StageResult) -> VerifyFailed | None:
+        r = verify_result(result)
+        return VerifyFailed(r["failures"]) if r["failures"] and r["enforced"] else None
+
+
+def candidate_inputs(own_build: bool) -> list[str]:
+    """The stages `frankenmoe verify` reads: the build's own 4-bit model needs quantize,
+    someone else's candidate only the 16-bit model and its reference."""
+    return [d for d in VerifyStage.depends if own_build or d != "quantize"]
+
+
+def candidate_problems(done: dict[str, StageResult], candidate: Path) -> list[str]:
+    """Why `candidate` cannot be compared with this build's merge at all (another
+    model, another layout): checked before anything is loaded."""
+    merged_config = json.loads((routed_model(done["gates"]) / "config.json").read_text())
+    return [f"{candidate}: {p}" for p in awq_form_problems(candidate, merged_config)]
+
+
+def verify_from_results(done: dict[str, StageResult], recipe: Recipe, candidate: Path | None, out: Path) -> dict:
+    """`frankenmoe verify`: the checks of `candidate` (default: the build's own 4-bit
+    model) against the finished 16-bit model and reference."""
+    own = candidate is None
+    return verify_candidate(
+        recipe.verify,
+        done["evaluate"],
+        routed_model(done["gates"]),
+        quantized_model(done["quantize"]) if own else candidate,
+        out,
+        quantization=_quantization_facts(quantize_result(done["quantize"])) if own else None,
+    )
 
 
 def _check(name: str, passed: bool, summary: str, **numbers) -> dict:
@@ -147,7 +197,7 @@ def _forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
     )
 
 
-def _quantization_facts(result: dict) -> dict:
+def _quantization_facts(result: QuantizeResult) -> dict:
     """How the build's 4-bit model was made, for the reader of verify.json: group
     size, compute dtype, whether calibration went through every expert, and the
     calibration tokens each expert saw (and was routed) per layer."""
@@ -164,7 +214,8 @@ def verify_candidate(
     from safetensors import safe_open
 
     ref = json.loads((evaluate.path / "reference.json").read_text())
-    limits = quality_limits(v, json.loads((merged / "config.json").read_text()))
+    merged_config = json.loads((merged / "config.json").read_text())
+    limits = quality_limits(v, merged_config)
     checks = []
 
     s = ref["structure"]
@@ -189,8 +240,12 @@ def verify_candidate(
 
     checks.append(_forced_routing_check(v, ref, s))
 
-    load_problems = []
+    # The exact AWQ form first (config, then every quantized linear's three parts):
+    # a candidate of another model or layout is refused before anything is loaded.
+    load_problems = [f"awq: {p}" for p in awq_form_problems(candidate, merged_config)]
     for label, folder in (("merged", merged), ("awq", candidate)):
+        if label == "awq" and load_problems:
+            break
         try:
             load_problems += [f"{label}: {p}" for p in StreamingLM(folder).check()]
         except InputFileError as e:
@@ -199,9 +254,10 @@ def verify_candidate(
         _check(
             "consumer_load",
             not load_problems,
-            "both folders load with no missing, mis-shaped or unexpected tensor"
+            "both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit one is in the exact "
+            "AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear)"
             if not load_problems
-            else load_problems[0],
+            else "; ".join(load_problems),
             problems=load_problems,
         )
     )

@@ -16,9 +16,9 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.build import Layout, run_stage
+from pipeline.engine.build import Layout, run_stage
 from pipeline.errors import EnvironmentProblem
-from pipeline.hashing import HashState
+from pipeline.support.hashing import HashState
 from tests.conftest import EXAMPLE, run_cli
 from tests.test_build_cache import RECIPE, Counting
 

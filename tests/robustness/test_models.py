@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.checkpoints.sources import locate, preflight
 from pipeline.errors import IncompatibleModelsError, InputFileError
-from pipeline.models import locate, preflight
 from pipeline.recipe import ModelRef
 from tests.conftest import tiny_mistral
 

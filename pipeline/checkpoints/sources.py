@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import IncompatibleModelsError, InputFileError
-from pipeline.paths import resolve_path
 from pipeline.recipe import ModelRef
+from pipeline.support.paths import resolve_path
 
 # Everything a merge reads from a source; weights only as safetensors.
 ALLOW_PATTERNS = [

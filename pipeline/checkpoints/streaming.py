@@ -21,10 +21,10 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.awq_layout import PROJ_TO_W, QUANT_PARTS, dequantize
 from pipeline.errors import InputFileError
-from pipeline.progress import progress
-from pipeline.routing import forced_expert
+from pipeline.moe.routing import forced_expert
+from pipeline.quantization.awq_layout import PROJ_TO_W, QUANT_PARTS, dequantize
+from pipeline.support.progress import progress
 
 MLP_KEY = re.compile(r"^(model\.layers\.\d+)\.mlp\.(.+)$")
 PER_EXPERT = re.compile(r"^experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -209,7 +209,7 @@ class StreamingLM:
         """Per window (token ids): (log-probs [T, V] over the next token, or None
         without `head`; router softmax [L, T, E], or None for a dense model). With
         `expert`, every MoE layer routes every token to that expert alone
-        (pipeline.routing)."""
+        (pipeline.moe.routing)."""
         import torch
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 

@@ -1,7 +1,7 @@
 """Rewrite a checkpoint's tensors under new names into size-bounded shards.
 
 The quantize stage renames GPTQModel's output to the published AWQ Mixtral names
-(pipeline/awq_layout.py) this way. Tensors are read one at a time and written
+(pipeline/quantization/awq_layout.py) this way. Tensors are read one at a time and written
 shard by shard, so memory stays near one shard whatever the model size.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.jsonio import write_json
-from pipeline.progress import progress
+from pipeline.support.jsonio import write_json
+from pipeline.support.progress import progress
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "I8": 1, "U8": 1, "I16": 2}
 

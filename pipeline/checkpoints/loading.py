@@ -30,8 +30,8 @@ def load_merged(path: Path, dtype: str = "float32"):
 def load_awq(path: Path, dtype: str = "float16"):
     """A folder in the published AWQ layout as a plain Mixtral on the CPU, with
     its weights dequantized by the reader verification streams through
-    (pipeline/streaming.py). Fails on any missing, mis-shaped or unexpected tensor."""
-    from pipeline.streaming import StreamingLM
+    (pipeline/checkpoints/streaming.py). Fails on any missing, mis-shaped or unexpected tensor."""
+    from pipeline.checkpoints.streaming import StreamingLM
 
     lm = StreamingLM(path, dtype)
     problems = lm.check()

@@ -15,19 +15,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
-from pipeline.errors import FrankenmoeError, InputFileError
-from pipeline.hashing import sha256_file
-from pipeline.jsonio import read_document
-from pipeline.stages.manifest import FORMAT, MANIFEST
-
-
-class NotReproducible(FrankenmoeError):
-    """Two builds of the same inputs gave different bytes."""
-
-    exit_code = 9
+from pipeline.errors import NotReproducible, ToolFailed
+from pipeline.provenance.manifest_format import MANIFEST, read_manifest
+from pipeline.stages.base import Stage, published_subfolder
+from pipeline.support.hashing import sha256_file
 
 
 def run_build(recipe_file: Path, root: Path, extra: list[str], log) -> None:
@@ -36,22 +31,23 @@ def run_build(recipe_file: Path, root: Path, extra: list[str], log) -> None:
     log(f"building {recipe_file} in {root}")
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe_file), *extra], env=env)
     if proc.returncode != 0:
-        raise FrankenmoeError(f"the build in {root} failed (exit {proc.returncode}); see its output above")
+        raise ToolFailed(f"the build in {root} failed (exit {proc.returncode}); see its output above")
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def made_by(build_dir: Path) -> dict[str, str]:
+def made_by(build_dir: Path, stages: Sequence[Stage]) -> dict[str, str]:
     """{published path: stage} from the stage records of a finished build."""
-    from pipeline.stages import STAGES
-
+    folders = {f for s in stages for f in s.publishes}
     out = {}
-    for stage in STAGES:
+    for stage in stages:
         for record_file in (build_dir / stage.name).glob("*/record.json"):
             files = json.loads(record_file.read_text())["files"]
-            for folder, sub in stage.publishes.items():
+            for folder in sorted(folders):
+                if (sub := published_subfolder(stage, folder)) is None:
+                    continue
                 for rel in files:
                     if rel.startswith(sub + "/"):
                         out[f"{folder}/{rel[len(sub) + 1 :]}"] = stage.name
@@ -79,7 +75,7 @@ def compare(
     return rows, bad
 
 
-def repro_check(recipe_file: Path, work: Path, log=print) -> list[str]:
+def repro_check(recipe_file: Path, work: Path, stages: Sequence[Stage], log=print) -> list[str]:
     """Build twice from scratch and compare every file under dist/<name>/."""
     from pipeline.recipe import load_recipe
 
@@ -88,7 +84,7 @@ def repro_check(recipe_file: Path, work: Path, log=print) -> list[str]:
     for side in ("a", "b"):
         run_build(recipe_file, work / side, [], log)
     a, b = (tree_hashes(work / side / "dist" / recipe.name) for side in ("a", "b"))
-    rows, bad = compare(a, b, made_by(work / "a" / "build" / recipe.name), ("build a", "build b"))
+    rows, bad = compare(a, b, made_by(work / "a" / "build" / recipe.name, stages), ("build a", "build b"))
     log("\n".join(rows))
     if bad:
         raise NotReproducible(
@@ -98,17 +94,9 @@ def repro_check(recipe_file: Path, work: Path, log=print) -> list[str]:
     return rows
 
 
-def read_manifest(folder: Path) -> dict:
-    return read_document(
-        folder / MANIFEST,
-        FORMAT,
-        InputFileError,
-        f"not found; rebuild-check needs a folder published by frankenmoe (with its {MANIFEST})",
-        "it was not written by frankenmoe, or was edited",
-    )
-
-
-def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=print) -> list[str]:
+def rebuild_check(
+    folder: Path, work: Path, stages: Sequence[Stage], recipe_dir: Path = Path("."), log=print
+) -> list[str]:
     """Rebuild a published folder from its embedded recipe and lock; compare bytes.
     Relative model and data paths in the recipe are read from `recipe_dir` (where
     the original recipe was); Hub models are fetched at the locked commits."""
@@ -125,8 +113,9 @@ def rebuild_check(folder: Path, work: Path, recipe_dir: Path = Path("."), log=pr
     rebuilt_dir = work / "dist" / name / which
     published = {rel: sha256_file(folder / rel) for rel in [*manifest["files"], MANIFEST] if (folder / rel).is_file()}
     rebuilt = {rel: h for rel, h in tree_hashes(rebuilt_dir).items()}
-    stages = {k.split("/", 1)[1]: v for k, v in made_by(work / "build" / name).items() if k.startswith(which + "/")}
-    rows, bad = compare(published, rebuilt, stages, ("published", "rebuilt"))
+    made = made_by(work / "build" / name, stages)
+    makers = {k.split("/", 1)[1]: v for k, v in made.items() if k.startswith(which + "/")}
+    rows, bad = compare(published, rebuilt, makers, ("published", "rebuilt"))
     log("\n".join(rows))
     extra = sorted(
         p.relative_to(folder).as_posix()

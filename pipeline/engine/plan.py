@@ -10,15 +10,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from pipeline.build import Layout, cached_result, stage_key
+from pipeline.engine.cache import Layout, cached_result
+from pipeline.engine.graph import dependencies, enabled_stages
+from pipeline.engine.keys import key_material, key_of
 from pipeline.errors import FrankenmoeError
-from pipeline.hashing import HashState
 from pipeline.recipe import ModelRef, Recipe
-from pipeline.stages import STAGES
-from pipeline.stages.base import StageResult
-from pipeline.stages.merge import merge_disk_bytes, moe_bytes
-from pipeline.stages.quantize import quantize_disk_bytes
+from pipeline.stages.base import Stage, StageResult
+from pipeline.support.hashing import HashState
 
 
 @dataclass
@@ -45,57 +45,39 @@ def base_config(ref: ModelRef, root: Path, fetch: bool) -> dict | None:
         return None
 
 
-def estimate(stage: str, recipe: Recipe, cfg: dict | None) -> int | None:
-    """Disk a stage's output needs, from the base model's config alone."""
-    if cfg is None:
-        return None
-    if stage == "merge":
-        return merge_disk_bytes(cfg, recipe)
-    if stage == "gates":
-        return moe_bytes(cfg, len(recipe.experts), recipe.dtype) if recipe.gates.fit else None
-    if stage == "quantize":
-        return quantize_disk_bytes(moe_bytes(cfg, len(recipe.experts), recipe.dtype))
-    if stage == "evaluate":
-        return recipe.verify.max_tokens * cfg["vocab_size"] * 4  # fp32 reference log-probs
-    return None
-
-
-def make_plan(recipe: Recipe, layout: Layout, fetch: bool = False) -> list[PlanRow]:
+def make_plan(recipe: Recipe, layout: Layout, stages: Sequence[Stage], fetch: bool = False) -> list[PlanRow]:
+    """One row per stage the recipe switches on: cached or not, its key when its
+    inputs are known, and the disk its output needs."""
     state = HashState(layout.build_root / ".hash-state.json")
+    stages = enabled_stages(stages, recipe)
     results: dict[str, StageResult] = {}
     rows = []
     cfg = base_config(recipe.base_model, recipe.root, fetch)
-    for stage in STAGES:
-        deps_known = all(d in results for d in stage.depends)
+    for stage in stages:
+        names = dependencies(stage, stages)
         key = None
-        if deps_known:
+        if all(d in results for d in names):
+            deps = {d: results[d] for d in names}
             try:
-                fp = stage.fingerprint(recipe, state, {d: results[d] for d in stage.depends}, offline=True)
+                material = key_material(stage, recipe, state, deps, offline=True)
             except FrankenmoeError:
-                fp = None
-            if fp is not None:
-                key = stage_key(stage, recipe, fp, {d: results[d] for d in stage.depends})
-                hit = cached_result(stage, layout, key)
-                if hit:
+                material = None
+            if material is not None:
+                key = key_of(material)
+                if hit := cached_result(stage, layout, key):
                     results[stage.name] = hit
-        size = estimate(stage.name, recipe, cfg)
+        size = stage.estimate_bytes(recipe, {d: results[d] for d in names if d in results}, cfg)
+        sized = type(stage).estimate_bytes is not Stage.estimate_bytes
         note = ""
-        if size is None and stage.name in ("merge", "quantize", "evaluate"):
+        if size is None and sized and cfg is None:
             note = (
                 f"size unknown: config of {recipe.base_model.display()} not in the local Hub cache "
                 "(plan --fetch reads it)"
             )
-        elif stage.name == "resolve" and key is None:
-            note = "sources not local yet; they will be downloaded"
-        rows.append(
-            PlanRow(
-                stage.name,
-                "cached" if stage.name in results else "will run",
-                key,
-                None if stage.name in results else size,
-                note,
-            )
-        )
+        elif key is None and all(d in results for d in names):
+            note = "inputs not local yet; they will be downloaded"
+        cached = stage.name in results
+        rows.append(PlanRow(stage.name, "cached" if cached else "will run", key, None if cached else size, note))
     state.save()
     return rows
 

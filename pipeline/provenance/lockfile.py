@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.awq_engine import compute_path
-from pipeline.determinism import THREADS
-from pipeline.errors import FrankenmoeError, InputFileError
-from pipeline.hashing import HashState
-from pipeline.jsonio import read_document
-from pipeline.paths import portable, resolve_path
+from pipeline.errors import InputFileError, LockMismatch
+from pipeline.quantization.awq_engine import compute_path
 from pipeline.recipe import Recipe
-from pipeline.versions import tool_versions
+from pipeline.support.determinism import THREADS
+from pipeline.support.hashing import HashState
+from pipeline.support.jsonio import read_document
+from pipeline.support.paths import portable, resolve_path
+from pipeline.support.versions import tool_versions
 
 FORMAT = 1
 # Every package that writes published bytes: the model files, the card (jinja2 through
@@ -48,12 +48,6 @@ PACKAGES = [
     "matplotlib",
     "datasets",
 ]
-
-
-class LockMismatch(FrankenmoeError):
-    """`build --locked`: the inputs or the environment differ from the lock file."""
-
-    exit_code = 8
 
 
 def lock_path(recipe_file: Path) -> Path:
@@ -74,7 +68,7 @@ def _data_files(section: str, files: list[str], state: HashState, root: Path) ->
 def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dict[str, Any] | None:
     """The lock for this recipe as things are now; None when `download` is off and
     a Hub model is not in the local cache."""
-    from pipeline.models import locate, model_files
+    from pipeline.checkpoints.sources import locate, model_files
 
     models = {}
     for role, ref in recipe.all_models():
@@ -211,6 +205,6 @@ def published_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def build_id(recipe: Recipe, lock: dict[str, Any]) -> str:
     """Names a build by what made it (the recipe and its lock), never by when."""
-    from pipeline.hashing import sha256_json
+    from pipeline.support.hashing import sha256_json
 
     return sha256_json({"recipe": published_recipe(recipe), "lock": lock})[:16]

@@ -1,7 +1,7 @@
 """The examples' models, each in its own folder under fixtures/, made or copied on demand.
 
 - `tiny`: a 4-layer Mistral and two MLP-only experts trained from scratch on the
-  shipped corpora (pipeline/fixtures.py): fast tests;
+  shipped corpora (pipeline/example/tiny.py): fast tests;
 - `smollm2`: SmolLM2-135M-Instruct from PyPI and MLP-only fine-tunes of it
   (pipeline/example/smollm2.py): the real example.
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.example.store import ensure
-from pipeline.fixtures import FixtureSettings, fixtures_key
-from pipeline.fixtures import ensure_fixtures as train_tiny
+from pipeline.example.tiny import FixtureSettings, fixtures_key
+from pipeline.example.tiny import ensure_fixtures as train_tiny
 
 EXAMPLES = ("tiny", "smollm2")
 

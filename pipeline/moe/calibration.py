@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpus import read_documents
 from pipeline.errors import InputFileError
-from pipeline.hashing import HashState, sha256_json
-from pipeline.paths import portable, resolve_path
+from pipeline.moe.corpus import read_documents
 from pipeline.recipe import CalibrationSection
+from pipeline.support.hashing import HashState, sha256_json
+from pipeline.support.paths import portable, resolve_path
 
 
 @dataclass(frozen=True)

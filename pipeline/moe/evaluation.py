@@ -4,7 +4,7 @@
 forced-routing parity, reference log-probs and router weights on held-out text,
 per-domain perplexities of the MoE, its sources and the base. 4-bit side (the
 `verify` stage): the same pass over the candidate, compared token by token.
-Every model pass streams layers from disk (pipeline/streaming.py) and every
+Every model pass streams layers from disk (pipeline/checkpoints/streaming.py) and every
 tensor comparison reads one tensor at a time, so memory stays bounded by one
 layer whatever the model's size.
 """
@@ -16,9 +16,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.corpus import read_documents
-from pipeline.progress import progress
-from pipeline.streaming import CheckpointReader
+from pipeline.checkpoints.streaming import CheckpointReader
+from pipeline.moe.corpus import read_documents
+from pipeline.support.progress import progress
 
 EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}

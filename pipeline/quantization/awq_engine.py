@@ -1,4 +1,4 @@
-"""Run GPTQModel's AWQ in a child process: `python -m pipeline.awq_engine SPEC.json`.
+"""Run GPTQModel's AWQ in a child process: `python -m pipeline.quantization.awq_engine SPEC.json`.
 
 GPTQModel patches transformers' Mixtral classes for the whole process, changes
 environment variables and prints banners and tables. In its own process none of
@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import FrankenmoeError
-from pipeline.progress import bars_enabled
+from pipeline.errors import EnvironmentProblem, ToolFailed
+from pipeline.support.progress import bars_enabled
 
 # glibc's malloc hands freed blocks back to the kernel eagerly, and AWQ's scale
 # search allocates and frees the same buffers thousands of times: on 2 CPU cores a
@@ -156,7 +156,7 @@ def compute_path(
 
 def check_dtype(name: str, where: str) -> str:
     if name not in COMPUTE_DTYPES:
-        raise FrankenmoeError(f"{where}: {name!r} is not a compute dtype; use one of {', '.join(COMPUTE_DTYPES)}")
+        raise EnvironmentProblem(f"{where}: {name!r} is not a compute dtype; use one of {', '.join(COMPUTE_DTYPES)}")
     return name
 
 
@@ -247,7 +247,7 @@ def run_engine(spec: dict, spec_file: Path, log_file: Path, relay: Callable[[str
     work.mkdir(exist_ok=True)
     env = engine_env(dict(os.environ))
     watched = bars_enabled()
-    cmd = [sys.executable, "-m", "pipeline.awq_engine", str(spec_file.resolve())]
+    cmd = [sys.executable, "-m", "pipeline.quantization.awq_engine", str(spec_file.resolve())]
     with open(log_file, "wb") as log:
         if watched:
             returncode = subprocess.run(cmd, env=env, cwd=work, preexec_fn=_die_with_parent).returncode
@@ -256,7 +256,7 @@ def run_engine(spec: dict, spec_file: Path, log_file: Path, relay: Callable[[str
     shutil.rmtree(work, ignore_errors=True)
     if returncode != 0:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if not watched else []
-        raise FrankenmoeError(
+        raise ToolFailed(
             f"quantize: GPTQModel failed (exit {returncode}){': ' + tail[0] if tail else ''}; full log: {log_file}"
         )
 
@@ -309,7 +309,7 @@ def allow_float32_awq_packing() -> None:
     if torch.float32 in supported:
         return
     if supported != [torch.float16, torch.bfloat16]:
-        raise FrankenmoeError(
+        raise EnvironmentProblem(
             f"quantize: GPTQModel's AwqTorchLinear supports {supported}, not what the float32 "
             f"patch expects; set {DTYPE_ENV}=bfloat16 (or float16)"
         )
@@ -412,7 +412,7 @@ def speedups_wanted(environ: dict[str, str]) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in SPEEDUPS]
     if unknown:
-        raise FrankenmoeError(
+        raise EnvironmentProblem(
             f"{SPEEDUPS_ENV}: unknown {', '.join(unknown)}; use none, all or some of {', '.join(SPEEDUPS)}"
         )
     return [n for n in SPEEDUPS if n in names]
@@ -429,7 +429,7 @@ def main(spec_file: str) -> None:
 
     import torch
 
-    from pipeline.determinism import seed_everything
+    from pipeline.support.determinism import seed_everything
 
     seed_everything(spec["seed"])
     from gptqmodel import GPTQModel

@@ -45,7 +45,7 @@ def forced_expert(model, expert: int) -> Iterator[None]:
 
 def expert_token_counts(lm, windows: list[list[int]], desc: str = "routing calibration tokens") -> list[list[int]]:
     """Per layer and expert, how many tokens the router sends there (top-k), with
-    the merged model streamed layer by layer (a pipeline.streaming.StreamingLM)."""
+    the merged model streamed layer by layer (a pipeline.checkpoints.streaming.StreamingLM)."""
     import torch
 
     top_k = lm.config.num_experts_per_tok

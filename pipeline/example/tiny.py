@@ -20,12 +20,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.corpus import read_documents
-from pipeline.hashing import sha256_file
-from pipeline.progress import progress
-from pipeline.versions import tool_versions
+from pipeline.moe.corpus import read_documents
+from pipeline.support.hashing import sha256_file
+from pipeline.support.paths import shipped_dir
+from pipeline.support.progress import progress
+from pipeline.support.versions import tool_versions
 
-CALIBRATION = Path(__file__).resolve().parent.parent / "calibration"
+CALIBRATION = shipped_dir()
 DOMAINS = ("code", "prose")
 
 
@@ -55,9 +56,7 @@ def fixtures_key(settings: FixtureSettings) -> str:
     """Hash of every input that shapes the fixture bytes."""
     inputs = {
         "settings": asdict(settings),
-        "corpora": {
-            f"{d}/train.jsonl": sha256_file(CALIBRATION / d / "train.jsonl") for d in DOMAINS
-        },
+        "corpora": {f"{d}/train.jsonl": sha256_file(CALIBRATION / d / "train.jsonl") for d in DOMAINS},
         "code": sha256_file(Path(__file__)),
         "versions": tool_versions(["torch", "transformers", "tokenizers"]),
     }
@@ -110,7 +109,9 @@ def _train_all(out: Path, s: FixtureSettings, log) -> dict:
         expert = _load(base_dir)  # start from the saved fp16 weights so non-MLP bits stay identical
         for name, p in expert.named_parameters():
             p.requires_grad = ".mlp." in name
-        _train(expert, ids[domain], s.expert_steps, s.expert_lr, s, seed=s.seed + 1 + i, desc=f"fixtures: {domain} expert")
+        _train(
+            expert, ids[domain], s.expert_steps, s.expert_lr, s, seed=s.seed + 1 + i, desc=f"fixtures: {domain} expert"
+        )
         _save(expert, tokenizer, out / f"expert-{domain}")
         metrics[f"expert-{domain}"] = _perplexities(out / f"expert-{domain}", eval_ids, s)
     for name, ppl in metrics.items():
@@ -124,10 +125,16 @@ def _train_tokenizer(texts: list[str], s: FixtureSettings):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=s.vocab_size, min_frequency=2, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=s.vocab_size, min_frequency=2, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
     bpe.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=s.max_position_embeddings
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=s.max_position_embeddings,
     )
 
 

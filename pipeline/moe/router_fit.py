@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.determinism import seed_everything
-from pipeline.progress import progress
-from pipeline.routing import moe_blocks
+from pipeline.moe.routing import moe_blocks
+from pipeline.support.determinism import seed_everything
+from pipeline.support.progress import progress
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""The stage cache: build/<name>/<stage>/<key>/ holds a finished output and its
+record.json. A key folder exists only once its stage finished (it is renamed into
+place), and a folder whose files no longer match their record is never served."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.recipe import Recipe
+from pipeline.stages.base import Stage, StageResult
+
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    build_root: Path
+    dist_root: Path
+    name: str
+
+    @property
+    def build(self) -> Path:
+        return self.build_root / self.name
+
+    @property
+    def dist(self) -> Path:
+        return self.dist_root / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.build / stage
+
+
+def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Path | None = None) -> Layout:
+    return Layout(
+        Path(build_root or os.environ.get("FRANKENMOE_BUILD_DIR", "build")),
+        Path(dist_root or os.environ.get("FRANKENMOE_DIST_DIR", "dist")),
+        recipe.name,
+    )
+
+
+def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
+    """The finished output for `key`, or None. A folder whose files no longer match
+    their recorded sizes is treated as absent (and removed), never served."""
+    path = layout.stage_dir(stage.name) / key
+    record_file = path / RECORD
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+        for rel, meta in record["files"].items():
+            if (path / rel).stat().st_size != meta["size"]:
+                raise ValueError(rel)
+    except (OSError, ValueError, KeyError):
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return StageResult(stage.name, key, path, record)
+
+
+def output_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != RECORD)
+
+
+def fsync_tree(root: Path) -> None:
+    for p in [*output_files(root), *[d for d in root.rglob("*") if d.is_dir()], root]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,102 @@
+"""Publishing: dist/<name>/<folder>/ assembled from every finished stage that
+publishes into it, atomically, as hard links into the cache (build/<name>/
+published.json says what dist holds, so re-publishing an unchanged build is free)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.engine.cache import Layout, output_files
+from pipeline.errors import EnvironmentProblem
+from pipeline.stages.base import Stage, StageResult, published_subfolder
+from pipeline.support.hashing import sha256_json
+from pipeline.support.jsonio import write_json
+
+
+def published_folders(stages: Sequence[Stage], results: dict[str, StageResult]) -> set[str]:
+    """The folders the finished stages publish into (never a stage's wildcard)."""
+    return {folder for s in stages if s.name in results for folder in s.publishes}
+
+
+def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], stages: Sequence[Stage]) -> list[Path]:
+    """Assemble dist/<name>/<folder> from every finished stage that publishes into
+    it (the AWQ folder: quantize's model plus verify's report), atomically, as hard
+    links into the cache. Skipped when dist already holds exactly these files: the
+    same stage keys and content hashes (a forced rerun can write other bytes under
+    the same key), and files unchanged on disk since."""
+    published_file = layout.build / "published.json"
+    published = json.loads(published_file.read_text()) if published_file.is_file() else {}
+    out = []
+    for folder in sorted(folders):
+        parts = [
+            (res, sub)
+            for stage in stages
+            if (res := done.get(stage.name)) and (sub := published_subfolder(stage, folder)) is not None
+        ]
+        key = sha256_json(
+            [
+                [
+                    res.name,
+                    res.key,
+                    {rel: meta["sha256"] for rel, meta in sorted(res.files.items()) if rel.startswith(sub + "/")},
+                ]
+                for res, sub in parts
+            ]
+        )[:16]
+        dst = layout.dist / folder
+        out.append(dst)
+        entry = published.get(folder)
+        if entry and entry["key"] == key and _same_files(dst, entry["files"]):
+            continue
+        layout.dist.mkdir(parents=True, exist_ok=True)
+        for leftover in [*layout.dist.glob(f".{folder}.tmp-*"), *layout.dist.glob(f".{folder}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # from a killed build; we hold the lock
+        tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
+        try:
+            _assemble(tmp, parts)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise EnvironmentProblem(
+                    f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
+                ) from None
+            raise
+        if dst.exists():
+            old = layout.dist / f".{folder}.old-{os.getpid()}"
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, dst)
+        published[folder] = {"key": key, "files": _stat_files(dst)}
+        write_json(published_file, published)
+    return out
+
+
+def _assemble(tmp: Path, parts: list[tuple[StageResult, str]]) -> None:
+    """Hard links to the cached files (copies across file systems)."""
+    tmp.mkdir(parents=True)
+    for res, sub in parts:
+        src = res.path / sub
+        for f in output_files(src):
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, target)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise
+                shutil.copy2(f, target)
+
+
+def _stat_files(root: Path) -> dict[str, list[int]]:
+    return {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in output_files(root)}
+
+
+def _same_files(root: Path, recorded: dict[str, list[int]]) -> bool:
+    return root.is_dir() and _stat_files(root) == recorded

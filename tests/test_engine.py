@@ -1,0 +1,196 @@
+"""The engine over fake stages: it runs whatever list it is given, with no global
+stage list and no stage named, and the real list is well-formed."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine.build import build, finished_results
+from pipeline.engine.cache import Layout
+from pipeline.engine.graph import dependencies, enabled_stages, graph_problems, select_stages
+from pipeline.engine.plan import make_plan
+from pipeline.errors import NotBuiltError, UsageError, VerifyFailed
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
+from tests.test_build_cache import RECIPE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Fake(Stage):
+    """Writes `<name>.txt` holding its own name and its inputs' keys."""
+
+    def __init__(self, name, depends=(), publishes=None, enabled=True, fail=None, all_earlier=False, sized=None):
+        self.name, self.depends = name, tuple(depends)
+        self.publishes = publishes or {}
+        self.depends_on_all_earlier = all_earlier
+        self._enabled, self._fail, self._sized = enabled, fail, sized
+        self.runs = 0
+
+    def config(self, recipe):
+        return {"name": self.name}
+
+    def enabled(self, recipe):
+        return self._enabled
+
+    def estimate_bytes(self, recipe, inputs, base_config):
+        return self._sized
+
+    def blocking_error(self, result):
+        return VerifyFailed([self._fail]) if self._fail else None
+
+    def run(self, ctx):
+        self.runs += 1
+        out = ctx.out / "files"
+        out.mkdir()
+        (out / f"{self.name}.txt").write_text(json.dumps({k: r.key for k, r in sorted(ctx.inputs.items())}))
+        return {"inputs": sorted(ctx.inputs), "folders": ctx.folders()}
+
+
+@pytest.fixture
+def layout(tmp_path):
+    return Layout(tmp_path / "build", tmp_path / "dist", "unit")
+
+
+def quiet(_):
+    pass
+
+
+def chain():
+    return [
+        Fake("a", publishes={"out": "files"}),
+        Fake("b", ["a"], publishes={"out": "files"}),
+        Fake("c", ["a"], publishes={"extra": "files"}),
+        Fake("all", all_earlier=True),
+    ]
+
+
+def test_runs_the_list_it_is_given_caches_and_publishes(layout):
+    stages = chain()
+    done = build(RECIPE, layout, stages, log=quiet)
+    assert list(done) == ["a", "b", "c", "all"]
+    assert done["all"].result["inputs"] == ["a", "b", "c"]
+    assert done["a"].result["folders"] == ["extra", "out"]
+    assert sorted(p.name for p in (layout.dist / "out").iterdir()) == ["a.txt", "b.txt"]
+    assert [p.name for p in (layout.dist / "extra").iterdir()] == ["c.txt"]
+    build(RECIPE, layout, stages, log=quiet)
+    assert [s.runs for s in stages] == [1, 1, 1, 1]
+    build(RECIPE, layout, stages, force={"b"}, log=quiet)
+    assert [s.runs for s in stages] == [1, 2, 1, 1]
+
+
+def test_until_selects_a_stage_and_what_it_needs(layout):
+    stages = chain()
+    assert [s.name for s in select_stages(stages, "c")] == ["a", "c"]
+    assert [s.name for s in select_stages(stages, "all")] == ["a", "b", "c", "all"]
+    build(RECIPE, layout, stages, until="c", log=quiet)
+    assert [s.runs for s in stages] == [1, 0, 1, 0]
+
+
+def test_unknown_stage_names_are_usage_errors_listing_the_stages(layout):
+    with pytest.raises(UsageError, match="--until: unknown stage 'zz'; stages are a, b, c, all"):
+        build(RECIPE, layout, chain(), until="zz", log=quiet)
+    with pytest.raises(UsageError, match="--force: unknown stage 'zz'"):
+        build(RECIPE, layout, chain(), force={"zz"}, log=quiet)
+
+
+def test_a_stage_the_recipe_switches_off_is_left_out_with_what_needs_it(layout):
+    stages = [Fake("a"), Fake("off", ["a"], enabled=False), Fake("needs-off", ["off"]), Fake("all", all_earlier=True)]
+    assert [s.name for s in enabled_stages(stages, RECIPE)] == ["a", "all"]
+    done = build(RECIPE, layout, stages, log=quiet)
+    assert done["all"].result["inputs"] == ["a"]
+    with pytest.raises(UsageError, match="switched off"):
+        build(RECIPE, layout, stages, until="off", log=quiet)
+
+
+def test_a_blocking_error_stops_the_build_after_publishing_its_report(layout):
+    stages = [
+        Fake("a", publishes={"out": "files"}),
+        Fake("check", ["a"], publishes={"out": "files"}, fail="x"),
+        Fake("z"),
+    ]
+    with pytest.raises(VerifyFailed):
+        build(RECIPE, layout, stages, log=quiet)
+    assert (layout.dist / "out" / "check.txt").is_file()
+    assert stages[2].runs == 0
+
+
+def test_cached_results_and_plan_use_the_builds_keys(layout):
+    stages = chain()
+    with pytest.raises(NotBuiltError, match="a: not built"):
+        finished_results(RECIPE, layout, stages, ["b"])
+    rows = make_plan(RECIPE, layout, stages)
+    assert [r.status for r in rows] == ["will run"] * 4
+    done = build(RECIPE, layout, stages, log=quiet)
+    found = finished_results(RECIPE, layout, stages, ["b"])
+    assert {k: r.key for k, r in found.items()} == {k: done[k].key for k in ("a", "b")}
+    assert [(r.status, r.key) for r in make_plan(RECIPE, layout, stages)] == [
+        ("cached", done[s.name].key) for s in stages
+    ]
+
+
+def test_plan_sizes_come_from_the_stages_hook(layout):
+    rows = make_plan(RECIPE, layout, [Fake("a", sized=123), Fake("b")])
+    assert [r.bytes for r in rows] == [123, None]
+
+
+def test_graph_problems_are_found():
+    assert graph_problems([Fake("a", ["b"]), Fake("b")]) == [
+        "stage 'a' depends on 'b', which is not an earlier stage in the list"
+    ]
+    assert graph_problems([Fake("a"), Fake("a")]) == ["stage 'a' is listed twice"]
+
+
+def test_the_real_stage_list_is_well_formed():
+    assert graph_problems(STAGES) == []
+    for stage in STAGES:
+        assert all(d in [s.name for s in STAGES] for d in dependencies(stage, STAGES))
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_engine_names_no_stage_and_stages_see_only_the_interface():
+    for path in (ROOT / "pipeline" / "engine").glob("*.py"):
+        stage_imports = {m for m in _imports(path) if m.startswith("pipeline.stages")}
+        assert stage_imports <= {"pipeline.stages.base"}, f"{path.name} imports {stage_imports}"
+    for path in (ROOT / "pipeline" / "stages").glob("*.py"):
+        engine = {m for m in _imports(path) if m.startswith("pipeline.engine")}
+        assert not engine, f"stage {path.name} imports the engine: {engine}"
+
+
+def test_the_package_import_graph_has_no_cycle():
+    modules = {}
+    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _imports(path) if m in modules and m != name}
+    state: dict[str, int] = {}
+
+    def visit(n, trail):
+        if state.get(n) == 1:
+            raise AssertionError("import cycle: " + " -> ".join([*trail, n]))
+        if state.get(n) == 2:
+            return
+        state[n] = 1
+        for d in sorted(graph[n]):
+            visit(d, [*trail, n])
+        state[n] = 2
+
+    for n in sorted(graph):
+        visit(n, [])
