@@ -342,15 +342,6 @@ def _semantic_problems(raw: dict) -> list[str]:
         )
     if raw.get("shared_experts"):
         problems.append("shared_experts: not supported by the Mixtral output architecture; remove the key")
-    gates, verify = raw.get("gates"), raw.get("verify")
-    if isinstance(gates, dict) and isinstance(gates.get("files"), list):
-        evaluation = verify.get("files") if isinstance(verify, dict) and "files" in verify else VerifySection().files
-        for f in gates["files"]:
-            if isinstance(evaluation, list) and f in evaluation:
-                problems.append(
-                    f"gates.files: {f} is also in verify.files; fitting on the evaluation text would make verify's "
-                    "numbers meaningless"
-                )
     experts = raw.get("experts")
     k = raw.get("experts_per_token", 2)
     if isinstance(k, int) and not isinstance(k, bool) and k < 1:

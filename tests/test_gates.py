@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tests.conftest import REPO, read_json, run_cli
+from tests.conftest import REPO, example_data, read_json, run_cli
 from tests.test_example_build import tensors
 
 pytestmark = pytest.mark.slow
@@ -140,10 +141,31 @@ def test_two_fits_give_identical_routers(fitted):
     assert digests() == recorded
 
 
-def test_gates_may_not_train_on_the_evaluation_text(tmp_path):
-    text = FITTED.read_text().replace("shipped:prose/calibration.jsonl", "shipped:prose/eval.jsonl")
+@pytest.mark.parametrize("how", ["same name", "relative path", "absolute path", "a copy"])
+@pytest.mark.parametrize("section", ["gates.files", "quantize.calibration.files"])
+def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
+    """Compared by content: another spelling of the path, or a copy, is caught too."""
+    from pipeline.support.paths import shipped_dir
+
+    held_out = shipped_dir() / "prose" / "eval.jsonl"
+    copy = tmp_path / "texts" / "mine.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(held_out.read_bytes())
+    name = {
+        "same name": "shipped:prose/eval.jsonl",
+        "relative path": "./texts/mine.jsonl",
+        "absolute path": str(held_out),
+        "a copy": "texts/mine.jsonl",
+    }[how]
+    data = example_data(FITTED)
+    if section == "gates.files":
+        data["gates"]["files"] = ["shipped:code/calibration.jsonl", name]
+    else:
+        data["quantize"]["calibration"]["files"] = ["shipped:code/calibration.jsonl", name]
     recipe = tmp_path / "leak.yaml"
-    recipe.write_text(text)
-    proc = run_cli("validate", str(recipe))
-    assert proc.returncode == 2
-    assert "gates.files: shipped:prose/eval.jsonl is also in verify.files" in proc.stderr
+    recipe.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(recipe), build=tmp_path / "build", dist=tmp_path / "dist")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {section}: {name} has the same text as verify.files")
+    assert not any((tmp_path / "build").rglob("record.json"))

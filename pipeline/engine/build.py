@@ -15,7 +15,6 @@ killed build never leaves a result that a later build would serve.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
@@ -24,7 +23,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from pipeline.engine.cache import RECORD, Layout, cached_result, default_layout, fsync_tree, output_files
+from pipeline.engine.cache import (
+    RECORD,
+    Layout,
+    cached_result,
+    default_layout,
+    fsync_tree,
+    output_files,
+    removed_on_failure,
+)
 from pipeline.engine.graph import check_names, dependencies, enabled_stages, select_stages, with_ancestors
 from pipeline.engine.keys import key_material, key_of
 from pipeline.engine.publish import publish, published_folders
@@ -77,7 +84,8 @@ def run_stage(
     tmp = stage_dir / f".tmp-{key}-{os.getpid()}"
     tmp.mkdir()
     quiet_libraries()
-    try:
+    full = f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
+    with removed_on_failure(tmp, full):
         ctx = StageContext(
             recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
         )
@@ -92,13 +100,6 @@ def run_stage(
         if final.exists():  # a forced rerun replaces the old result
             shutil.rmtree(final)
         os.rename(tmp, final)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise EnvironmentProblem(
-                f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
-            ) from None
-        raise
     state.save()
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
 

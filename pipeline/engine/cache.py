@@ -4,12 +4,16 @@ place), and a folder whose files no longer match their record is never served.""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+from pipeline.errors import EnvironmentProblem
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageResult
 
@@ -58,6 +62,18 @@ def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
         shutil.rmtree(path, ignore_errors=True)
         return None
     return StageResult(stage.name, key, path, record)
+
+
+@contextmanager
+def removed_on_failure(tmp: Path, disk_full: str) -> Iterator[None]:
+    """A half-written output folder never stays behind; a full disk is said as such."""
+    try:
+        yield
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise EnvironmentProblem(disk_full) from None
+        raise
 
 
 def output_files(root: Path) -> list[Path]:

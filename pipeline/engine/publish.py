@@ -11,8 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.engine.cache import Layout, output_files
-from pipeline.errors import EnvironmentProblem
+from pipeline.engine.cache import Layout, output_files, removed_on_failure
 from pipeline.stages.base import Stage, StageResult, published_subfolder
 from pipeline.support.hashing import sha256_json
 from pipeline.support.jsonio import write_json
@@ -57,15 +56,10 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
         for leftover in [*layout.dist.glob(f".{folder}.tmp-*"), *layout.dist.glob(f".{folder}.old-*")]:
             shutil.rmtree(leftover, ignore_errors=True)  # from a killed build; we hold the lock
         tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
-        try:
+        with removed_on_failure(
+            tmp, f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
+        ):
             _assemble(tmp, parts)
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise EnvironmentProblem(
-                    f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
-                ) from None
-            raise
         if dst.exists():
             old = layout.dist / f".{folder}.old-{os.getpid()}"
             os.rename(dst, old)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputFileError
+from pipeline.errors import InputFileError, RecipeError
 from pipeline.moe.corpus import read_documents
 from pipeline.recipe import CalibrationSection
 from pipeline.support.hashing import HashState, sha256_json
@@ -96,6 +96,26 @@ def calibration_windows(cal: CalibrationSection, tokenizer, root: Path = Path())
     order = torch.randperm(chunks, generator=torch.Generator().manual_seed(cal.seed))[: cal.samples].tolist()
     windows = [ids[i * cal.seq_len : (i + 1) * cal.seq_len] for i in sorted(order)]
     return CalibrationSet(windows, {**source, "tokens": len(ids), "windows": len(windows)})
+
+
+def check_not_evaluation_text(recipe, section: str, files: list[str], why: str) -> None:
+    """Text a stage learns from must not be the held-out text verify measures on.
+    Compared by content (sha256), so `./calibration/...`, an absolute path or a
+    copy of an evaluation file is caught as well as the same name."""
+    from pipeline.support.hashing import sha256_file
+
+    held_out = {}
+    for name in recipe.verify.files:
+        path = recipe.path(name)
+        if path.is_file():
+            held_out.setdefault(sha256_file(path), name)
+    problems = []
+    for name in files:
+        path = recipe.path(name)
+        if path.is_file() and (same := held_out.get(sha256_file(path))):
+            problems.append(f"{section}: {name} has the same text as verify.files {same}; {why}")
+    if problems:
+        raise RecipeError(problems)
 
 
 def check_text_files(recipe, section: str, files: list[str]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from pipeline.moe.calibration import check_text_files, source_fingerprint, token_windows
+from pipeline.moe.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.merge import merged_model, moe_bytes
@@ -56,6 +56,9 @@ class GatesStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         if recipe.gates.fit:
             check_text_files(recipe, "gates.files", recipe.gates.files)
+            check_not_evaluation_text(
+                recipe, "gates.files", recipe.gates.files, "fitting on it would make verify's numbers meaningless"
+            )
             require_gpu_if_asked(recipe.gates.device, "gates.device")
 
     def fingerprint(

@@ -28,7 +28,12 @@ from typing import Any, TypedDict, cast
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.checkpoints.writing import renamed_pieces, write_sharded
 from pipeline.errors import UndercalibratedExpert
-from pipeline.moe.calibration import calibration_windows, check_text_files, source_fingerprint
+from pipeline.moe.calibration import (
+    calibration_windows,
+    check_not_evaluation_text,
+    check_text_files,
+    source_fingerprint,
+)
 from pipeline.moe.routing import expert_token_counts
 from pipeline.quantization.awq_engine import compute_path, run_engine
 from pipeline.quantization.awq_layout import choose_group_size, published_name, quantization_config
@@ -101,6 +106,13 @@ class QuantizeStage(Stage):
             "quantize.calibration.files",
             [] if recipe.quantize.calibration.dataset else recipe.quantize.calibration.files,
         )
+        if not recipe.quantize.calibration.dataset:
+            check_not_evaluation_text(
+                recipe,
+                "quantize.calibration.files",
+                recipe.quantize.calibration.files,
+                "calibrating on it would flatter verify's numbers; use other text (the shipped `calibration` split)",
+            )
         base = locate("base", recipe.base_model, recipe.root, download=False)
         if base is not None and (base.path / "config.json").is_file():
             choose_group_size(read_config(base), recipe.quantize.group_size)
