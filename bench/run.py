@@ -32,8 +32,12 @@ from pathlib import Path
 
 import yaml
 
+from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure
+from pipeline.engine.graph import enabled_stages
 from pipeline.quantization.awq_engine import ALLOCATOR
+from pipeline.recipe import load_recipe
+from pipeline.stages import STAGES
 
 
 def stage_record(stage: str, out: str) -> dict:
@@ -245,6 +249,26 @@ def report(results: dict) -> str:
             f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
             f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
         ]
+    if results.get("gguf"):
+        g = results["gguf"]
+        lines += [
+            "",
+            "GGUF (llama.cpp's own converter and quantizer, checked by llama.cpp's logits on the held-out text):",
+            "",
+            f"- the stage: {g['stage_s']:.1f} s, of which making the files {g['stage_parts_s']['convert']:.1f} s "
+            f"(convert) + {g['stage_parts_s']['quantize']:.1f} s (quantize) and llama.cpp's checks "
+            f"{g['stage_parts_s']['check']:.1f} s; the same tools by hand: {g['by_hand']['total_s']:.1f} s; "
+            f"files vs by hand **{g['files_vs_by_hand']}x**, whole stage {g['stage_vs_by_hand']}x",
+            "",
+            "| type | MoE mean KL | top-1 | ppl ratio | dense base mean KL | top-1 | ppl ratio | MoE / dense KL |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {t} | {m['kl_mean']:.4f} | {m['top1_agreement']:.1%} | x{m['perplexity_ratio']:.3f} | "
+                f"{g['dense_base'][t]['kl_mean']:.4f} | {g['dense_base'][t]['top1_agreement']:.1%} | "
+                f"x{g['dense_base'][t]['perplexity_ratio']:.3f} | {g['moe_vs_dense_kl'][t]} |"
+                for t, m in g["moe"].items()
+            ),
+        ]
     if results.get("scale"):
         from bench.scale import report as scale_report
 
@@ -282,6 +306,10 @@ def main() -> None:
     results["whole"] = whole(args.recipe, args.work)
     results["cache"] = cache(args.recipe, args.work)
     results["quality"] = quality(args.recipe, args.work)
+    if "gguf" in {s.name for s in enabled_stages(STAGES, load_recipe(args.recipe))}:
+        results["gguf"] = gguf_bench(
+            args.recipe, args.work / "gguf", build_root=args.work / "ours" / "build", log=print
+        )
     for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq"):  # room for the scale part
         shutil.rmtree(args.work / part, ignore_errors=True)
 

@@ -149,6 +149,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
     layout = default_layout(recipe)
+    if args.candidate is not None and args.candidate.suffix == ".gguf":
+        return _verify_gguf(recipe, layout, args)
     done = finished_results(recipe, layout, _stages(), candidate_inputs(args.candidate is None))
     if args.candidate is not None and (problems := candidate_problems(done, args.candidate)):
         raise VerifyFailed(problems, hint=None)
@@ -159,6 +161,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"report: {out / 'verify.md'}")
     if not report["passed"]:
         raise VerifyFailed(report["failures"])
+    return 0
+
+
+def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
+    """`verify --candidate FILE.gguf`: llama.cpp's checks of any GGUF file of this merge."""
+    from pipeline.engine.build import finished_results
+    from pipeline.errors import VerifyFailed
+    from pipeline.stages.gates import routed_model
+    from pipeline.stages.gguf import check_files
+
+    if not args.candidate.is_file():
+        raise InputFileError(f"verify: {args.candidate}: no such file; give a .gguf file")
+    done = finished_results(recipe, layout, _stages(), ["gates", "evaluate"])
+    out = args.out or layout.build / "verify-candidate"
+    merged = routed_model(done["gates"])
+    report = check_files(recipe.gguf, done["evaluate"], merged, {None: args.candidate}, out, out)
+    print(f"report: {out / 'verify.md'}")
+    if not report["passed"]:
+        raise VerifyFailed(report["failures"], hint=None)
     return 0
 
 
@@ -294,7 +315,9 @@ def parser() -> argparse.ArgumentParser:
     )
     vf.add_argument("recipe", type=Path)
     vf.add_argument(
-        "--candidate", type=Path, help="a folder in the published AWQ layout (default: this recipe's build)"
+        "--candidate",
+        type=Path,
+        help="a folder in the published AWQ layout, or a .gguf file of this merge (default: this recipe's build)",
     )
     vf.add_argument(
         "--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)"

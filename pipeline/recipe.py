@@ -202,6 +202,31 @@ class VerifySection(Strict):
     fail_on_mismatch: bool = True
 
 
+class GgufSection(Strict):
+    """GGUF files made and checked by llama.cpp's own tools (pipeline/stages/gguf.py)."""
+
+    enabled: bool = True
+    types: list[str] = Field(default_factory=lambda: ["Q8_0", "Q4_K_M"], min_length=1)
+    # Per type ({"Q4_K_M": 0.1}); a type not named gets its default by model size
+    # (pipeline/moe/quality_limits.py).
+    max_mean_kl: dict[str, float] = Field(default_factory=dict)
+    min_top1_agreement: dict[str, float] = Field(default_factory=dict)
+    max_ppl_ratio: dict[str, float] = Field(default_factory=dict)
+    fail_on_mismatch: bool = True
+
+    @field_validator("types")
+    @classmethod
+    def known_types(cls, value: list[str]) -> list[str]:
+        from pipeline.quantization.llama_cpp import FTYPES
+
+        unknown = [t for t in value if t not in FTYPES]
+        if unknown:
+            raise ValueError(f"unknown GGUF type {', '.join(unknown)}; use some of {', '.join(FTYPES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a GGUF type is listed twice")
+        return value
+
+
 class CardSection(Strict):
     template: str | None = None
     license: str | None = None
@@ -224,6 +249,7 @@ class PublishSection(Strict):
     push: bool = False
     merged: RepoTarget | None = None
     awq: RepoTarget | None = None
+    gguf: RepoTarget | None = None
     private: bool = True
     revision: str = "main"
     commit_message: str | None = None
@@ -251,6 +277,7 @@ class Recipe(Strict):
     gates: GatesSection = Field(default_factory=GatesSection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     verify: VerifySection = Field(default_factory=VerifySection)
+    gguf: GgufSection = Field(default_factory=GgufSection)
     card: CardSection = Field(default_factory=CardSection)
     publish: PublishSection = Field(default_factory=PublishSection)
     # The recipe file's folder: relative paths in the recipe are relative to it.

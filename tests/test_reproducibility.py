@@ -39,6 +39,7 @@ def project(tmp_path_factory) -> Path:
         "quantize": {"calibration": {"files": ["text/code/calibration.jsonl", "text/prose/calibration.jsonl"]}},
         "verify": {"files": ["text/code/eval.jsonl", "text/prose/eval.jsonl"]},
         "card": {"license": "mit"},
+        "gguf": {"enabled": False},  # models without a tokenizer: llama.cpp's converter cannot take them
     }
     (root / "small.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return root

@@ -169,11 +169,11 @@ def build(
     if until is not None and until not in {s.name for s in active}:
         raise UsageError(f"--until: stage {until!r} is switched off by this recipe")
     selected = select_stages(active, until)
+    state = HashState(layout.build_root / ".hash-state.json")
+    if locked is not None:  # first: with other inputs, nothing else the build would say matters
+        check_lock(recipe, locked, state)
     for stage in selected:
         stage.preflight(recipe)
-    state = HashState(layout.build_root / ".hash-state.json")
-    if locked is not None:
-        check_lock(recipe, locked, state)
     results: dict[str, StageResult] = {}
     with build_lock(layout, log):
         for stage in selected:

@@ -195,47 +195,77 @@ def dead_experts(routing: dict, share: float) -> list[dict]:
     return out
 
 
-def compare_candidate(lm, windows, ref_logprobs, ref_router, top_k: int) -> dict:
-    """One layer-streaming pass of the candidate (a StreamingLM) over the windows, against the stored
-    16-bit reference: per-token KL(16 || 4), top-1 agreement, perplexities, and
-    per layer the router weights' mean |difference| and top-k set agreement."""
+def logprob_parity(candidate_logprobs, windows, ref_logprobs) -> dict:
+    """A candidate's log-probs (one tensor per window) against the stored 16-bit
+    reference: per-token KL(16 || candidate), top-1 agreement and perplexities,
+    overall and per domain."""
     import torch
 
-    kls, agree = [], []
+    kls, agree, doms = [], [], []
     nll16: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    nll4: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    router4 = []
-    outputs = lm.run([ids[:-1] for _, ids in windows], desc="verify: 4-bit vs 16-bit")
-    for w, ((lp4, r4), (domain, ids)) in enumerate(zip(outputs, windows)):
+    nllc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for w, (lpc, (domain, ids)) in enumerate(zip(candidate_logprobs, windows)):
         lp16 = ref_logprobs[w].float()
-        kls.append((lp16.exp() * (lp16 - lp4)).sum(-1))
-        agree.append(lp16.argmax(-1) == lp4.argmax(-1))
+        kls.append((lp16.exp() * (lp16 - lpc)).sum(-1))
+        agree.append(lp16.argmax(-1) == lpc.argmax(-1))
+        doms += [domain] * len(ids[1:])
         t = torch.tensor(ids[1:])
         idx = torch.arange(len(t))
         nll16[domain][0] += float(-lp16[idx, t].sum())
-        nll4[domain][0] += float(-lp4[idx, t].sum())
+        nllc[domain][0] += float(-lpc[idx, t].sum())
         nll16[domain][1] += len(t)
-        nll4[domain][1] += len(t)
-        router4.append(r4)
-    kl = torch.cat(kls)
-    r4 = torch.cat(router4, dim=1)
-    r16 = ref_router.float()
-    top16 = torch.topk(r16, top_k, -1).indices.sort(-1).values
-    top4 = torch.topk(r4, top_k, -1).indices.sort(-1).values
+        nllc[domain][1] += len(t)
+    kl, top = torch.cat(kls), torch.cat(agree).float()
 
     def ppl(acc):
         s, n = map(sum, zip(*acc.values()))
         return {"all": math.exp(s / n), **{d: math.exp(a / b) for d, (a, b) in sorted(acc.items())}}
 
-    p16, p4 = ppl(nll16), ppl(nll4)
+    p16, pc = ppl(nll16), ppl(nllc)
+    per_domain = {}
+    for d in sorted(set(doms)):
+        mask = torch.tensor([x == d for x in doms])
+        per_domain[d] = {
+            "kl_mean": float(kl[mask].mean()),
+            "kl_p99": float(torch.quantile(kl[mask], 0.99)),
+            "top1_agreement": float(top[mask].mean()),
+            "perplexity_ratio": pc[d] / p16[d],
+        }
     return {
         "tokens": int(kl.numel()),
         "kl_mean": float(kl.mean()),
         "kl_p99": float(torch.quantile(kl, 0.99)),
-        "top1_agreement": float(torch.cat(agree).float().mean()),
+        "top1_agreement": float(top.mean()),
         "perplexity_16bit": p16,
-        "perplexity_4bit": p4,
-        "perplexity_ratio": p4["all"] / p16["all"],
+        "perplexity_candidate": pc,
+        "perplexity_ratio": pc["all"] / p16["all"],
+        "per_domain": per_domain,
+    }
+
+
+def compare_candidate(lm, windows, ref_logprobs, ref_router, top_k: int) -> dict:
+    """One layer-streaming pass of the candidate (a StreamingLM) over the windows, against the stored
+    16-bit reference: per-token KL(16 || 4), top-1 agreement, perplexities (overall and
+    per domain), and per layer the router weights' mean |difference| and top-k set agreement."""
+    import torch
+
+    router4 = []
+
+    def logprobs():
+        for lp4, r4 in lm.run([ids[:-1] for _, ids in windows], desc="verify: 4-bit vs 16-bit"):
+            router4.append(r4)
+            yield lp4
+
+    cmp = logprob_parity(logprobs(), windows, ref_logprobs)
+    r4 = torch.cat(router4, dim=1)
+    r16 = ref_router.float()
+    top16 = torch.topk(r16, top_k, -1).indices.sort(-1).values
+    top4 = torch.topk(r4, top_k, -1).indices.sort(-1).values
+    return {
+        **{k: cmp[k] for k in ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit")},
+        "perplexity_4bit": cmp["perplexity_candidate"],
+        "perplexity_ratio": cmp["perplexity_ratio"],
+        "per_domain": cmp["per_domain"],
         "router_weight_mae": [float(x) for x in (r4 - r16).abs().mean(dim=(1, 2))],
         "router_topk_agreement": [float(x) for x in (top16 == top4).all(-1).float().mean(1)],
         "router_4bit": r4,

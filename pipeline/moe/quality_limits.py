@@ -67,3 +67,38 @@ def quality_limits(verify, config: dict) -> dict:
         out[name] = mine if mine is not None else getattr(tier, name)
         out[f"{name}_from"] = "recipe" if mine is not None else "model size"
     return out
+
+
+# GGUF, through llama.cpp's converter and quantizer, measured by llama.cpp's own
+# logits. 8-bit types are near-lossless at any size (llama.cpp's 7B figures: mean KL
+# about 0.0004, top-1 98-99%; the SmolLM2-135M dense base: 0.0045, 96.7%, x1.002).
+# 4- to 6-bit types by size, like the AWQ tiers: the 7B tier from the published
+# 4-bit figures, the small tier from the 135M dense base at Q4_K_M (0.059, 87.8%,
+# x1.072; its 576 columns make most tensors fall back from K-quants) with margin.
+GGUF_8BIT = Tier(
+    0, "8-bit: llama.cpp's 7B figures (KL about 0.0004) and the 135M base (KL 0.0045), with margin", 0.02, 0.94, 1.02
+)
+GGUF_TIERS = (
+    Tier(3e9, "3B and more: published 4-bit 7B figures (KL 0.013-0.03, top-1 92-95%) with margin", 0.05, 0.90, 1.05),
+    Tier(5e8, "0.5B-3B: between the 7B figures and the measured 135M base", 0.08, 0.87, 1.08),
+    Tier(
+        0,
+        "under 0.5B: the SmolLM2-135M dense base at Q4_K_M (KL 0.059, top-1 87.8%, x1.072) with margin",
+        0.10,
+        0.84,
+        1.10,
+    ),
+)
+
+
+def gguf_limits(gguf, ftype: str, config: dict) -> dict:
+    """The limits for one GGUF type: the recipe's (`gguf.<limit>: {TYPE: value}`)
+    where set, else by the type's bits and the model's size."""
+    params = dense_params(config)
+    tier = GGUF_8BIT if ftype.startswith("Q8") else next(t for t in GGUF_TIERS if params >= t.min_params)
+    out = {"dense_params": params, "tier": tier.label}
+    for name in LIMITS:
+        mine = getattr(gguf, name).get(ftype)
+        out[name] = mine if mine is not None else getattr(tier, name)
+        out[f"{name}_from"] = "recipe" if mine is not None else "type and model size"
+    return out

@@ -47,6 +47,7 @@ PACKAGES = [
     "jinja2",
     "matplotlib",
     "datasets",
+    "llama-cpp-python",
 ]
 
 
@@ -104,6 +105,20 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
             "cpu_capability": cpu_capability(state),
             "quantize_compute": compute_path(),
         },
+        **({"llama.cpp": llama_cpp_pin()} if recipe.gguf.enabled else {}),
+    }
+
+
+def llama_cpp_pin() -> dict[str, str]:
+    """What makes the GGUF bytes and llama.cpp's numbers: the sdist (its vendored
+    llama.cpp commit) and the flags it was built with."""
+    from pipeline.quantization import llama_cpp
+
+    return {
+        "llama_cpp_python": llama_cpp.VERSION,
+        "sdist_sha256": llama_cpp.SDIST_SHA256,
+        "commit": llama_cpp.LLAMA_CPP_COMMIT,
+        "build_flags": llama_cpp.BUILD_FLAGS,
     }
 
 

@@ -3,6 +3,7 @@
 from pipeline.stages.card import CardStage
 from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.gates import GatesStage
+from pipeline.stages.gguf import GgufStage
 from pipeline.stages.lock import LockStage
 from pipeline.stages.manifest import ManifestStage
 from pipeline.stages.merge import MergeStage
@@ -19,6 +20,7 @@ STAGES = (
     QuantizeStage(),
     EvaluateStage(),
     VerifyStage(),
+    GgufStage(),
     CardStage(),
     ManifestStage(),
     PushStage(),

@@ -53,7 +53,10 @@ class ManifestStage(Stage):
 
 def _portable_record(result: StageResult, diagnostics: set[str]) -> dict[str, Any]:
     record = _strip(result.record)
-    record["files"] = {rel: meta for rel, meta in record["files"].items() if rel not in diagnostics}
+    folders = tuple(d for d in diagnostics if d.endswith("/"))
+    record["files"] = {
+        rel: meta for rel, meta in record["files"].items() if rel not in diagnostics and not rel.startswith(folders)
+    }
     return record
 
 

@@ -48,7 +48,7 @@ def report_dir(result: StageResult) -> Path:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = 2  # 2: consumer_load requires the exact AWQ GEMM form and says so
+    version = 3  # 2: consumer_load requires the exact AWQ GEMM form; 3: quantization parity per domain
     depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib")
     publishes = {"awq": "report"}
@@ -290,6 +290,7 @@ def verify_candidate(
                         "perplexity_16bit",
                         "perplexity_4bit",
                         "perplexity_ratio",
+                        "per_domain",
                     )
                 },
             )

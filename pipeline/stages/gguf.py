@@ -1,0 +1,297 @@
+"""gguf: GGUF files of the merged MoE, made and checked by llama.cpp itself.
+
+llama.cpp's converter turns the `gates` model into a 16-bit GGUF; llama.cpp's
+quantizer makes each type of `gguf.types` from it (pipeline/quantization/llama_cpp.py).
+Each file is then loaded by llama.cpp, which computes its logits on the held-out
+windows of `evaluate`; they are compared with the 16-bit reference there (mean and
+p99 KL, top-1 agreement, perplexity ratio, each per domain), and llama.cpp's own
+reading of the expert count and experts per token is compared with the merge's.
+
+Output, published as dist/<name>/gguf/: `<name>-<TYPE>.gguf` per type,
+`verify.json`, `verify.md` and `README.md` (the GGUF card). The converter's and
+quantizer's logs stay in the cache (`logs/`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from pipeline.errors import IncompatibleModelsError, VerifyFailed
+from pipeline.quantization.llama_cpp import FTYPES
+from pipeline.recipe import GgufSection, Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.gates import routed_model
+from pipeline.stages.lock import build_id
+from pipeline.stages.resolve import resolved_models
+from pipeline.support.determinism import THREADS
+from pipeline.support.jsonio import write_json
+
+ARCHITECTURE = "MixtralForCausalLM"  # what the merge writes (stages/merge.py)
+
+
+FTYPE_NAMES = {code: name for name, code in FTYPES.items()}
+
+
+class GgufResult(TypedDict):
+    wall_s: dict[str, float]  # convert, quantize, check (llama.cpp's logits)
+    files: dict[str, str]  # type -> file name
+    passed: bool
+    failures: list[str]
+    enforced: bool
+
+
+def gguf_result(result: StageResult) -> GgufResult:
+    return cast(GgufResult, result.result)
+
+
+class GgufStage(Stage):
+    name = "gguf"
+    depends = ("lock", "resolve", "gates", "evaluate")
+    packages = ("llama-cpp-python", "torch", "transformers", "tokenizers", "huggingface-hub")
+    publishes = {"gguf": "gguf"}
+    diagnostics = ("logs/",)
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.gguf.enabled
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        from pipeline.quantization.llama_cpp import VERSION
+
+        return {
+            "gguf": recipe.gguf.model_dump(),
+            "llama_cpp_python": VERSION,
+            "repos": {k: v for k, v in recipe.publish.targets().items() if k in ("merged", "gguf")},
+            "license": recipe.card.license,
+        }
+
+    def preflight(self, recipe: Recipe) -> None:
+        """llama.cpp's converter must take the model: its architecture and its
+        tokenizer's pre-tokenizer (from the base, whose tokenizer the merge keeps)."""
+        from pipeline.checkpoints.sources import locate
+        from pipeline.quantization.llama_cpp import converter_refusal, require_converter
+
+        require_converter()
+        base = locate("base", recipe.base_model, recipe.root, download=False)
+        if base is None or not (base.path / "config.json").is_file():
+            return  # a Hub base not downloaded yet: checked again when the stage runs
+        why = converter_refusal(base.path, ARCHITECTURE)
+        if why:
+            raise IncompatibleModelsError(f"gguf: {why}; set gguf.enabled: false to build without GGUF files")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from pipeline.quantization.llama_cpp import convert, converter_refusal, quantize
+
+        recipe, g = ctx.recipe, ctx.recipe.gguf
+        merged = routed_model(ctx.inputs["gates"])
+        why = converter_refusal(merged, ARCHITECTURE)
+        if why:
+            raise IncompatibleModelsError(f"gguf: {why}; set gguf.enabled: false to build without GGUF files")
+        out, logs, scratch = ctx.out / "gguf", ctx.out / "logs", ctx.out / "scratch"
+        for d in (out, logs, scratch):
+            d.mkdir()
+        cfg = json.loads((merged / "config.json").read_text())
+        outtype = "bf16" if cfg.get("torch_dtype", cfg.get("dtype")) == "bfloat16" else "f16"
+        full = scratch / f"{recipe.name}-{outtype.upper()}.gguf"
+        t0 = time.monotonic()
+        convert(merged, full, logs / "convert.log", outtype, recipe.name)
+        t1 = time.monotonic()
+        files = {}
+        for t in g.types:
+            files[t] = f"{recipe.name}-{t}.gguf"
+            quantize(full, out / files[t], t, THREADS, logs / f"quantize-{t}.log")
+            ctx.log(f"gguf      {files[t]}: {(out / files[t]).stat().st_size / 1e6:.1f} MB")
+        shutil.rmtree(scratch)
+        t2 = time.monotonic()
+        paths = {t: out / f for t, f in files.items()}
+        report = check_files(g, ctx.inputs["evaluate"], merged, paths, out, logs, ctx.log)
+        write_card(ctx, out, files, report)
+        seconds = {"convert": t1 - t0, "quantize": t2 - t1, "check": time.monotonic() - t2}
+        return {
+            # "wall_s" (the moment, not the result) is left out of build.json
+            "wall_s": {k: round(v, 1) for k, v in seconds.items()},
+            "files": files,
+            "passed": report["passed"],
+            "failures": report["failures"],
+            "enforced": g.fail_on_mismatch,
+        }
+
+    def blocking_error(self, result: StageResult) -> VerifyFailed | None:
+        r = gguf_result(result)
+        if not (r["failures"] and r["enforced"]):
+            return None
+        return VerifyFailed(
+            r["failures"],
+            hint="the build stopped before publishing further; see dist/<name>/gguf/verify.md, or set "
+            "gguf.fail_on_mismatch: false to continue anyway (recorded in its verify.json)",
+        )
+
+
+def check_files(
+    g: GgufSection,
+    evaluate: StageResult,
+    merged: Path,
+    files: dict[str | None, Path],
+    out: Path,
+    logs: Path,
+    log=print,
+) -> dict:
+    """llama.cpp's logits of each file against the 16-bit reference, and its reading
+    of the MoE's shape; verify.json and verify.md in `out`. `files`: {type or None: path}
+    (None: someone else's file, whose type llama.cpp reads from it)."""
+    from pipeline.moe.quality_limits import gguf_limits
+    from pipeline.quantization.llama_cpp import parity
+
+    logs.mkdir(parents=True, exist_ok=True)
+    config = json.loads((merged / "config.json").read_text())
+    checks, per_type = [], {}
+    want = {"expert_count": config["num_local_experts"], "expert_used_count": config["num_experts_per_tok"]}
+    for t, path in files.items():
+        measured = parity(path, evaluate.path, merged, THREADS, logs / f"parity-{path.stem}.log")
+        facts, cmp, experts = measured["metadata"], measured["parity"], measured["experts"]
+        t = t or FTYPE_NAMES.get(facts["file_type"], "Q4_K_M")  # someone else's file: by what it says
+        limits = gguf_limits(g, t, config)
+        shape = {k: facts[k] for k in want}
+        ok_shape = shape == want and not experts["misplaced"] and experts["expert_tensors"] > 0
+        ok_q = (
+            cmp["kl_mean"] <= limits["max_mean_kl"]
+            and cmp["top1_agreement"] >= limits["min_top1_agreement"]
+            and cmp["perplexity_ratio"] <= limits["max_ppl_ratio"]
+        )
+        checks.append(
+            {
+                "name": f"{t}: experts",
+                "passed": ok_shape,
+                "summary": f"llama.cpp reads {shape['expert_count']} experts, {shape['expert_used_count']} per token"
+                + ("" if shape == want else f" (the merge has {want['expert_count']}, {want['expert_used_count']})")
+                + (
+                    f"; none of {experts['expert_tensors']} expert tensors is nearer another expert of the merge "
+                    f"than its own (relative error at most {experts['max_relative_error']:.3f}"
+                    + (
+                        f"; {experts['indistinguishable']} too close to another expert to tell at this type)"
+                        if experts["indistinguishable"]
+                        else ")"
+                    )
+                    if not experts["misplaced"]
+                    else f"; {len(experts['misplaced'])} expert tensors are not where the merge has them: "
+                    + "; ".join(experts["misplaced"][:3])
+                ),
+                **shape,
+                **experts,
+            }
+        )
+        checks.append(
+            {
+                "name": f"{t}: parity",
+                "passed": ok_q,
+                "summary": f"mean KL {cmp['kl_mean']:.4f} (max {limits['max_mean_kl']}), p99 KL {cmp['kl_p99']:.4f}, "
+                f"top-1 {cmp['top1_agreement']:.1%} (min {limits['min_top1_agreement']:.0%}), perplexity "
+                f"x{cmp['perplexity_ratio']:.3f} (max x{limits['max_ppl_ratio']})",
+                **cmp,
+            }
+        )
+        per_type[t] = {"file": path.name, "bytes": path.stat().st_size, "limits": limits, "read_by_llama_cpp": facts}
+        for c in checks[-2:]:
+            log(f"gguf      {c['name']:<22} {'pass' if c['passed'] else 'FAIL'}  {c['summary']}")
+    failures = [f"{c['name']}: {c['summary']}" for c in checks if not c["passed"]]
+    report = {
+        "passed": not failures,
+        "enforced": g.fail_on_mismatch,
+        "failures": failures,
+        "files": per_type,
+        "reference": "the 16-bit model's log-probs on the held-out windows of `evaluate` (transformers, float32)",
+        "checks": checks,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "verify.json", report)
+    (out / "verify.md").write_text(render(report), encoding="utf-8")
+    return report
+
+
+def render(report: dict) -> str:
+    lines = [f"## GGUF verification by llama.cpp: {'passed' if report['passed'] else 'FAILED'}", ""]
+    lines += ["| check | result | numbers |", "|---|---|---|"]
+    for c in report["checks"]:
+        lines.append(f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | {c['summary']} |")
+    parity = [c for c in report["checks"] if c["name"].endswith(": parity")]
+    domains = sorted(parity[0]["per_domain"]) if parity else []
+    if domains:
+        lines += ["", "Per domain (mean KL / top-1 / perplexity ratio):", ""]
+        lines += ["| type | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+        for c in parity:
+            cells = [
+                f"{d['kl_mean']:.4f} / {d['top1_agreement']:.1%} / x{d['perplexity_ratio']:.3f}"
+                for d in (c["per_domain"][k] for k in domains)
+            ]
+            lines.append(f"| {c['name'].split(':')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_card(ctx: StageContext, out: Path, files: dict[str, str], report: dict) -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from pipeline.stages.card import resolve_license
+
+    recipe = ctx.recipe
+    models = resolved_models(ctx.inputs["resolve"])
+    targets = recipe.publish.targets()
+    repo = targets.get("gguf", f"{recipe.name}-GGUF")
+    merged_repo = targets.get("merged", recipe.name)  # set publish.merged.repo_id for a link that resolves
+    data = ModelCardData(
+        license=resolve_license(recipe, {m["role"]: m.get("license") for m in models}),
+        library_name="gguf",
+        pipeline_tag="text-generation",
+        tags=["moe", "frankenmoe", "mixtral", "gguf", "llama.cpp"],
+        base_model=merged_repo,
+        base_model_relation="quantized",
+    )
+    rows = "\n".join(
+        f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
+        + next(c["summary"] for c in report["checks"] if c["name"] == f"{t}: parity")
+        + " |"
+        for t in files
+    )
+    first = next(iter(files.values()))
+    body = f"""# {recipe.name} (GGUF)
+
+GGUF files of the {recipe.name} Mixture-of-Experts model ({len(recipe.experts)} experts,
+top-{recipe.experts_per_token}), converted and quantized by llama.cpp's own tools
+(llama-cpp-python {ctx_version()}) in the same reproducible build as the 16-bit and
+AWQ folders (build {build_id(ctx.inputs["lock"])}).
+
+## Files, checked by llama.cpp against the 16-bit model
+
+| file | type | size | llama.cpp vs 16-bit on held-out text |
+|---|---|---|---|
+{rows}
+
+{"Every file passed." if report["passed"] else "**Some checks failed**; see verify.md."} The per-domain
+figures and llama.cpp's reading of the expert count are in `verify.md` and `verify.json`.
+
+## Use
+
+```sh
+llama-cli -m {first} -p "def fibonacci(n):" -n 64
+llama-server --hf-repo {repo} --hf-file {first}
+```
+
+```python
+from llama_cpp import Llama
+llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
+print(llm("def fibonacci(n):", max_tokens=64)["choices"][0]["text"])
+```
+
+Provenance: `build.json` holds the recipe, the lock and every stage's record.
+
+{render(report).replace("## GGUF verification", "## Verification")}"""
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    (out / "README.md").write_text(str(card), encoding="utf-8")
+
+
+def ctx_version() -> str:
+    from pipeline.quantization.llama_cpp import VERSION
+
+    return VERSION
