@@ -1,5 +1,5 @@
-"""The `frankenmoe` command: validate, plan, build, lock, verify, push, generate, repro-check,
-rebuild-check, fixtures.
+"""The `frankenmoe` command: validate, plan, build, lock, verify, study, push, generate,
+repro-check, rebuild-check, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -183,6 +183,20 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from pipeline.engine.cache import default_layout
+    from pipeline.moe.study import run_study
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    _quiet_libraries()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, _stages())
+    print((out / "study.md").read_text(encoding="utf-8"), end="")
+    print(f"study: {out / 'study.json'}, {out / 'study.png'}")
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from pipeline.engine.build import build, default_layout
     from pipeline.errors import PublishError
@@ -323,6 +337,18 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="where to write verify.json/.md/routing.png (default: build/<name>/verify-candidate)"
     )
     vf.set_defaults(func=cmd_verify)
+
+    st = sub.add_parser(
+        "study", help="build the recipe once per gate mode and compare perplexity, routing and dead experts"
+    )
+    st.add_argument("recipe", type=Path)
+    st.add_argument(
+        "--modes",
+        default="hidden,cheap_embed,random,fitted",
+        help="comma-separated: hidden, cheap_embed, random, fitted",
+    )
+    st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
+    st.set_defaults(func=cmd_study)
 
     ps = sub.add_parser("push", help="push the built folders to the Hub (HF_ENDPOINT, HF_TOKEN or your login)")
     ps.add_argument("recipe", type=Path)

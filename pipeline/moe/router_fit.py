@@ -84,6 +84,7 @@ def fit_routers(
     generator = torch.Generator().manual_seed(seed)
     losses = []
     try:
+        torch.set_grad_enabled(True)  # an earlier streaming pass in this process may have left it off
         for _ in progress(range(steps), desc="gates: fitting routers"):
             picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
             batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])

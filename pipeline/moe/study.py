@@ -1,0 +1,197 @@
+"""`frankenmoe study RECIPE`: the recipe's MoE built once per gate mode, side by side.
+
+Which gate initialization suits a user's own experts is a question no tool answered
+("Frankly I don't know", mergekit #116). The study builds the recipe through
+`evaluate` (and `verify` with `--quantize`) once per mode: mergekit's `hidden`,
+`cheap_embed` and `random` routers, and `fitted` (the recipe's own gate mode with
+`gates.fit: true`). The builds share the cache, so the sources are resolved once and
+a mode already built is not built again. For each mode it reports, on the recipe's
+held-out text, the perplexity per domain and its distance from the best expert and
+from the base, the routing share and mean gate weight per layer and expert, the
+expert-usage entropy and the dead experts; with `--quantize`, the 4-bit parity.
+
+Output: build/<name>/study/study.json, study.md and study.png (per-domain bars by
+mode, and the routing heatmaps side by side). Random routers are seeded by
+`merge.seed`, so two studies give the same study.json (wall times excepted, under
+the key `wall_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.errors import UsageError
+from pipeline.moe.evaluation import dead_experts
+from pipeline.recipe import Recipe
+from pipeline.support.jsonio import write_json
+
+MODES = ("hidden", "cheap_embed", "random", "fitted")
+
+
+def variant(recipe: Recipe, mode: str) -> Recipe:
+    """The recipe with one gate mode; `fitted` keeps the recipe's mode and fits."""
+    if mode not in MODES:
+        raise UsageError(f"--modes: unknown mode {mode!r}; use some of {', '.join(MODES)}")
+    gates = recipe.gates.model_copy(update={"fit": mode == "fitted"})
+    gate_mode = recipe.gate_mode if mode == "fitted" else mode
+    # GGUF files are not part of a routing comparison.
+    return recipe.model_copy(
+        update={"gate_mode": gate_mode, "gates": gates, "gguf": recipe.gguf.model_copy(update={"enabled": False})}
+    )
+
+
+def summarize(reference: dict, verify: dict | None, share: float) -> dict:
+    """One mode's row: perplexities against the best expert and the base, routing,
+    entropy, dead experts (and 4-bit parity when quantized)."""
+    ppl = reference["perplexity"]
+    experts = [k for k in ppl if k.startswith("expert ")]
+    domains = sorted(ppl["moe"])
+    routing = reference["routing_16bit"]
+    per_domain = {}
+    for d in domains:
+        best = min(experts, key=lambda k: ppl[k][d])
+        per_domain[d] = {
+            "perplexity": ppl["moe"][d],
+            "best_expert": best,
+            "best_expert_perplexity": ppl[best][d],
+            "vs_best_expert": ppl["moe"][d] / ppl[best][d] - 1,
+            "base_perplexity": ppl["base"][d],
+            "vs_base": ppl["moe"][d] / ppl["base"][d] - 1,
+        }
+    row = {
+        "per_domain": per_domain,
+        "routing": routing,
+        "expert_usage_entropy_bits": {d: usage_entropy(routing[d]["mean_gate_weight"]) for d in domains},
+        "dead_experts": dead_experts(routing, share),
+    }
+    if verify is not None:
+        q = next(c for c in verify["checks"] if c["name"] == "quantization_parity")
+        row["quantized"] = {k: q.get(k) for k in ("kl_mean", "top1_agreement", "perplexity_ratio", "per_domain")}
+    return row
+
+
+def usage_entropy(weights: list[list[float]]) -> float:
+    """Entropy (bits) of the routed weight per expert, averaged over layers: log2(E)
+    when every expert gets the same weight, 0 when one gets it all."""
+    out = []
+    for layer in weights:
+        total = sum(layer) or 1.0
+        out.append(-sum((w / total) * math.log2(w / total) for w in layer if w > 0))
+    return sum(out) / len(out)
+
+
+def run_study(
+    recipe: Recipe,
+    modes: Sequence[str],
+    quantize: bool,
+    build_root: Path,
+    stages,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build every mode (through the cache) and write the study folder; returns it."""
+    from pipeline.engine.build import Layout, build
+
+    for mode in modes:
+        variant(recipe, mode)  # every mode named is known before anything runs
+    # The variants share the recipe's cache but never publish into its dist/ folder.
+    layout = Layout(build_root, build_root / recipe.name / "study-dist", recipe.name)
+    rows, wall = {}, {}
+    for mode in modes:
+        log(f"study     {mode}: building through {'verify' if quantize else 'evaluate'}")
+        t0 = time.monotonic()
+        done = build(variant(recipe, mode), layout, stages, until="verify" if quantize else "evaluate", log=log)
+        wall[mode] = round(time.monotonic() - t0, 1)
+        reference = json.loads((done["evaluate"].path / "reference.json").read_text())
+        verify = json.loads((done["verify"].path / "report" / "verify.json").read_text()) if quantize else None
+        rows[mode] = summarize(reference, verify, recipe.verify.dead_expert_share)
+        rows[mode]["keys"] = {name: res.key for name, res in sorted(done.items())}
+        any_ref = reference
+    study = {
+        "recipe": recipe.name,
+        "modes": list(modes),
+        "experts": any_ref["expert_sources"],
+        "top_k": any_ref["top_k"],
+        "dead_expert_share": recipe.verify.dead_expert_share,
+        "results": rows,
+        "wall_s": wall,
+    }
+    out = layout.build / "study"
+    tmp = out.with_name(f".study.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_json(tmp / "study.json", study)
+    (tmp / "study.md").write_text(render(study), encoding="utf-8")
+    render_png(study, tmp / "study.png")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def render(study: dict) -> str:
+    domains = sorted(next(iter(study["results"].values()))["per_domain"])
+    lines = [
+        f"## Routing study: {study['recipe']} (top-{study['top_k']} of {len(study['experts'])} experts)",
+        "",
+        "Perplexity per domain on the held-out text, and its distance from the best expert on that domain "
+        "(+x% is worse).",
+        "",
+        "| mode | " + " | ".join(f"{d}: ppl (vs best expert, vs base)" for d in domains) + " | usage entropy (bits) | "
+        "dead experts |" + (" 4-bit KL |" if "quantized" in next(iter(study["results"].values())) else ""),
+        "|---" * (len(domains) + 3 + ("quantized" in next(iter(study["results"].values())))) + "|",
+    ]
+    for mode, row in study["results"].items():
+        cells = [
+            f"{p['perplexity']:.2f} ({p['vs_best_expert']:+.1%}, {p['vs_base']:+.1%})"
+            for p in (row["per_domain"][d] for d in domains)
+        ]
+        entropy = sum(row["expert_usage_entropy_bits"].values()) / len(domains)
+        dead = "; ".join(f"expert {d['expert']} at {len(d['layers'])} layers" for d in row["dead_experts"]) or "none"
+        quant = f" {row['quantized']['kl_mean']:.4f} |" if "quantized" in row else ""
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {entropy:.2f} | {dead} |{quant}")
+    best = {d: next(iter(study["results"].values()))["per_domain"][d]["best_expert"] for d in domains}
+    lines += ["", "Best expert per domain: " + ", ".join(f"{d}: {e}" for d, e in best.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def render_png(study: dict, path: Path) -> None:
+    """Per-domain perplexity bars by mode (distance from the best expert), and each
+    mode's mean gate weight per layer and expert, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modes = list(study["results"])
+    domains = sorted(study["results"][modes[0]]["per_domain"])
+    fig = plt.figure(figsize=(4 + 3 * len(modes) * len(domains) / 2, 6), dpi=100)
+    grid = fig.add_gridspec(2, len(modes))
+    bars = fig.add_subplot(grid[0, :])
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        values = [100 * study["results"][mode]["per_domain"][d]["vs_best_expert"] for d in domains]
+        bars.bar(np.arange(len(domains)) + i * width, values, width, label=mode)
+    bars.axhline(0, color="black", linewidth=0.8)
+    bars.set_xticks(np.arange(len(domains)) + width * (len(modes) - 1) / 2, domains)
+    bars.set_ylabel("perplexity vs best expert (%)")
+    bars.legend(ncols=len(modes), fontsize=8)
+    bars.set_title(f"{study['recipe']}: which routers serve each domain best (lower is better)")
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(grid[1, i])
+        routing = study["results"][mode]["routing"]
+        matrix = np.concatenate([np.array(routing[d]["mean_gate_weight"]) for d in domains], axis=1)
+        image = ax.imshow(matrix.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        experts = len(routing[domains[0]]["mean_gate_weight"][0])
+        ax.set_yticks(range(len(domains) * experts), [f"{d} e{e}" for d in domains for e in range(experts)], fontsize=7)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.set_title(f"{mode}: mean gate weight", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
