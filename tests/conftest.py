@@ -137,3 +137,29 @@ def tiny_mistral(
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+REAL_RECIPE = REPO / "recipes" / "smollm2-2x.yaml"
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory) -> dict:
+    """The real example (recipes/smollm2-2x.yaml) built once per test session through the
+    CLI; with FRANKENMOE_TEST_REAL_EXAMPLE, that finished build is hard-linked in."""
+    from pipeline.example.catalog import ensure_example
+
+    ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
+    root = tmp_path_factory.mktemp("real")
+    reuse = os.environ.get("FRANKENMOE_TEST_REAL_EXAMPLE")
+    if reuse:
+        for part in ("build", "dist"):
+            subprocess.run(["cp", "-al", str(Path(reuse) / part), str(root / part)], check=True)
+    proc = run_cli("build", str(REAL_RECIPE), build=root / "build", dist=root / "dist", timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    dist = root / "dist" / "smollm2-2x"
+    return {
+        "root": root,
+        "dist": dist,
+        "out": proc.stdout,
+        "verify": json.loads(next((root / "build" / "smollm2-2x" / "verify").glob("*/report/verify.json")).read_text()),
+    }

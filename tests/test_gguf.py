@@ -13,7 +13,6 @@ import yaml
 
 from pipeline.quantization.llama_cpp import converter_refusal, pretokenizer_table, require_converter
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
-from tests.test_real_example import real  # noqa: F401  (the shared real-example build)
 
 SMOLLM2 = REPO / "fixtures" / "smollm2"
 
@@ -49,7 +48,7 @@ def test_unknown_gguf_types_are_recipe_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_example_gguf_files_pass_llama_cpps_own_check(real):  # noqa: F811
+def test_real_example_gguf_files_pass_llama_cpps_own_check(real):
     folder = real["dist"] / "gguf"
     names = sorted(p.name for p in folder.glob("*.gguf"))
     assert names == ["smollm2-2x-Q4_K_M.gguf", "smollm2-2x-Q8_0.gguf"]
@@ -71,7 +70,7 @@ def test_real_example_gguf_files_pass_llama_cpps_own_check(real):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_an_independent_llama_cpp_run_loads_generates_and_agrees(real):  # noqa: F811
+def test_an_independent_llama_cpp_run_loads_generates_and_agrees(real):
     """Not the project's code: llama-cpp-python directly, on the published file and
     the reference log-probs that evaluate stored."""
     import torch
@@ -118,7 +117,7 @@ def swap_expert_slices(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_gguf_with_swapped_experts_fails_verify_candidate(real, tmp_path):  # noqa: F811
+def test_a_gguf_with_swapped_experts_fails_verify_candidate(real, tmp_path):
     candidate = tmp_path / "swapped-Q8_0.gguf"
     swap_expert_slices(real["dist"] / "gguf" / "smollm2-2x-Q8_0.gguf", candidate)
     proc = run_cli(

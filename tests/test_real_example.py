@@ -9,9 +9,6 @@ build is hard-linked in and every stage is found cached.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -20,27 +17,6 @@ from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 RECIPE = REPO / "recipes" / "smollm2-2x.yaml"
-
-
-@pytest.fixture(scope="module")
-def real(tmp_path_factory) -> dict:
-    from pipeline.example.catalog import ensure_example
-
-    ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
-    root = tmp_path_factory.mktemp("real")
-    reuse = os.environ.get("FRANKENMOE_TEST_REAL_EXAMPLE")
-    if reuse:
-        for part in ("build", "dist"):
-            subprocess.run(["cp", "-al", str(Path(reuse) / part), str(root / part)], check=True)
-    proc = run_cli("build", str(RECIPE), build=root / "build", dist=root / "dist", timeout=3600)
-    assert proc.returncode == 0, proc.stderr
-    dist = root / "dist" / "smollm2-2x"
-    return {
-        "root": root,
-        "dist": dist,
-        "out": proc.stdout,
-        "verify": json.loads(next((root / "build" / "smollm2-2x" / "verify").glob("*/report/verify.json")).read_text()),
-    }
 
 
 def test_real_example_passes_verify_with_its_measured_settings(real):
