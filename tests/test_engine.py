@@ -13,7 +13,7 @@ from pipeline.engine.build import build, finished_results
 from pipeline.engine.cache import Layout
 from pipeline.engine.graph import dependencies, enabled_stages, graph_problems, select_stages
 from pipeline.engine.plan import make_plan
-from pipeline.errors import NotBuiltError, UsageError, VerifyFailed
+from pipeline.errors import EnvironmentProblem, NotBuiltError, UsageError, VerifyFailed
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
 from tests.test_build_cache import RECIPE
@@ -194,3 +194,16 @@ def test_the_package_import_graph_has_no_cycle():
 
     for n in sorted(graph):
         visit(n, [])
+
+
+class FillsTheDisk(Fake):
+    def run(self, ctx):
+        (ctx.out / "half.bin").write_bytes(b"x" * 100)
+        # what safetensors raises: not an OSError, but the same condition
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_reported_by_a_library_is_an_environment_problem(layout):
+    with pytest.raises(EnvironmentProblem, match="fills: disk full while writing"):
+        build(RECIPE, layout, [FillsTheDisk("fills")], log=quiet)
+    assert not any(layout.stage_dir("fills").iterdir())

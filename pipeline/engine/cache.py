@@ -71,9 +71,17 @@ def removed_on_failure(tmp: Path, disk_full: str) -> Iterator[None]:
         yield
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if is_disk_full(e):
             raise EnvironmentProblem(disk_full) from None
         raise
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC, also when a library wraps it in its own error class (safetensors'
+    SafetensorError says "No space left on device (os error 28)")."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error) or "os error 28" in str(error)
 
 
 def output_files(root: Path) -> list[Path]:
