@@ -20,6 +20,7 @@ from pipeline.engine.build import default_layout, finished_results
 from pipeline.quantization.llama_cpp import convert, parity, quantize
 from pipeline.recipe import load_recipe
 from pipeline.stages import STAGES
+from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.gates import routed_model
 from pipeline.stages.resolve import model_paths
 from pipeline.support.determinism import THREADS
@@ -71,7 +72,7 @@ def gguf_bench(recipe_file: Path, work: Path, build_root: Path | None = None, lo
     log("bench: the same path on the dense base, against the 16-bit base")
     base = model_paths(done["resolve"])["base"]
     files, _ = by_hand(base, "base", types, work / "base")
-    reference = dense_reference(base, done["evaluate"].path, work / "base-reference")
+    reference = dense_reference(base, reference_dir(done["evaluate"]), work / "base-reference")
     dense = {}
     for t, f in files.items():
         p = parity(f, reference, base, THREADS, work / f"parity-base-{t}.log")["parity"]

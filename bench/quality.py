@@ -26,7 +26,9 @@ from pipeline.quantization.awq_engine import run_engine
 from pipeline.quantization.awq_layout import quantization_config
 from pipeline.recipe import load_recipe
 from pipeline.stages import STAGES
+from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.resolve import model_paths
+from pipeline.stages.verify import report_dir
 
 
 def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:
@@ -53,10 +55,10 @@ def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = Non
     dense4 = _to_contract(work / "engine", work / "dense-awq", spec)
     moe = next(
         c
-        for c in json.loads((verify.path / "report" / "verify.json").read_text())["checks"]
+        for c in json.loads((report_dir(verify) / "verify.json").read_text())["checks"]
         if c["name"] == "quantization_parity"
     )
-    dense = _parity(base, dense4, evaluate.path / "reference.safetensors")
+    dense = _parity(base, dense4, reference_dir(evaluate) / "reference.safetensors")
     out = {
         "moe": {k: moe[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
         "dense_base": dense,

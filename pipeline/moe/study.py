@@ -96,6 +96,8 @@ def run_study(
 ) -> Path:
     """Build every mode (through the cache) and write the study folder; returns it."""
     from pipeline.engine.build import Layout, build
+    from pipeline.stages.evaluate import reference as evaluate_reference
+    from pipeline.stages.verify import report_dir
 
     for mode in modes:
         variant(recipe, mode)  # every mode named is known before anything runs
@@ -107,8 +109,8 @@ def run_study(
         t0 = time.monotonic()
         done = build(variant(recipe, mode), layout, stages, until="verify" if quantize else "evaluate", log=log)
         wall[mode] = round(time.monotonic() - t0, 1)
-        reference = json.loads((done["evaluate"].path / "reference.json").read_text())
-        verify = json.loads((done["verify"].path / "report" / "verify.json").read_text()) if quantize else None
+        reference = evaluate_reference(done["evaluate"])
+        verify = json.loads((report_dir(done["verify"]) / "verify.json").read_text()) if quantize else None
         rows[mode] = summarize(reference, verify, recipe.verify.dead_expert_share)
         rows[mode]["keys"] = {name: res.key for name, res in sorted(done.items())}
         any_ref = reference

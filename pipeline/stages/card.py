@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
@@ -44,6 +44,11 @@ def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> s
     raise RecipeError(
         [f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"]
     )
+
+
+class CardResult(TypedDict):
+    build_id: str
+    license: str
 
 
 class CardStage(Stage):

@@ -11,7 +11,9 @@ candidate with `frankenmoe verify --candidate`, reuses it.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, TypedDict
 
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.errors import InputFileError
@@ -32,6 +34,20 @@ from pipeline.stages.resolve import model_paths
 from pipeline.support.determinism import seed_everything
 from pipeline.support.hashing import HashState
 from pipeline.support.jsonio import write_json
+
+
+class EvaluateResult(TypedDict):
+    windows: int
+
+
+def reference_dir(result: StageResult) -> Path:
+    """reference.json (domains, perplexities, routing, structure, forced routing) and
+    reference.safetensors (tokens, 16-bit log-probs, router weights)."""
+    return result.path
+
+
+def reference(result: StageResult) -> dict[str, Any]:
+    return json.loads((reference_dir(result) / "reference.json").read_text())
 
 
 class EvaluateStage(Stage):

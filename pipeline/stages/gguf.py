@@ -24,6 +24,7 @@ from pipeline.errors import IncompatibleModelsError, VerifyFailed
 from pipeline.quantization.llama_cpp import FTYPES
 from pipeline.recipe import GgufSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.gates import routed_model
 from pipeline.stages.lock import build_id
 from pipeline.stages.resolve import resolved_models
@@ -150,7 +151,7 @@ def check_files(
     checks, per_type = [], {}
     want = {"expert_count": config["num_local_experts"], "expert_used_count": config["num_experts_per_tok"]}
     for t, path in files.items():
-        measured = parity(path, evaluate.path, merged, THREADS, logs / f"parity-{path.stem}.log")
+        measured = parity(path, reference_dir(evaluate), merged, THREADS, logs / f"parity-{path.stem}.log")
         facts, cmp, experts = measured["metadata"], measured["parity"], measured["experts"]
         t = t or FTYPE_NAMES.get(facts["file_type"], "Q4_K_M")  # someone else's file: by what it says
         limits = gguf_limits(g, t, config)

@@ -19,7 +19,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from pipeline.errors import EnvironmentProblem, IncompatibleModelsError, ToolFailed
 from pipeline.recipe import Recipe
@@ -30,6 +30,12 @@ from pipeline.support.device import require_gpu_if_asked, resolve_device
 
 # Side files worth carrying from the base model into the merged folder.
 COPY_FROM_BASE = ("generation_config.json",)
+
+
+class MergeResult(TypedDict):
+    tensors: int
+    shards: list[str]
+    device: str
 
 
 def merged_model(result: StageResult) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from pipeline.errors import PublishError
 from pipeline.recipe import Recipe
@@ -32,6 +32,12 @@ REFUSED = {
     404: "not found (HTTP 404); check publish.*.repo_id and that the namespace exists and the token can see it",
 }
 LFS_SUFFIXES = {".safetensors", ".bin", ".png", ".gguf", ".pt", ".model"}
+
+
+class PushResult(TypedDict, total=False):
+    pushed: bool
+    endpoint: str
+    repos: dict[str, dict]  # folder -> repo_id, revision, commit
 
 
 def endpoint() -> str:

@@ -22,6 +22,7 @@ from pipeline.moe.report import outcome, render_markdown, render_routing_png
 from pipeline.quantization.awq_layout import awq_form_problems
 from pipeline.recipe import Recipe, VerifySection
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.evaluate import reference, reference_dir
 from pipeline.stages.gates import routed_model
 from pipeline.stages.quantize import QuantizeResult, quantize_result, quantized_model
 from pipeline.support.jsonio import write_json
@@ -213,7 +214,7 @@ def verify_candidate(
     `quantization`: how the build made it (absent for someone else's candidate)."""
     from safetensors import safe_open
 
-    ref = json.loads((evaluate.path / "reference.json").read_text())
+    ref = reference(evaluate)
     merged_config = json.loads((merged / "config.json").read_text())
     limits = quality_limits(v, merged_config)
     checks = []
@@ -263,7 +264,7 @@ def verify_candidate(
     )
 
     if not load_problems:
-        with safe_open(evaluate.path / "reference.safetensors", framework="pt") as st:
+        with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
             ref_logprobs, ref_router, tokens = (
                 st.get_tensor("logprobs"),
                 st.get_tensor("router"),
