@@ -3,6 +3,7 @@ experts are found from the routing statistics."""
 
 from __future__ import annotations
 
+from bench.synthetic import SHAPES
 from pipeline.moe.evaluation import dead_experts
 from pipeline.moe.quality_limits import dense_params, quality_limits
 from pipeline.recipe import VerifySection
@@ -17,15 +18,7 @@ SMOLLM2 = {
     "vocab_size": 49152,
     "tie_word_embeddings": True,
 }
-MISTRAL_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 32000,
-    "tie_word_embeddings": False,
-}
+MISTRAL_7B = {**SHAPES["7b"], "tie_word_embeddings": False}
 
 
 def test_dense_size_matches_the_published_parameter_counts():

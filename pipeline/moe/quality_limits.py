@@ -61,11 +61,16 @@ def quality_limits(verify, config: dict) -> dict:
     """The limits in force: the recipe's where set, else its size tier's; with the basis of each."""
     params = dense_params(config)
     tier = next(t for t in TIERS if params >= t.min_params)
+    return _in_force(params, tier, {name: getattr(verify, name) for name in LIMITS}, "model size")
+
+
+def _in_force(params: int, tier: Tier, recipe: dict, default_from: str) -> dict:
+    """Each limit from the recipe where it sets one, else from the tier; with its basis."""
     out = {"dense_params": params, "tier": tier.label}
     for name in LIMITS:
-        mine = getattr(verify, name)
+        mine = recipe.get(name)
         out[name] = mine if mine is not None else getattr(tier, name)
-        out[f"{name}_from"] = "recipe" if mine is not None else "model size"
+        out[f"{name}_from"] = "recipe" if mine is not None else default_from
     return out
 
 
@@ -96,9 +101,4 @@ def gguf_limits(gguf, ftype: str, config: dict) -> dict:
     where set, else by the type's bits and the model's size."""
     params = dense_params(config)
     tier = GGUF_8BIT if ftype.startswith("Q8") else next(t for t in GGUF_TIERS if params >= t.min_params)
-    out = {"dense_params": params, "tier": tier.label}
-    for name in LIMITS:
-        mine = getattr(gguf, name).get(ftype)
-        out[name] = mine if mine is not None else getattr(tier, name)
-        out[f"{name}_from"] = "recipe" if mine is not None else "type and model size"
-    return out
+    return _in_force(params, tier, {name: getattr(gguf, name).get(ftype) for name in LIMITS}, "type and model size")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from pipeline.errors import IncompatibleModelsError, VerifyFailed
-from pipeline.quantization.llama_cpp import FTYPES
+from pipeline.quantization.llama_cpp import FTYPES, VERSION
 from pipeline.recipe import GgufSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.evaluate import reference_dir
@@ -60,8 +60,6 @@ class GgufStage(Stage):
         return recipe.gguf.enabled
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        from pipeline.quantization.llama_cpp import VERSION
-
         return {
             "gguf": recipe.gguf.model_dump(),
             "llama_cpp_python": VERSION,
@@ -260,7 +258,7 @@ def write_card(ctx: StageContext, out: Path, files: dict[str, str], report: dict
 
 GGUF files of the {recipe.name} Mixture-of-Experts model ({len(recipe.experts)} experts,
 top-{recipe.experts_per_token}), converted and quantized by llama.cpp's own tools
-(llama-cpp-python {ctx_version()}) in the same reproducible build as the 16-bit and
+(llama-cpp-python {VERSION}) in the same reproducible build as the 16-bit and
 AWQ folders (build {build_id(ctx.inputs["lock"])}).
 
 ## Files, checked by llama.cpp against the 16-bit model
@@ -290,9 +288,3 @@ Provenance: `build.json` holds the recipe, the lock and every stage's record.
 {render(report).replace("## GGUF verification", "## Verification")}"""
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     (out / "README.md").write_text(str(card), encoding="utf-8")
-
-
-def ctx_version() -> str:
-    from pipeline.quantization.llama_cpp import VERSION
-
-    return VERSION

@@ -106,11 +106,12 @@ class PushStage(Stage):
             return {"pushed": False}
         if not verify_result(ctx.inputs["verify"])["passed"]:
             raise PublishError("push: verify failed for this build, so it is not pushed; see dist/<name>/awq/verify.md")
-        targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in ctx.folders()]
+        folders = ctx.folders()
+        targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in folders]
         if not targets:
             raise PublishError(
                 "publish: push is true but no publish.<folder>.repo_id is set for a folder this build publishes "
-                f"({', '.join(ctx.folders())})"
+                f"({', '.join(folders)})"
             )
         for folder, _ in targets:
             check_folder(ctx.dist / folder, ctx.published_files(folder), ctx.state)

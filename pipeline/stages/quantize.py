@@ -129,6 +129,7 @@ class QuantizeStage(Stage):
         from transformers import AutoTokenizer
 
         q = ctx.recipe.quantize
+        dtype = compute_path()["dtype"]  # the fingerprint's path (in the key), asked once
         merged = routed_model(ctx.inputs["gates"])
         group_size = choose_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
@@ -146,7 +147,7 @@ class QuantizeStage(Stage):
         )
 
         scratch = ctx.out / "engine"
-        self._quantize(merged, scratch, cal.windows, group_size, ctx)
+        self._quantize(merged, scratch, cal.windows, group_size, dtype, ctx)
         old_norms = _tensors_matching(sorted(merged.glob("*.safetensors")), NORM)
         new_norms = _tensors_matching(sorted(scratch.glob("*.safetensors")), NORM)
         factors = {layer: _norm_ratio(old_norms[layer], new_norms[layer]) for layer in old_norms}
@@ -180,7 +181,7 @@ class QuantizeStage(Stage):
             "calibration": cal.source,
             "group_size": group_size,
             "calibrate_all_experts": q.calibrate_all_experts,
-            "compute_dtype": compute_path()["dtype"],
+            "compute_dtype": dtype,
             # Tokens the router sends to each expert (per layer); with all-experts
             # calibration the statistics of every expert cover all `total` tokens.
             "expert_tokens": counts,
@@ -210,7 +211,7 @@ class QuantizeStage(Stage):
         return counts
 
     @staticmethod
-    def _quantize(merged: Path, scratch: Path, windows, group_size: int, ctx: StageContext) -> None:
+    def _quantize(merged: Path, scratch: Path, windows, group_size: int, dtype: str, ctx: StageContext) -> None:
         q = ctx.recipe.quantize
         windows_file = ctx.out / "calibration-windows.json"
         windows_file.write_text(json.dumps(windows))
@@ -222,7 +223,7 @@ class QuantizeStage(Stage):
             "group_size": group_size,
             "zero_point": q.zero_point,
             "calibrate_all_experts": q.calibrate_all_experts,
-            "compute_dtype": compute_path()["dtype"],
+            "compute_dtype": dtype,
             "seed": q.calibration.seed,
             "trust_remote_code": ctx.recipe.trust_remote_code,
         }
