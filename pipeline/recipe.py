@@ -130,13 +130,15 @@ def _shipped(split: str) -> list[str]:
 class GatesSection(Strict):
     fit: bool = False
     files: list[str] = Field(default_factory=lambda: _shipped("calibration"), min_length=1)
-    steps: int = Field(default=40, ge=1)
+    steps: int = Field(default=25, ge=1)
     lr: float = Field(default=0.05, gt=0)
     batch_size: int = Field(default=4, ge=1)
     seq_len: int = Field(default=128, ge=8)
     seed: int = 0
     balance: float = Field(default=0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bfloat16 where the machine computes it natively (a GPU, AVX512-BF16, AMX), else float32
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class CalibrationDataset(Strict):

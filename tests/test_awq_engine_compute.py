@@ -66,7 +66,7 @@ def test_detection_asks_torch_for_a_gpu_and_reads_proc_cpuinfo(monkeypatch):
     monkeypatch.setattr(awq_engine, "_cuda_device", lambda: ((8, 6), "NVIDIA RTX A6000"))
     assert compute_path(environ={})["capability"] == "sm_86 NVIDIA RTX A6000"
     monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
-    monkeypatch.setattr(awq_engine, "_read_cpuinfo", lambda: ZEN4)
+    monkeypatch.setattr(awq_engine, "read_cpuinfo", lambda: ZEN4)
     assert compute_path(environ={}) == {"device": "cpu", "dtype": "float32", "isa": "avx512"}
 
 

@@ -6,6 +6,11 @@ a guess. Here the routers are trained on the language-model loss of the MoE
 itself, everything else frozen, with an optional Switch-Transformer load-balance
 term so that fitting cannot collapse onto one expert when there are more experts
 than `experts_per_token`.
+
+The model computes in bfloat16 where the machine does so natively (a GPU, or a CPU
+with AVX512-BF16 or AMX: 2.6x faster per step than float32 on the example) and in
+float32 elsewhere; the routers themselves stay float32 (their inputs are cast), so
+small Adam steps are not rounded away. `fit_compute` names the path for the cache key.
 """
 
 from __future__ import annotations
@@ -18,7 +23,23 @@ from pathlib import Path
 
 from pipeline.moe.routing import moe_blocks
 from pipeline.support.determinism import seed_everything
+from pipeline.support.device import cpu_flags, read_cpuinfo
 from pipeline.support.progress import progress
+
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; ARM's `bf16` feature
+
+
+def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) -> dict[str, str]:
+    """Where and in which dtype the fit computes (`dtype` auto: bfloat16 where native):
+    part of the gates stage's key, so fits on machines that round differently never
+    share a cache entry."""
+    from pipeline.quantization.awq_engine import compute_path
+
+    path = compute_path(environ={}, gpu=True if device == "cuda" else None, cpuinfo=cpuinfo)
+    if dtype == "auto":
+        native = device == "cuda" or bool(cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo) & NATIVE_BF16_FLAGS)
+        dtype = "bfloat16" if native else "float32"
+    return {**path, "dtype": dtype}
 
 
 @dataclass
@@ -55,21 +76,35 @@ def usage_entropy(model, batch) -> list[float]:
 
 
 def fit_routers(
-    model, groups: list[list[list[int]]], steps: int, lr: float, batch_size: int, seed: int, balance: float, device: str
+    model,
+    groups: list[list[list[int]]],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    balance: float,
+    compute: dict[str, str],
 ) -> FitResult:
-    """Train the routers of `model` (a loaded MoE) in place on windows of token ids.
-    `groups` holds the windows of each text file: every batch takes from each file
-    in turn, so a large file cannot drown a small one (calibration text is rarely
-    balanced across domains, and the routers would learn its proportions)."""
+    """Train the routers of `model` (a loaded MoE) on windows of token ids, on
+    `compute` (fit_compute). `groups` holds the windows of each text file: every
+    batch takes from each file in turn, so a large file cannot drown a small one
+    (calibration text is rarely balanced across domains, and the routers would
+    learn its proportions)."""
     import torch
     import torch.nn.functional as F
 
     seed_everything(seed)
     t0 = time.monotonic()
-    model.to(device).train(False)
+    device = compute["device"]
+    model.to(device=device, dtype=getattr(torch, compute["dtype"])).train(False)
     for p in model.parameters():
         p.requires_grad_(False)
-    gates = [b.gate.weight for b in moe_blocks(model)]
+    blocks = moe_blocks(model)
+    casts = []
+    for b in blocks:
+        b.gate.float()
+        casts.append(b.gate.register_forward_pre_hook(lambda m, args: (args[0].float(), *args[1:])))
+    gates = [b.gate.weight for b in blocks]
     for w in gates:
         w.requires_grad_(True)
     data = [torch.tensor(g, device=device) for g in groups]
@@ -102,6 +137,8 @@ def fit_routers(
     for w in gates:
         w.requires_grad_(False)
     entropy_after = usage_entropy(model, probe)
+    for h in casts:
+        h.remove()
     routers = {i: w.detach().float().cpu().clone() for i, w in enumerate(gates)}
     return FitResult(routers, losses, time.monotonic() - t0, entropy_before, entropy_after)
 

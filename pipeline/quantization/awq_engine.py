@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import EnvironmentProblem, ToolFailed
+from pipeline.support.device import cpu_flags, read_cpuinfo
 from pipeline.support.progress import bars_enabled
 
 # glibc's malloc hands freed blocks back to the kernel eagerly, and AWQ's scale
@@ -81,22 +82,6 @@ def engine_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 # --- which device and dtype AWQ computes in ---------------------------------
-
-
-def _cpu_flags(cpuinfo: str) -> set[str]:
-    """The first `flags` (x86) or `Features` (ARM) line of /proc/cpuinfo, as a set."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def _read_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def _gpu_driver_loaded() -> bool:
@@ -142,7 +127,7 @@ def compute_path(
         (major, minor), name = gpu
         path = {"device": "cuda", "dtype": "float16", "capability": f"sm_{major}{minor} {name}"}
     else:
-        flags = _cpu_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo)
+        flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
         isa = next((name for flag, name in VECTOR_FLAGS if flag in flags), "unknown")
         path = {"device": "cpu", "dtype": "float32", "isa": isa}
     override = environ.get(DTYPE_ENV, "").strip()

@@ -29,6 +29,7 @@ from pipeline.support.paths import portable
 class GatesResult(TypedDict, total=False):
     fitted: bool  # False: mergekit's routers as they are
     device: str
+    compute_dtype: str
     windows: dict[str, int]
     loss: list[float]
     expert_usage_entropy_bits: dict[str, Any]
@@ -66,8 +67,12 @@ class GatesStage(Stage):
     ) -> dict[str, Any] | None:
         if not recipe.gates.fit:
             return {}
+        from pipeline.moe.router_fit import fit_compute
+
         return {
-            "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files")
+            "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files"),
+            # Where and in which dtype the fit computes shapes the fitted bytes.
+            "compute": fit_compute(resolve_device(recipe.gates.device), recipe.gates.dtype),
         }
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
@@ -89,21 +94,23 @@ class GatesStage(Stage):
         from transformers import AutoTokenizer
 
         from pipeline.checkpoints.loading import load_merged
-        from pipeline.moe.router_fit import fit_routers
+        from pipeline.moe.router_fit import fit_compute, fit_routers
 
-        device = resolve_device(g.device)
+        compute = fit_compute(resolve_device(g.device), g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)
         groups = [token_windows([ctx.recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
-        model = load_merged(merged, dtype="float32" if device == "cpu" else "bfloat16")
-        fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, device)
+        model = load_merged(merged, dtype="float32")
+        fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, compute)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
         ctx.log(
-            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s on {sum(map(len, groups))} windows: "
+            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}) "
+            f"on {sum(map(len, groups))} windows: "
             f"loss {fit.loss[0]:.3f} -> {fit.loss[-1]:.3f}"
         )
         return {
             "fitted": True,
-            "device": device,
+            "device": compute["device"],
+            "compute_dtype": compute["dtype"],
             "windows": {portable(f): len(w) for f, w in zip(g.files, groups)},
             "loss": fit.loss,
             "expert_usage_entropy_bits": {"hidden": fit.entropy_before, "fitted": fit.entropy_after},

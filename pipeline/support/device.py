@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.errors import EnvironmentProblem
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The first `flags` (x86) or `Features` (ARM) line of /proc/cpuinfo, as a set."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def require_gpu_if_asked(setting: str, key: str) -> None:
