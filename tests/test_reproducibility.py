@@ -154,6 +154,7 @@ def test_published_folders_carry_build_json(example, monkeypatch):
             "merge",
             "gates",
             "quantize",
+            "baseline",
             "evaluate",
             "verify",
             "card",

@@ -1,5 +1,6 @@
 """The stages, in build order. A new stage is a module here and one line below."""
 
+from pipeline.stages.baseline import BaselineStage
 from pipeline.stages.card import CardStage
 from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.gates import GatesStage
@@ -18,6 +19,7 @@ STAGES = (
     MergeStage(),
     GatesStage(),
     QuantizeStage(),
+    BaselineStage(),
     EvaluateStage(),
     VerifyStage(),
     GgufStage(),

@@ -1,8 +1,10 @@
 """evaluate: the 16-bit side of verification, computed once per merge.
 
-Runs the merged MoE (and, for the routing report, its sources and base) over the
-held-out evaluation text, each streamed one layer at a time from disk
-(pipeline/checkpoints/streaming.py), and stores what every later comparison needs:
+Runs the merged MoE (and, for forced routing, its sources on a few windows) over
+the held-out evaluation text, each streamed one layer at a time from disk
+(pipeline/checkpoints/streaming.py); the base's and experts' perplexities come from
+`baseline`, shared by every routing of the same sources. It stores what every
+later comparison needs:
 `reference.safetensors` (evaluation token ids, the MoE's log-probs and router
 weights) and `reference.json` (merge structure, forced-routing parity, per-domain
 perplexities, routing statistics). Changing only thresholds, or verifying another
@@ -16,18 +18,18 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pipeline.checkpoints.streaming import StreamingLM
-from pipeline.errors import InputFileError
+from pipeline.errors import IncompatibleModelsError, InputFileError
 from pipeline.moe.calibration import check_text_files, source_fingerprint
 from pipeline.moe.evaluation import (
     eval_windows,
     forced_routing_parity,
     merge_structure,
-    perplexity,
     perplexity_of,
     routing_stats,
 )
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.baseline import baseline, windows_sha256
 from pipeline.stages.gates import gates_result, routed_model
 from pipeline.stages.merge import merged_model
 from pipeline.stages.resolve import model_paths
@@ -52,8 +54,10 @@ def reference(result: StageResult) -> dict[str, Any]:
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    version = 2  # 2: forced routing also measures what survives of each expert (KL, perplexities)
-    depends = ("resolve", "merge", "gates")
+    # 2: forced routing also measures what survives of each expert (KL, perplexities)
+    # 3: the base's and experts' perplexities come from `baseline`
+    version = 3
+    depends = ("resolve", "merge", "gates", "baseline")
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
@@ -100,9 +104,13 @@ class EvaluateStage(Stage):
         sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
         sources = [StreamingLM(e) for e in experts]
         forced = forced_routing_parity(moe, sources, sample)
-        ppl = {"moe": perplexity_of(logprobs, windows), "base": perplexity(StreamingLM(paths["base"]), windows)}
-        for i, src in enumerate(sources):
-            ppl[f"expert {i}"] = perplexity(src, windows)
+        shared = baseline(ctx.inputs["baseline"])
+        if shared["windows_sha256"] != windows_sha256(windows):
+            raise IncompatibleModelsError(
+                "the merged model's tokenizer splits verify.files differently from the base model's; "
+                "merge with the base model's tokenizer"
+            )
+        ppl = {"moe": perplexity_of(logprobs, windows), **shared["perplexity"]}
         hidden_routing = None
         if gates_result(ctx.inputs["gates"]).get("fitted"):
             hidden = StreamingLM(merged_model(ctx.inputs["merge"]))  # mergekit's own routers

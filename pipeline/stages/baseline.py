@@ -1,0 +1,78 @@
+"""baseline: the base model and each expert on the held-out evaluation text.
+
+What a MoE is measured against does not depend on how it is routed, so this stage
+depends on the sources alone: every build of a recipe whose sources and evaluation
+settings are unchanged shares it, whatever its gate mode or fitted routers (the
+routing study builds one MoE per mode and computes this once). Each model is
+streamed one layer at a time (pipeline/checkpoints/streaming.py).
+
+Output: baseline.json, the per-domain perplexity of `base` and of `expert i`, and
+the sha256 of the evaluation token ids, which `evaluate` checks against its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict, cast
+
+from pipeline.moe.calibration import check_text_files, source_fingerprint
+from pipeline.recipe import CalibrationSection, Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.resolve import model_paths
+from pipeline.support.hashing import HashState, sha256_json
+from pipeline.support.jsonio import write_json
+
+
+class Baseline(TypedDict):
+    windows_sha256: str  # of the (domain, token ids) windows
+    perplexity: dict[str, dict[str, float]]  # "base" / "expert i" -> domain -> perplexity
+
+
+def baseline(result: StageResult) -> Baseline:
+    return cast(Baseline, json.loads((result.path / "baseline.json").read_text()))
+
+
+def windows_sha256(windows: list[tuple[str, list[int]]]) -> str:
+    return sha256_json([[d, ids] for d, ids in windows])
+
+
+class BaselineStage(Stage):
+    name = "baseline"
+    depends = ("resolve",)
+    packages = ("torch", "transformers", "safetensors", "tokenizers")
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        v = recipe.verify
+        return {"files": v.files, "max_tokens": v.max_tokens, "seq_len": v.seq_len}
+
+    def preflight(self, recipe: Recipe) -> None:
+        check_text_files(recipe, "verify.files", recipe.verify.files)
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        return {
+            "eval": source_fingerprint(
+                CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files"
+            )
+        }
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+
+        from pipeline.checkpoints.streaming import StreamingLM
+        from pipeline.moe.evaluation import eval_windows, perplexity
+        from pipeline.support.determinism import seed_everything
+
+        seed_everything(0)
+        v = ctx.recipe.verify
+        paths = model_paths(ctx.inputs["resolve"])
+        # mergekit copies the base's tokenizer into the MoE: these are evaluate's windows.
+        tokenizer = AutoTokenizer.from_pretrained(paths["base"])
+        windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
+        ppl = {"base": perplexity(StreamingLM(paths["base"]), windows, desc="baseline: base model")}
+        for i in range(len(ctx.recipe.experts)):
+            ppl[f"expert {i}"] = perplexity(StreamingLM(paths[f"experts[{i}]"]), windows, desc=f"baseline: expert {i}")
+        write_json(ctx.out / "baseline.json", {"windows_sha256": windows_sha256(windows), "perplexity": ppl})
+        ctx.log(f"baseline  base and {len(ctx.recipe.experts)} experts on {len(windows)} windows")
+        return {"windows": len(windows)}
