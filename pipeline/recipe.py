@@ -234,6 +234,8 @@ class CardSection(Strict):
     license: str | None = None
     language: list[str] | None = None
     quantized_by: str | None = None
+    # A study.json written by `frankenmoe study` for this recipe: its table goes into the cards.
+    study: str | None = None
 
 
 class RepoTarget(Strict):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import EXAMPLE, run_cli
+from tests.conftest import EXAMPLE, example_data, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,10 @@ def test_study_compares_every_mode_and_is_reproducible(fixture_models, tmp_path)
         assert fitted["per_domain"][d]["perplexity"] < hidden["per_domain"][d]["perplexity"]
     assert "| fitted |" in proc.stdout and (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "a" / "dist").exists()  # the variants never publish into dist/
+    # The base's and experts' perplexities do not depend on the routers: computed once for all four modes.
+    assert len(list((tmp_path / "a" / "build" / "tiny-2x" / "baseline").iterdir())) == 1
+    assert all(row["keys"]["baseline"] == hidden["keys"]["baseline"] for row in data["results"].values())
+    card_carries_the_study(tmp_path / "a", out / "study.json", data)
     _, again = study(tmp_path / "b")
     strip = lambda d: {k: v for k, v in d.items() if k != "wall_s"}  # noqa: E731
     assert strip(json.loads((again / "study.json").read_text())) == strip(data)
@@ -43,3 +47,42 @@ def test_unknown_mode_is_a_usage_error(tmp_path):
     proc = run_cli("study", str(EXAMPLE), "--modes", "hidden,best", build=tmp_path / "build")
     assert proc.returncode == 2 and "--modes: unknown mode 'best'" in proc.stderr
     assert not (tmp_path / "build" / "tiny-2x").exists()
+
+
+def card_carries_the_study(root, study_json, data):
+    """`card.study` puts the study's table into both cards and names this build's row;
+    a study of another recipe is refused before anything runs."""
+    recipe = example_data()
+    recipe["card"]["study"] = str(study_json)
+    path = write_recipe(root / "tiny-2x.yaml", recipe)
+    proc = run_cli("build", str(path), "--until", "card", build=root / "build", dist=root / "dist")
+    assert proc.returncode == 0, proc.stderr
+    for folder in ("merged", "awq"):
+        card = (root / "dist" / "tiny-2x" / folder / "README.md").read_text()
+        assert "### Routing study: tiny-2x" in card and "| fitted |" in card, folder
+        assert "This model's routers are the `hidden` row." in card, folder
+    study_json.write_text(json.dumps({**data, "recipe": "someone-else"}))
+    proc = run_cli("build", str(path), build=root / "build", dist=root / "dist")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: card.study: ") and "'someone-else'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "not found; run `frankenmoe study` on this recipe first"),
+        ("{not json", "is not a readable study.json"),
+        ('{"recipe": "tiny-2x", "results": {}}', "is not a study.json written by `frankenmoe study`"),
+        ('{"recipe": "other", "results": {"hidden": {}}}', "is the study of 'other', not of 'tiny-2x'"),
+    ],
+)
+def test_a_study_the_card_cannot_use_is_one_line(tmp_path, content, message):
+    from pipeline.errors import InputFileError
+    from pipeline.moe.study_report import read_study
+
+    path = tmp_path / "study.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InputFileError, match="^card.study: ") as e:
+        read_study(path, "tiny-2x", "card.study")
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -18,6 +18,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import RecipeError
+from pipeline.moe.study_report import read_study, render_for_card, without_timings
 from pipeline.provenance.lockfile import published_recipe
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -26,6 +27,7 @@ from pipeline.stages.lock import build_id
 from pipeline.stages.quantize import quantize_result
 from pipeline.stages.resolve import resolved_models
 from pipeline.stages.verify import report_dir
+from pipeline.support.hashing import HashState, sha256_json
 from pipeline.support.paths import portable
 from pipeline.support.versions import tool_versions
 
@@ -68,6 +70,20 @@ class CardStage(Stage):
             "frankenmoe": __version__,
         }
 
+    def preflight(self, recipe: Recipe) -> None:
+        if recipe.card.study:
+            read_study(recipe.path(recipe.card.study), recipe.name, "card.study")
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        if not recipe.card.study:
+            return {}
+        # What the study measured, not its wall times: a rerun study changes the key only if a number changed.
+        return {
+            "study": sha256_json(without_timings(read_study(recipe.path(recipe.card.study), recipe.name, "card.study")))
+        }
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from huggingface_hub import ModelCard, ModelCardData
 
@@ -89,6 +105,7 @@ class CardStage(Stage):
             "versions": {"frankenmoe": __version__, **tool_versions(CARD_TOOLS)},
             "build_id": bid,
             "verify_md": verify_md,
+            "study_md": _study_md(recipe, ctx.inputs["gates"].key),
         }
         hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
@@ -156,6 +173,12 @@ class CardStage(Stage):
         shutil.copy2(verify_dir / "routing.png", ctx.out / "merged" / "routing.png")
         ctx.log(f"card      license {license_id}, build id {bid}")
         return {"build_id": bid, "license": license_id}
+
+
+def _study_md(recipe: Recipe, gates_key: str) -> str | None:
+    if not recipe.card.study:
+        return None
+    return render_for_card(read_study(recipe.path(recipe.card.study), recipe.name, "card.study"), gates_key)
 
 
 def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
