@@ -771,6 +771,8 @@ Handler.ROUTES = [
         ("POST", r"/api/repos/create", "api_create_repo"),
         ("POST", r"/api/validate-yaml", "api_validate_yaml"),
         ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
+        # Datasets share the models' store (one namespace): enough to resolve a revision to a commit.
+        ("GET", rf"/api/datasets/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
         ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
         ("POST", rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
         ("GET", rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),

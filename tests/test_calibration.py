@@ -66,3 +66,50 @@ def test_dataset_source_goes_through_datasets(tokenizer, tmp_path, fixture_model
     bad = cal.model_copy(update={"dataset": cal.dataset.model_copy(update={"text_column": "text"})})
     with pytest.raises(InputFileError, match=r"text_column: 'text' not in \['content'\]"):
         calibration_windows(bad, tokenizer)
+
+
+def test_a_hub_dataset_is_read_at_the_commit_its_revision_names(hub, monkeypatch, tmp_path):
+    """The real huggingface_hub client over HTTP (the stand-in): `main` resolves to its
+    current commit, which the key, the lock and `datasets` all use; a revision that
+    is a commit needs no network; offline and unpinned, the identity is unknown."""
+    import datasets
+    from huggingface_hub import HfApi, constants
+
+    from pipeline.moe import calibration
+    from pipeline.moe.calibration import dataset_commit, load_texts, source_fingerprint
+    from pipeline.support.hashing import HashState
+    from tests.conftest import HUB_TOKEN
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setattr(calibration, "_COMMITS", {})
+    api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
+    api.create_repo("toy/texts")
+    first = api.upload_file(path_or_fileobj=b'{"text": "one"}\n', path_in_repo="train.jsonl", repo_id="toy/texts").oid
+    second = api.upload_file(path_or_fileobj=b'{"text": "two"}\n', path_in_repo="train.jsonl", repo_id="toy/texts").oid
+    cal = CalibrationSection(dataset={"id": "toy/texts", "split": "train"})
+    state = HashState(tmp_path / "state.json")
+    assert source_fingerprint(cal, state, tmp_path, offline=True) is None  # unpinned, offline: not known
+    assert dataset_commit(cal.dataset) == second != first
+    assert source_fingerprint(cal, state, tmp_path)["dataset"]["commit"] == second
+    read = []
+
+    class Rows(dict):
+        column_names, _fingerprint = ["text"], "f"
+
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda id, split, revision: read.append(revision) or Rows(text=["two"])
+    )
+    texts, source = load_texts(cal, tmp_path)
+    assert read == [second] and texts == ["two"] and source["dataset"]["commit"] == second
+    pinned = CalibrationSection(dataset={"id": "toy/texts", "split": "train", "revision": first})
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no network needed
+    assert dataset_commit(pinned.dataset) == first
+    assert source_fingerprint(pinned, state, tmp_path, offline=True)["dataset"]["commit"] == first
+    monkeypatch.setattr(calibration, "_COMMITS", {})
+    with pytest.raises(InputFileError, match=r"^quantize.calibration.dataset: toy/texts: cannot resolve revision main"):
+        dataset_commit(cal.dataset)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    with pytest.raises(InputFileError, match="toy/nothing not found on the Hub"):
+        dataset_commit(cal.dataset.model_copy(update={"id": "toy/nothing"}))

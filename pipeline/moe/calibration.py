@@ -1,21 +1,25 @@
 """Calibration text -> fixed token windows, chosen deterministically from a seed.
 
 Local files (`.jsonl` with a `text` field, or `.txt`) or a Hub dataset through
-`datasets` (pinned `revision`). The windows are non-overlapping `seq_len`-token
+`datasets`, read at the commit its `revision` resolves to (recorded in the key and
+the lock). The windows are non-overlapping `seq_len`-token
 chunks of the tokenized text, `samples` of them picked by a seeded permutation,
 so the same inputs always give the same calibration set.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputFileError, RecipeError
 from pipeline.moe.corpus import read_documents
-from pipeline.recipe import CalibrationSection
+from pipeline.recipe import CalibrationDataset, CalibrationSection
 from pipeline.support.hashing import HashState, sha256_json
 from pipeline.support.paths import portable, resolve_path
+
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,17 @@ class CalibrationSet:
 
 
 def source_fingerprint(
-    cal: CalibrationSection, state: HashState, root: Path, section: str = "quantize.calibration.files"
-) -> dict:
-    """Content identity of the calibration input, cheap on a no-op rebuild."""
+    cal: CalibrationSection,
+    state: HashState,
+    root: Path,
+    section: str = "quantize.calibration.files",
+    offline: bool = False,
+) -> dict | None:
+    """Content identity of the calibration input, cheap on a no-op rebuild: file
+    hashes, or a dataset's resolved commit (None offline when it is not pinned)."""
     if cal.dataset:
-        return {"dataset": cal.dataset.model_dump()}
+        identity = dataset_identity(cal.dataset, state, offline)
+        return None if identity is None else {"dataset": identity}
     files = {}
     for name in cal.files:
         path = resolve_path(name, root)
@@ -39,13 +49,66 @@ def source_fingerprint(
     return {"files": files}
 
 
+def dataset_identity(ds: CalibrationDataset, state: HashState, offline: bool = False) -> dict | None:
+    """A dataset as the key and the lock name it: a local dataset folder by its files'
+    hashes (its path made portable), a Hub dataset by its resolved commit."""
+    folder = Path(ds.id)
+    if folder.is_dir():
+        files = {p.relative_to(folder).as_posix(): state.sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+        return {**ds.model_dump(), "id": portable(ds.id), "files": files}
+    commit = dataset_commit(ds, offline)
+    return None if commit is None else {**ds.model_dump(), "commit": commit}
+
+
+_COMMITS: dict[tuple[str, str | None], str] = {}
+
+
+def dataset_commit(ds: CalibrationDataset, offline: bool = False) -> str | None:
+    """The commit a dataset's `revision` (default: main) names on the Hub, as for
+    models: the key, the lock and the texts all use it, so a dataset that moves on
+    the Hub is a new build, never other bytes under the same key. A revision that
+    is a commit needs no network; otherwise None when `offline`. Resolved once per
+    process, so the key and the text read agree even if the branch moves between."""
+    if ds.revision and COMMIT_RE.fullmatch(ds.revision):
+        return ds.revision
+    if (ds.id, ds.revision) in _COMMITS:
+        return _COMMITS[(ds.id, ds.revision)]
+    if offline:
+        return None
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    where = f"quantize.calibration.dataset: {ds.id}"
+    try:
+        sha = HfApi().dataset_info(ds.id, revision=ds.revision).sha
+    except RevisionNotFoundError:
+        raise InputFileError(f"{where}: revision {ds.revision!r} not found") from None
+    except GatedRepoError:
+        raise InputFileError(
+            f"{where} is gated; accept its terms on the Hub and log in (huggingface-cli login)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise InputFileError(f"{where} not found on the Hub (or private: log in with huggingface-cli login)") from None
+    except Exception as e:  # HTTP errors, and the HTTP client's own connection errors (not OSError)
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        raise InputFileError(
+            f"{where}: cannot resolve revision {ds.revision or 'main'} to a commit "
+            f"({f'HTTP {status}' if status else type(e).__name__}); check the network, or pin `revision` to a commit"
+        ) from None
+    if not sha:
+        raise InputFileError(f"{where}: the Hub named no commit for revision {ds.revision or 'main'}")
+    _COMMITS[(ds.id, ds.revision)] = sha
+    return sha
+
+
 def load_texts(cal: CalibrationSection, root: Path) -> tuple[list[str], dict]:
     if cal.dataset:
         import datasets
 
         ds = cal.dataset
         try:
-            data = datasets.load_dataset(ds.id, split=ds.split, revision=ds.revision)
+            commit = None if Path(ds.id).is_dir() else dataset_commit(ds)
+            data = datasets.load_dataset(ds.id, split=ds.split, revision=commit)
         except Exception as e:  # datasets raises many types for "not reachable / not found"
             raise InputFileError(
                 f"quantize.calibration.dataset: cannot load {ds.id} ({type(e).__name__}); check id, split and network"
@@ -55,7 +118,11 @@ def load_texts(cal: CalibrationSection, root: Path) -> tuple[list[str], dict]:
                 f"quantize.calibration.dataset.text_column: {ds.text_column!r} not in {data.column_names}"
             )
         texts = [t for t in data[ds.text_column] if isinstance(t, str) and t.strip()]
-        return texts, {"dataset": ds.model_dump(), "fingerprint": data._fingerprint, "sha256": sha256_json(texts)}
+        return texts, {
+            "dataset": {**ds.model_dump(), "id": portable(ds.id), "commit": commit},
+            "fingerprint": data._fingerprint,
+            "sha256": sha256_json(texts),
+        }
     docs = read_documents([resolve_path(f, root) for f in cal.files])
     texts = [d["text"] for d in docs if d["text"].strip()]
     return texts, {"files": [portable(f) for f in cal.files], "sha256": sha256_json(texts)}

@@ -68,8 +68,9 @@ def _data_files(section: str, files: list[str], state: HashState, root: Path) ->
 
 def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dict[str, Any] | None:
     """The lock for this recipe as things are now; None when `download` is off and
-    a Hub model is not in the local cache."""
+    a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit."""
     from pipeline.checkpoints.sources import locate, model_files
+    from pipeline.moe.calibration import dataset_identity
 
     models = {}
     for role, ref in recipe.all_models():
@@ -84,7 +85,10 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
     cal = recipe.quantize.calibration
     data = {"verify.files": _data_files("verify.files", recipe.verify.files, state, recipe.root)}
     if cal.dataset:
-        data["quantize.calibration.dataset"] = cal.dataset.model_dump()
+        identity = dataset_identity(cal.dataset, state, offline=not download)
+        if identity is None:
+            return None
+        data["quantize.calibration.dataset"] = identity
     else:
         data["quantize.calibration.files"] = _data_files("quantize.calibration.files", cal.files, state, recipe.root)
     if recipe.gates.fit:

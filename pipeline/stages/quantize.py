@@ -91,10 +91,10 @@ class QuantizeStage(Stage):
     ) -> dict[str, Any] | None:
         # Where and in which dtype AWQ computes shapes the bytes: a CPU build and a
         # GPU build never share a cache entry.
-        return {
-            "calibration": source_fingerprint(recipe.quantize.calibration, state, recipe.root),
-            "compute": compute_path(),
-        }
+        calibration = source_fingerprint(recipe.quantize.calibration, state, recipe.root, offline=offline)
+        if calibration is None:  # a dataset whose commit is not known offline
+            return None
+        return {"calibration": calibration, "compute": compute_path()}
 
     def preflight(self, recipe: Recipe) -> None:
         """Text files readable, and a group size that fits the base model's config
