@@ -108,9 +108,18 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
             "machine": platform.machine(),
             "cpu_capability": cpu_capability(state),
             "quantize_compute": compute_path(),
+            **({"gates_compute": _fit_compute(recipe)} if recipe.gates.fit else {}),
         },
         **({"llama.cpp": llama_cpp_pin()} if recipe.gguf.enabled else {}),
     }
+
+
+def _fit_compute(recipe: Recipe) -> dict[str, str]:
+    """Where and in which dtype fitted routers are computed (the gates key has it too)."""
+    from pipeline.moe.router_fit import fit_compute
+    from pipeline.support.device import resolve_device
+
+    return fit_compute(resolve_device(recipe.gates.device), recipe.gates.dtype)
 
 
 def llama_cpp_pin() -> dict[str, str]:
