@@ -36,10 +36,10 @@ def windows_sha256(windows: list[tuple[str, list[int]]]) -> str:
     return sha256_json([[d, ids] for d, ids in windows])
 
 
-class BaselineStage(Stage):
-    name = "baseline"
-    depends = ("resolve",)
-    packages = ("torch", "transformers", "safetensors", "tokenizers")
+class HeldOutTextStage(Stage):
+    """A stage that reads the held-out evaluation text (`verify.files`, cut into
+    `verify.seq_len` windows up to `verify.max_tokens`): its settings and content
+    are in the key."""
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         v = recipe.verify
@@ -56,6 +56,12 @@ class BaselineStage(Stage):
                 CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files"
             )
         }
+
+
+class BaselineStage(HeldOutTextStage):
+    name = "baseline"
+    depends = ("resolve",)
+    packages = ("torch", "transformers", "safetensors", "tokenizers")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from transformers import AutoTokenizer

@@ -19,7 +19,6 @@ from typing import Any, TypedDict
 
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.errors import IncompatibleModelsError, InputFileError
-from pipeline.moe.calibration import check_text_files, source_fingerprint
 from pipeline.moe.evaluation import (
     eval_windows,
     forced_routing_parity,
@@ -27,14 +26,12 @@ from pipeline.moe.evaluation import (
     perplexity_of,
     routing_stats,
 )
-from pipeline.recipe import CalibrationSection, Recipe
-from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.stages.baseline import baseline, windows_sha256
+from pipeline.stages.base import StageContext, StageResult
+from pipeline.stages.baseline import HeldOutTextStage, baseline, windows_sha256
 from pipeline.stages.gates import gates_result, routed_model
 from pipeline.stages.merge import merged_model
 from pipeline.stages.resolve import model_paths
 from pipeline.support.determinism import seed_everything
-from pipeline.support.hashing import HashState
 from pipeline.support.jsonio import write_json
 
 
@@ -52,29 +49,13 @@ def reference(result: StageResult) -> dict[str, Any]:
     return json.loads((reference_dir(result) / "reference.json").read_text())
 
 
-class EvaluateStage(Stage):
+class EvaluateStage(HeldOutTextStage):
     name = "evaluate"
     # 2: forced routing also measures what survives of each expert (KL, perplexities)
     # 3: the base's and experts' perplexities come from `baseline`
     version = 3
     depends = ("resolve", "merge", "gates", "baseline")
     packages = ("torch", "transformers", "safetensors", "tokenizers")
-
-    def config(self, recipe: Recipe) -> dict[str, Any]:
-        v = recipe.verify
-        return {"files": v.files, "max_tokens": v.max_tokens, "seq_len": v.seq_len}
-
-    def preflight(self, recipe: Recipe) -> None:
-        check_text_files(recipe, "verify.files", recipe.verify.files)
-
-    def fingerprint(
-        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
-    ) -> dict[str, Any] | None:
-        return {
-            "eval": source_fingerprint(
-                CalibrationSection(files=recipe.verify.files), state, recipe.root, "verify.files"
-            )
-        }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
