@@ -291,6 +291,21 @@ class Recipe(Strict):
     def root(self) -> Path:
         return self._root
 
+    @model_validator(mode="before")
+    @classmethod
+    def fit_on_the_recipes_calibration_text(cls, data: Any) -> Any:
+        """Routers are fitted on the recipe's own calibration text unless `gates.files`
+        names other: a recipe whose experts know other domains than the shipped
+        code and prose gives its text once. (Malformed sections are left for the
+        field validators to report.)"""
+        quantize = data.get("quantize") if isinstance(data, dict) else None
+        cal = quantize.get("calibration") if isinstance(quantize, dict) else None
+        files = cal.get("files") if isinstance(cal, dict) else None
+        gates = data.get("gates", {}) if isinstance(data, dict) else None
+        if files and isinstance(gates, dict) and "files" not in gates:
+            return {**data, "gates": {**gates, "files": files}}
+        return data
+
     def path(self, name: str) -> Path:
         """A path key's file (pipeline/support/paths.py: shipped, recipe-relative or absolute)."""
         return resolve_path(name, self._root)

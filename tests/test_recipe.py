@@ -153,3 +153,16 @@ def test_sizes():
     assert parse_size(1234) == 1234
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_routers_are_fitted_on_the_recipes_own_calibration_text():
+    """Without `gates.files`, the fit reads `quantize.calibration.files` (a recipe for
+    other domains than the shipped code and prose names its text once)."""
+    assert parse_recipe(valid(), "r").gates.files == parse_recipe(valid(), "r").quantize.calibration.files
+    mine = {"calibration": {"files": ["legal.jsonl", "medical.jsonl"]}}
+    assert parse_recipe(valid(quantize=mine), "r").gates.files == ["legal.jsonl", "medical.jsonl"]
+    named = parse_recipe(valid(quantize=mine, gates={"files": ["other.txt"]}), "r")
+    assert named.gates.files == ["other.txt"]
+    dataset = {"calibration": {"dataset": {"id": "org/texts"}}}
+    assert parse_recipe(valid(quantize=dataset), "r").gates.files == parse_recipe(valid(), "r").gates.files
+    assert problems(valid(quantize={"calibration": "text.jsonl"}))  # a malformed section is still reported
