@@ -86,6 +86,12 @@ def whole(recipe_file: Path, work: Path) -> dict:
 def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
     """mergekit-moe's CLI and GPTQModel's API on the same inputs."""
     data = yaml.safe_load(recipe_file.read_text())
+    # A recipe's local model folders are relative to the recipe; mergekit-moe reads them from its own folder.
+    root = recipe_file.resolve().parent
+    local = lambda ref: str((root / ref).resolve()) if isinstance(ref, str) and (root / ref).is_dir() else ref  # noqa: E731
+    data["base_model"] = local(data["base_model"])
+    for expert in data["experts"]:
+        expert["source_model"] = local(expert["source_model"])
     mergekit_keys = ("base_model", "gate_mode", "dtype", "experts_per_token", "experts", "architecture")
     config = work / "mergekit.yaml"
     config.write_text(yaml.safe_dump({k: data[k] for k in mergekit_keys if k in data}, sort_keys=False))
