@@ -83,15 +83,21 @@ def whole(recipe_file: Path, work: Path) -> dict:
     }
 
 
-def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
-    """mergekit-moe's CLI and GPTQModel's API on the same inputs."""
+def movable_recipe(recipe_file: Path) -> dict:
+    """The recipe's mapping with its local model folders made absolute: relative
+    ones are relative to the recipe's folder, and the bench writes copies elsewhere."""
     data = yaml.safe_load(recipe_file.read_text())
-    # A recipe's local model folders are relative to the recipe; mergekit-moe reads them from its own folder.
     root = recipe_file.resolve().parent
     local = lambda ref: str((root / ref).resolve()) if isinstance(ref, str) and (root / ref).is_dir() else ref  # noqa: E731
     data["base_model"] = local(data["base_model"])
     for expert in data["experts"]:
         expert["source_model"] = local(expert["source_model"])
+    return data
+
+
+def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
+    """mergekit-moe's CLI and GPTQModel's API on the same inputs."""
+    data = movable_recipe(recipe_file)
     mergekit_keys = ("base_model", "gate_mode", "dtype", "experts_per_token", "experts", "architecture")
     config = work / "mergekit.yaml"
     config.write_text(yaml.safe_dump({k: data[k] for k in mergekit_keys if k in data}, sort_keys=False))
@@ -134,7 +140,7 @@ def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
 def cache(recipe_file: Path, work: Path) -> dict:
     env = build_env(work / "ours")
     noop = [measure([str(BIN / "frankenmoe"), "build", str(recipe_file)], env)["wall_s"] for _ in range(3)]
-    data = yaml.safe_load(recipe_file.read_text())
+    data = movable_recipe(recipe_file)
     data.setdefault("verify", {})["max_mean_kl"] = 0.5
     data.setdefault("name", recipe_file.stem)
     edited = work / recipe_file.name
