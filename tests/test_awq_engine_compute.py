@@ -355,3 +355,28 @@ def test_the_float32_patch_refuses_an_unexpected_kernel(monkeypatch):
     with pytest.raises(FrankenmoeError, match="FRANKENMOE_AWQ_DTYPE=bfloat16"):
         awq_engine.allow_float32_awq_packing()
     assert AwqTorchLinear.SUPPORTS_DTYPES == [torch.float16]
+
+
+def test_merge_and_fit_keys_name_the_machine_class(monkeypatch):
+    """Hidden-state router rows (merge) and fitted routers (gates) are computed on a
+    device: its class is in those stages' keys, so a CPU and a GPU build never share them."""
+    from pipeline.moe.router_fit import fit_compute
+    from pipeline.recipe import load_recipe
+    from pipeline.stages.merge import MergeStage
+    from tests.conftest import EXAMPLE
+
+    recipe = load_recipe(EXAMPLE)
+    monkeypatch.setattr(awq_engine, "read_cpuinfo", lambda: ZEN4)
+    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
+    cpu = MergeStage().fingerprint(recipe, None, {})
+    assert cpu == {"compute": {"device": "cpu", "isa": "avx512"}}
+    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: ((9, 0), "NVIDIA H200"))
+    assert MergeStage().fingerprint(recipe, None, {}) == {
+        "compute": {"device": "cuda", "capability": "sm_90 NVIDIA H200"}
+    }
+    on_cpu = recipe.model_copy(update={"merge": recipe.merge.model_copy(update={"device": "cpu"})})
+    assert MergeStage().fingerprint(on_cpu, None, {}) == cpu  # merge.device: cpu on a GPU machine
+    assert fit_compute("cuda") == {"device": "cuda", "capability": "sm_90 NVIDIA H200", "dtype": "bfloat16"}
+    assert fit_compute("cpu", cpuinfo=ZEN4) == {"device": "cpu", "isa": "avx512", "dtype": "bfloat16"}
+    assert fit_compute("cpu", cpuinfo=HASWELL) == {"device": "cpu", "isa": "avx2", "dtype": "float32"}
+    assert fit_compute("cpu", "float32", cpuinfo=ZEN4)["dtype"] == "float32"

@@ -33,13 +33,13 @@ def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) ->
     """Where and in which dtype the fit computes (`dtype` auto: bfloat16 where native):
     part of the gates stage's key, so fits on machines that round differently never
     share a cache entry."""
-    from pipeline.quantization.awq_engine import compute_path
+    from pipeline.quantization.awq_engine import machine_class
 
-    path = compute_path(environ={}, gpu=True if device == "cuda" else None, cpuinfo=cpuinfo)
+    where = machine_class(gpu=True if device == "cuda" else None, cpuinfo=cpuinfo)
     if dtype == "auto":
         native = device == "cuda" or bool(cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo) & NATIVE_BF16_FLAGS)
         dtype = "bfloat16" if native else "float32"
-    return {**path, "dtype": dtype}
+    return {**where, "dtype": dtype}
 
 
 @dataclass

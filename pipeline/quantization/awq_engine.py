@@ -139,6 +139,14 @@ def compute_path(
     return path
 
 
+def machine_class(gpu: bool | None = True, cpuinfo: str | None = None) -> dict[str, str]:
+    """Where a computation runs on this machine, without a dtype: {"device": "cuda",
+    "capability": ...} or {"device": "cpu", "isa": ...} (`gpu` None: the CPU even
+    with a GPU). For the keys of other stages whose bytes depend on it (merge, gates)."""
+    path = compute_path(environ={}, cpuinfo=cpuinfo, gpu=gpu)
+    return {k: v for k, v in path.items() if k != "dtype"}
+
+
 def check_dtype(name: str, where: str) -> str:
     if name not in COMPUTE_DTYPES:
         raise EnvironmentProblem(f"{where}: {name!r} is not a compute dtype; use one of {', '.join(COMPUTE_DTYPES)}")

@@ -27,6 +27,7 @@ from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.resolve import resolved_models
 from pipeline.support.determinism import seed_everything
 from pipeline.support.device import require_gpu_if_asked, resolve_device
+from pipeline.support.hashing import HashState
 
 # Side files worth carrying from the base model into the merged folder.
 COPY_FROM_BASE = ("generation_config.json",)
@@ -62,6 +63,15 @@ class MergeStage(Stage):
 
     def preflight(self, recipe: Recipe) -> None:
         require_gpu_if_asked(recipe.merge.device, "merge.device")
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        # mergekit computes `hidden` router rows with the models (and draws random ones) on
+        # this device: a CPU merge and a GPU merge give other bytes and never share an entry.
+        from pipeline.quantization.awq_engine import machine_class
+
+        return {"compute": machine_class(gpu=None if recipe.merge.device == "cpu" else True)}
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
         if "resolve" in inputs:
