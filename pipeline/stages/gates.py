@@ -99,7 +99,7 @@ class GatesStage(Stage):
         compute = fit_compute(resolve_device(g.device), g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)
         groups = [token_windows([ctx.recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
-        model = load_merged(merged, dtype="float32")
+        model = load_merged(merged, dtype=compute["dtype"])  # as it computes: bfloat16 is half the memory
         fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, compute)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
         ctx.log(
