@@ -30,14 +30,16 @@ NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; ARM's `bf1
 
 
 def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) -> dict[str, str]:
-    """Where and in which dtype the fit computes (`dtype` auto: bfloat16 where native):
-    part of the gates stage's key, so fits on machines that round differently never
-    share a cache entry."""
+    """Where and in which dtype the fit computes, from `gates.device` (auto, cpu,
+    cuda) and `gates.dtype` (auto: bfloat16 where native): part of the gates key and
+    the lock, so fits on machines that round differently never share an entry.
+    Without a GPU driver it does not import torch."""
     from pipeline.quantization.awq_engine import machine_class
 
-    where = machine_class(gpu=True if device == "cuda" else None, cpuinfo=cpuinfo)
+    cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
+    where = machine_class(gpu=None if device == "cpu" else True, cpuinfo=cpuinfo)
     if dtype == "auto":
-        native = device == "cuda" or bool(cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo) & NATIVE_BF16_FLAGS)
+        native = where["device"] == "cuda" or bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
         dtype = "bfloat16" if native else "float32"
     return {**where, "dtype": dtype}
 

@@ -71,6 +71,7 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
     a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit."""
     from pipeline.checkpoints.sources import locate, model_files
     from pipeline.moe.calibration import dataset_identity
+    from pipeline.moe.router_fit import fit_compute
 
     models = {}
     for role, ref in recipe.all_models():
@@ -108,18 +109,10 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
             "machine": platform.machine(),
             "cpu_capability": cpu_capability(state),
             "quantize_compute": compute_path(),
-            **({"gates_compute": _fit_compute(recipe)} if recipe.gates.fit else {}),
+            **({"gates_compute": fit_compute(recipe.gates.device, recipe.gates.dtype)} if recipe.gates.fit else {}),
         },
         **({"llama.cpp": llama_cpp_pin()} if recipe.gguf.enabled else {}),
     }
-
-
-def _fit_compute(recipe: Recipe) -> dict[str, str]:
-    """Where and in which dtype fitted routers are computed (the gates key has it too)."""
-    from pipeline.moe.router_fit import fit_compute
-    from pipeline.support.device import resolve_device
-
-    return fit_compute(resolve_device(recipe.gates.device), recipe.gates.dtype)
 
 
 def llama_cpp_pin() -> dict[str, str]:

@@ -21,7 +21,7 @@ from pipeline.moe.calibration import check_not_evaluation_text, check_text_files
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.merge import merged_model, moe_bytes
-from pipeline.support.device import require_gpu_if_asked, resolve_device
+from pipeline.support.device import require_gpu_if_asked
 from pipeline.support.hashing import HashState
 from pipeline.support.paths import portable
 
@@ -72,7 +72,7 @@ class GatesStage(Stage):
         return {
             "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files"),
             # Where and in which dtype the fit computes shapes the fitted bytes.
-            "compute": fit_compute(resolve_device(recipe.gates.device), recipe.gates.dtype),
+            "compute": fit_compute(recipe.gates.device, recipe.gates.dtype),
         }
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
@@ -96,7 +96,7 @@ class GatesStage(Stage):
         from pipeline.checkpoints.loading import load_merged
         from pipeline.moe.router_fit import fit_compute, fit_routers
 
-        compute = fit_compute(resolve_device(g.device), g.dtype)  # as in the key
+        compute = fit_compute(g.device, g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)
         groups = [token_windows([ctx.recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
         model = load_merged(merged, dtype=compute["dtype"])  # as it computes: bfloat16 is half the memory
