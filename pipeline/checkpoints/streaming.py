@@ -252,7 +252,7 @@ class StreamingLM:
                 norm = stack.enter_context(self._materialized(inner.norm, "model.norm."))
                 lm_head = stack.enter_context(self._materialized(self.model.lm_head, "lm_head."))
             for c, h in enumerate(hidden):
-                logprobs = torch.log_softmax(lm_head(norm(h)).float(), -1) if head else None
-                for w in range(h.shape[0]):
+                for w in range(h.shape[0]):  # one window's log-probs at a time: T x vocabulary floats
+                    logprobs = torch.log_softmax(lm_head(norm(h[w])).float(), -1) if head else None
                     router = torch.stack([r[w] for r in routers[c]]) if self.is_moe else None
-                    yield (logprobs[w] if head else None), router
+                    yield logprobs, router

@@ -60,6 +60,7 @@ class HeldOutTextStage(Stage):
 
 class BaselineStage(HeldOutTextStage):
     name = "baseline"
+    version = 2  # 2: log-probs computed one window at a time
     depends = ("resolve",)
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Iterator, TypedDict
 
 from pipeline.checkpoints.streaming import StreamingLM
+from pipeline.checkpoints.tensor_file import TensorFileWriter
 from pipeline.errors import IncompatibleModelsError, InputFileError
 from pipeline.moe.evaluation import (
     eval_windows,
@@ -53,13 +54,13 @@ class EvaluateStage(HeldOutTextStage):
     name = "evaluate"
     # 2: forced routing also measures what survives of each expert (KL, perplexities)
     # 3: the base's and experts' perplexities come from `baseline`
-    version = 3
+    # 4: log-probs computed and stored one window at a time
+    version = 4
     depends = ("resolve", "merge", "gates", "baseline")
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch
-        from safetensors.torch import save_file
         from transformers import AutoTokenizer
 
         seed_everything(0)
@@ -75,38 +76,39 @@ class EvaluateStage(HeldOutTextStage):
             )
 
         structure = merge_structure(merged, paths["base"], experts)
-        moe = StreamingLM(merged)
-        inputs = [ids[:-1] for _, ids in windows]
-        logprobs, routers = zip(*moe.run(inputs, desc="verify: 16-bit reference"))
-        router = torch.cat(routers, dim=1)
-        domains = [d for d, _ in windows]
-        top_k = moe.config.num_experts_per_tok
-        # Forced routing needs only a little text: two windows per domain.
-        sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
-        sources = [StreamingLM(e) for e in experts]
-        forced = forced_routing_parity(moe, sources, sample)
         shared = baseline(ctx.inputs["baseline"])
         if shared["windows_sha256"] != windows_sha256(windows):
             raise IncompatibleModelsError(
                 "the merged model's tokenizer splits verify.files differently from the base model's; "
                 "merge with the base model's tokenizer"
             )
-        ppl = {"moe": perplexity_of(logprobs, windows), **shared["perplexity"]}
+        moe = StreamingLM(merged)
+        inputs = [ids[:-1] for _, ids in windows]
+        domains = [d for d, _ in windows]
+        top_k = moe.config.num_experts_per_tok
+        specs = {
+            "tokens": ("I64", (len(windows), v.seq_len + 1)),
+            "logprobs": ("F32", (len(windows), v.seq_len, moe.config.vocab_size)),
+            "router": ("F32", (moe.config.num_hidden_layers, len(windows) * v.seq_len, moe.config.num_local_experts)),
+        }
+        # The log-probs go to disk window by window, never held whole (max_tokens x vocabulary floats).
+        with TensorFileWriter(ctx.out / "reference.safetensors", specs, {"format": "pt"}) as out:
+            out.write("tokens", torch.tensor([ids for _, ids in windows]))
+            routers: list = []
+            run = moe.run(inputs, desc="verify: 16-bit reference")
+            ppl = {"moe": perplexity_of(_logprobs(run, routers, out), windows), **shared["perplexity"]}
+            router = torch.cat(routers, dim=1)
+            out.write("router", router)
+        # Forced routing needs only a little text: two windows per domain.
+        sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
+        forced = forced_routing_parity(moe, [StreamingLM(e) for e in experts], sample)
         hidden_routing = None
         if gates_result(ctx.inputs["gates"]).get("fitted"):
             hidden = StreamingLM(merged_model(ctx.inputs["merge"]))  # mergekit's own routers
-            hidden_lp, hidden_routers = zip(*hidden.run(inputs, desc="verify: hidden-state routers"))
-            ppl["moe (hidden-state routers)"] = perplexity_of(hidden_lp, windows)
+            hidden_routers: list = []
+            run = hidden.run(inputs, desc="verify: hidden-state routers")
+            ppl["moe (hidden-state routers)"] = perplexity_of(_logprobs(run, hidden_routers), windows)
             hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)
-        save_file(
-            {
-                "tokens": torch.tensor([ids for _, ids in windows]),
-                "logprobs": torch.stack(logprobs).contiguous(),
-                "router": router.contiguous(),
-            },
-            ctx.out / "reference.safetensors",
-            metadata={"format": "pt"},
-        )
         result = {
             "domains": domains,
             "seq_len": v.seq_len,
@@ -121,3 +123,13 @@ class EvaluateStage(HeldOutTextStage):
         write_json(ctx.out / "reference.json", result)
         ctx.log(f"evaluate  {len(windows)} windows x {v.seq_len} tokens over {', '.join(sorted(set(domains)))}")
         return {"windows": len(windows)}
+
+
+def _logprobs(run, routers: list, out: TensorFileWriter | None = None) -> Iterator:
+    """A StreamingLM run's log-probs one window at a time (written to `out` as they
+    pass); its router weights are collected into `routers` on the side."""
+    for lp, router in run:
+        if out is not None:
+            out.write("logprobs", lp)
+        routers.append(router)
+        yield lp

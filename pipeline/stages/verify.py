@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from pipeline.checkpoints.streaming import StreamingLM
+from pipeline.checkpoints.tensor_file import Rows
 from pipeline.errors import InputFileError, VerifyFailed
 from pipeline.moe.evaluation import compare_candidate, dead_experts, routing_stats
 from pipeline.moe.quality_limits import quality_limits
@@ -49,7 +50,9 @@ def report_dir(result: StageResult) -> Path:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = 3  # 2: consumer_load requires the exact AWQ GEMM form; 3: quantization parity per domain
+    # 2: consumer_load requires the exact AWQ GEMM form; 3: quantization parity per domain;
+    # 4: the candidate's log-probs are computed one window at a time
+    version = 4
     depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib")
     publishes = {"awq": "report"}
@@ -265,13 +268,9 @@ def verify_candidate(
 
     if not load_problems:
         with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
-            ref_logprobs, ref_router, tokens = (
-                st.get_tensor("logprobs"),
-                st.get_tensor("router"),
-                st.get_tensor("tokens"),
-            )
-        windows = [(d, ids) for d, ids in zip(ref["domains"], tokens.tolist())]
-        cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
+            windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
+            ref_logprobs, ref_router = Rows(st, "logprobs"), st.get_tensor("router")  # log-probs: a window at a time
+            cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
         router4 = cmp.pop("router_4bit")
         kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
         q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
