@@ -62,11 +62,22 @@ def test_lock_pins_models_data_versions_and_platform(project, locked):
         "text/prose/calibration.jsonl",
     }
     assert set(lock["data"]["verify.files"]) == {"text/code/eval.jsonl", "text/prose/eval.jsonl"}
-    assert {"torch", "transformers", "mergekit", "gptqmodel", "safetensors", "huggingface-hub", "numpy"} <= set(
-        lock["packages"]
-    )
+    assert {
+        "torch",
+        "transformers",
+        "mergekit",
+        "gptqmodel",
+        "safetensors",
+        "huggingface-hub",
+        "numpy",
+        "jinja2",
+        "matplotlib",
+        "datasets",
+    } <= set(lock["packages"])
     assert lock["seeds"] == {"merge.seed": 0, "quantize.calibration.seed": 0} and lock["threads"] == 2
     assert lock["platform"]["cpu_capability"]
+    # where mergekit computes hidden-state router rows and AWQ its scales (no GPU here)
+    assert lock["platform"]["merge_compute"]["device"] == lock["platform"]["quantize_compute"]["device"] == "cpu"
     assert str(project) not in locked.read_text()  # a lock is the same in every clone
     check = run_cli("lock", "small.yaml", "--check", cwd=project, build=project / "build")
     assert check.returncode == 0 and "up to date" in check.stdout

@@ -34,10 +34,10 @@ def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) ->
     cuda) and `gates.dtype` (auto: bfloat16 where native): part of the gates key and
     the lock, so fits on machines that round differently never share an entry.
     Without a GPU driver it does not import torch."""
-    from pipeline.quantization.awq_engine import machine_class
+    from pipeline.quantization.awq_engine import device_class
 
     cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
-    where = machine_class(gpu=None if device == "cpu" else True, cpuinfo=cpuinfo)
+    where = device_class(device, cpuinfo=cpuinfo)
     if dtype == "auto":
         native = where["device"] == "cuda" or bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
         dtype = "bfloat16" if native else "float32"

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import InputFileError, LockMismatch
-from pipeline.quantization.awq_engine import compute_path
+from pipeline.quantization.awq_engine import compute_path, device_class
 from pipeline.recipe import Recipe
 from pipeline.support.determinism import THREADS
 from pipeline.support.hashing import HashState
@@ -108,6 +108,7 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
         "platform": {
             "machine": platform.machine(),
             "cpu_capability": cpu_capability(state),
+            "merge_compute": device_class(recipe.merge.device),
             "quantize_compute": compute_path(),
             **({"gates_compute": fit_compute(recipe.gates.device, recipe.gates.dtype)} if recipe.gates.fit else {}),
         },

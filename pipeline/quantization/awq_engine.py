@@ -147,6 +147,12 @@ def machine_class(gpu: bool | None = True, cpuinfo: str | None = None) -> dict[s
     return {k: v for k, v in path.items() if k != "dtype"}
 
 
+def device_class(device: str, cpuinfo: str | None = None) -> dict[str, str]:
+    """`machine_class` for a stage's `device` setting (auto, cpu, cuda): `cpu` means
+    the CPU even with a GPU."""
+    return machine_class(gpu=None if device == "cpu" else True, cpuinfo=cpuinfo)
+
+
 def check_dtype(name: str, where: str) -> str:
     if name not in COMPUTE_DTYPES:
         raise EnvironmentProblem(f"{where}: {name!r} is not a compute dtype; use one of {', '.join(COMPUTE_DTYPES)}")

@@ -69,9 +69,9 @@ class MergeStage(Stage):
     ) -> dict[str, Any] | None:
         # mergekit computes `hidden` router rows with the models (and draws random ones) on
         # this device: a CPU merge and a GPU merge give other bytes and never share an entry.
-        from pipeline.quantization.awq_engine import machine_class
+        from pipeline.quantization.awq_engine import device_class
 
-        return {"compute": machine_class(gpu=None if recipe.merge.device == "cpu" else True)}
+        return {"compute": device_class(recipe.merge.device)}
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
         if "resolve" in inputs:
