@@ -41,7 +41,8 @@ repro-check: setup fixtures
 	$(BIN)/frankenmoe repro-check $(RECIPE)
 
 # Stage times and memory next to mergekit-moe and GPTQModel alone, and the synthetic
-# 2x1B/2x7B scale part (ARGS=--quantize-synthetic, --scale ...): bench/results.{json,md}.
+# 2x1B/2x7B scale part and evaluate+verify at 2x7B shapes (ARGS=--quantize-synthetic,
+# --scale 1b 7b verify7b): bench/results.{json,md}.
 bench: setup fixtures
 	$(BIN)/python -m bench.run --recipe $(RECIPE) $(ARGS)
 

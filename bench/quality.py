@@ -123,6 +123,40 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
     }
 
 
+def paired_difference(reference: Path, a: Path, b: Path, resamples: int = 10000) -> dict:
+    """Two 4-bit folders on the same held-out windows: per window, each one's mean
+    KL(16-bit || 4-bit) and top-1 agreement; the mean difference a - b with a 95%
+    bootstrap interval over windows (paired, both on the same windows), so a
+    difference can be told from the noise of 16 windows."""
+    import torch
+    from safetensors import safe_open
+
+    from pipeline.checkpoints.streaming import StreamingLM
+    from pipeline.checkpoints.tensor_file import Rows
+
+    per: dict[str, tuple] = {}
+    with safe_open(reference, framework="pt") as st:
+        inputs = [ids[:-1] for ids in st.get_tensor("tokens").tolist()]
+        ref = Rows(st, "logprobs")
+        for label, folder in (("a", a), ("b", b)):
+            kl, top = [], []
+            for w, (lp4, _) in enumerate(StreamingLM(folder).run(inputs, desc=f"bench: 4-bit {folder.name}")):
+                lp16 = ref[w].float()
+                kl.append(float((lp16.exp() * (lp16 - lp4)).sum(-1).mean()))
+                top.append(float((lp16.argmax(-1) == lp4.argmax(-1)).float().mean()))
+            per[label] = (torch.tensor(kl, dtype=torch.float64), torch.tensor(top, dtype=torch.float64))
+    n = len(inputs)
+    draws = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(0))
+    out: dict = {"windows": n}
+    for i, metric in enumerate(("kl_mean", "top1_agreement")):
+        d = per["a"][i] - per["b"][i]
+        boot = d[draws].mean(1)
+        low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        out[metric] = {"a": float(per["a"][i].mean()), "b": float(per["b"][i].mean()), "difference": float(d.mean())}
+        out[metric]["ci95"] = [low, high]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("recipe", type=Path)

@@ -12,7 +12,8 @@ a reference measured in the same run, as a ratio:
 3. quantize: time and peak RSS with the calibration size stated;
 4. scale (bench/scale.py): synthetic 2x7B- and 2x1B-shaped families through
    lock, resolve and merge next to a byte-copy reference, and the streamed
-   verify checks, with peak RSS.
+   verify checks, with peak RSS; with the 2x7B, baseline, evaluate and verify at
+   their default 8,192 tokens on its layers, two deep.
 
 Writes bench/results.json and bench/results.md.
 """
@@ -160,7 +161,7 @@ def quality(recipe_file: Path, work: Path) -> dict:
     the fast CPU path against GPTQModel's own float16 path (same windows, same
     build up to gates, hard-linked), and the MoE's mean KL against its dense base
     quantized the same way (bench/quality.py)."""
-    from bench.quality import dense_reference
+    from bench.quality import dense_reference, paired_difference
 
     ours_root = work / "ours"
     fp16_root = work / "fp16"
@@ -187,9 +188,13 @@ def quality(recipe_file: Path, work: Path) -> dict:
             **{k: parity[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
         }
     dense = dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)
+    reference = next((ours_root / "build").glob("*/evaluate/*/reference.safetensors"))
+    fast = next((ours_root / "build").glob("*/quantize/*/record.json")).parent / "model"
+    fp16 = Path(_ran_line("quantize", m["out"]).split()[-1]) / "model"
     return {
         "paths": paths,
         "speedup": round(paths["gptqmodel_fp16"]["quantize_s"] / paths["fast"]["quantize_s"], 2),
+        "fast_minus_fp16": paired_difference(reference, fast, fp16),
         "dense": dense,
     }
 
@@ -257,6 +262,16 @@ def report(results: dict) -> str:
             "",
             f"- quantize: the fast path is **{qr['speedup']}x** faster than GPTQModel's float16 path "
             "on the same windows",
+            *(
+                [
+                    f"- fast minus float16, paired over the {pd['windows']} held-out windows: mean KL "
+                    f"{pd['kl_mean']['difference']:+.4f} (95% bootstrap interval {pd['kl_mean']['ci95'][0]:+.4f} "
+                    f"to {pd['kl_mean']['ci95'][1]:+.4f}), top-1 {pd['top1_agreement']['difference']:+.2%} "
+                    f"({pd['top1_agreement']['ci95'][0]:+.2%} to {pd['top1_agreement']['ci95'][1]:+.2%})"
+                ]
+                if (pd := qr.get("fast_minus_fp16"))
+                else []
+            ),
             f"- dense base quantized the same way: mean KL {d['dense_base']['kl_mean']:.4f}, top-1 "
             f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
             f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
@@ -285,6 +300,10 @@ def report(results: dict) -> str:
         from bench.scale import report as scale_report
 
         lines += scale_report(results["scale"])
+    if results.get("verify_memory"):
+        from bench.scale import verify_memory_report
+
+        lines += verify_memory_report(results["verify_memory"])
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +313,12 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=REPO / "build" / ".bench")
     p.add_argument("--out", type=Path, default=REPO / "bench")
     p.add_argument(
-        "--scale", nargs="*", default=["1b", "7b"], help="synthetic families to run (none: skip the scale part)"
+        "--scale",
+        nargs="*",
+        default=["1b", "7b", "verify7b"],
+        choices=["1b", "7b", "verify7b"],
+        help="synthetic families to run, and verify7b: evaluate and verify at 2x7B shapes (none: skip the scale "
+        "part; rows not run are kept from the last results.json, dated)",
     )
     p.add_argument(
         "--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (about an hour on 2 CPU cores)"
@@ -325,9 +349,18 @@ def main() -> None:
     for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq"):  # room for the scale part
         shutil.rmtree(args.work / part, ignore_errors=True)
 
-    from bench.scale import run_family
+    from bench.scale import run_family, run_verify_memory
 
-    results["scale"] = [run_family(shape, args.work, quantize=args.quantize_synthetic) for shape in args.scale]
+    families = [s for s in args.scale if s != "verify7b"]
+    results["scale"] = [run_family(shape, args.work, quantize=args.quantize_synthetic) for shape in families]
+    if "verify7b" in args.scale:
+        results["verify_memory"] = run_verify_memory(args.work)
+    earlier = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").is_file() else {}
+    for row in earlier.get("scale", []):  # a family not run this time keeps its earlier, dated row
+        if row["shape"] not in families:
+            results["scale"].append({"date": earlier["date"], **{k: v for k, v in row.items() if k != "date"}})
+    if "verify_memory" not in results and "verify_memory" in earlier:
+        results["verify_memory"] = {"date": earlier["date"], **earlier["verify_memory"]}
     table = report(results)
     args.out.mkdir(exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

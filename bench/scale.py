@@ -80,7 +80,7 @@ def byte_copy(inputs: list[Path], out_bytes: int, scratch: Path) -> dict:
     }
 
 
-def recipe_for(folders: dict[str, Path], name: str, at: Path) -> Path:
+def recipe_for(folders: dict[str, Path], name: str, at: Path, verify: dict | None = None) -> Path:
     """A plain recipe over the family; `cheap_embed` gates read only the embeddings
     (mergekit's `hidden` mode loads the whole base model, whatever the pipeline does)."""
     experts = [k for k in folders if k.startswith("expert-")]
@@ -96,6 +96,7 @@ def recipe_for(folders: dict[str, Path], name: str, at: Path) -> Path:
         ],
         "merge": {"seed": 0, "shard_size": "2GB"},
         "quantize": {"group_size": 128, "calibration": CALIBRATION, "shard_size": "2GB"},
+        **({"verify": verify} if verify else {}),
     }
     at.write_text(yaml.safe_dump(data, sort_keys=False))
     return at
@@ -192,6 +193,76 @@ def run_family(shape: str, work: Path, quantize: bool = False, log=print) -> dic
     return row
 
 
+# Random weights give no meaningful quality figures: the thresholds are opened so
+# verify measures and reports without failing the build.
+OPEN_THRESHOLDS = {
+    "max_mean_kl": 1000.0,
+    "min_top1_agreement": 0.0,
+    "max_ppl_ratio": 1000.0,
+    "min_routing_agreement": 0.0,
+    "max_router_weight_mae": 10.0,
+}
+
+
+def run_verify_memory(work: Path, log=print) -> dict:
+    """`baseline`, `evaluate` and `verify` at their defaults (8,192 held-out tokens)
+    on a 2x7B's layers (Mistral-7B shapes, 32k vocabulary), two deep: wall time and
+    peak RSS of that one process, quantize done before in its own. Every pass streams
+    one decoder layer and the log-probs go to disk window by window, so the peak is
+    a 32-layer 2x7B's too (its router weights add layers x tokens x experts floats)."""
+    shape = "7b-2l"
+    sizes = family_bytes(shape)
+    row: dict = {"shape": shape, "layers": SHAPES[shape]["num_hidden_layers"], "vocab": SHAPES[shape]["vocab_size"]}
+    need = sizes["inputs"] + 2 * sizes["moe"] + MARGIN
+    if shutil.disk_usage(work).free < need:
+        row["skipped"] = f"needs {need / GiB:.0f} GiB free in {work}"
+        log(f"bench: {shape}: skipped, {row['skipped']}")
+        return row
+    root = work / f"verify-{shape}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        folders = make_family(root / "models", shape, REPO / "fixtures" / "tiny" / "base", log=log)
+        recipe = recipe_for(folders, f"synthetic-{shape}", root / f"synthetic-{shape}.yaml", verify=OPEN_THRESHOLDS)
+        env = build_env(root)
+        log(f"bench: {shape}: frankenmoe build --until quantize")
+        q = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "quantize"], env)
+        row["quantize"] = {"stage_s": _stage_times(q["out"]).get("quantize"), "peak_rss_mb": q["peak_rss_mb"]}
+        drop_caches()
+        log(f"bench: {shape}: frankenmoe build --until verify")
+        m = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "verify"], env)
+        reference = json.loads(
+            next((root / "build" / f"synthetic-{shape}" / "evaluate").glob("*/reference.json")).read_text()
+        )
+        tokens = len(reference["domains"]) * reference["seq_len"]
+        row.update(
+            tokens=tokens,
+            logprobs_mb=round(tokens * row["vocab"] * 4 / 2**20),
+            wall_s=m["wall_s"],
+            peak_rss_mb=m["peak_rss_mb"],
+            stages_s={k: v for k, v in _stage_times(m["out"]).items() if k in ("baseline", "evaluate", "verify")},
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return row
+
+
+def verify_memory_report(row: dict) -> list[str]:
+    if "skipped" in row:
+        return ["", f"- evaluate and verify at 2x7B shapes: skipped, {row['skipped']}"]
+    stages = ", ".join(f"{k} {v} s" for k, v in row["stages_s"].items())
+    return [
+        "",
+        f"Evaluate and verify at the defaults on a 2x7B's layers (Mistral-7B shapes, {row['vocab']} vocabulary, "
+        f"{row['layers']} layers deep; every pass streams one layer, so depth adds time, not memory)"
+        + (f", measured {row['date']}:" if "date" in row else ":"),
+        "",
+        f"- {row['tokens']} held-out tokens: `build --until verify` after quantize {row['wall_s']} s ({stages}), "
+        f"peak RSS {row['peak_rss_mb']} MB; the log-probs, written and read window by window, would be "
+        f"{row['logprobs_mb']} MB whole",
+    ]
+
+
 def _stage_times(out: str) -> dict:
     return {
         line.split()[0]: float(line.split()[2].rstrip("s")) for line in out.splitlines() if line.split()[1:2] == ["ran"]
@@ -214,7 +285,9 @@ def report(rows: list[dict]) -> list[str]:
     ]
     notes = []
     for r in rows:
-        label = f"2x{r['shape'].upper()} ({r['params_per_expert_b']} B per expert)"
+        label = f"2x{r['shape'].upper()} ({r['params_per_expert_b']} B per expert)" + (
+            f", measured {r['date']}" if "date" in r else ""
+        )
         if "skipped" in r:
             notes.append(f"- {label}: skipped, {r['skipped']}")
             continue
