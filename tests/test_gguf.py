@@ -26,6 +26,23 @@ def test_the_converters_own_table_decides_which_tokenizers_it_takes(fixture_mode
     assert "no architecture NopeForCausalLM" in converter_refusal(fixture_models / "base", "NopeForCausalLM")
 
 
+def test_an_accepted_tokenizer_is_remembered_by_its_files(tmp_path, monkeypatch):
+    """A no-op rebuild must not pay transformers' import for the converter check:
+    a tokenizer the converter took is remembered; any change to its files checks again."""
+    from pipeline.quantization import llama_cpp
+
+    monkeypatch.setenv("FRANKENMOE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "base"
+    shutil.copytree(SMOLLM2 / "base", model, ignore=shutil.ignore_patterns("*.safetensors", "*.gguf"))
+    assert converter_refusal(model, "MixtralForCausalLM") is None
+    monkeypatch.setattr(llama_cpp, "_pretokenizer_refusal", lambda *a: pytest.fail("checked again"))
+    assert converter_refusal(model, "MixtralForCausalLM") is None
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 7}))
+    monkeypatch.setattr(llama_cpp, "_pretokenizer_refusal", lambda *a: "refused")
+    assert converter_refusal(model, "MixtralForCausalLM") == "refused"
+
+
 def test_a_model_the_converter_cannot_take_is_refused_before_any_work(fixture_models, tmp_path):
     data = example_data()
     data["gguf"] = {"enabled": True}

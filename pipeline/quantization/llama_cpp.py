@@ -57,8 +57,11 @@ def wheel_dir() -> Path:
     """Our own cache of the built wheel, keyed by version and build flags (pip's
     wheel cache ignores CMAKE_ARGS, so it could hand back a build with other flags)."""
     flags = hashlib.sha256(BUILD_FLAGS.encode()).hexdigest()[:12]
-    root = Path(os.environ.get("FRANKENMOE_CACHE", Path.home() / ".cache" / "frankenmoe"))
-    return root / "wheels" / f"llama-cpp-python-{VERSION}-{flags}"
+    return _cache_root() / "wheels" / f"llama-cpp-python-{VERSION}-{flags}"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("FRANKENMOE_CACHE", Path.home() / ".cache" / "frankenmoe"))
 
 
 def setup(download_dir: Path) -> None:
@@ -144,6 +147,37 @@ def converter_refusal(model_dir: Path, architecture: str) -> str | None:
         return f"llama.cpp's converter ({VERSION}) has no architecture {architecture}"
     if (model_dir / "tokenizer.model").is_file():
         return None  # SentencePiece: the converter reads it directly, no pre-tokenizer to recognise
+    # Loading the tokenizer costs seconds (transformers' import) on every build, cached
+    # or not: a tokenizer once accepted by this converter is remembered by its files.
+    accepted = _cache_root() / f"gguf-accepted-tokenizers-{VERSION}" / _tokenizer_digest(model_dir)
+    if accepted.is_file():
+        return None
+    why = _pretokenizer_refusal(model_dir, converter)
+    if why is None:
+        try:
+            accepted.parent.mkdir(parents=True, exist_ok=True)
+            accepted.touch()  # empty: never half-written
+        except OSError:
+            pass  # a memo only: without it the next build checks again
+    return why
+
+
+TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
+
+
+def _tokenizer_digest(model_dir: Path) -> str:
+    """sha256 of every file the tokenizer is loaded from (names and bytes) and of the
+    transformers version that loads it."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(f"transformers {version('transformers')}".encode())
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
+            h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _pretokenizer_refusal(model_dir: Path, converter: Path) -> str | None:
     from transformers import AutoTokenizer
 
     text, table = pretokenizer_table(converter)
