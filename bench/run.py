@@ -13,7 +13,11 @@ a reference measured in the same run, as a ratio:
 4. scale (bench/scale.py): synthetic 2x7B- and 2x1B-shaped families through
    lock, resolve and merge next to a byte-copy reference, and the streamed
    verify checks, with peak RSS; with the 2x7B, baseline, evaluate and verify at
-   their default 8,192 tokens on its layers, two deep.
+   their default 8,192 tokens on its layers, two deep;
+5. quantize quality and the matmul limit: the fast CPU path against GPTQModel's
+   float16 path on the same windows (paired, with bootstrap intervals), on the
+   recipe and on any `--quality-also RECIPE`, and one profiled decoder layer
+   against this CPU's matmul rate (bench/matmul_limit.py).
 
 Writes bench/results.json and bench/results.md.
 """
@@ -199,6 +203,45 @@ def quality(recipe_file: Path, work: Path) -> dict:
     }
 
 
+def matmul_limit(work: Path) -> dict:
+    """One decoder layer of the fast path's quantize, profiled, against this
+    machine's matmul rate (bench/matmul_limit.py), in its own process."""
+    folder = next((work / "ours" / "build").glob("*/quantize/*/record.json")).parent
+    cmd = [sys.executable, "-m", "bench.matmul_limit", str(folder), "--work", str(work / "matmul")]
+    return json.loads(measure(cmd)["out"].strip().splitlines()[-1])
+
+
+def quality_lines(qr: dict) -> list[str]:
+    """The fast path next to GPTQModel's float16 path (bench.run.quality's result)."""
+    fast, own = qr["paths"]["fast"], qr["paths"]["gptqmodel_fp16"]
+    d, pd = qr["dense"], qr.get("fast_minus_fp16")
+    return [
+        "",
+        "| quantize path | compute | quantize stage (s) | mean KL | top-1 | perplexity ratio |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {label} | {p['compute']['device']} {p['compute']['dtype']} | {p['quantize_s']:.1f} | "
+            f"{p['kl_mean']:.4f} | {p['top1_agreement']:.1%} | {p['perplexity_ratio']:.3f} |"
+            for label, p in (("frankenmoe (fast CPU path)", fast), ("GPTQModel's own float16", own))
+        ),
+        "",
+        f"- quantize: the fast path is **{qr['speedup']}x** faster than GPTQModel's float16 path on the same windows",
+        *(
+            [
+                f"- fast minus float16, paired over the {pd['windows']} held-out windows: mean KL "
+                f"{pd['kl_mean']['difference']:+.4f} (95% bootstrap interval {pd['kl_mean']['ci95'][0]:+.4f} "
+                f"to {pd['kl_mean']['ci95'][1]:+.4f}), top-1 {pd['top1_agreement']['difference']:+.2%} "
+                f"({pd['top1_agreement']['ci95'][0]:+.2%} to {pd['top1_agreement']['ci95'][1]:+.2%})"
+            ]
+            if pd
+            else []
+        ),
+        f"- dense base quantized the same way: mean KL {d['dense_base']['kl_mean']:.4f}, top-1 "
+        f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
+        f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
+    ]
+
+
 def report(results: dict) -> str:
     o, r, w = results["ours"], results["raw"], results["whole"]
     raw_build = r["merge"]["wall_s"] + r["quantize"]["wall_s"]
@@ -228,9 +271,9 @@ def report(results: dict) -> str:
     ratios = results["ratios"]
     lines += [
         "",
-        f"- whole build, `frankenmoe build` in one command (merge, quantize, evaluate, verify, card, manifest): "
-        f"{w['whole_s']:.1f} s vs mergekit-moe + GPTQModel alone {raw_build:.1f} s: "
-        f"**{ratios['whole_build_vs_raw_tools']}x**; "
+        f"- whole build, `frankenmoe build` in one command ({', '.join(s.name for s in STAGES if s.name in o)}): "
+        f"{w['whole_s']:.1f} s, peak RSS {w['whole_peak_rss_mb']} MB, vs mergekit-moe + GPTQModel alone "
+        f"{raw_build:.1f} s: **{ratios['whole_build_vs_raw_tools']}x**; "
         f"through quantize only: {w['through_quantize_s']:.1f} s, {ratios['build_through_quantize_vs_raw_tools']}x",
         "- the quantize stage runs GPTQModel with glibc malloc keeping freed memory "
         "(pipeline/quantization/awq_engine.py); GPTQModel "
@@ -247,35 +290,21 @@ def report(results: dict) -> str:
         f"{results['calibration']}",
     ]
     if results.get("quality"):
-        qr = results["quality"]
-        fast, own = qr["paths"]["fast"], qr["paths"]["gptqmodel_fp16"]
-        d = qr["dense"]
+        lines += quality_lines(results["quality"])
+    if results.get("matmul_limit"):
+        mm = results["matmul_limit"]
         lines += [
-            "",
-            "| quantize path | compute | quantize stage (s) | mean KL | top-1 | perplexity ratio |",
-            "|---|---|---|---|---|---|",
-            *(
-                f"| {label} | {p['compute']['device']} {p['compute']['dtype']} | {p['quantize_s']:.1f} | "
-                f"{p['kl_mean']:.4f} | {p['top1_agreement']:.1%} | {p['perplexity_ratio']:.3f} |"
-                for label, p in (("frankenmoe (fast CPU path)", fast), ("GPTQModel's own float16", own))
-            ),
-            "",
-            f"- quantize: the fast path is **{qr['speedup']}x** faster than GPTQModel's float16 path "
-            "on the same windows",
-            *(
-                [
-                    f"- fast minus float16, paired over the {pd['windows']} held-out windows: mean KL "
-                    f"{pd['kl_mean']['difference']:+.4f} (95% bootstrap interval {pd['kl_mean']['ci95'][0]:+.4f} "
-                    f"to {pd['kl_mean']['ci95'][1]:+.4f}), top-1 {pd['top1_agreement']['difference']:+.2%} "
-                    f"({pd['top1_agreement']['ci95'][0]:+.2%} to {pd['top1_agreement']['ci95'][1]:+.2%})"
-                ]
-                if (pd := qr.get("fast_minus_fp16"))
-                else []
-            ),
-            f"- dense base quantized the same way: mean KL {d['dense_base']['kl_mean']:.4f}, top-1 "
-            f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
-            f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
+            f"- how far from the matmul limit (bench/matmul_limit.py, layer {mm['layer']} profiled): a layer does "
+            f"{mm['matmul_gflop']} GFLOP of matrix products, {mm['limit_s']['float32']} s at this CPU's float32 "
+            f"rate ({mm['rate_gflops']['float32']} GFLOP/s) and {mm['limit_s']['bfloat16']} s at its bfloat16 rate "
+            f"({mm['rate_gflops']['bfloat16']} GFLOP/s); the fast path takes {mm['layer_unprofiled_s']} s a layer: "
+            f"**{mm['times_the_limit']['float32']}x** the float32 limit, {mm['times_the_limit']['bfloat16']}x the "
+            "bfloat16 one (the rest is GPTQModel's work outside matrix products)"
+            + (f"; {mm['note']}" if mm.get("note") else ""),
         ]
+    for name, qr in results.get("quality_more", {}).items():
+        lines += ["", f"The same comparison on `{name}`" + (f" ({qr['note']})" if qr.get("note") else "") + ":"]
+        lines += quality_lines(qr)
     if results.get("gguf"):
         g = results["gguf"]
         lines += [
@@ -323,6 +352,14 @@ def main() -> None:
     p.add_argument(
         "--quantize-synthetic", action="store_true", help="also quantize the 2x1B family (about an hour on 2 CPU cores)"
     )
+    p.add_argument(
+        "--quality-also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="also compare the fast quantize path with GPTQModel's float16 path on this recipe (repeatable)",
+    )
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -342,11 +379,17 @@ def main() -> None:
     results["whole"] = whole(args.recipe, args.work)
     results["cache"] = cache(args.recipe, args.work)
     results["quality"] = quality(args.recipe, args.work)
+    results["matmul_limit"] = matmul_limit(args.work)
+    for other in args.quality_also:  # the same fast-vs-float16 comparison on another real recipe
+        more = args.work / f"more-{other.stem}"
+        measure([str(BIN / "frankenmoe"), "build", str(other), "--until", "verify"], build_env(more / "ours"))
+        results.setdefault("quality_more", {})[other.name] = quality(other, more)
+        shutil.rmtree(more, ignore_errors=True)
     if "gguf" in {s.name for s in enabled_stages(STAGES, load_recipe(args.recipe))}:
         results["gguf"] = gguf_bench(
             args.recipe, args.work / "gguf", build_root=args.work / "ours" / "build", log=print
         )
-    for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq"):  # room for the scale part
+    for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq", "matmul"):  # room for scale
         shutil.rmtree(args.work / part, ignore_errors=True)
 
     from bench.scale import run_family, run_verify_memory
