@@ -119,9 +119,7 @@ def run_family(shape: str, work: Path, quantize: bool = False, log=print) -> dic
         )
         log(f"bench: {shape}: skipped, {row['skipped']}")
         return row
-    root = work / f"scale-{shape}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    root = _fresh(work / f"scale-{shape}")
     try:
         t0 = time.monotonic()
         folders = make_family(root / "models", shape, REPO / "fixtures" / "tiny" / "base", log=log)
@@ -218,9 +216,7 @@ def run_verify_memory(work: Path, log=print) -> dict:
         row["skipped"] = f"needs {need / GiB:.0f} GiB free in {work}"
         log(f"bench: {shape}: skipped, {row['skipped']}")
         return row
-    root = work / f"verify-{shape}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    root = _fresh(work / f"verify-{shape}")
     try:
         folders = make_family(root / "models", shape, REPO / "fixtures" / "tiny" / "base", log=log)
         recipe = recipe_for(folders, f"synthetic-{shape}", root / f"synthetic-{shape}.yaml", verify=OPEN_THRESHOLDS)
@@ -261,6 +257,12 @@ def verify_memory_report(row: dict) -> list[str]:
         f"peak RSS {row['peak_rss_mb']} MB; the log-probs, written and read window by window, would be "
         f"{row['logprobs_mb']} MB whole",
     ]
+
+
+def _fresh(root: Path) -> Path:
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return root
 
 
 def _stage_times(out: str) -> dict:
