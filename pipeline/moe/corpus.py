@@ -17,6 +17,10 @@ def read_documents(files: list[Path]) -> list[dict]:
             raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise InputFileError(f"{path}: file not found")
+        except IsADirectoryError:
+            raise InputFileError(f"{path}: a folder, not a text file; name the .jsonl or .txt files in it")
+        except PermissionError:
+            raise InputFileError(f"{path}: not readable (permission denied)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:

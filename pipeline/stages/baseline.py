@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypedDict, cast
 
+from pipeline.errors import InputFileError
 from pipeline.moe.calibration import check_text_files, source_fingerprint
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -48,6 +49,20 @@ class HeldOutTextStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         check_text_files(recipe, "verify.files", recipe.verify.files)
 
+    @staticmethod
+    def windows(recipe: Recipe, tokenizer) -> list[tuple[str, list[int]]]:
+        """The held-out windows; none at all is the recipe's problem, said in one line."""
+        from pipeline.moe.evaluation import eval_windows
+
+        v = recipe.verify
+        windows = eval_windows([recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
+        if not windows:
+            raise InputFileError(
+                f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}; "
+                "give more text or a smaller verify.seq_len"
+            )
+        return windows
+
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
     ) -> dict[str, Any] | None:
@@ -68,15 +83,14 @@ class BaselineStage(HeldOutTextStage):
         from transformers import AutoTokenizer
 
         from pipeline.checkpoints.streaming import StreamingLM
-        from pipeline.moe.evaluation import eval_windows, perplexity
+        from pipeline.moe.evaluation import perplexity
         from pipeline.support.determinism import seed_everything
 
         seed_everything(0)
-        v = ctx.recipe.verify
         paths = model_paths(ctx.inputs["resolve"])
         # mergekit copies the base's tokenizer into the MoE: these are evaluate's windows.
         tokenizer = AutoTokenizer.from_pretrained(paths["base"])
-        windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
+        windows = self.windows(ctx.recipe, tokenizer)
         ppl = {"base": perplexity(StreamingLM(paths["base"]), windows, desc="baseline: base model")}
         for i in range(len(ctx.recipe.experts)):
             ppl[f"expert {i}"] = perplexity(StreamingLM(paths[f"experts[{i}]"]), windows, desc=f"baseline: expert {i}")

@@ -19,9 +19,8 @@ from typing import Any, Iterator, TypedDict
 
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.checkpoints.tensor_file import TensorFileWriter
-from pipeline.errors import IncompatibleModelsError, InputFileError
+from pipeline.errors import IncompatibleModelsError
 from pipeline.moe.evaluation import (
-    eval_windows,
     forced_routing_parity,
     merge_structure,
     perplexity_of,
@@ -69,11 +68,7 @@ class EvaluateStage(HeldOutTextStage):
         paths = model_paths(ctx.inputs["resolve"])
         experts = [paths[f"experts[{i}]"] for i in range(len(ctx.recipe.experts))]
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        windows = eval_windows([ctx.recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
-        if not windows:
-            raise InputFileError(
-                f"verify.files: no evaluation window of {v.seq_len + 1} tokens in {', '.join(v.files)}"
-            )
+        windows = self.windows(ctx.recipe, tokenizer)
 
         structure = merge_structure(merged, paths["base"], experts)
         shared = baseline(ctx.inputs["baseline"])

@@ -30,11 +30,14 @@ def recipe_with(tmp_path: Path, **calibration) -> Path:
         ("café".encode("latin-1"), "quantize.calibration.files: {f}: not UTF-8 text (byte 3); convert it to UTF-8"),
         (b'{"txt": "hello"}\n', 'quantize.calibration.files: {f}:1: expected a JSON object with a "text" field'),
         (b'{"text": "fine"}\n{"text": null}\n', 'quantize.calibration.files: {f}:2: "text" is NoneType, not a string'),
+        ("folder", "quantize.calibration.files: {f}: a folder, not a text file; name the .jsonl or .txt files in it"),
     ],
 )
 def test_bad_calibration_file_stops_the_build_before_anything_runs(tmp_path, content, expected):
     f = tmp_path / "cal.jsonl"
-    if content is not None:
+    if content == "folder":
+        f.mkdir()
+    elif content is not None:
         f.write_bytes(content)
     proc = run_cli(
         "build", str(recipe_with(tmp_path, files=[str(f)])), build=tmp_path / "build", dist=tmp_path / "dist"
@@ -56,6 +59,24 @@ def test_too_little_text_says_how_much_before_the_engine_starts(example, tmp_pat
     assert proc.stderr.strip().startswith("error: quantize.calibration: ")
     assert "8 needed (2048 tokens); add text or lower samples/seq_len" in proc.stderr
     assert "quantize  calibration:" not in proc.stdout  # printed once the windows exist, just before the engine
+
+
+@pytest.mark.slow
+def test_held_out_text_too_short_for_one_window_is_one_line(example, tmp_path):
+    """verify.seq_len longer than the held-out text: the first stage that cuts it
+    into windows (baseline) says so in one line, instead of a torch traceback."""
+    build = tmp_path / "build"
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(build)], check=True)
+    data = example_data()
+    data["name"] = "tiny-2x"
+    data["verify"]["seq_len"] = 100_000
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    proc = run_cli("build", str(recipe), build=build, dist=tmp_path / "dist")
+    assert proc.returncode == 4, proc.stderr
+    assert "quantize  cached" in proc.stdout and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: verify.files: no evaluation window of 100001 tokens in ")
+    assert proc.stderr.strip().endswith("give more text or a smaller verify.seq_len")
 
 
 @pytest.mark.parametrize("section", ["merge", "gates"])
