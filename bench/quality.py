@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.engine.build import default_layout, finished_results
+from pipeline.moe.evaluation import token_kl
 from pipeline.quantization.awq_engine import run_engine
 from pipeline.quantization.awq_layout import quantization_config
 from pipeline.recipe import load_recipe
@@ -108,7 +109,7 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
         tokens,
     )
     for (lp16, _), (lp4, _), ids in pairs:
-        kls.append((lp16.exp() * (lp16 - lp4)).sum(-1))
+        kls.append(token_kl(lp16, lp4))
         agree.append(lp16.argmax(-1) == lp4.argmax(-1))
         t = torch.tensor(ids[1:])
         idx = torch.arange(len(t))
@@ -142,7 +143,7 @@ def paired_difference(reference: Path, a: Path, b: Path, resamples: int = 10000)
             kl, top = [], []
             for w, (lp4, _) in enumerate(StreamingLM(folder).run(inputs, desc=f"bench: 4-bit {folder.name}")):
                 lp16 = ref[w].float()
-                kl.append(float((lp16.exp() * (lp16 - lp4)).sum(-1).mean()))
+                kl.append(float(token_kl(lp16, lp4).mean()))
                 top.append(float((lp16.argmax(-1) == lp4.argmax(-1)).float().mean()))
             per[label] = (torch.tensor(kl, dtype=torch.float64), torch.tensor(top, dtype=torch.float64))
     n = len(inputs)

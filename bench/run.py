@@ -50,6 +50,11 @@ def stage_record(stage: str, out: str) -> dict:
     return json.loads((Path(_ran_line(stage, out).split()[-1]) / "record.json").read_text())
 
 
+def _finished(root: Path, stage: str) -> Path:
+    """The folder of the one finished `stage` result in the build under `root`."""
+    return next((root / "build").glob(f"*/{stage}/*/record.json")).parent
+
+
 def _ran_line(stage: str, out: str) -> str:
     return next(line for line in out.splitlines() if line.split()[:2] == [stage, "ran"])
 
@@ -173,32 +178,30 @@ def quality(recipe_file: Path, work: Path) -> dict:
     own = {"FRANKENMOE_AWQ_DTYPE": "float16", "FRANKENMOE_AWQ_SPEEDUPS": "none"}
     cmd = [str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", "verify"]
     m = measure(cmd, {**build_env(fp16_root), **own})
+    # the stage folders each path made: the fast one's are the only ones in ours, float16's ran in this build
+    folders = {
+        "fast": {stage: _finished(ours_root, stage) for stage in ("quantize", "verify", "evaluate")},
+        "gptqmodel_fp16": {stage: Path(_ran_line(stage, m["out"]).split()[-1]) for stage in ("quantize", "verify")},
+    }
     paths = {}
-    for label, root in (("fast", ours_root), ("gptqmodel_fp16", fp16_root)):
-        q = (
-            json.loads(next((root / "build").glob("*/quantize/*/record.json")).read_text())
-            if label == "fast"
-            else stage_record("quantize", m["out"])
-        )
-        report_file = (
-            next((root / "build").glob("*/verify/*/report/verify.json"))
-            if label == "fast"
-            else Path(_ran_line("verify", m["out"]).split()[-1]) / "report" / "verify.json"
-        )
-        parity = next(c for c in json.loads(report_file.read_text())["checks"] if c["name"] == "quantization_parity")
+    for label, f in folders.items():
+        q = json.loads((f["quantize"] / "record.json").read_text())
+        report = json.loads((f["verify"] / "report" / "verify.json").read_text())
+        parity = next(c for c in report["checks"] if c["name"] == "quantization_parity")
         paths[label] = {
             "quantize_s": q["wall_s"],
             "compute": q["fingerprint"]["compute"],
             **{k: parity[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
         }
     dense = dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)
-    reference = next((ours_root / "build").glob("*/evaluate/*/reference.safetensors"))
-    fast = next((ours_root / "build").glob("*/quantize/*/record.json")).parent / "model"
-    fp16 = Path(_ran_line("quantize", m["out"]).split()[-1]) / "model"
+    fast, fp16 = folders["fast"], folders["gptqmodel_fp16"]
+    difference = paired_difference(
+        fast["evaluate"] / "reference.safetensors", fast["quantize"] / "model", fp16["quantize"] / "model"
+    )
     return {
         "paths": paths,
         "speedup": round(paths["gptqmodel_fp16"]["quantize_s"] / paths["fast"]["quantize_s"], 2),
-        "fast_minus_fp16": paired_difference(reference, fast, fp16),
+        "fast_minus_fp16": difference,
         "dense": dense,
     }
 
@@ -206,7 +209,7 @@ def quality(recipe_file: Path, work: Path) -> dict:
 def matmul_limit(work: Path) -> dict:
     """One decoder layer of the fast path's quantize, profiled, against this
     machine's matmul rate (bench/matmul_limit.py), in its own process."""
-    folder = next((work / "ours" / "build").glob("*/quantize/*/record.json")).parent
+    folder = _finished(work / "ours", "quantize")
     cmd = [sys.executable, "-m", "bench.matmul_limit", str(folder), "--work", str(work / "matmul")]
     return json.loads(measure(cmd)["out"].strip().splitlines()[-1])
 

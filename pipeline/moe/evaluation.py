@@ -101,6 +101,11 @@ def moe_layers(names) -> set[int]:
     return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
 
 
+def token_kl(ref, cand):
+    """Per-token KL(ref || cand) from two [T, V] log-prob tensors: [T]."""
+    return (ref.exp() * (ref - cand)).sum(-1)
+
+
 def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
     """Per expert k, the MoE routed fully to k against source k (both StreamingLM, so
     neither is ever held whole): max and mean |log-prob difference| (0 when the
@@ -206,7 +211,7 @@ def logprob_parity(candidate_logprobs, windows, ref_logprobs) -> dict:
     nllc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for w, (lpc, (domain, ids)) in enumerate(zip(candidate_logprobs, windows)):
         lp16 = ref_logprobs[w].float()
-        kls.append((lp16.exp() * (lp16 - lpc)).sum(-1))
+        kls.append(token_kl(lp16, lpc))
         agree.append(lp16.argmax(-1) == lpc.argmax(-1))
         doms += [domain] * len(ids[1:])
         t = torch.tensor(ids[1:])

@@ -309,8 +309,8 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     from pipeline.moe.evaluation import logprob_parity
 
     ref = json.loads((Path(reference) / "reference.json").read_text())
-    with safe_open(Path(reference) / "reference.safetensors", framework="pt") as st:
-        windows = list(zip(ref["domains"], st.get_tensor("tokens").tolist()))
+    stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life
+    windows = list(zip(ref["domains"], stored.get_tensor("tokens").tolist()))
     n = ref["seq_len"]
     llm = Llama(
         model_path=gguf,
@@ -341,10 +341,9 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     result = {
         "metadata": facts,
         "experts": expert_identity(gguf, Path(merged)),
-    }
-    with safe_open(Path(reference) / "reference.safetensors", framework="pt") as st:
         # the reference log-probs are read window by window, never whole
-        result["parity"] = logprob_parity(logprobs(), windows, Rows(st, "logprobs"))
+        "parity": logprob_parity(logprobs(), windows, Rows(stored, "logprobs")),
+    }
     Path(out).write_text(json.dumps(result))
 
 
