@@ -165,11 +165,11 @@ def cache(recipe_file: Path, work: Path) -> dict:
     }
 
 
-def quality(recipe_file: Path, work: Path) -> dict:
+def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
     """4-bit quality and quantize time on the recipe, each next to its reference:
     the fast CPU path against GPTQModel's own float16 path (same windows, same
-    build up to gates, hard-linked), and the MoE's mean KL against its dense base
-    quantized the same way (bench/quality.py)."""
+    build up to gates, hard-linked), and (`dense`) the MoE's mean KL against its
+    dense base quantized the same way (bench/quality.py)."""
     from bench.quality import dense_reference, paired_difference
 
     ours_root = work / "ours"
@@ -193,7 +193,6 @@ def quality(recipe_file: Path, work: Path) -> dict:
             "compute": q["fingerprint"]["compute"],
             **{k: parity[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
         }
-    dense = dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)
     fast, fp16 = folders["fast"], folders["gptqmodel_fp16"]
     difference = paired_difference(
         fast["evaluate"] / "reference.safetensors", fast["quantize"] / "model", fp16["quantize"] / "model"
@@ -202,8 +201,41 @@ def quality(recipe_file: Path, work: Path) -> dict:
         "paths": paths,
         "speedup": round(paths["gptqmodel_fp16"]["quantize_s"] / paths["fast"]["quantize_s"], 2),
         "fast_minus_fp16": difference,
-        "dense": dense,
+        **(
+            {"dense": dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)}
+            if dense
+            else {}
+        ),
     }
+
+
+# Stage folders a calibration seed changes: removed from the hard-linked copy of the recipe's build.
+SEEDED = ("quantize", "verify", "gguf", "card", "manifest", "push")
+
+
+def quality_draws(recipe_file: Path, work: Path, seeds: list[int]) -> dict:
+    """`quality` once more per calibration seed: other windows, so other scale and
+    clip choices on both paths. Two AWQ runs that differ only in details
+    (rounding, which tokens the clip search samples) land a few percent apart in
+    mean KL either way, so one draw cannot tell a path that is worse from one
+    that was unlucky; the draws can. Each reuses the recipe's build up to gates
+    (hard-linked; a seed changes only quantize and what follows)."""
+    draws = {}
+    for seed in seeds:
+        root = work / f"seed-{seed}"
+        recipe = movable_recipe(recipe_file)
+        recipe.setdefault("quantize", {}).setdefault("calibration", {})["seed"] = seed
+        root.mkdir()
+        subprocess.run(["cp", "-al", str(work / "ours"), str(root / "ours")], check=True)
+        for folder in (root / "ours" / "build").glob("*/*"):
+            if folder.name in SEEDED:
+                shutil.rmtree(folder)
+        seeded = root / recipe_file.name
+        seeded.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        measure([str(BIN / "frankenmoe"), "build", str(seeded), "--until", "verify"], build_env(root / "ours"))
+        draws[str(seed)] = quality(seeded, root, dense=False)
+        shutil.rmtree(root, ignore_errors=True)
+    return draws
 
 
 def matmul_limit(work: Path) -> dict:
@@ -243,6 +275,40 @@ def quality_lines(qr: dict) -> list[str]:
         f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
         f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
     ]
+
+
+FIGURES = (
+    ("kl_mean", "mean KL", "{:.4f}", -1),
+    ("top1_agreement", "top-1", "{:.1%}", 1),
+    ("perplexity_ratio", "perplexity ratio", "{:.3f}", -1),
+)  # key, label, format, sign of better
+
+
+def draws_lines(first: dict, draws: dict) -> list[str]:
+    """Every calibration draw of the fast-vs-float16 comparison (seed 0 is the recipe's own), and their means."""
+    rows = {"0": first, **draws}
+    out = [
+        "",
+        f"The same comparison over {len(rows)} calibration draws (`--quality-seeds`: the recipe with other "
+        "`quantize.calibration.seed`s, so other windows and other AWQ choices on both paths):",
+        "",
+        "| seed | speed-up | mean KL fast / float16 | top-1 fast / float16 | perplexity ratio fast / float16 |",
+        "|---|---|---|---|---|",
+    ]
+    for seed, qr in rows.items():
+        fast, own = qr["paths"]["fast"], qr["paths"]["gptqmodel_fp16"]
+        cells = [f"{fmt.format(fast[k])} / {fmt.format(own[k])}" for k, _, fmt, _ in FIGURES]
+        out.append(f"| {seed} | {qr['speedup']}x | " + " | ".join(cells) + " |")
+    out.append("")
+    for k, label, fmt, better in FIGURES:
+        fast = [qr["paths"]["fast"][k] for qr in rows.values()]
+        own = [qr["paths"]["gptqmodel_fp16"][k] for qr in rows.values()]
+        wins = sum((f - o) * better >= 0 for f, o in zip(fast, own))
+        out.append(
+            f"- {label}, mean over the draws: fast {fmt.format(statistics.mean(fast))}, float16 "
+            f"{fmt.format(statistics.mean(own))}; the fast path is as good or better in {wins} of {len(rows)}"
+        )
+    return out
 
 
 def report(results: dict) -> str:
@@ -305,6 +371,8 @@ def report(results: dict) -> str:
             "bfloat16 one (the rest is GPTQModel's work outside matrix products)"
             + (f"; {mm['note']}" if mm.get("note") else ""),
         ]
+    if results.get("quality_draws"):
+        lines += draws_lines(results["quality"], results["quality_draws"])
     for name, qr in results.get("quality_more", {}).items():
         lines += ["", f"The same comparison on `{name}`" + (f" ({qr['note']})" if qr.get("note") else "") + ":"]
         lines += quality_lines(qr)
@@ -363,6 +431,15 @@ def main() -> None:
         metavar="RECIPE",
         help="also compare the fast quantize path with GPTQModel's float16 path on this recipe (repeatable)",
     )
+    p.add_argument(
+        "--quality-seeds",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        metavar="SEED",
+        help="repeat the fast-vs-float16 comparison with these calibration seeds (other windows; about 11 minutes "
+        "each on 2 CPU cores; none: skip)",
+    )
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -383,6 +460,8 @@ def main() -> None:
     results["cache"] = cache(args.recipe, args.work)
     results["quality"] = quality(args.recipe, args.work)
     results["matmul_limit"] = matmul_limit(args.work)
+    if args.quality_seeds:
+        results["quality_draws"] = quality_draws(args.recipe, args.work, args.quality_seeds)
     for other in args.quality_also:  # the same fast-vs-float16 comparison on another real recipe
         more = args.work / f"more-{other.stem}"
         measure([str(BIN / "frankenmoe"), "build", str(other), "--until", "verify"], build_env(more / "ours"))
