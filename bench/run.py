@@ -483,7 +483,7 @@ def main() -> None:
     earlier = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").is_file() else {}
     for row in earlier.get("scale", []):  # a family not run this time keeps its earlier, dated row
         if row["shape"] not in families:
-            results["scale"].append({"date": earlier["date"], **{k: v for k, v in row.items() if k != "date"}})
+            results["scale"].append({"date": earlier["date"], **row})  # a row's own date, where it has one, wins
     if "verify_memory" not in results and "verify_memory" in earlier:
         results["verify_memory"] = {"date": earlier["date"], **earlier["verify_memory"]}
     table = report(results)
