@@ -165,6 +165,13 @@ def cache(recipe_file: Path, work: Path) -> dict:
     }
 
 
+FIGURES = (
+    ("kl_mean", "mean KL", "{:.4f}", -1),
+    ("top1_agreement", "top-1", "{:.1%}", 1),
+    ("perplexity_ratio", "perplexity ratio", "{:.3f}", -1),
+)  # key, label, format, sign of better
+
+
 def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
     """4-bit quality and quantize time on the recipe, each next to its reference:
     the fast CPU path against GPTQModel's own float16 path (same windows, same
@@ -191,22 +198,20 @@ def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
         paths[label] = {
             "quantize_s": q["wall_s"],
             "compute": q["fingerprint"]["compute"],
-            **{k: parity[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},
+            **{k: parity[k] for k, *_ in FIGURES},
         }
     fast, fp16 = folders["fast"], folders["gptqmodel_fp16"]
     difference = paired_difference(
         fast["evaluate"] / "reference.safetensors", fast["quantize"] / "model", fp16["quantize"] / "model"
     )
-    return {
+    out = {
         "paths": paths,
         "speedup": round(paths["gptqmodel_fp16"]["quantize_s"] / paths["fast"]["quantize_s"], 2),
         "fast_minus_fp16": difference,
-        **(
-            {"dense": dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)}
-            if dense
-            else {}
-        ),
     }
+    if dense:
+        out["dense"] = dense_reference(recipe_file, work / "dense", build_root=ours_root / "build", log=lambda _: None)
+    return out
 
 
 # Stage folders a calibration seed changes: removed from the hard-linked copy of the recipe's build.
@@ -275,13 +280,6 @@ def quality_lines(qr: dict) -> list[str]:
         f"{d['dense_base']['top1_agreement']:.1%}, perplexity x{d['dense_base']['perplexity_ratio']:.3f}; "
         f"MoE / dense mean KL: **{d['kl_ratio_moe_over_dense']:.2f}** (target at most 1.0)",
     ]
-
-
-FIGURES = (
-    ("kl_mean", "mean KL", "{:.4f}", -1),
-    ("top1_agreement", "top-1", "{:.1%}", 1),
-    ("perplexity_ratio", "perplexity ratio", "{:.3f}", -1),
-)  # key, label, format, sign of better
 
 
 def draws_lines(first: dict, draws: dict) -> list[str]:
