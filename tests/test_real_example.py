@@ -26,6 +26,18 @@ def test_real_example_passes_verify_with_its_measured_settings(real):
     assert real["verify"]["passed"], real["verify"]["failures"]
 
 
+def test_real_example_verdict_says_only_what_it_measured(real):
+    """Top-2 of 2 experts: which experts run cannot change, so routing parity is not a
+    pass; a dead expert the report lists is a warning, never a pass."""
+    checks = {c["name"]: c for c in real["verify"]["checks"]}
+    assert {c["state"] for c in checks.values()} <= {"pass", "fail", "warn", "not_applicable", "not_measured"}
+    assert checks["routing_parity"]["state"] == "not_applicable", checks["routing_parity"]
+    dead = checks["dead_experts"]
+    assert (dead["state"] == "warn") == bool(dead["experts"]), dead
+    assert checks["quantization_parity"]["state"] == "pass"
+    assert real["verify"]["headline"].startswith("passed (")
+
+
 def test_real_example_4bit_model_writes_code(real):
     proc = run_cli("generate", str(real["dist"] / "awq"), "--prompt", "def fibonacci(n):", "--max-new-tokens", "40")
     assert proc.returncode == 0, proc.stderr

@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 def test_example_passes_with_every_number(example):
     report = json.loads((example["awq"] / "verify.json").read_text())
     assert report["passed"] is True and report["enforced"] is True and report["failures"] == []
+    assert report["verdict"] == "passed" and sum(report["counts"].values()) == 6
     checks = {c["name"]: c for c in report["checks"]}
+    # Top-2 of 2: which experts run cannot change; the recipe's router-weight limit is what is judged.
+    assert checks["routing_parity"]["state"] == "pass" and "(max 0.012)" in checks["routing_parity"]["summary"]
+    assert report["headline"] == "passed (6 passed, 0 warnings, 0 not applicable, 0 failed)"
     assert set(checks) == {
         "merge_structure",
         "forced_routing",
@@ -58,7 +62,7 @@ def test_example_passes_with_every_number(example):
     png = example["awq"] / "routing.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (example["awq"] / "verify.md").read_text()
-    assert "## Verification: passed" in md and "(routing.png)" in md
+    assert "## Verification: passed (6 passed, 0 warnings, 0 not applicable, 0 failed)" in md and "(routing.png)" in md
     rows, _ = routing_matrix(rr)
     assert f"{rows[0][0]:.2f}" and rows[0][0] == rr["routing_16bit"]["code"]["mean_gate_weight"][0][0]
 
@@ -141,8 +145,26 @@ def test_broken_awq_candidates_fail_the_right_check(example, tmp_path, edit, fai
     assert proc.returncode == 6, proc.stdout + proc.stderr
     assert f"error: verify failed: {message}" in proc.stderr
     report = json.loads((tmp_path / "report" / "verify.json").read_text())
-    failed = {c["name"] for c in report["checks"] if not c["passed"]}
+    failed = {c["name"] for c in report["checks"] if c["state"] == "fail"}
     assert failing in failed and "merge_structure" not in failed
+
+
+def test_a_candidate_gets_no_pass_for_checks_of_the_builds_own_merge(example, tmp_path):
+    """`verify --candidate` on a plain copy of the build's AWQ folder: what needs the
+    build's own 16-bit merge is not measured on it; what it ran on the copy passes."""
+    candidate = tmp_path / "copy"
+    shutil.copytree(example["awq"], candidate)
+    proc = run_verify(example, candidate, tmp_path / "report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "report" / "verify.json").read_text())
+    states = {c["name"]: c["state"] for c in report["checks"]}
+    assert states["merge_structure"] == states["forced_routing"] == "not_measured"
+    assert states["consumer_load"] == states["quantization_parity"] == states["routing_parity"] == "pass"
+    assert states["dead_experts"] == "pass" and "the candidate's routing" in next(
+        c["summary"] for c in report["checks"] if c["name"] == "dead_experts"
+    )
+    assert report["headline"] == "passed (4 passed, 0 warnings, 0 not applicable, 2 not measured, 0 failed)"
+    assert proc.stdout.count(" not_measured ") == 2
 
 
 def sixteen_bit_linear(t):
@@ -220,6 +242,7 @@ def test_verify_without_candidate_checks_the_build(example):
     proc = run_cli("verify", str(EXAMPLE), build=example["root"] / "build", dist=example["root"] / "dist")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(" pass ") == 6
+    assert "verify    passed (6 passed, 0 warnings, 0 not applicable, 0 failed)" in proc.stdout
 
 
 def test_structure_and_forced_routing_catch_a_bad_merge(example, fixture_models, tmp_path):
@@ -263,4 +286,6 @@ def test_failed_gate_stops_the_build_unless_overridden(example, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "dist" / "tiny-2x" / "awq" / "verify.json").read_text())
     assert report["passed"] is False and report["enforced"] is False
-    assert "continue past failed checks" in (tmp_path / "dist" / "tiny-2x" / "awq" / "verify.md").read_text()
+    md = (tmp_path / "dist" / "tiny-2x" / "awq" / "verify.md").read_text()
+    assert "continue past failed checks (`verify.fail_on_mismatch: false`)" in md
+    assert "## Verification: failed (" in md

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.moe.verdict import markdown_table
+
 HIDDEN = "moe (hidden-state routers)"  # with fitted routers: mergekit's own, for comparison
 
 
-def outcome(check: dict) -> str:
-    """pass, FAIL, or skipped (a check with nothing it applies to passes without measuring)."""
-    return "skipped" if check.get("status") == "skipped" else "pass" if check["passed"] else "FAIL"
-
-
 def render_markdown(report: dict) -> str:
-    lines = [f"## Verification: {'passed' if report['passed'] else 'FAILED'}", ""]
-    if not report["enforced"]:
-        lines += ["> The build was allowed to continue past failed checks (`verify.fail_on_mismatch: false`).", ""]
-    lines += ["| check | result | numbers |", "|---|---|---|"]
-    for c in report["checks"]:
-        word = outcome(c)
-        lines.append(f"| {c['name'].replace('_', ' ')} | {'**FAIL**' if word == 'FAIL' else word} | {c['summary']} |")
+    lines = markdown_table(report, "Verification", "verify.fail_on_mismatch")
     for w in report["warnings"]:
         lines.append(f"\n> warning: {w}")
     rr = report["routing_report"]

@@ -2,7 +2,8 @@
 
 Compares the published 4-bit model against the 16-bit reference from `evaluate`
 and applies the `verify:` thresholds. Writes `report/verify.json` (all numbers,
-each check's pass/fail, the thresholds, overall `passed`), `report/verify.md` and
+each check's state and reason (pipeline/moe/verdict.py), the thresholds, the
+headline), `report/verify.md` and
 `report/routing.png`; they are published into dist/<name>/awq/ for the card. A
 failed check stops the build (exit 6) before anything is pushed, unless the
 recipe sets `verify.fail_on_mismatch: false` (recorded in verify.json).
@@ -19,7 +20,8 @@ from pipeline.checkpoints.tensor_file import Rows
 from pipeline.errors import InputFileError, VerifyFailed
 from pipeline.moe.evaluation import compare_candidate, dead_experts, routing_stats
 from pipeline.moe.quality_limits import quality_limits
-from pipeline.moe.report import outcome, render_markdown, render_routing_png
+from pipeline.moe.report import render_markdown, render_routing_png
+from pipeline.moe.verdict import FAIL, NOT_APPLICABLE, NOT_MEASURED, PASS, WARN, build_report, check, judged, log_lines
 from pipeline.quantization.awq_layout import awq_form_problems
 from pipeline.recipe import Recipe, VerifySection
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -34,7 +36,9 @@ SHARED_WEIGHTS_TOL = 1e-6
 
 
 class VerifyResult(TypedDict):
-    passed: bool
+    passed: bool  # the verdict is "passed": nothing failed and a quality check measured
+    verdict: str  # passed, failed or not measured (pipeline/moe/verdict.py)
+    counts: dict[str, int]  # checks per state
     failures: list[str]  # one line per failed check
     enforced: bool  # verify.fail_on_mismatch: a failure stops the build
 
@@ -69,11 +73,17 @@ class VerifyStage(Stage):
             ctx.out / "report",
             quantization=_quantization_facts(quantize_result(ctx.inputs["quantize"])),
         )
-        for check in report["checks"]:
-            ctx.log(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
+        for line in log_lines(report, "verify"):
+            ctx.log(line)
         for warning in report["warnings"]:
             ctx.log(f"warning   {warning}")
-        return {"passed": report["passed"], "failures": report["failures"], "enforced": report["enforced"]}
+        return {
+            "passed": report["passed"],
+            "verdict": report["verdict"],
+            "counts": report["counts"],
+            "failures": report["failures"],
+            "enforced": report["enforced"],
+        }
 
     def blocking_error(self, result: StageResult) -> VerifyFailed | None:
         r = verify_result(result)
@@ -104,39 +114,42 @@ def verify_from_results(done: dict[str, StageResult], recipe: Recipe, candidate:
         quantized_model(done["quantize"]) if own else candidate,
         out,
         quantization=_quantization_facts(quantize_result(done["quantize"])) if own else None,
+        own_build=own,
     )
-
-
-def _check(name: str, passed: bool, summary: str, **numbers) -> dict:
-    return {"name": name, "passed": bool(passed), "summary": summary, **numbers}
 
 
 def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict:
     """Which experts run is what routing decides: per layer, the share of tokens whose
     top-k set is unchanged must reach `min_routing_agreement`. With top-k of k experts
-    every expert sees every token, so that cannot fail and is said instead. The
-    router weights' drift is always reported; it fails only past a limit the recipe
-    sets (`max_router_weight_mae`: it grows with the quantization noise of every
-    layer before the router, so no one number fits every model)."""
+    every expert sees every token, so that part cannot fail: the check then judges
+    only the router weights' drift, and only where the recipe sets a limit
+    (`max_router_weight_mae`: it grows with the quantization noise of every layer
+    before the router, so no one number fits every model); with none it is
+    not applicable. The drift is always reported."""
     worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
     mae_limit = v.max_router_weight_mae
     mae_ok = mae_limit is None or worst_mae <= mae_limit
     weights = f"router weights differ by at most {worst_mae:.4f} per layer" + (
-        f" (max {mae_limit})" if mae_limit is not None else " (no limit set)"
+        f" (max {mae_limit})" if mae_limit is not None else " (no limit set: verify.max_router_weight_mae)"
     )
     if top_k >= experts:
-        return _check(
+        reason = (
+            f"every expert sees every token (top-{top_k} of {experts}), so which experts run cannot change; {weights}"
+        )
+        return check(
             "routing_parity",
-            mae_ok,
-            f"every expert sees every token (top-{top_k} of {experts}); {weights}",
+            NOT_APPLICABLE if mae_limit is None else PASS if mae_ok else FAIL,
+            reason,
+            quality=True,
             router_weight_mae=cmp["router_weight_mae"],
             topk_applies=False,
         )
-    return _check(
+    return judged(
         "routing_parity",
         mae_ok and worst_agree >= v.min_routing_agreement,
         f"top-{top_k} experts agree on at least {worst_agree:.1%} of tokens at every layer "
         f"(min {v.min_routing_agreement:.0%}); {weights}",
+        quality=True,
         router_weight_mae=cmp["router_weight_mae"],
         router_topk_agreement=cmp["router_topk_agreement"],
         topk_applies=True,
@@ -146,8 +159,8 @@ def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dic
 def _forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
     """Routed fully to expert k, the MoE must reproduce source k exactly, but only
     where source k shares the base's attention, norms and embeddings (MLP-only
-    fine-tunes): for other experts that is "not applicable", and with none the check
-    is "skipped". For every expert it reports what survives of it in the merge (KL
+    fine-tunes): for other experts that is not applicable, and with none the whole
+    check is. For every expert it reports what survives of it in the merge (KL
     and perplexity of the forced MoE against the source), with an optional limit."""
     forced = []
     for f in ref["forced_routing"]:
@@ -170,34 +183,66 @@ def _forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
             if f["applies"] and f["max_abs"] > v.forced_routing_atol
             else f"keeps too little of its source: KL {f['kl_mean']:.4f} (max {v.max_forced_kl})"
         )
-        summary, status = f"expert {f['expert']} {why}", "fail"
-    elif not applicable:
-        summary, status = (
-            (
-                "skipped: no expert shares the base's non-MLP weights, so none can be reproduced exactly; "
-                f"what survives of each: {survival}"
-            ),
-            "skipped",
+        state, summary = FAIL, f"expert {f['expert']} {why}"
+    elif not applicable and v.max_forced_kl is None:
+        state, summary = (
+            NOT_APPLICABLE,
+            "no expert shares the base's non-MLP weights, so none can be reproduced exactly; "
+            f"what survives of each: {survival}",
         )
     else:
         others = [f["expert"] for f in forced if not f["applies"]]
         summary = (
             f"{len(applicable)} expert(s) sharing the base's non-MLP weights reproduce their source (largest log-prob "
             "difference "
-            + ", ".join(f"{f['max_abs']:.2e}" for f in applicable)
+            + (", ".join(f"{f['max_abs']:.2e}" for f in applicable) or "-")
             + ")"
             + (f"; not applicable to expert(s) {', '.join(map(str, others))}" if others else "")
             + (f"; what survives of each: {survival}" if survival and others else "")
+            + (f"; KL of each within max {v.max_forced_kl}" if v.max_forced_kl is not None else "")
         )
-        status = "pass"
-    return _check(
+        state = PASS
+    return check(
         "forced_routing",
-        not bad,
+        state,
         summary,
-        status=status,
+        quality=True,
         experts=forced,
         atol=v.forced_routing_atol,
         max_forced_kl=v.max_forced_kl,
+    )
+
+
+def _dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str], whose: str) -> dict:
+    """Experts the routers starve, from `routing` (per domain and layer): `warn`
+    when some are dead, `fail` only when the recipe asks (verify.fail_on_dead_experts)."""
+    if routing is None:
+        return check("dead_experts", NOT_MEASURED, f"not measured: {whose} routing was not measured")
+    dead = dead_experts(routing, v.dead_expert_share)
+    layers = len(next(iter(routing.values()))["share"])
+    if not dead:
+        return check(
+            "dead_experts",
+            PASS,
+            f"no dead expert in {whose} routing: each gets at least {v.dead_expert_share:.0%} of the routed weight "
+            "on some domain at every layer",
+            experts=dead,
+            share=v.dead_expert_share,
+            enforced=v.fail_on_dead_experts,
+        )
+    listed = "; ".join(
+        f"expert {d['expert']} ({experts[d['expert']]}) is dead at {len(d['layers'])} of {layers} layers (at most "
+        f"{d['largest']:.1%} of the routed weight on any domain)"
+        for d in dead
+    )
+    return check(
+        "dead_experts",
+        FAIL if v.fail_on_dead_experts else WARN,
+        f"{whose} routing: {listed}; fit the routers (gates.fit: true)"
+        + ("" if v.fail_on_dead_experts else "; reported, not failed (verify.fail_on_dead_experts)"),
+        experts=dead,
+        share=v.dead_expert_share,
+        enforced=v.fail_on_dead_experts,
     )
 
 
@@ -205,16 +250,38 @@ def _quantization_facts(result: QuantizeResult) -> dict:
     """How the build's 4-bit model was made, for the reader of verify.json: group
     size, compute dtype, whether calibration went through every expert, and the
     calibration tokens each expert saw (and was routed) per layer."""
-    keys = ("group_size", "compute_dtype", "calibrate_all_experts", "expert_tokens_seen", "expert_tokens")
+    keys = (
+        "group_size",
+        "compute_dtype",
+        "calibrate_all_experts",
+        "expert_tokens_seen",
+        "expert_tokens_in_statistics",
+        "expert_tokens",
+    )
     return {k: result[k] for k in keys if k in result}
 
 
+# What consumer_load loads with, and the readers it does not try (the AWQ card says
+# which of those were measured elsewhere and how they fail).
+LOADER = "frankenmoe's own loader (pipeline/checkpoints/streaming.py)"
+NOT_TRIED = "transformers' from_pretrained, GPTQModel.load, vLLM, TGI"
+
+
 def verify_candidate(
-    v: VerifySection, evaluate: StageResult, merged: Path, candidate: Path, out: Path, quantization: dict | None = None
+    v: VerifySection,
+    evaluate: StageResult,
+    merged: Path,
+    candidate: Path,
+    out: Path,
+    quantization: dict | None = None,
+    own_build: bool = True,
 ) -> dict:
     """Run every check of `candidate` (a folder in the published AWQ layout) against
     the 16-bit reference; write verify.json, verify.md and routing.png into `out`.
-    `quantization`: how the build made it (absent for someone else's candidate)."""
+    `quantization`: how the build made it. `own_build` false (someone else's
+    candidate): the checks of this build's own merge (its structure, forced routing)
+    are not run on it and say so, and dead experts are judged on the candidate's
+    own routing."""
     from safetensors import safe_open
 
     ref = reference(evaluate)
@@ -223,26 +290,31 @@ def verify_candidate(
     checks = []
 
     s = ref["structure"]
-    checks.append(
-        _check(
-            "merge_structure",
-            not s["mismatches"],
-            f"{s['tensors_checked']} tensors equal their source bit for bit"
-            if not s["mismatches"]
-            else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
-            mismatches=s["mismatches"],
-            expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
+    warnings = []
+    if own_build:
+        checks.append(
+            judged(
+                "merge_structure",
+                not s["mismatches"],
+                f"{s['tensors_checked']} tensors equal their source bit for bit"
+                if not s["mismatches"]
+                else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
+                mismatches=s["mismatches"],
+                expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
+            )
         )
-    )
-    warnings = [
-        f"expert {e} ({ref['expert_sources'][e]}): {group} differs from the base by {d:.2%} (relative norm); "
-        "only its MLP is used in the MoE, so this part of its training is lost"
-        for e, groups in enumerate(s["expert_non_mlp_relative_diff"])
-        for group, d in groups.items()
-        if d > SHARED_WEIGHTS_TOL
-    ]
-
-    checks.append(_forced_routing_check(v, ref, s))
+        warnings = [
+            f"expert {e} ({ref['expert_sources'][e]}): {group} differs from the base by {d:.2%} (relative norm); "
+            "only its MLP is used in the MoE, so this part of its training is lost"
+            for e, groups in enumerate(s["expert_non_mlp_relative_diff"])
+            for group, d in groups.items()
+            if d > SHARED_WEIGHTS_TOL
+        ]
+        checks.append(_forced_routing_check(v, ref, s))
+    else:
+        why = "a check of this build's 16-bit merge against its sources; not run on the candidate"
+        checks.append(check("merge_structure", NOT_MEASURED, f"not measured: {why}"))
+        checks.append(check("forced_routing", NOT_MEASURED, f"not measured: {why}"))
 
     # The exact AWQ form first (config, then every quantized linear's three parts):
     # a candidate of another model or layout is refused before anything is loaded.
@@ -255,17 +327,21 @@ def verify_candidate(
         except InputFileError as e:
             load_problems.append(f"{label}: {e}")
     checks.append(
-        _check(
+        judged(
             "consumer_load",
             not load_problems,
-            "both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit one is in the exact "
-            "AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear)"
+            f"with {LOADER}, both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit one "
+            "is in the exact AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear); "
+            f"readers not tried here: {NOT_TRIED}"
             if not load_problems
             else "; ".join(load_problems),
             problems=load_problems,
+            loader=LOADER,
+            not_tried=NOT_TRIED,
         )
     )
 
+    routing_4bit = None
     if not load_problems:
         with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
             windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
@@ -275,11 +351,12 @@ def verify_candidate(
         kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
         q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
         checks.append(
-            _check(
+            judged(
                 "quantization_parity",
                 q_ok,
                 f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
                 f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
+                quality=True,
                 **{
                     k: cmp[k]
                     for k in (
@@ -298,48 +375,22 @@ def verify_candidate(
         checks.append(_routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])))
         routing_4bit = routing_stats(router4, ref["domains"], ref["seq_len"], ref["top_k"])
     else:
-        checks.append(_check("quantization_parity", False, "not measured: the candidate does not load"))
-        checks.append(_check("routing_parity", False, "not measured: the candidate does not load"))
-        routing_4bit = None
+        checks.append(check("quantization_parity", NOT_MEASURED, "not measured: the candidate does not load"))
+        checks.append(check("routing_parity", NOT_MEASURED, "not measured: the candidate does not load"))
 
-    dead = dead_experts(ref["routing_16bit"], v.dead_expert_share)
-    checks.append(
-        _check(
-            "dead_experts",
-            not (dead and v.fail_on_dead_experts),
-            "no dead expert: each gets at least "
-            f"{v.dead_expert_share:.0%} of the routed weight on some domain at every layer"
-            if not dead
-            else "; ".join(
-                f"expert {d['expert']} ({ref['expert_sources'][d['expert']]}) is dead at {len(d['layers'])} "
-                f"of {len(ref['routing_16bit'][ref['domains'][0]]['share'])} layers (at most "
-                f"{d['largest']:.1%} of the routed weight on any domain)"
-                for d in dead
-            )
-            + (
-                ""
-                if not dead
-                else "; fit the routers (gates.fit: true)"
-                + ("" if v.fail_on_dead_experts else " — reported, not failed (verify.fail_on_dead_experts)")
-            ),
-            experts=dead,
-            share=v.dead_expert_share,
-            enforced=v.fail_on_dead_experts,
-        )
-    )
-    if dead:
-        warnings.append(checks[-1]["summary"])
+    if own_build:
+        checks.append(_dead_experts_check(v, ref["routing_16bit"], ref["expert_sources"], "the 16-bit"))
+    else:
+        checks.append(_dead_experts_check(v, routing_4bit, ref["expert_sources"], "the candidate's"))
 
-    failures = [f"{c['name']}: {c['summary']}" for c in checks if not c["passed"]]
-    report = {
-        "passed": not failures,
-        "enforced": v.fail_on_mismatch,
-        "failures": failures,
-        "warnings": warnings,
-        "quantization": quantization,
-        "thresholds": {**v.model_dump(exclude={"files"}), **limits},
-        "checks": checks,
-        "routing_report": {
+    report = build_report(
+        checks,
+        v.fail_on_mismatch,
+        candidate="this build's 4-bit model" if own_build else "a folder given to `frankenmoe verify --candidate`",
+        warnings=warnings,
+        quantization=quantization,
+        thresholds={**v.model_dump(exclude={"files"}), **limits},
+        routing_report={
             "domains": sorted(set(ref["domains"])),
             "experts": ref["expert_sources"],
             "top_k": ref["top_k"],
@@ -348,7 +399,7 @@ def verify_candidate(
             "routing_4bit": routing_4bit,
             "perplexity": ref["perplexity"],
         },
-    }
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "verify.json", report)
     (out / "verify.md").write_text(render_markdown(report), encoding="utf-8")
