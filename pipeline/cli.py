@@ -8,6 +8,7 @@ traceback, and exits with the code of its class (README: "Errors and exit codes"
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipeline.errors import (
     FrankenmoeError,
     InputFileError,
     NotBuiltError,
+    UsageError,
     exit_code,
 )
 
@@ -142,7 +144,7 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.engine.build import default_layout, finished_results
     from pipeline.errors import VerifyFailed
-    from pipeline.moe.report import outcome
+    from pipeline.moe.verdict import log_lines
     from pipeline.recipe import load_recipe
     from pipeline.stages.verify import candidate_inputs, candidate_problems, verify_from_results
 
@@ -156,11 +158,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise VerifyFailed(problems, hint=None)
     out = args.out or layout.build / "verify-candidate"
     report = verify_from_results(done, recipe, args.candidate, out)
-    for check in report["checks"]:
-        print(f"verify    {check['name']:<22} {outcome(check)}  {check['summary']}")
+    print("\n".join(log_lines(report, "verify")))
     print(f"report: {out / 'verify.md'}")
-    if not report["passed"]:
-        raise VerifyFailed(report["failures"])
+    if report["failures"]:
+        raise VerifyFailed(report["failures"], hint=f"see {out / 'verify.md'}")
     return 0
 
 
@@ -168,6 +169,7 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
     """`verify --candidate FILE.gguf`: llama.cpp's checks of any GGUF file of this merge."""
     from pipeline.engine.build import finished_results
     from pipeline.errors import VerifyFailed
+    from pipeline.moe.verdict import log_lines
     from pipeline.stages.gates import routed_model
     from pipeline.stages.gguf import check_files
 
@@ -177,8 +179,9 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
     out = args.out or layout.build / "verify-candidate"
     merged = routed_model(done["gates"])
     report = check_files(recipe.gguf, done["evaluate"], merged, {None: args.candidate}, out, out)
+    print("\n".join(log_lines(report, "gguf")))
     print(f"report: {out / 'verify.md'}")
-    if not report["passed"]:
+    if report["failures"]:
         raise VerifyFailed(report["failures"], hint=None)
     return 0
 
@@ -190,7 +193,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = list(dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip()))  # each mode once
+    if not modes:
+        raise UsageError(f"--modes: {args.modes!r} names no mode; use some of hidden, cheap_embed, random, fitted")
     out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, _stages())
     print((out / "study.md").read_text(encoding="utf-8"), end="")
     print(f"study: {out / 'study.json'}, {out / 'study.png'}")
@@ -241,10 +246,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Operating-system errors the build expects from the machine: each has a remedy.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EMFILE,
+    errno.ENFILE,
+}
+
+
 def os_error_line(e: OSError) -> str:
     """One line that says what to do about this operating-system error, by its kind."""
-    import errno
-
     where = f"{e.filename}: " if e.filename else ""
     hint = {
         errno.ENOSPC: "free some space, or point FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR at a larger disk",
@@ -388,24 +406,46 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(e)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         return 141
-    except OSError as e:  # the machine, not the recipe: permissions, a file where a folder should be, disk full
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:  # not one the code expects from the machine: a bug
+            return internal_error()
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return EXIT_CODES[EnvironmentProblem]
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
         return INTERRUPTED
-    except Exception:  # a bug: the traceback is needed to report it, but never with a token in it
-        import traceback
+    except Exception:  # a bug
+        return internal_error()
 
-        from pipeline.support.secrets import scrub
 
-        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print(
-            "error: internal error, a bug in frankenmoe or a library; please report it with the traceback above",
-            file=sys.stderr,
-        )
-        return INTERNAL_ERROR
+def internal_error() -> int:
+    """A bug, not a bad input: the traceback (never with a token in it) goes to a log
+    file, stderr gets one line naming it, and the exit code is 1."""
+    import tempfile
+    import time
+    import traceback
 
+    from pipeline.support.secrets import scrub
+
+    text = scrub(traceback.format_exc())
+    name = f"internal-error-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    for folder in (Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            where = f"the traceback is in {folder / name}"
+            break
+        except OSError:
+            continue
+    else:
+        where = "the traceback follows"
+        print(text, file=sys.stderr, end="")
+    last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+    print(
+        f"error: internal error ({last}): a bug in frankenmoe or a library, please report it; {where}",
+        file=sys.stderr,
+    )
+    return INTERNAL_ERROR
 
 if __name__ == "__main__":
     sys.exit(main())

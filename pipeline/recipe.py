@@ -257,6 +257,8 @@ class PublishSection(Strict):
     private: bool = True
     revision: str = "main"
     commit_message: str | None = None
+    # Push folders whose checks failed anyway; their cards say so in their first line.
+    allow_failed: bool = False
 
     def targets(self) -> dict[str, str]:
         """{published folder: repo id} for every folder the recipe pushes."""
@@ -368,6 +370,15 @@ def _prompt_problems(where: str, prompts: Any, required: bool) -> list[str]:
     return problems
 
 
+def _prompt_key(prompts: Any) -> tuple | int:
+    """What makes two experts' prompts identical: the strings, in order. Anything else
+    (a type error pydantic reports) is never identical to another expert's, and is
+    never expanded: YAML aliases can nest a 1 KB file into billions of items."""
+    if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
+        return tuple(prompts)
+    return id(prompts) if prompts is not None else 0
+
+
 def _semantic_problems(raw: dict) -> list[str]:
     """Cross-field rules, checked on the raw mapping so they are reported together
     with type errors (pydantic would skip them once a field fails)."""
@@ -404,7 +415,7 @@ def _semantic_problems(raw: dict) -> list[str]:
                 continue
             problems += _prompt_problems(f"experts[{i}].positive_prompts", e.get("positive_prompts"), need_prompts)
             problems += _prompt_problems(f"experts[{i}].negative_prompts", e.get("negative_prompts"), False)
-            prompt_sets.append((repr(e.get("positive_prompts")), repr(e.get("negative_prompts"))))
+            prompt_sets.append((_prompt_key(e.get("positive_prompts")), _prompt_key(e.get("negative_prompts"))))
         if need_prompts and len(experts) > 1 and len(prompt_sets) == len(experts) and len(set(prompt_sets)) == 1:
             problems.append(
                 "experts: every expert has identical prompts; give each expert prompts that describe what it should get"

@@ -97,30 +97,66 @@ def test_push_that_keeps_failing_commits_nothing_and_says_what_to_rerun(example,
 def test_failed_verify_is_not_pushed(example, hub, tmp_path):
     recipe = push_recipe(tmp_path, max_mean_kl=1e-9, fail_on_mismatch=False)
     proc = push(example, hub, recipe, tmp_path / "dist")
-    assert proc.returncode == 7 and "verify failed for this build, so it is not pushed" in proc.stderr
+    assert proc.returncode == 7, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"error: push: {tmp_path / 'dist' / 'tiny-2x' / folder} failed quantization_parity, so it is not pushed; see "
+        "its verify.md, or set publish.allow_failed: true to push it anyway (its card then says so in its first line)"
+        for folder in ("merged", "awq")
+    ]
     assert hub.commits("me/tiny-2x") == [] and hub.commits("me/tiny-2x-AWQ") == []
 
 
-def test_tampered_dist_file_is_refused(example, hub, tmp_path):
+def test_allow_failed_pushes_and_the_card_says_so_first(example, hub, tmp_path):
+    recipe = push_recipe(tmp_path, max_mean_kl=1e-9, fail_on_mismatch=False)
+    data = yaml.safe_load(recipe.read_text())
+    data["publish"]["allow_failed"] = True
+    recipe.write_text(yaml.safe_dump(data))
+    proc = push(example, hub, recipe, tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr
+    assert len(hub.commits("me/tiny-2x-AWQ")) == 1
+    card = (tmp_path / "dist" / "tiny-2x" / "awq" / "README.md").read_text()
+    body = card.split("---\n", 2)[2].lstrip("\n")
+    assert body.startswith("> **Warning: this model failed verification (quantization_parity) and was published")
+
+
+def test_a_tampered_cached_file_is_never_pushed(example, hub, tmp_path):
+    """Edited in place through dist/ (its files are hard links into the cache): the
+    cache sees the changed file, reruns the stage, and the Hub gets the true bytes.
+    On a copy of the build: the shared one stays as the other tests need it."""
+    import shutil
+
+    build = tmp_path / "build"
+    shutil.copytree(example["root"] / "build", build)  # real copies, not links
     dist = tmp_path / "dist"
     recipe = push_recipe(tmp_path)
     data = yaml.safe_load(recipe.read_text())
     data["publish"]["push"] = False
     recipe.write_text(yaml.safe_dump(data))
-    assert push(example, hub, recipe, dist).returncode == 0
-    # Edited in place: dist holds hard links into the cache, so the cached file
-    # changes too (same size); only the sha256 in the build record tells.
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
+    assert run_cli("build", str(recipe), build=build, dist=dist, env=env).returncode == 0
     config = dist / "tiny-2x" / "awq" / "config.json"
-    original = config.read_text()
-    try:
-        config.write_text(original.replace('"bits": 4', '"bits": 3'))
-        proc = push(example, hub, recipe, dist, "push")
-    finally:
-        config.write_text(original)  # the cache is shared with the other tests
-    assert proc.returncode == 7 and "config.json differs from the sha256 in its build record" in proc.stderr, (
-        proc.stderr
-    )
-    assert hub.commits("me/tiny-2x-AWQ") == []
+    original = config.read_bytes()
+    config.write_bytes(original.replace(b'"bits": 4', b'"bits": 3'))  # same size, same inode
+    proc = run_cli("push", str(recipe), build=build, dist=dist, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^quantize\s+ran", proc.stdout, re.M), proc.stdout
+    assert config.read_bytes() == original
+    (commit,) = hub.commits("me/tiny-2x-AWQ")
+    assert commit["files"]["config.json"]["sha256"] == hashlib.sha256(original).hexdigest()
+
+
+def test_a_dist_folder_that_differs_from_its_record_is_refused(tmp_path):
+    from pipeline.errors import PublishError
+    from pipeline.stages.push import check_folder
+    from pipeline.support.hashing import HashState
+
+    folder = tmp_path / "awq"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"bits": 3}')
+    record = {"config.json": {"sha256": hashlib.sha256(b'{"bits": 4}').hexdigest(), "size": 11}}
+    with pytest.raises(PublishError, match="config.json differs from the sha256 in its build record"):
+        check_folder(folder, record, HashState(tmp_path / "state.json"))
 
 
 def test_dry_run_lists_files_and_lfs(example, tmp_path):

@@ -12,10 +12,11 @@ from pipeline.stages.base import Stage
 
 
 def dependencies(stage: Stage, stages: Sequence[Stage]) -> tuple[str, ...]:
-    """The names of the stages `stage` reads, in list order."""
-    if not stage.depends_on_all_earlier:
-        return stage.depends
+    """The names of the stages `stage` reads, in list order (its optional ones
+    where the list has them)."""
     names = [s.name for s in stages]
+    if not stage.depends_on_all_earlier:
+        return stage.depends + tuple(d for d in stage.optional_depends if d in names)
     return tuple(names[: names.index(stage.name)])
 
 

@@ -18,8 +18,14 @@ from pipeline.support.jsonio import write_json
 
 
 def published_folders(stages: Sequence[Stage], results: dict[str, StageResult]) -> set[str]:
-    """The folders the finished stages publish into (never a stage's wildcard)."""
-    return {folder for s in stages if s.name in results for folder in s.publishes}
+    """The folders the finished stages wrote files to publish into (never a stage's wildcard)."""
+    return {
+        folder
+        for s in stages
+        if s.name in results
+        for folder, sub in s.publishes.items()
+        if any(rel.startswith(sub + "/") for rel in results[s.name].files)
+    }
 
 
 def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], stages: Sequence[Stage]) -> list[Path]:

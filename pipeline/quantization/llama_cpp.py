@@ -250,16 +250,24 @@ def parity(gguf: Path, reference: Path, merged: Path, threads: int, log_file: Pa
 
 
 EXPERT_TENSORS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
-MISPLACED_MARGIN = 0.9
+# How many standard deviations of the quantization noise must separate "this slice
+# is expert e" from "it is expert o" before the placement counts as measured.
+MIN_RESOLUTION = 4.0
 
 
 def expert_identity(gguf: str, merged: Path) -> dict:
-    """Each expert's tensors in the GGUF, dequantized, compared with every expert's
-    16-bit tensors in the merge (relative distance). A slice clearly nearer another
-    expert (by MISPLACED_MARGIN) is misplaced: a swapped expert is found where the
-    logits alone barely move. Where the quantization error is as large as the
-    difference between two experts (experts that differ little, at 4 bits), the
-    slice is counted as indistinguishable, not failed: nothing can tell them apart."""
+    """Is each expert slice of the GGUF the merge's expert of that index?
+
+    Each slice, dequantized (x), is compared with the merge's 16-bit tensors of
+    every expert (s_j). For its own expert e and the nearest other o, with
+    d = s_e - s_o and the quantization noise n = x - s_nearest:
+    |x - s_o|^2 - |x - s_e|^2 = +|d|^2 + 2 n.d if the slice is e, -|d|^2 + 2 n.d if
+    it is o. The noise term has a standard deviation of about 2 sqrt(sum n_i^2 d_i^2),
+    so the two answers are `resolution` = |d|^2 / (2 sqrt(sum n_i^2 d_i^2)) noise
+    deviations from zero each way. A slice is placed right when it is nearer its own
+    expert, misplaced when nearer another; where the resolution is under
+    MIN_RESOLUTION (experts that differ less than the quantization error), the
+    placement is not measured: nothing in the file can tell them apart."""
     import numpy as np
     from gguf import GGUFReader  # the converter's own gguf-py (on PYTHONPATH here)
     from gguf.quants import dequantize
@@ -269,7 +277,7 @@ def expert_identity(gguf: str, merged: Path) -> dict:
     for f in sorted(merged.glob("*.safetensors")):
         h = safe_open(f, framework="np")
         handles.update({k: h for k in h.keys()})
-    misplaced, checked, worst, unclear = [], 0, 0.0, 0
+    misplaced, checked, worst, unclear, resolutions = [], 0, 0.0, [], []
     for tensor in GGUFReader(gguf).tensors:
         parts = tensor.name.split(".")
         if len(parts) != 4 or parts[2] not in EXPERT_TENSORS:
@@ -277,24 +285,32 @@ def expert_identity(gguf: str, merged: Path) -> dict:
         layer, w = int(parts[1]), EXPERT_TENSORS[parts[2]]
         stacked = dequantize(tensor.data, tensor.tensor_type)
         names = [f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight" for e in range(stacked.shape[0])]
-        sources = [handles[n].get_tensor(n).astype(np.float32) for n in names]
+        sources = [handles[n].get_tensor(n).astype(np.float64) for n in names]
         for e, source in enumerate(sources):
-            mine = stacked[e].reshape(source.shape).astype(np.float32)
-            dist = [float(np.linalg.norm(mine - s) / np.linalg.norm(s)) for s in sources]
-            other = min(range(len(dist)), key=lambda j: dist[j] if j != e else float("inf"))
+            mine = stacked[e].reshape(source.shape).astype(np.float64)
+            sq = [float(np.sum((mine - s) ** 2)) for s in sources]
+            other = min((j for j in range(len(sources)) if j != e), key=lambda j: sq[j])
+            noise = mine - sources[min(range(len(sources)), key=lambda j: sq[j])]
+            d = source - sources[other]
+            spread = 2 * float(np.sqrt(np.sum(noise**2 * d**2)))
+            resolution = float(np.sum(d**2)) / spread if spread > 0 else float("inf")
             checked += 1
-            worst = max(worst, dist[e])
-            if dist[other] < MISPLACED_MARGIN * dist[e]:
+            worst = max(worst, float(np.sqrt(sq[e] / np.sum(source**2))))
+            resolutions.append(resolution)
+            if resolution < MIN_RESOLUTION:
+                unclear.append(f"{tensor.name} expert {e} (resolution {resolution:.1f})")
+            elif sq[other] < sq[e]:
                 misplaced.append(
                     f"{tensor.name} expert {e} is nearer the merge's expert {other} "
-                    f"({dist[other]:.4f} vs {dist[e]:.4f})"
+                    f"(squared distance {sq[other]:.4g} vs {sq[e]:.4g}, resolution {resolution:.1f})"
                 )
-            elif dist[e] >= MISPLACED_MARGIN * dist[other]:
-                unclear += 1
     return {
         "expert_tensors": checked,
         "misplaced": misplaced,
-        "indistinguishable": unclear,
+        "indistinguishable": len(unclear),
+        "indistinguishable_slices": unclear[:10],
+        "min_resolution": min(resolutions, default=0.0),
+        "min_resolution_needed": MIN_RESOLUTION,
         "max_relative_error": worst,
     }
 

@@ -56,8 +56,8 @@ class StageContext:
         return published_files(self.stages, self.inputs, folder)
 
     def folders(self) -> list[str]:
-        """Every folder the build's stages publish, in a stable order."""
-        return sorted({f for s in self.stages for f in s.publishes})
+        """Every folder the build's stages publish files into, in a stable order."""
+        return sorted(f for f in {f for s in self.stages for f in s.publishes} if self.published_files(f))
 
 
 class Stage:
@@ -68,6 +68,9 @@ class Stage:
     # writes (bytes or record fields), so no cache anywhere serves the old output.
     version: ClassVar[int] = 1
     depends: ClassVar[tuple[str, ...]] = ()
+    # Stages read when the recipe switches them on (the card describes the GGUF
+    # files when there are any); a switched-off one is simply not an input.
+    optional_depends: ClassVar[tuple[str, ...]] = ()
     # A stage that describes the whole build (the manifest, push) depends on every
     # stage before it in the list, whatever stages are added later.
     depends_on_all_earlier: ClassVar[bool] = False

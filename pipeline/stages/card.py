@@ -23,10 +23,12 @@ from pipeline.provenance.lockfile import published_recipe
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.gates import gates_result
+from pipeline.stages.gguf import gguf_report, gguf_result
+from pipeline.stages.gguf import render as render_gguf_report
 from pipeline.stages.lock import build_id
 from pipeline.stages.quantize import quantize_result
 from pipeline.stages.resolve import resolved_models
-from pipeline.stages.verify import report_dir
+from pipeline.stages.verify import report_dir, verify_result
 from pipeline.support.hashing import HashState, sha256_json
 from pipeline.support.paths import portable
 from pipeline.support.versions import tool_versions
@@ -53,19 +55,42 @@ class CardResult(TypedDict):
     license: str
 
 
+def failed_checks(inputs: dict[str, StageResult]) -> dict[str, list[str]]:
+    """{published folder: its failed checks}: the merged and AWQ folders answer to
+    verify, the GGUF folder to llama.cpp's check. Push refuses a folder listed here."""
+    out = {}
+    if failures := verify_result(inputs["verify"])["failures"]:
+        out["merged"] = out["awq"] = failures
+    if "gguf" in inputs and (failures := gguf_result(inputs["gguf"])["failures"]):
+        out["gguf"] = failures
+    return out
+
+
+def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
+    """The first line of a card whose folder failed checks and may still be pushed."""
+    if not failures or not recipe.publish.allow_failed:
+        return None
+    names = ", ".join(dict.fromkeys(f.split(":")[0] for f in failures))
+    return (
+        f"> **Warning: this model failed verification ({names}) and was published anyway "
+        "(`publish.allow_failed: true`).** Read the verification section before using it."
+    )
+
+
 class CardStage(Stage):
     name = "card"
+    version = 2  # five check states; the GGUF card; the failed-checks banner
     depends = ("lock", "resolve", "gates", "quantize", "verify")
+    optional_depends = ("gguf",)
     packages = ("huggingface-hub",)
-    publishes = {"merged": "merged", "awq": "awq"}
+    publishes = {"merged": "merged", "awq": "awq", "gguf": "gguf"}
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {
             "card": recipe.card.model_dump(),
             "template": _template_text(recipe),
-            "repos": {
-                k: getattr(recipe.publish, k).repo_id if getattr(recipe.publish, k) else None for k in ("merged", "awq")
-            },
+            "repos": recipe.publish.targets(),
+            "allow_failed": recipe.publish.allow_failed,
             "recipe": _recipe_yaml(recipe),
             "frankenmoe": __version__,
         }
@@ -156,6 +181,7 @@ class CardStage(Stage):
                         "samples": q.calibration.samples,
                         "seq_len": q.calibration.seq_len,
                         "source": _calibration_source(q),
+                        "tokens": _expert_tokens(quant_result),
                         "sha256": quant_result["calibration"]["sha256"],
                     },
                     "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified "
@@ -164,13 +190,23 @@ class CardStage(Stage):
                 },
             ),
         }
+        failed = failed_checks(ctx.inputs)
         for folder, (data, extra) in cards.items():
             out = ctx.out / folder
             out.mkdir()
-            card = ModelCard.from_template(data, template_str=_template_text(recipe), **common, **extra)
+            banner = failed_banner(recipe, failed.get(folder, []))
+            card = ModelCard.from_template(
+                data, template_str=_template_text(recipe), banner=banner, **common, **extra
+            )
             (out / "README.md").write_text(str(card), encoding="utf-8")
             ModelCard((out / "README.md").read_text(encoding="utf-8"))  # the header must parse
         shutil.copy2(verify_dir / "routing.png", ctx.out / "merged" / "routing.png")
+        if "gguf" in ctx.inputs:
+            (ctx.out / "gguf").mkdir()
+            card = gguf_card(
+                recipe, license_id, bid, gguf_result(ctx.inputs["gguf"])["files"], gguf_report(ctx.inputs["gguf"])
+            )
+            (ctx.out / "gguf" / "README.md").write_text(card, encoding="utf-8")
         ctx.log(f"card      license {license_id}, build id {bid}")
         return {"build_id": bid, "license": license_id}
 
@@ -229,6 +265,23 @@ def _expert_row(i: int, expert, m: dict) -> dict:
     }
 
 
+def _expert_tokens(result) -> str:
+    """What the engine counted at the experts' inputs, for the card; never a formula."""
+    seen, kept = result.get("expert_tokens_seen"), result.get("expert_tokens_in_statistics")
+    if not seen:
+        return "not measured (the engine's counters could not be read)"
+    span = lambda rows: (min(min(r) for r in rows), max(max(r) for r in rows))
+    low, high = span(seen)
+    text = f"each expert's input received {low}" + (f" to {high}" if high != low else "") + " tokens per layer"
+    if kept:
+        klow, khigh = span(kept)
+        text += (
+            f", of which GPTQModel's AWQ kept {klow}" + (f" to {khigh}" if khigh != klow else "")
+            + " per layer for the expert's scale statistics"
+        )
+    return text
+
+
 def _calibration_source(q) -> str:
     if q.calibration.dataset:
         d = q.calibration.dataset
@@ -242,3 +295,63 @@ def _weights(result: StageResult, prefix: str) -> dict[str, str]:
         for name, meta in sorted(result.files.items())
         if name.startswith(prefix) and name.endswith(".safetensors")
     }
+
+
+def gguf_card(recipe: Recipe, license_id: str, bid: str, files: dict[str, str], report: dict) -> str:
+    """The GGUF folder's README.md: the files, llama.cpp's checks of each, and how to run them."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from pipeline.quantization.llama_cpp import VERSION
+
+    targets = recipe.publish.targets()
+    repo = targets.get("gguf", f"{recipe.name}-GGUF")
+    merged_repo = targets.get("merged", recipe.name)  # set publish.merged.repo_id for a link that resolves
+    data = ModelCardData(
+        license=license_id,
+        library_name="gguf",
+        pipeline_tag="text-generation",
+        tags=["moe", "frankenmoe", "mixtral", "gguf", "llama.cpp"],
+        base_model=merged_repo,
+        base_model_relation="quantized",
+    )
+    rows = "\n".join(
+        f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
+        + next(c["summary"] for c in report["checks"] if c["name"] == f"{t}: parity")
+        + " |"
+        for t in files
+    )
+    first = next(iter(files.values()))
+    banner = failed_banner(recipe, report["failures"])
+    body = f"""{banner + chr(10) + chr(10) if banner else ""}# {recipe.name} (GGUF)
+
+GGUF files of the {recipe.name} Mixture-of-Experts model ({len(recipe.experts)} experts,
+top-{recipe.experts_per_token}), converted and quantized by llama.cpp's own tools
+(llama-cpp-python {VERSION}) in the same reproducible build as the 16-bit and
+AWQ folders (build {bid}).
+
+## Files, checked by llama.cpp against the 16-bit model
+
+| file | type | size | llama.cpp vs 16-bit on held-out text |
+|---|---|---|---|
+{rows}
+
+Verification: {report["headline"]}. The per-domain figures, the expert placement
+and llama.cpp's reading of the expert count are in `verify.md` and `verify.json`.
+
+## Use
+
+```sh
+llama-cli -m {first} -p "def fibonacci(n):" -n 64
+llama-server --hf-repo {repo} --hf-file {first}
+```
+
+```python
+from llama_cpp import Llama
+llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
+print(llm("def fibonacci(n):", max_tokens=64)["choices"][0]["text"])
+```
+
+Provenance: `build.json` holds the recipe, the lock and every stage's record.
+
+{render_gguf_report(report).replace("## GGUF verification by llama.cpp", "## Verification", 1)}"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

@@ -8,8 +8,8 @@ p99 KL, top-1 agreement, perplexity ratio, each per domain), and llama.cpp's own
 reading of the expert count and experts per token is compared with the merge's.
 
 Output, published as dist/<name>/gguf/: `<name>-<TYPE>.gguf` per type,
-`verify.json`, `verify.md` and `README.md` (the GGUF card). The converter's and
-quantizer's logs stay in the cache (`logs/`).
+`verify.json` and `verify.md` (the `card` stage adds its README.md). The
+converter's and quantizer's logs stay in the cache (`logs/`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from pipeline.errors import IncompatibleModelsError, VerifyFailed
+from pipeline.moe.verdict import FAIL, NOT_MEASURED, PASS, build_report, check, judged, log_lines, markdown_table
 from pipeline.quantization.llama_cpp import FTYPES, VERSION
 from pipeline.recipe import GgufSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.gates import routed_model
-from pipeline.stages.lock import build_id
-from pipeline.stages.resolve import resolved_models
 from pipeline.support.determinism import THREADS
 from pipeline.support.jsonio import write_json
 
@@ -40,7 +39,8 @@ FTYPE_NAMES = {code: name for name, code in FTYPES.items()}
 class GgufResult(TypedDict):
     wall_s: dict[str, float]  # convert, quantize, check (llama.cpp's logits)
     files: dict[str, str]  # type -> file name
-    passed: bool
+    passed: bool  # the verdict is "passed" (pipeline/moe/verdict.py)
+    verdict: str
     failures: list[str]
     enforced: bool
 
@@ -49,10 +49,17 @@ def gguf_result(result: StageResult) -> GgufResult:
     return cast(GgufResult, result.result)
 
 
+def gguf_report(result: StageResult) -> dict:
+    """The stage's verify.json: the checks of every file."""
+    return json.loads((result.path / "gguf" / "verify.json").read_text())
+
+
 class GgufStage(Stage):
     name = "gguf"
-    depends = ("lock", "resolve", "gates", "evaluate")
-    packages = ("llama-cpp-python", "torch", "transformers", "tokenizers", "huggingface-hub")
+    # 2: five check states, expert placement judged by its noise resolution; the card moved to `card`
+    version = 2
+    depends = ("gates", "evaluate")
+    packages = ("llama-cpp-python", "torch", "transformers", "tokenizers")
     publishes = {"gguf": "gguf"}
     diagnostics = ("logs/",)
 
@@ -60,12 +67,7 @@ class GgufStage(Stage):
         return recipe.gguf.enabled
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        return {
-            "gguf": recipe.gguf.model_dump(),
-            "llama_cpp_python": VERSION,
-            "repos": {k: v for k, v in recipe.publish.targets().items() if k in ("merged", "gguf")},
-            "license": recipe.card.license,
-        }
+        return {"gguf": recipe.gguf.model_dump(), "llama_cpp_python": VERSION}
 
     def preflight(self, recipe: Recipe) -> None:
         """llama.cpp's converter must take the model: its architecture and its
@@ -107,13 +109,13 @@ class GgufStage(Stage):
         t2 = time.monotonic()
         paths = {t: out / f for t, f in files.items()}
         report = check_files(g, ctx.inputs["evaluate"], merged, paths, out, logs, ctx.log)
-        write_card(ctx, out, files, report)
         seconds = {"convert": t1 - t0, "quantize": t2 - t1, "check": time.monotonic() - t2}
         return {
             # "wall_s" (the moment, not the result) is left out of build.json
             "wall_s": {k: round(v, 1) for k, v in seconds.items()},
             "files": files,
             "passed": report["passed"],
+            "verdict": report["verdict"],
             "failures": report["failures"],
             "enforced": g.fail_on_mismatch,
         }
@@ -146,7 +148,8 @@ def check_files(
 
     logs.mkdir(parents=True, exist_ok=True)
     config = json.loads((merged / "config.json").read_text())
-    checks, per_type = [], {}
+    checks: list[dict] = []
+    per_type = {}
     want = {"expert_count": config["num_local_experts"], "expert_used_count": config["num_experts_per_tok"]}
     for t, path in files.items():
         measured = parity(path, reference_dir(evaluate), merged, THREADS, logs / f"parity-{path.stem}.log")
@@ -154,68 +157,81 @@ def check_files(
         t = t or FTYPE_NAMES.get(facts["file_type"], "Q4_K_M")  # someone else's file: by what it says
         limits = gguf_limits(g, t, config)
         shape = {k: facts[k] for k in want}
-        ok_shape = shape == want and not experts["misplaced"] and experts["expert_tensors"] > 0
-        ok_q = (
-            cmp["kl_mean"] <= limits["max_mean_kl"]
-            and cmp["top1_agreement"] >= limits["min_top1_agreement"]
-            and cmp["perplexity_ratio"] <= limits["max_ppl_ratio"]
-        )
         checks.append(
-            {
-                "name": f"{t}: experts",
-                "passed": ok_shape,
-                "summary": f"llama.cpp reads {shape['expert_count']} experts, {shape['expert_used_count']} per token"
-                + ("" if shape == want else f" (the merge has {want['expert_count']}, {want['expert_used_count']})")
-                + (
-                    f"; none of {experts['expert_tensors']} expert tensors is nearer another expert of the merge "
-                    f"than its own (relative error at most {experts['max_relative_error']:.3f}"
-                    + (
-                        f"; {experts['indistinguishable']} too close to another expert to tell at this type)"
-                        if experts["indistinguishable"]
-                        else ")"
-                    )
-                    if not experts["misplaced"]
-                    else f"; {len(experts['misplaced'])} expert tensors are not where the merge has them: "
-                    + "; ".join(experts["misplaced"][:3])
-                ),
+            judged(
+                f"{t}: expert count",
+                shape == want,
+                f"llama.cpp reads {shape['expert_count']} experts, {shape['expert_used_count']} per token"
+                + ("" if shape == want else f" (the merge has {want['expert_count']}, {want['expert_used_count']})"),
                 **shape,
-                **experts,
-            }
+            )
         )
+        checks.append(_placement_check(t, experts))
         checks.append(
-            {
-                "name": f"{t}: parity",
-                "passed": ok_q,
-                "summary": f"mean KL {cmp['kl_mean']:.4f} (max {limits['max_mean_kl']}), p99 KL {cmp['kl_p99']:.4f}, "
+            judged(
+                f"{t}: parity",
+                cmp["kl_mean"] <= limits["max_mean_kl"]
+                and cmp["top1_agreement"] >= limits["min_top1_agreement"]
+                and cmp["perplexity_ratio"] <= limits["max_ppl_ratio"],
+                f"mean KL {cmp['kl_mean']:.4f} (max {limits['max_mean_kl']}), p99 KL {cmp['kl_p99']:.4f}, "
                 f"top-1 {cmp['top1_agreement']:.1%} (min {limits['min_top1_agreement']:.0%}), perplexity "
                 f"x{cmp['perplexity_ratio']:.3f} (max x{limits['max_ppl_ratio']})",
+                quality=True,
                 **cmp,
-            }
+            )
         )
         per_type[t] = {"file": path.name, "bytes": path.stat().st_size, "limits": limits, "read_by_llama_cpp": facts}
-        for c in checks[-2:]:
-            log(f"gguf      {c['name']:<22} {'pass' if c['passed'] else 'FAIL'}  {c['summary']}")
-    failures = [f"{c['name']}: {c['summary']}" for c in checks if not c["passed"]]
-    report = {
-        "passed": not failures,
-        "enforced": g.fail_on_mismatch,
-        "failures": failures,
-        "files": per_type,
-        "reference": "the 16-bit model's log-probs on the held-out windows of `evaluate` (transformers, float32)",
-        "checks": checks,
-    }
+    report = build_report(
+        checks,
+        g.fail_on_mismatch,
+        files=per_type,
+        reference="the 16-bit model's log-probs on the held-out windows of `evaluate` (transformers, float32)",
+    )
+    for line in log_lines(report, "gguf"):
+        log(line)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "verify.json", report)
     (out / "verify.md").write_text(render(report), encoding="utf-8")
     return report
 
 
+def _placement_check(t: str, experts: dict) -> dict:
+    """Each expert slice in the file is the merge's expert of that index
+    (llama_cpp.expert_identity); where the quantization error hides the difference
+    between two experts, that is not measured, never passed."""
+    if experts["expert_tensors"] == 0:
+        return check(f"{t}: expert placement", FAIL, "no expert tensors found in the file", **experts)
+    if experts["misplaced"]:
+        return check(
+            f"{t}: expert placement",
+            FAIL,
+            f"{len(experts['misplaced'])} expert tensors are not where the merge has them: "
+            + "; ".join(experts["misplaced"][:3]),
+            **experts,
+        )
+    if experts["indistinguishable"]:
+        return check(
+            f"{t}: expert placement",
+            NOT_MEASURED,
+            f"not measured: {experts['indistinguishable']} of {experts['expert_tensors']} expert slices differ from "
+            f"the next expert by less than {experts['min_resolution_needed']:.0f} deviations of this type's "
+            f"quantization noise (lowest {experts['min_resolution']:.1f}), so a swapped expert could not be told apart",
+            **experts,
+        )
+    return check(
+        f"{t}: expert placement",
+        PASS,
+        f"each of {experts['expert_tensors']} expert slices is nearest its own expert of the merge, by at least "
+        f"{experts['min_resolution']:.1f} noise deviations "
+        f"(relative error at most {experts['max_relative_error']:.3f})",
+        quality=True,
+        **experts,
+    )
+
+
 def render(report: dict) -> str:
-    lines = [f"## GGUF verification by llama.cpp: {'passed' if report['passed'] else 'FAILED'}", ""]
-    lines += ["| check | result | numbers |", "|---|---|---|"]
-    for c in report["checks"]:
-        lines.append(f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | {c['summary']} |")
-    parity = [c for c in report["checks"] if c["name"].endswith(": parity")]
+    lines = markdown_table(report, "GGUF verification by llama.cpp", "gguf.fail_on_mismatch")
+    parity = [c for c in report["checks"] if c["name"].endswith(": parity") and "per_domain" in c]
     domains = sorted(parity[0]["per_domain"]) if parity else []
     if domains:
         lines += ["", "Per domain (mean KL / top-1 / perplexity ratio):", ""]
@@ -227,64 +243,3 @@ def render(report: dict) -> str:
             ]
             lines.append(f"| {c['name'].split(':')[0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_card(ctx: StageContext, out: Path, files: dict[str, str], report: dict) -> None:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from pipeline.stages.card import resolve_license
-
-    recipe = ctx.recipe
-    models = resolved_models(ctx.inputs["resolve"])
-    targets = recipe.publish.targets()
-    repo = targets.get("gguf", f"{recipe.name}-GGUF")
-    merged_repo = targets.get("merged", recipe.name)  # set publish.merged.repo_id for a link that resolves
-    data = ModelCardData(
-        license=resolve_license(recipe, {m["role"]: m.get("license") for m in models}),
-        library_name="gguf",
-        pipeline_tag="text-generation",
-        tags=["moe", "frankenmoe", "mixtral", "gguf", "llama.cpp"],
-        base_model=merged_repo,
-        base_model_relation="quantized",
-    )
-    rows = "\n".join(
-        f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
-        + next(c["summary"] for c in report["checks"] if c["name"] == f"{t}: parity")
-        + " |"
-        for t in files
-    )
-    first = next(iter(files.values()))
-    body = f"""# {recipe.name} (GGUF)
-
-GGUF files of the {recipe.name} Mixture-of-Experts model ({len(recipe.experts)} experts,
-top-{recipe.experts_per_token}), converted and quantized by llama.cpp's own tools
-(llama-cpp-python {VERSION}) in the same reproducible build as the 16-bit and
-AWQ folders (build {build_id(ctx.inputs["lock"])}).
-
-## Files, checked by llama.cpp against the 16-bit model
-
-| file | type | size | llama.cpp vs 16-bit on held-out text |
-|---|---|---|---|
-{rows}
-
-{"Every file passed." if report["passed"] else "**Some checks failed**; see verify.md."} The per-domain
-figures and llama.cpp's reading of the expert count are in `verify.md` and `verify.json`.
-
-## Use
-
-```sh
-llama-cli -m {first} -p "def fibonacci(n):" -n 64
-llama-server --hf-repo {repo} --hf-file {first}
-```
-
-```python
-from llama_cpp import Llama
-llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
-print(llm("def fibonacci(n):", max_tokens=64)["choices"][0]["text"])
-```
-
-Provenance: `build.json` holds the recipe, the lock and every stage's record.
-
-{render(report).replace("## GGUF verification", "## Verification")}"""
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    (out / "README.md").write_text(str(card), encoding="utf-8")

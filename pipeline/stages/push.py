@@ -2,8 +2,9 @@
 
 With huggingface_hub (honouring HF_ENDPOINT and the usual token sources: the
 HF_TOKEN variable or `huggingface-cli login`). Before anything goes out it
-refuses a build whose verify failed and any folder whose files differ from the
-sha256 in the build records. Pushing an unchanged build creates no commit (the
+refuses every folder whose checks failed (verify for merged/ and awq/, llama.cpp's
+check for gguf/; `publish.allow_failed: true` overrides) and any folder whose files
+differ from the sha256 in the build records. Pushing an unchanged build creates no commit (the
 client skips files the remote already has). Transient failures are retried with
 backoff; since a Hub commit is atomic, a push that still fails has committed
 nothing and the rerun resumes. The token never reaches output, records or errors.
@@ -18,8 +19,8 @@ from typing import Any, Callable, TypedDict
 from pipeline.errors import PublishError
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext
+from pipeline.stages.card import failed_checks
 from pipeline.stages.lock import build_id as lock_build_id
-from pipeline.stages.verify import verify_result
 from pipeline.support.hashing import HashState
 from pipeline.support.secrets import scrub
 
@@ -104,8 +105,6 @@ class PushStage(Stage):
         if not p.push:
             ctx.log("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
             return {"pushed": False}
-        if not verify_result(ctx.inputs["verify"])["passed"]:
-            raise PublishError("push: verify failed for this build, so it is not pushed; see dist/<name>/awq/verify.md")
         folders = ctx.folders()
         targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in folders]
         if not targets:
@@ -113,6 +112,16 @@ class PushStage(Stage):
                 "publish: push is true but no publish.<folder>.repo_id is set for a folder this build publishes "
                 f"({', '.join(folders)})"
             )
+        failed = failed_checks(ctx.inputs)
+        refused = [
+            f"push: {ctx.dist / folder} failed {', '.join(dict.fromkeys(f.split(':')[0] for f in failed[folder]))}, "
+            "so it is not pushed; see its verify.md, or set publish.allow_failed: true to push it anyway (its card "
+            "then says so in its first line)"
+            for folder, _ in targets
+            if folder in failed and not p.allow_failed
+        ]
+        if refused:
+            raise PublishError(refused)
         for folder, _ in targets:
             check_folder(ctx.dist / folder, ctx.published_files(folder), ctx.state)
         build_id = lock_build_id(ctx.inputs["lock"])
