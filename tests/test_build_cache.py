@@ -97,9 +97,32 @@ def test_damaged_cache_entry_is_rebuilt(layout):
     stage = Counting()
     result, _, _ = run(stage, layout)
     (result.path / "data.bin").write_bytes(b"short")
-    assert cached_result(stage, layout, result.key) is None
+    assert cached_result(stage, layout, result.key, HashState(layout.build_root / ".hash-state.json")) is None
     _, ran, _ = run(stage, layout)
     assert ran and stage.runs == 2
+
+
+def test_a_flipped_byte_of_the_same_size_is_not_served(layout, monkeypatch):
+    """The record's size alone cannot see it: a file whose stat changed is hashed again."""
+    import pipeline.support.hashing as hashing
+
+    stage = Counting()
+    result, _, _ = run(stage, layout)
+    data = result.path / "data.bin"
+    time.sleep(0.05)  # past the file system's timestamp granularity, as any later edit is
+    with open(data, "r+b") as f:  # in place, as an editor or a bad disk would: same size, same inode
+        f.seek(500)
+        f.write(b"y")
+    assert data.stat().st_size == 1000
+    assert cached_result(stage, layout, result.key, HashState(layout.build_root / ".hash-state.json")) is None
+    again, ran, _ = run(stage, layout)
+    assert ran and stage.runs == 2 and again.path == result.path and data.read_bytes() == b"x" * 1000
+    # An unchanged file is never read again: a no-op lookup answers from the stat-keyed memo.
+    read = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: read.append(p) or real(p))
+    assert cached_result(stage, layout, again.key, HashState(layout.build_root / ".hash-state.json"))
+    assert read == []
 
 
 def test_not_enough_disk_is_refused_before_running(layout):

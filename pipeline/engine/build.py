@@ -74,7 +74,7 @@ def run_stage(
     key = key_of(material)
     stage_dir = layout.stage_dir(stage.name)
     if not force and not stage.never_cached:
-        hit = cached_result(stage, layout, key)
+        hit = cached_result(stage, layout, key, state)
         if hit:
             return hit, False, time.monotonic() - t0
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def finished_results(
     for stage in with_ancestors([n for n in names if n in {s.name for s in stages}], stages):
         deps = {d: results[d] for d in dependencies(stage, stages)}
         material = key_material(stage, recipe, state, deps, offline=True)
-        hit = None if material is None else cached_result(stage, layout, key_of(material))
+        hit = None if material is None else cached_result(stage, layout, key_of(material), state)
         if hit is None:
             raise NotBuiltError(
                 f"{stage.name}: not built for this recipe yet; run `frankenmoe build {recipe.name}` first"

@@ -16,6 +16,7 @@ from typing import Iterator
 from pipeline.errors import EnvironmentProblem
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageResult
+from pipeline.support.hashing import HashState
 
 RECORD = "record.json"
 
@@ -46,9 +47,12 @@ def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Pa
     )
 
 
-def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
+def cached_result(stage: Stage, layout: Layout, key: str, state: HashState) -> StageResult | None:
     """The finished output for `key`, or None. A folder whose files no longer match
-    their recorded sizes is treated as absent (and removed), never served."""
+    their record is treated as absent, never served: a file of another size, or one
+    whose stat (size, mtime, inode) changed since it was hashed and whose sha256 now
+    differs (as DVC's state: an unchanged file is not read again, so a no-op
+    rebuild stays fast). The stage then runs again and replaces the folder."""
     path = layout.stage_dir(stage.name) / key
     record_file = path / RECORD
     if not record_file.is_file():
@@ -56,10 +60,9 @@ def cached_result(stage: Stage, layout: Layout, key: str) -> StageResult | None:
     try:
         record = json.loads(record_file.read_text())
         for rel, meta in record["files"].items():
-            if (path / rel).stat().st_size != meta["size"]:
-                raise ValueError(rel)
+            if (path / rel).stat().st_size != meta["size"] or state.sha256(path / rel) != meta["sha256"]:
+                return None
     except (OSError, ValueError, KeyError):
-        shutil.rmtree(path, ignore_errors=True)
         return None
     return StageResult(stage.name, key, path, record)
 

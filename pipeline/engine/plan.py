@@ -64,7 +64,7 @@ def make_plan(recipe: Recipe, layout: Layout, stages: Sequence[Stage], fetch: bo
                 material = None
             if material is not None:
                 key = key_of(material)
-                if hit := cached_result(stage, layout, key):
+                if hit := cached_result(stage, layout, key, state):
                     results[stage.name] = hit
         size = stage.estimate_bytes(recipe, {d: results[d] for d in names if d in results}, cfg)
         sized = type(stage).estimate_bytes is not Stage.estimate_bytes
