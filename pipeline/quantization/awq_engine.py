@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -384,6 +385,39 @@ def _patch_clip_search() -> bool:
     return True
 
 
+# The first linear of each expert, as GPTQModel names it within a decoder layer.
+EXPERT_INPUT = re.compile(r"^(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(?:gate_proj|w1)$")
+
+
+def count_expert_tokens(counts: dict[int, dict[int, list[int]]]) -> bool:
+    """Record, per layer and expert, the tokens GPTQModel's AWQ captured at the
+    expert's input (`raw`) and kept for its scale statistics (`retained`: GPTQModel
+    packs a MoE module's inputs into a bounded number of token rows), from the
+    engine's own feature statistics, as it collapses them for each layer. False
+    (nothing counted) where GPTQModel's code is not what this reads."""
+    import inspect
+
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    stock = AWQProcessor._layer_input_features
+    if list(inspect.signature(stock).parameters) != ["self", "state"]:
+        return False
+
+    def counting(self, state):
+        features = stock(self, state)
+        layers = {m.layer_index for m in list(state.modules.values()) if hasattr(m, "layer_index")}
+        for name, stat in (getattr(self, "_feature_stats", None) or {}).items():
+            if (m := EXPERT_INPUT.match(name)) and len(layers) == 1:
+                counts.setdefault(next(iter(layers)), {})[int(m.group(1))] = [
+                    int(stat["raw_tokens"]),
+                    int(stat["retained_tokens"]),
+                ]
+        return features
+
+    AWQProcessor._layer_input_features = counting
+    return True
+
+
 # name -> patch; a patch returns False (and changes nothing) where GPTQModel's code
 # is not what it was written against.
 SPEEDUPS: dict[str, Callable[[], bool]] = {"clip-matmul": _patch_clip_search}
@@ -461,10 +495,16 @@ def main(spec_file: str) -> None:
         f"{len(windows)} calibration windows; speed-ups: {', '.join(speedups) or 'none'}"
     )
     model.layer_callback = LayerProgress(model.model.config.num_hidden_layers, write)
+    counts: dict[int, dict[int, list[int]]] = {}
+    counting = count_expert_tokens(counts)
     started = time.monotonic()
     # One window per forward: batching windows was slower on a 2-core CPU (and changes the bytes).
     model.quantize(calibration, batch_size=1)
     quantized = time.monotonic()
+    if spec.get("expert_tokens_out"):
+        Path(spec["expert_tokens_out"]).write_text(
+            json.dumps({"counted": counting, "layers": {str(k): v for k, v in sorted(counts.items())}})
+        )
     model.save(spec["out"])
     write(f"quantize  AWQ done: layers {quantized - started:.1f} s, saving {time.monotonic() - quantized:.1f} s")
 

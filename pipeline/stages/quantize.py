@@ -1,11 +1,14 @@
 """quantize: AWQ 4-bit with GPTQModel, published in AutoAWQ's Mixtral GEMM layout.
 
 Steps:
-1. pick calibration windows (pipeline/moe/calibration.py) and, on the 16-bit model,
-   count the tokens the router sends to each expert: an expert that sees too few
-   calibration tokens gets badly chosen scales, so that fails here, before the
-   expensive part, naming layer and expert;
-2. quantize with GPTQModel (AWQ, GEMM format) into a scratch folder;
+1. pick calibration windows (pipeline/moe/calibration.py); with routed calibration
+   (`calibrate_all_experts: false`) count, on the 16-bit model, the tokens the
+   router sends to each expert: an expert that sees too few calibration tokens gets
+   badly chosen scales, so that fails here, before the expensive part, naming
+   layer and expert;
+2. quantize with GPTQModel (AWQ, GEMM format) into a scratch folder, counting
+   inside the engine the tokens each expert's input received and its AWQ
+   statistics kept (the record's `expert_tokens_seen`, `expert_tokens_in_statistics`);
 3. rewrite to the published contract (pipeline/quantization/awq_layout.py): AutoAWQ tensor
    names, FP16 everywhere but the packed ints, exactly the documented
    `quantization_config`, no engine side files (they carry temporary paths and
@@ -61,8 +64,10 @@ class QuantizeResult(TypedDict):
     group_size: int
     calibrate_all_experts: bool
     compute_dtype: str
-    expert_tokens: list[list[int]]  # routed to each expert, per layer
-    expert_tokens_seen: list[list[int]]  # in each expert's statistics, per layer
+    expert_tokens: list[list[int]] | None  # routed to each expert, per layer (routed calibration only)
+    expert_tokens_seen: list[list[int]] | None  # reached each expert's input in the engine, per layer
+    expert_tokens_in_statistics: list[list[int]] | None  # of those, kept in its AWQ statistics
+    shards: list[str]
     undercalibrated: list[str]
     router_compensation: dict[str, dict[str, float]]
 
@@ -78,13 +83,17 @@ def quantized_model(result: StageResult) -> Path:
 
 class QuantizeStage(Stage):
     name = "quantize"
+    version = 2  # expert tokens counted inside the engine; no routing pass with all-experts calibration
     depends = ("gates",)
     packages = ("gptqmodel", "torch", "transformers", "safetensors", "tokenizers", "datasets")
     publishes = {"awq": "model"}
     diagnostics = ("engine-spec.json", "engine.log")
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        return recipe.quantize.model_dump()
+        q = recipe.quantize
+        # With all-experts calibration the routed-token floor decides nothing: no byte depends on it.
+        routed_only = {"min_expert_tokens", "allow_undercalibrated_experts"}
+        return q.model_dump(exclude=routed_only if q.calibrate_all_experts else None)
 
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
@@ -134,11 +143,14 @@ class QuantizeStage(Stage):
         group_size = choose_group_size(json.loads((merged / "config.json").read_text()), q.group_size)
         tokenizer = AutoTokenizer.from_pretrained(merged)
         cal = calibration_windows(q.calibration, tokenizer, ctx.recipe.root)
-        counts = self._check_coverage(merged, cal.windows, q)
         total = len(cal.windows) * q.calibration.seq_len
+        # Routed calibration must know before the engine starts that every expert gets
+        # enough tokens; with all-experts calibration every expert gets all of them,
+        # and what the engine actually collected is counted inside it instead.
+        counts = None if q.calibrate_all_experts else self._check_coverage(merged, cal.windows, q, ctx.log)
         seen = (
-            f"every expert sees all {total} tokens"
-            if q.calibrate_all_experts
+            f"every expert's input gets all {total} tokens"
+            if counts is None
             else f"fewest routed tokens to one expert: {min(min(r) for r in counts)}"
         )
         ctx.log(
@@ -147,7 +159,7 @@ class QuantizeStage(Stage):
         )
 
         scratch = ctx.out / "engine"
-        self._quantize(merged, scratch, cal.windows, group_size, dtype, ctx)
+        measured = self._quantize(merged, scratch, cal.windows, group_size, dtype, ctx)
         old_norms = _tensors_matching(sorted(merged.glob("*.safetensors")), NORM)
         new_norms = _tensors_matching(sorted(scratch.glob("*.safetensors")), NORM)
         factors = {layer: _norm_ratio(old_norms[layer], new_norms[layer]) for layer in old_norms}
@@ -182,11 +194,13 @@ class QuantizeStage(Stage):
             "group_size": group_size,
             "calibrate_all_experts": q.calibrate_all_experts,
             "compute_dtype": dtype,
-            # Tokens the router sends to each expert (per layer); with all-experts
-            # calibration the statistics of every expert cover all `total` tokens.
+            # Per layer and expert: the tokens the 16-bit router sends there (routed
+            # calibration only), and, counted inside the engine, the tokens that reached
+            # the expert's input and those its AWQ statistics kept.
             "expert_tokens": counts,
-            "expert_tokens_seen": [[total] * len(r) for r in counts] if q.calibrate_all_experts else counts,
-            "undercalibrated": [] if q.calibrate_all_experts else _under(counts, q.min_expert_tokens),
+            "expert_tokens_seen": measured["seen"],
+            "expert_tokens_in_statistics": measured["retained"],
+            "undercalibrated": [] if counts is None else _under(counts, q.min_expert_tokens),
             "router_compensation": {
                 layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())
             },
@@ -194,9 +208,10 @@ class QuantizeStage(Stage):
         }
 
     @staticmethod
-    def _check_coverage(merged: Path, windows, q) -> list[list[int]]:
+    def _check_coverage(merged: Path, windows, q, log) -> list[list[int]]:
         """Routed tokens per layer and expert. Without all-experts calibration an
         expert's AWQ statistics come only from the tokens routed to it."""
+        log(f"quantize  counting routed calibration tokens per expert on the 16-bit model ({len(windows)} windows)")
         counts = expert_token_counts(StreamingLM(merged), windows)
         under = _under(counts, q.min_expert_tokens)
         if under and not q.calibrate_all_experts and not q.allow_undercalibrated_experts:
@@ -211,10 +226,16 @@ class QuantizeStage(Stage):
         return counts
 
     @staticmethod
-    def _quantize(merged: Path, scratch: Path, windows, group_size: int, dtype: str, ctx: StageContext) -> None:
+    def _quantize(
+        merged: Path, scratch: Path, windows, group_size: int, dtype: str, ctx: StageContext
+    ) -> dict[str, list[list[int]] | None]:
+        """Run the engine; returns the tokens it counted per layer and expert:
+        {"seen": at the expert's input, "retained": in its AWQ statistics} (None
+        where the engine could not be read)."""
         q = ctx.recipe.quantize
         windows_file = ctx.out / "calibration-windows.json"
         windows_file.write_text(json.dumps(windows))
+        counts_file = ctx.out / "engine-expert-tokens.json"
         spec = {  # absolute paths: the engine runs in its own working folder
             "model": str(merged.resolve()),
             "out": str(scratch.resolve()),
@@ -226,8 +247,14 @@ class QuantizeStage(Stage):
             "compute_dtype": dtype,
             "seed": q.calibration.seed,
             "trust_remote_code": ctx.recipe.trust_remote_code,
+            "expert_tokens_out": str(counts_file.resolve()),
         }
         run_engine(spec, ctx.out / "engine-spec.json", ctx.out / "engine.log")
+        config = json.loads((merged / "config.json").read_text())
+        shape = (config["num_hidden_layers"], config["num_local_experts"])
+        counted = json.loads(counts_file.read_text())
+        counts_file.unlink()
+        return {part: _per_layer(counted, shape, i) for i, part in enumerate(("seen", "retained"))}
 
     @staticmethod
     def _write_config(scratch: Path, model_dir: Path, q, group_size: int) -> None:
@@ -241,6 +268,17 @@ class QuantizeStage(Stage):
 def quantize_disk_bytes(merged_bytes: int) -> int:
     """Engine scratch and published copy, about 0.3x of the 16-bit model each at 4 bits."""
     return int(0.7 * merged_bytes)
+
+
+def _per_layer(counted: dict, shape: tuple[int, int], part: int) -> list[list[int]] | None:
+    """[layer][expert] of one part of what the engine counted; None when it could not
+    count every expert of every layer (its code changed): not measured, never guessed."""
+    layers, experts = shape
+    rows = counted["layers"] if counted.get("counted") else {}
+    try:
+        return [[int(rows[str(layer)][str(e)][part]) for e in range(experts)] for layer in range(layers)]
+    except KeyError:
+        return None
 
 
 def _under(counts: list[list[int]], minimum: int) -> list[tuple[int, int, int]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TypeVar
+import time
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -36,7 +37,35 @@ def quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
-    from tqdm.auto import tqdm
+# Unwatched (a log, CI), a long step says how far it is at most this often.
+LINE_EVERY_S = 10.0
 
-    return tqdm(items, desc=desc, total=total, disable=not bars_enabled(), leave=False, dynamic_ncols=True)
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A bar on a terminal; otherwise a line on stderr whenever LINE_EVERY_S passed
+    (nothing for a step that is over sooner), so no log is silent for long."""
+    if bars_enabled():
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    return progress_lines(items, desc, total)
+
+
+def progress_lines(
+    items: Iterable[T],
+    desc: str,
+    total: int | None,
+    write: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    clock: Callable[[], float] = time.monotonic,
+    every: float = LINE_EVERY_S,
+) -> Iterator[T]:
+    start = last = clock()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = clock()
+        if now - last >= every:
+            left = f", about {(now - start) / done * (total - done):.0f} s left" if total and done < total else ""
+            write(f"{desc}: {done}/{total or '?'} after {now - start:.0f} s{left}")
+            last = now
