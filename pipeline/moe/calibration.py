@@ -104,14 +104,21 @@ def dataset_commit(ds: CalibrationDataset, offline: bool = False) -> str | None:
 def load_texts(cal: CalibrationSection, root: Path) -> tuple[list[str], dict]:
     if cal.dataset:
         import datasets
+        from datasets.exceptions import DatasetNotFoundError
+        from huggingface_hub.errors import HfHubHTTPError
 
+        # What datasets raises for a dataset that is not there, not reachable, or has
+        # no such split (ValueError "Unknown split"); anything else is a bug.
+        expected = (DatasetNotFoundError, FileNotFoundError, ConnectionError, TimeoutError, HfHubHTTPError, ValueError)
         ds = cal.dataset
+        commit = None if Path(ds.id).is_dir() else dataset_commit(ds)
         try:
-            commit = None if Path(ds.id).is_dir() else dataset_commit(ds)
             data = datasets.load_dataset(ds.id, split=ds.split, revision=commit)
-        except Exception as e:  # datasets raises many types for "not reachable / not found"
+        except expected as e:
+            said = " ".join(str(e).split())[:300] or type(e).__name__
             raise InputFileError(
-                f"quantize.calibration.dataset: cannot load {ds.id} ({type(e).__name__}); check id, split and network"
+                f"quantize.calibration.dataset: cannot load {ds.id} split {ds.split!r}: {said}; "
+                "check id, split and network"
             ) from None
         if ds.text_column not in data.column_names:
             raise InputFileError(

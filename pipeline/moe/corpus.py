@@ -42,6 +42,11 @@ def read_documents(files: list[Path]) -> list[dict]:
                     raise InputFileError(f'{path}:{n}: expected a JSON object with a "text" field')
                 if not isinstance(row["text"], str):
                     raise InputFileError(f'{path}:{n}: "text" is {type(row["text"]).__name__}, not a string')
+                if row.get("domain") is not None and not isinstance(row["domain"], str):
+                    raise InputFileError(
+                        f'{path}:{n}: "domain" is {type(row["domain"]).__name__}, not a string; write it as a name '
+                        'such as "code"'
+                    )
         else:
             docs.append({"id": Path(path).name, "domain": None, "text": text})
         if not any(d["text"].strip() for d in docs[start:]):

@@ -117,8 +117,11 @@ class MergeStage(Stage):
         except SystemExit:  # mergekit reports some config problems by exiting
             raise ToolFailed("merge: mergekit-moe rejected the configuration (see its message above)") from None
         except KeyError as e:
+            missing = _missing_tensor(e, {role: Path(p) for role, p in paths.items()})
+            if missing is None:
+                raise  # not a tensor a source lacks: a bug, reported as one
             raise IncompatibleModelsError(
-                f"merge: a source model lacks tensor {e}; is it a Llama/Mistral checkpoint?"
+                f"merge: {missing}; is it a Llama/Mistral checkpoint with every decoder layer's weights?"
             ) from None
 
         shards = sorted(f.name for f in model_dir.glob("*.safetensors"))
@@ -161,6 +164,16 @@ def classic_mixtral_names() -> Iterator[None]:
         yield
     finally:
         mixtral.convert_and_save_checkpoint_tensors, mixtral.MixtralMoE._router_weight_name = fuse, router
+
+
+def _missing_tensor(error: KeyError, sources: dict[str, Path]) -> str | None:
+    """Which source lacks the tensor mergekit looked up, or None when the KeyError is
+    about something else (then it is a bug, not the user's models)."""
+    name = error.args[0] if error.args else None
+    if not isinstance(name, str) or not name.endswith((".weight", ".bias")):
+        return None
+    lacking = [role for role, folder in sources.items() if name not in _weight_map(folder)]
+    return f"{', '.join(lacking)} lack(s) tensor {name!r}" if lacking else None
 
 
 def _weight_map(folder: Path) -> dict:

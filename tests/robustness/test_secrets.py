@@ -8,10 +8,12 @@ from pipeline import cli
 from tests.conftest import HUB_TOKEN
 
 
-def test_internal_error_traceback_is_scrubbed(monkeypatch, capsys):
+def test_internal_error_traceback_is_scrubbed(monkeypatch, capsys, tmp_path):
     """A bug whose exception message carries the token (say, a URL or header a
-    library put into it): the traceback is printed for the report, the token is not."""
+    library put into it): one line says it is a bug and names the log with the
+    traceback for the report; neither holds the token."""
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setenv("FRANKENMOE_BUILD_DIR", str(tmp_path / "build"))
 
     def broken(args):
         raise RuntimeError(f"GET https://hub/api?token={HUB_TOKEN} failed")
@@ -19,9 +21,25 @@ def test_internal_error_traceback_is_scrubbed(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_validate", broken)
     assert cli.main(["validate", "x.yaml"]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" in err and "RuntimeError: GET https://hub/api?token=*** failed" in err
-    assert HUB_TOKEN not in err
-    assert err.strip().splitlines()[-1].startswith("error: internal error")
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: internal error")
+    assert "please report it" in err and HUB_TOKEN not in err
+    (log,) = (tmp_path / "build" / "logs").glob("internal-error-*.log")
+    assert str(log) in err
+    text = log.read_text()
+    assert "Traceback" in text and "RuntimeError: GET https://hub/api?token=*** failed" in text
+    assert HUB_TOKEN not in text
+
+
+def test_an_unexpected_os_error_is_a_bug_not_a_bad_path(monkeypatch, capsys, tmp_path):
+    """A missing file inside the code's own work is not the user's path: exit 1, not 5."""
+    monkeypatch.setenv("FRANKENMOE_BUILD_DIR", str(tmp_path / "build"))
+
+    def broken(args):
+        open(tmp_path / "the-code-expected-this-file")
+
+    monkeypatch.setattr(cli, "cmd_validate", broken)
+    assert cli.main(["validate", "x.yaml"]) == 1
+    assert capsys.readouterr().err.startswith("error: internal error (FileNotFoundError")
 
 
 def test_user_errors_are_scrubbed_too(monkeypatch, capsys):
