@@ -1,5 +1,11 @@
-"""Running a command the way the benchmarks time it: wall time and peak RSS of the
-process and its children, with the build and dist folders of one root."""
+"""Running a command the way the benchmarks time it: wall time and the peak memory of
+its whole process tree, with the build and dist folders of one root.
+
+Peak memory is sampled, not read from getrusage: the kernel's ru_maxrss of the
+children is the peak of the largest single child, so a build (the parent) and its
+GPTQModel child, both resident at once, would count as the larger of the two. The
+sampler adds up the RSS of every process in the command's session (it starts a new
+one) every SAMPLE_S seconds and keeps the largest sum."""
 
 from __future__ import annotations
 
@@ -12,11 +18,51 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+SAMPLE_S = 0.1
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def session_rss(sid: int) -> int:
+    """Bytes resident in every live process of session `sid` (the command and all it started)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != sid:  # field 6 of stat: the session id
+                continue
+            with open(f"/proc/{entry.name}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):  # the process ended between the listing and the read
+            continue
+    return total
+
+
+class TreeMemory:
+    """The largest summed RSS of a session's processes, sampled in a thread."""
+
+    def __init__(self, sid: int) -> None:
+        self.sid, self.peak = sid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, session_rss(self.sid))
+            self._stop.wait(SAMPLE_S)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def measure(cmd: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO) -> dict:
-    """Run `cmd`; wall time and peak RSS (of it and the children it waited for).
-    Past `timeout` seconds it is stopped and {"timed_out": True} returned."""
+    """Run `cmd`; wall time and peak RSS of its process tree (sampled: see the module
+    docstring). Past `timeout` seconds it is stopped and {"timed_out": True} returned."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -27,12 +73,14 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float | None = Non
         text=True,
         start_new_session=True,
     )
+    memory = TreeMemory(proc.pid)  # start_new_session: the command leads its own session
     expired = threading.Event()
     timer = threading.Timer(timeout, lambda: (expired.set(), os.killpg(proc.pid, 9))) if timeout else None
     if timer:
         timer.start()
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    peak = max(memory.stop(), usage.ru_maxrss * 1024)  # a peak shorter than a sample still counts
     if timer:
         timer.cancel()
     if expired.is_set():
@@ -40,7 +88,7 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float | None = Non
     wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{out[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "out": out}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20), "out": out}
 
 
 def build_env(root: Path) -> dict:

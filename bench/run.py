@@ -4,8 +4,8 @@ Absolute times are noisy on shared machines, so each figure is reported next to
 a reference measured in the same run, as a ratio:
 
 1. overhead: `frankenmoe build` on a recipe in one command, and each stage alone
-   (wall time of the command, the stage's own time, peak RSS of the process and
-   its children), next to mergekit-moe's command line and GPTQModel's own
+   (wall time of the command, the stage's own time, peak RSS of its whole process
+   tree, sampled: bench/measure.py), next to mergekit-moe's command line and GPTQModel's own
    load/quantize/save (bench/raw_gptqmodel.py) on the same models, calibration
    windows and settings;
 2. cache: a no-op rebuild, and a rebuild after changing only `verify:` thresholds;
@@ -323,8 +323,8 @@ def report(results: dict) -> str:
     lines = [
         f"Measured {results['date']} on {results['machine']} (`make bench`, recipe `{results['recipe']}`).",
         "",
-        "| stage | command wall (s) | stage's own time (s) | peak RSS (MB) | raw tool (s) | raw peak RSS (MB) | "
-        "ratio |",
+        "| stage | command wall (s) | stage's own time (s) | peak RSS, process tree (MB) | raw tool (s) | "
+        "raw peak RSS (MB) | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for stage, row in o.items():
