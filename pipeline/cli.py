@@ -21,7 +21,6 @@ from pipeline.errors import (
     FrankenmoeError,
     InputFileError,
     NotBuiltError,
-    UsageError,
     exit_code,
 )
 
@@ -188,14 +187,12 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from pipeline.engine.cache import default_layout
-    from pipeline.moe.study import run_study
+    from pipeline.moe.study import parse_modes, run_study
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     _quiet_libraries()
-    modes = list(dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip()))  # each mode once
-    if not modes:
-        raise UsageError(f"--modes: {args.modes!r} names no mode; use some of hidden, cheap_embed, random, fitted")
+    modes = parse_modes(args.modes)
     out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, _stages())
     print((out / "study.md").read_text(encoding="utf-8"), end="")
     print(f"study: {out / 'study.json'}, {out / 'study.png'}")

@@ -49,6 +49,19 @@ def test_unknown_mode_is_a_usage_error(tmp_path):
     assert not (tmp_path / "build" / "tiny-2x").exists()
 
 
+def test_modes_that_name_nothing_are_one_line(tmp_path):
+    proc = run_cli("study", str(EXAMPLE), "--modes", ",", build=tmp_path / "build")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --modes: ',' names no mode; use some of hidden, cheap_embed, random, fitted"
+    ]
+
+
+def test_a_mode_named_twice_is_studied_once():
+    from pipeline.moe.study import parse_modes
+
+    assert parse_modes("hidden,hidden, random") == ["hidden", "random"]
+
+
 def card_carries_the_study(root, study_json, data):
     """`card.study` puts the study's table into both cards and names this build's row;
     a study of another recipe is refused before anything runs."""

@@ -29,16 +29,31 @@ from typing import Callable, Sequence
 from pipeline.errors import UsageError
 from pipeline.moe.evaluation import dead_experts
 from pipeline.moe.study_report import render, render_png
+from pipeline.moe.verdict import PASS, WARN
 from pipeline.recipe import Recipe
 from pipeline.support.jsonio import write_json
 
 MODES = ("hidden", "cheap_embed", "random", "fitted")
 
 
-def variant(recipe: Recipe, mode: str) -> Recipe:
-    """The recipe with one gate mode; `fitted` keeps the recipe's mode and fits."""
+def parse_modes(text: str) -> list[str]:
+    """`--modes a,b,...`: each named mode once, in order; none at all is a usage error."""
+    modes = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not modes:
+        raise UsageError(f"--modes: {text!r} names no mode; use some of {', '.join(MODES)}")
+    for mode in modes:
+        variant_check(mode)
+    return modes
+
+
+def variant_check(mode: str) -> None:
     if mode not in MODES:
         raise UsageError(f"--modes: unknown mode {mode!r}; use some of {', '.join(MODES)}")
+
+
+def variant(recipe: Recipe, mode: str) -> Recipe:
+    """The recipe with one gate mode; `fitted` keeps the recipe's mode and fits."""
+    variant_check(mode)
     gates = recipe.gates.model_copy(update={"fit": mode == "fitted"})
     gate_mode = recipe.gate_mode if mode == "fitted" else mode
     # GGUF files are not part of a routing comparison.
@@ -65,15 +80,22 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
             "base_perplexity": ppl["base"][d],
             "vs_base": ppl["moe"][d] / ppl["base"][d] - 1,
         }
+    dead = dead_experts(routing, share)
     row = {
         "per_domain": per_domain,
         "routing": routing,
         "expert_usage_entropy_bits": {d: usage_entropy(routing[d]["mean_gate_weight"]) for d in domains},
-        "dead_experts": dead_experts(routing, share),
+        "dead_experts": dead,
+        # As verify states it (without verify.fail_on_dead_experts): a dead expert is a warning.
+        "dead_experts_state": WARN if dead else PASS,
     }
     if verify is not None:
         q = next(c for c in verify["checks"] if c["name"] == "quantization_parity")
-        row["quantized"] = {k: q.get(k) for k in ("kl_mean", "top1_agreement", "perplexity_ratio", "per_domain")}
+        row["quantized"] = {
+            "state": q["state"],
+            **{k: q.get(k) for k in ("kl_mean", "top1_agreement", "perplexity_ratio", "per_domain")},
+        }
+        row["verify"] = verify["headline"]
     return row
 
 

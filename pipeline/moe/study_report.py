@@ -68,7 +68,11 @@ def render(study: dict) -> str:
         ]
         entropy = sum(row["expert_usage_entropy_bits"].values()) / len(domains)
         dead = "; ".join(f"expert {d['expert']} at {len(d['layers'])} layers" for d in row["dead_experts"]) or "none"
-        quant = f" {row['quantized']['kl_mean']:.4f} |" if "quantized" in row else ""
+        dead = f"{row.get('dead_experts_state', 'warn' if row['dead_experts'] else 'pass')}: {dead}"
+        quant = ""
+        if "quantized" in row:
+            q = row["quantized"]
+            quant = f" {q['kl_mean']:.4f}" + (f" ({q['state'].replace('_', ' ')})" if "state" in q else "") + " |"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {entropy:.2f} | {dead} |{quant}")
     best = {d: next(iter(study["results"].values()))["per_domain"][d]["best_expert"] for d in domains}
     lines += ["", "Best expert per domain: " + ", ".join(f"{d}: {e}" for d, e in best.items()) + "."]
