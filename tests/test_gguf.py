@@ -71,6 +71,8 @@ def test_real_example_gguf_files_pass_llama_cpps_own_check(real):
     assert names == ["smollm2-2x-Q4_K_M.gguf", "smollm2-2x-Q8_0.gguf"]
     report = json.loads((folder / "verify.json").read_text())
     assert report["passed"], report["failures"]
+    states = {c["name"]: c["state"] for c in report["checks"]}
+    assert set(states.values()) <= {"pass", "not_measured"} and states["Q8_0: expert placement"] == "pass", states
     for t in ("Q8_0", "Q4_K_M"):
         facts = report["files"][t]["read_by_llama_cpp"]
         assert facts["expert_count"] == 2 and facts["expert_used_count"] == 2
@@ -150,12 +152,35 @@ def test_a_gguf_with_swapped_experts_fails_verify_candidate(real, tmp_path):
     assert proc.returncode == 6, proc.stdout + proc.stderr
     # One layer's swap barely moves the logits of experts this alike (KL stays within
     # the limit); the tensor comparison finds it.
-    assert "error: verify failed: Q8_0: experts: " in proc.stderr
+    assert "error: verify failed: Q8_0: expert placement: " in proc.stderr
     assert "blk.3.ffn_down_exps.weight expert 0 is nearer the merge's expert 1" in proc.stderr
     report = json.loads((tmp_path / "report" / "verify.json").read_text())
-    assert not report["passed"]
+    assert not report["passed"] and report["verdict"] == "failed"
     ours = json.loads((real["dist"] / "gguf" / "verify.json").read_text())
-    assert ours["passed"] and not ours["checks"][0]["misplaced"]
+    placement = next(c for c in ours["checks"] if c["name"] == "Q8_0: expert placement")
+    assert ours["passed"] and placement["state"] == "pass" and not placement["misplaced"]
+
+
+@pytest.mark.slow
+def test_a_q4_k_m_gguf_with_swapped_experts_is_never_passed(real, tmp_path):
+    """At 4 bits the quantization noise can hide how little two fine-tuned experts
+    differ: the placement check then says not measured; it must never say pass."""
+    candidate = tmp_path / "swapped-Q4_K_M.gguf"
+    swap_expert_slices(real["dist"] / "gguf" / "smollm2-2x-Q4_K_M.gguf", candidate)
+    proc = run_cli(
+        "verify",
+        str(REPO / "recipes" / "smollm2-2x.yaml"),
+        "--candidate",
+        str(candidate),
+        "--out",
+        str(tmp_path / "report"),
+        build=real["root"] / "build",
+        dist=real["root"] / "dist",
+    )
+    report = json.loads((tmp_path / "report" / "verify.json").read_text())
+    placement = next(c for c in report["checks"] if c["name"] == "Q4_K_M: expert placement")
+    assert placement["state"] in ("fail", "not_measured"), placement
+    assert proc.returncode == (6 if report["failures"] else 0), proc.stdout + proc.stderr
 
 
 def test_example_recipes_have_gguf_on_and_tiny_ones_off():
