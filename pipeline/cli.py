@@ -1,5 +1,5 @@
-"""The `frankenmoe` command: validate, plan, build, lock, verify, study, push, generate,
-repro-check, rebuild-check, fixtures.
+"""The `frankenmoe` command: validate, schema, plan, build, lock, verify, study, push,
+generate, repro-check, rebuild-check, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
 traceback, and exits with the code of its class (README: "Errors and exit codes").
@@ -63,6 +63,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"top-{recipe.experts_per_token})"
         )
     return status
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.recipe_schema import markdown, schema_text
+
+    print(markdown() if args.markdown else schema_text(), end="")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -282,6 +289,10 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check recipes; one line per problem, exit 2 if any")
     v.add_argument("recipes", nargs="+", type=Path)
     v.set_defaults(func=cmd_validate)
+
+    sc = sub.add_parser("schema", help="print the recipe's JSON Schema (docs/recipe.schema.json), for editors")
+    sc.add_argument("--markdown", action="store_true", help="print the recipe reference instead (docs/recipes.md)")
+    sc.set_defaults(func=cmd_schema)
 
     pl = sub.add_parser("plan", help="list the stages, which are cached, and the disk they need")
     pl.add_argument("recipe", type=Path)

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -36,7 +37,8 @@ DTYPES = ("float16", "bfloat16", "float32")
 ARCHITECTURES = ("mixtral",)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+# Spelled out in both cases, not re.IGNORECASE: the JSON Schema reuses the pattern.
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$")
 SIZE_UNITS = {
     "": 1,
     "B": 1,
@@ -49,6 +51,11 @@ SIZE_UNITS = {
     "GI": 2**30,
     "TI": 2**40,
 }
+
+
+def _any_case(words: tuple[str, ...]) -> str:
+    """A JSON Schema pattern for any of `words` in any letter case (`architecture` is compared lowercased)."""
+    return "^(" + "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in w) for w in words) + ")$"
 
 
 class Strict(BaseModel):
@@ -71,14 +78,46 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+# The JSON Schema (`frankenmoe schema`) says what parse_size takes: a positive int or a size string.
+SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": SIZE_RE.pattern, "examples": ["5GB", "500MB", "2GiB"]},
+    ]
+}
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_SCHEMA)]
+
+
+def _model_ref_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a model reference: the three forms `from_string` takes."""
+    mapping = {k: schema.pop(k) for k in ("type", "properties", "required", "additionalProperties")}
+    revision = mapping["properties"]["revision"]
+    path = {**mapping["properties"]["id"], "title": "Path"}
+    schema["anyOf"] = [
+        # The part before the first "@" must not be blank.
+        {"type": "string", "pattern": r"^[^@]*[^@\s]", "description": "a folder, org/name or org/name@revision"},
+        {**mapping, "description": "a mapping {id, revision}"},
+        {
+            **mapping,
+            "properties": {"path": path, "revision": revision},
+            "required": ["path"],
+            "description": "mergekit's mapping {path, revision}",
+        },
+    ]
 
 
 class ModelRef(Strict):
     """A local folder or a Hub repo id, with an optional revision (branch, tag or commit)."""
 
-    id: str
-    revision: str | None = None
+    model_config = ConfigDict(json_schema_extra=_model_ref_schema)
+
+    id: str = Field(
+        description="a local folder (relative to the recipe file's folder) or a Hub id org/name",
+        json_schema_extra={"pattern": r"\S"},
+    )
+    revision: str | None = Field(
+        default=None, description="branch, tag or commit of a Hub model; the lock pins the commit it resolves to"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -109,17 +148,38 @@ class ModelRef(Strict):
 
 
 class Expert(Strict):
-    source_model: ModelRef
-    positive_prompts: list[str] | None = None
-    negative_prompts: list[str] | None = None
-    noise_scale: float | None = None
-    residual_scale: float | None = None
+    """One expert (mergekit-moe): the model whose MLP weights it takes, and the prompts its router row comes from."""
+
+    source_model: ModelRef = Field(description="the model whose MLP weights become this expert")
+    positive_prompts: list[str] | None = Field(
+        default=None,
+        description="prompts that should be routed to this expert; required (non-empty, no duplicates) unless "
+        "gate_mode is random or uniform_random",
+    )
+    negative_prompts: list[str] | None = Field(
+        default=None, description="prompts whose hidden states are subtracted from the positive prompts' ones"
+    )
+    noise_scale: float | None = Field(
+        default=None, description="standard deviation of Gaussian noise mergekit adds to this expert's MLP weights"
+    )
+    residual_scale: float | None = Field(
+        default=None, description="factor mergekit multiplies this expert's down_proj by"
+    )
+
+
+DEVICE_DOC = "auto (a GPU when torch finds one, else the CPU), cpu, or cuda (refused before any stage without a GPU)"
 
 
 class MergeSection(Strict):
-    seed: int = 0
-    shard_size: Size = parse_size("5GB")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """The merge stage: mergekit-moe builds the MoE from the resolved models."""
+
+    seed: int = Field(default=0, description="seed of the random generators (random gate modes, noise_scale)")
+    shard_size: Size = Field(
+        default=parse_size("5GB"), description="largest safetensors shard of the merged model, in bytes or as a size"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description=f"where mergekit computes the hidden-state router rows: {DEVICE_DOC}"
+    )
 
 
 def _shipped(split: str) -> list[str]:
@@ -127,33 +187,59 @@ def _shipped(split: str) -> list[str]:
     return [shipped(f"code/{split}.jsonl"), shipped(f"prose/{split}.jsonl")]
 
 
+TEXT_FILES_DOC = "`.jsonl` (field `text`) or `.txt` files; `shipped:<domain>/<split>.jsonl` names a shipped corpus"
+
+
 class GatesSection(Strict):
-    fit: bool = False
-    files: list[str] = Field(default_factory=lambda: _shipped("calibration"), min_length=1)
-    steps: int = Field(default=25, ge=1)
-    lr: float = Field(default=0.05, gt=0)
-    batch_size: int = Field(default=4, ge=1)
-    seq_len: int = Field(default=128, ge=8)
-    seed: int = 0
-    balance: float = Field(default=0.0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bfloat16 where the machine computes it natively (a GPU, AVX512-BF16, AMX), else float32
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The gates stage: train only the router weights on text after the merge (off unless `fit: true`)."""
+
+    fit: bool = Field(default=False, description="train the routers after the merge; false keeps mergekit's routers")
+    files: list[str] = Field(
+        default_factory=lambda: _shipped("calibration"),
+        min_length=1,
+        description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
+        "them, else the shipped calibration split; may not hold the text of a verify.files file",
+    )
+    steps: int = Field(default=25, ge=1, description="Adam steps")
+    lr: float = Field(default=0.05, gt=0, description="learning rate")
+    batch_size: int = Field(default=4, ge=1, description="windows per step, taken in turn from each file")
+    seq_len: int = Field(default=128, ge=8, description="tokens per window")
+    seed: int = Field(default=0, description="seed for picking the windows")
+    balance: float = Field(
+        default=0.0, ge=0, description="weight of a Switch-Transformer load-balance term added to the loss"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description=f"where the fit computes: {DEVICE_DOC}")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="what the model computes in while fitting; auto: bfloat16 where the machine computes it "
+        "natively (a GPU, AVX512-BF16, AMX), else float32",
+    )
 
 
 class CalibrationDataset(Strict):
-    id: str
-    split: str = "validation"
-    text_column: str = "text"
-    revision: str | None = None
+    """A Hub dataset as calibration text, read with `datasets` at the commit its revision resolves to."""
+
+    id: str = Field(description="Hub dataset id, or a local dataset folder")
+    split: str = Field(default="validation", description="dataset split")
+    text_column: str = Field(default="text", description="column holding the text")
+    revision: str | None = Field(
+        default=None,
+        description="branch, tag or commit (unset: main); resolved to its commit, which the key and the lock record",
+    )
 
 
 class CalibrationSection(Strict):
-    files: list[str] = Field(default_factory=lambda: _shipped("calibration"))
-    dataset: CalibrationDataset | None = None
-    samples: int = Field(default=128, ge=1)
-    seq_len: int = Field(default=512, ge=8)
-    seed: int = 0
+    """The text AWQ calibrates on: fixed token windows picked from it by a seed."""
+
+    files: list[str] = Field(
+        default_factory=lambda: _shipped("calibration"),
+        description=f"calibration text: {TEXT_FILES_DOC}; may not hold the text of a verify.files file; "
+        "empty only with a dataset",
+    )
+    dataset: CalibrationDataset | None = Field(default=None, description="a Hub dataset instead of files")
+    samples: int = Field(default=128, ge=1, description="calibration windows")
+    seq_len: int = Field(default=512, ge=8, description="tokens per calibration window")
+    seed: int = Field(default=0, description="seed for picking the windows")
 
     @model_validator(mode="after")
     def some_text(self) -> "CalibrationSection":
@@ -163,58 +249,146 @@ class CalibrationSection(Strict):
 
 
 class QuantizeSection(Strict):
-    method: Literal["awq"] = "awq"
-    bits: Literal[4] = 4
-    # None: the largest of 128, 64, 32 that divides every quantized input dimension
-    # (chosen in preflight from the base model's config, recorded by quantize).
-    group_size: Literal[32, 64, 128] | None = None
-    zero_point: bool = True
-    dtype: Literal["float16"] = "float16"
-    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
-    # Forward every calibration token through every expert while AWQ collects its
-    # statistics (the layer's output stays the routed one): no expert is
-    # calibrated on a handful of tokens, whatever the routers do.
-    calibrate_all_experts: bool = True
-    min_expert_tokens: int = Field(default=64, ge=0)
-    allow_undercalibrated_experts: bool = False
-    shard_size: Size = parse_size("5GB")
+    """The quantize stage: 4-bit AWQ by GPTQModel, published in the AutoAWQ GEMM layout."""
+
+    method: Literal["awq"] = Field(default="awq", description="quantization method (AWQ only)")
+    bits: Literal[4] = Field(default=4, description="weight bits")
+    group_size: Literal[32, 64, 128] | None = Field(
+        default=None,
+        description="quantization group size; unset: the largest of 128, 64, 32 that divides every quantized input "
+        "dimension, chosen from the base model's config before any stage runs and recorded by quantize",
+    )
+    zero_point: bool = Field(default=True, description="asymmetric quantization with zero points (AutoAWQ's default)")
+    dtype: Literal["float16"] = Field(
+        default="float16", description="dtype of the scales and of the tensors left unquantized"
+    )
+    calibration: CalibrationSection = Field(
+        default_factory=CalibrationSection, description="the calibration text (section below)"
+    )
+    calibrate_all_experts: bool = Field(
+        default=True,
+        description="while AWQ collects its statistics, every calibration token goes through every expert (the "
+        "layer's output stays the routed one), so no expert is calibrated on a handful of tokens; false: each expert "
+        "sees only the tokens routed to it",
+    )
+    min_expert_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="with calibrate_all_experts false: the fewest routed calibration tokens an expert may get at "
+        "any layer; fewer stops the build",
+    )
+    allow_undercalibrated_experts: bool = Field(
+        default=False, description="continue when an expert gets fewer than min_expert_tokens (recorded)"
+    )
+    shard_size: Size = Field(
+        default=parse_size("5GB"), description="largest safetensors shard of the 4-bit model, in bytes or as a size"
+    )
+
+
+SIZE_LIMIT_DOC = "unset: by the model's size (pipeline/moe/quality_limits.py; verify.json records which)"
 
 
 class VerifySection(Strict):
-    files: list[str] = Field(default_factory=lambda: _shipped("eval"), min_length=1)
-    max_tokens: int = Field(default=8192, ge=16)
-    seq_len: int = Field(default=256, ge=8)
-    forced_routing_atol: float = Field(default=1e-2, gt=0)
-    # How much of an expert may be lost in the merge: mean KL(source || MoE forced
-    # to that expert) per token. Reported always; a limit only when set.
-    max_forced_kl: float | None = Field(default=None, gt=0)
+    """The verify checks of the 4-bit model against the 16-bit merge, on held-out text."""
+
+    files: list[str] = Field(
+        default_factory=lambda: _shipped("eval"),
+        min_length=1,
+        description=f"held-out evaluation text: {TEXT_FILES_DOC}; labelled by domain (a document's `domain` field, "
+        "else the file's folder name)",
+    )
+    max_tokens: int = Field(default=8192, ge=16, description="evaluation tokens, an equal share per domain")
+    seq_len: int = Field(default=256, ge=8, description="tokens per evaluation window")
+    forced_routing_atol: float = Field(
+        default=1e-2,
+        gt=0,
+        description="largest log-prob difference between the MoE routed fully to expert k and source model k "
+        "(checked for experts that share the base's non-MLP weights)",
+    )
+    max_forced_kl: float | None = Field(
+        default=None,
+        gt=0,
+        description="largest mean KL(source || MoE forced to that expert) per token: how much of an expert the "
+        "merge may lose; reported always, a limit only when set",
+    )
     # Unset: by the model's size (pipeline/moe/quality_limits.py: published 7B figures,
     # a measured 135M model); router drift measured on the example (README,
     # "Verification thresholds").
-    max_mean_kl: float | None = Field(default=None, gt=0)
-    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
-    max_ppl_ratio: float | None = Field(default=None, ge=1)
-    min_routing_agreement: float = Field(default=0.90, ge=0, le=1)
-    max_router_weight_mae: float | None = Field(default=None, gt=0)
-    # An expert is dead at a layer when it gets less than this share of the routed
-    # weight there on every evaluation domain, its own included; reported always,
-    # a failure only with fail_on_dead_experts.
-    dead_expert_share: float = Field(default=0.05, ge=0, le=1)
-    fail_on_dead_experts: bool = False
-    fail_on_mismatch: bool = True
+    max_mean_kl: float | None = Field(
+        default=None, gt=0, description=f"largest mean KL(16-bit || 4-bit) per token; {SIZE_LIMIT_DOC}"
+    )
+    min_top1_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=f"smallest share of tokens whose top-1 prediction is unchanged; {SIZE_LIMIT_DOC}",
+    )
+    max_ppl_ratio: float | None = Field(
+        default=None, ge=1, description=f"largest perplexity ratio 4-bit / 16-bit; {SIZE_LIMIT_DOC}"
+    )
+    min_routing_agreement: float = Field(
+        default=0.90,
+        ge=0,
+        le=1,
+        description="smallest share of tokens routed to the same top-k experts, at every layer (with top-k of k "
+        "experts it cannot fail, and verify says so)",
+    )
+    max_router_weight_mae: float | None = Field(
+        default=None,
+        gt=0,
+        description="largest mean absolute difference of the router weights, per layer; reported always, a limit "
+        "only when set",
+    )
+    dead_expert_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="an expert is dead at a layer when it gets less than this share of the routed weight there on "
+        "every evaluation domain; reported always",
+    )
+    fail_on_dead_experts: bool = Field(default=False, description="a dead expert fails verify")
+    fail_on_mismatch: bool = Field(
+        default=True,
+        description="a failed check stops the build before publishing further; false: continue (recorded in "
+        "verify.json)",
+    )
+
+
+def _gguf_types_schema(schema: dict[str, Any]) -> None:
+    """The GGUF types `known_types` accepts (llama.cpp's names, pipeline/quantization/llama_cpp.py)."""
+    from pipeline.quantization.llama_cpp import FTYPES
+
+    schema["items"]["enum"] = list(FTYPES)
+    schema["uniqueItems"] = True
+
+
+GGUF_LIMIT_DOC = "per type ({TYPE: value}); a type not named gets its default by its bits and the model's size"
 
 
 class GgufSection(Strict):
     """GGUF files made and checked by llama.cpp's own tools (pipeline/stages/gguf.py)."""
 
-    enabled: bool = True
-    types: list[str] = Field(default_factory=lambda: ["Q8_0", "Q4_K_M"], min_length=1)
-    # Per type ({"Q4_K_M": 0.1}); a type not named gets its default by model size
-    # (pipeline/moe/quality_limits.py).
-    max_mean_kl: dict[str, float] = Field(default_factory=dict)
-    min_top1_agreement: dict[str, float] = Field(default_factory=dict)
-    max_ppl_ratio: dict[str, float] = Field(default_factory=dict)
-    fail_on_mismatch: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="make and check GGUF files; false: no gguf stage (needed for a tokenizer llama.cpp's converter "
+        "does not know)",
+    )
+    types: list[str] = Field(
+        default_factory=lambda: ["Q8_0", "Q4_K_M"],
+        min_length=1,
+        description="llama.cpp file types to make, each once",
+        json_schema_extra=_gguf_types_schema,
+    )
+    max_mean_kl: dict[str, float] = Field(
+        default_factory=dict, description=f"largest mean KL(16-bit || GGUF) per token, {GGUF_LIMIT_DOC}"
+    )
+    min_top1_agreement: dict[str, float] = Field(
+        default_factory=dict, description=f"smallest share of tokens with the same top-1 prediction, {GGUF_LIMIT_DOC}"
+    )
+    max_ppl_ratio: dict[str, float] = Field(
+        default_factory=dict, description=f"largest perplexity ratio GGUF / 16-bit, {GGUF_LIMIT_DOC}"
+    )
+    fail_on_mismatch: bool = Field(default=True, description="a failed GGUF check stops the build")
 
     @field_validator("types")
     @classmethod
@@ -230,16 +404,26 @@ class GgufSection(Strict):
 
 
 class CardSection(Strict):
-    template: str | None = None
-    license: str | None = None
-    language: list[str] | None = None
-    quantized_by: str | None = None
-    # A study.json written by `frankenmoe study` for this recipe: its table goes into the cards.
-    study: str | None = None
+    """The model cards of the published folders."""
+
+    template: str | None = Field(
+        default=None, description="a Jinja model card template; unset: the built-in pipeline/templates/model_card.md"
+    )
+    license: str | None = Field(
+        default=None, description="license id for the cards; unset: the one license every source model states"
+    )
+    language: list[str] | None = Field(default=None, description="languages for the card metadata")
+    quantized_by: str | None = Field(default=None, description="name for the AWQ card's quantized_by")
+    study: str | None = Field(
+        default=None,
+        description="a study.json written by `frankenmoe study` for this recipe: its table goes into the cards",
+    )
 
 
 class RepoTarget(Strict):
-    repo_id: str
+    """A Hub repository to push one published folder to."""
+
+    repo_id: str = Field(description="Hub repo id org/name", json_schema_extra={"pattern": HUB_ID_RE.pattern})
 
     @field_validator("repo_id")
     @classmethod
@@ -250,15 +434,19 @@ class RepoTarget(Strict):
 
 
 class PublishSection(Strict):
-    push: bool = False
-    merged: RepoTarget | None = None
-    awq: RepoTarget | None = None
-    gguf: RepoTarget | None = None
-    private: bool = True
-    revision: str = "main"
-    commit_message: str | None = None
-    # Push folders whose checks failed anyway; their cards say so in their first line.
-    allow_failed: bool = False
+    """Pushing the published folders (dist/<name>/merged, awq, gguf) to the Hugging Face Hub."""
+
+    push: bool = Field(default=False, description="push at the end of the build (`frankenmoe push` pushes too)")
+    merged: RepoTarget | None = Field(default=None, description="where dist/<name>/merged goes")
+    awq: RepoTarget | None = Field(default=None, description="where dist/<name>/awq goes")
+    gguf: RepoTarget | None = Field(default=None, description="where dist/<name>/gguf goes")
+    private: bool = Field(default=True, description="create new repos as private")
+    revision: str = Field(default="main", description="branch to push to")
+    commit_message: str | None = Field(default=None, description="commit message; unset: `frankenmoe build <build id>`")
+    allow_failed: bool = Field(
+        default=False,
+        description="push folders whose checks failed anyway; their cards then say so in their first line",
+    )
 
     def targets(self) -> dict[str, str]:
         """{published folder: repo id} for every folder the recipe pushes."""
@@ -270,22 +458,58 @@ class PublishSection(Strict):
 
 
 class Recipe(Strict):
-    name: str
-    base_model: ModelRef
-    experts: list[Expert]
-    gate_mode: str = "hidden"
-    dtype: str | None = None
-    experts_per_token: int = 2
-    architecture: str | None = None
-    shared_experts: list[Expert] | None = None
-    trust_remote_code: bool = False
-    merge: MergeSection = Field(default_factory=MergeSection)
-    gates: GatesSection = Field(default_factory=GatesSection)
-    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
-    verify: VerifySection = Field(default_factory=VerifySection)
-    gguf: GgufSection = Field(default_factory=GgufSection)
-    card: CardSection = Field(default_factory=CardSection)
-    publish: PublishSection = Field(default_factory=PublishSection)
+    """A frankenmoe recipe: a mergekit-moe config (base_model ... architecture) plus one section per stage."""
+
+    name: str = Field(
+        description="build and publish folder name (build/<name>, dist/<name>): letters, digits, '.', '_', '-'; "
+        "unset: the recipe file's name without .yaml",
+        json_schema_extra={"pattern": "^(?!.*\\.\\.)" + NAME_RE.pattern.removeprefix("^")},
+    )
+    base_model: ModelRef = Field(
+        description="mergekit-moe: the model giving attention, embeddings, norms and the tokenizer"
+    )
+    experts: list[Expert] = Field(
+        description="mergekit-moe: the experts, at least 2, in router order", json_schema_extra={"minItems": 2}
+    )
+    gate_mode: Annotated[str, WithJsonSchema({"type": "string", "enum": list(GATE_MODES)})] = Field(
+        default="hidden",
+        description="mergekit-moe: how the router rows are made: hidden / hidden_last (each layer's hidden state "
+        "at the prompts' last token), hidden_avg (averaged over the prompt), cheap_embed (token embeddings, the "
+        "same for every layer), random / uniform_random (no prompts)",
+    )
+    dtype: Annotated[str | None, WithJsonSchema({"enum": [*DTYPES, None]})] = Field(
+        default=None, description="mergekit-moe: dtype of the merged weights; unset: the base model's"
+    )
+    experts_per_token: int = Field(
+        default=2,
+        description="mergekit-moe: experts each token is routed to, at most the number of experts",
+        json_schema_extra={"minimum": 1},
+    )
+    architecture: Annotated[
+        str | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": _any_case(ARCHITECTURES), "examples": list(ARCHITECTURES)},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(default=None, description="mergekit-moe: output architecture; only mixtral (any case) is supported")
+    # Validation refuses any shared expert (_semantic_problems): the schema takes only none.
+    shared_experts: Annotated[
+        list[Expert] | None, WithJsonSchema({"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]})
+    ] = Field(default=None, description="mergekit-moe: not supported by the Mixtral output architecture; leave it out")
+    trust_remote_code: bool = Field(
+        default=False, description="allow source models that need their own code (auto_map in config.json)"
+    )
+    merge: MergeSection = Field(default_factory=MergeSection, description="the merge stage")
+    gates: GatesSection = Field(default_factory=GatesSection, description="router fitting")
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection, description="4-bit AWQ")
+    verify: VerifySection = Field(default_factory=VerifySection, description="the checks of the 4-bit model")
+    gguf: GgufSection = Field(default_factory=GgufSection, description="GGUF files by llama.cpp")
+    card: CardSection = Field(default_factory=CardSection, description="the model cards")
+    publish: PublishSection = Field(default_factory=PublishSection, description="pushing to the Hub")
     # The recipe file's folder: relative paths in the recipe are relative to it.
     _root: Path = PrivateAttr(default_factory=Path)
 

@@ -32,7 +32,7 @@ DOMAINS = ("code", "prose")
 
 @dataclass(frozen=True)
 class FixtureSettings:
-    """Sizes from ../shared/NOTES.md: small enough for minutes on 2 cores, big
+    """Sizes from docs/notes.md: small enough for minutes on 2 cores, big
     enough that the experts really differ on their domains."""
 
     vocab_size: int = 2048

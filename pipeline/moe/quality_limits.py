@@ -4,7 +4,7 @@ A 4-bit quantization costs a small model much more than a large one: published
 AWQ/llama.cpp 4-bit figures for 7B-scale models are a mean KL of 0.013-0.03, the
 same top token 92-95% of the time and +1.5-4% perplexity, while the 135M-parameter
 SmolLM2 dense base, quantized by GPTQModel's AWQ (4-bit, g64) on the shipped
-calibration text, measured mean KL 0.173, top-1 85.8% and x1.100 (shared/NOTES.md).
+calibration text, measured mean KL 0.173, top-1 85.8% and x1.100 (docs/notes.md).
 One fixed limit cannot fit both. So each limit the recipe leaves unset comes from the
 tier of the model's dense size (parameters a token passes through with one expert):
 the 7B tier from the published figures with margin, the small tier from the measured

@@ -10,7 +10,7 @@ narrowly where that needs it, without touching the parent.
 
 Compute dtype. GPTQModel's AWQ computes in the dtype the model is loaded in.
 float16 on a CPU is emulated and can be 100x slower than float32 or native
-bfloat16 (../shared/NOTES.md), so a CPU computes in float32 (with
+bfloat16 (docs/notes.md), so a CPU computes in float32 (with
 allow_float32_awq_packing); a GPU keeps float16, GPTQModel's own path. bfloat16
 was measured too, on a CPU with avx512_bf16 and the real example: no faster than
 float32 with clip-matmul (quantize stage 123-186 s vs 136 s) and a worse 4-bit
@@ -77,7 +77,7 @@ def engine_env(environ: dict[str, str]) -> dict[str, str]:
     """The engine's environment: `environ` plus the allocator settings and the
     CPU worker count GPTQModel needs, where `environ` does not set them."""
     env = {**ALLOCATOR, **environ}
-    # GPTQModel refuses to start on a 2-core machine without this (../shared/NOTES.md).
+    # GPTQModel refuses to start on a 2-core machine without this (docs/notes.md).
     env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
     return env
 
