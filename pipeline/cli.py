@@ -122,7 +122,7 @@ def cmd_repro_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_check(args: argparse.Namespace) -> int:
-    from pipeline.engine.repro import rebuild_check
+    from pipeline.provenance.rebuild import rebuild_check
     from pipeline.support.settings import build_root
 
     work = args.work or build_root() / ".rebuild-check"
