@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 from pathlib import Path
 
 from pipeline.engine.build import default_layout, finished_results
-from pipeline.moe.evaluation import token_kl
+from pipeline.moe.metrics import perplexity, target_nll, token_kl, top1_agreement
 from pipeline.quantization.awq_engine import run_engine
 from pipeline.quantization.awq_layout import quantization_config
 from pipeline.recipe import load_recipe
@@ -110,16 +109,14 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
     )
     for (lp16, _), (lp4, _), ids in pairs:
         kls.append(token_kl(lp16, lp4))
-        agree.append(lp16.argmax(-1) == lp4.argmax(-1))
-        t = torch.tensor(ids[1:])
-        idx = torch.arange(len(t))
-        nll16 += float(-lp16[idx, t].sum())
-        nll4 += float(-lp4[idx, t].sum())
-        n += len(t)
+        agree.append(top1_agreement(lp16, lp4))
+        nll16 += target_nll(lp16, ids)
+        nll4 += target_nll(lp4, ids)
+        n += len(ids) - 1
     return {
         "kl_mean": float(torch.cat(kls).mean()),
         "top1_agreement": float(torch.cat(agree).float().mean()),
-        "perplexity_ratio": math.exp(nll4 / n) / math.exp(nll16 / n),
+        "perplexity_ratio": perplexity(nll4, n) / perplexity(nll16, n),
         "tokens": n,
     }
 
@@ -144,7 +141,7 @@ def paired_difference(reference: Path, a: Path, b: Path, resamples: int = 10000)
             for w, (lp4, _) in enumerate(StreamingLM(folder).run(inputs, desc=f"bench: 4-bit {folder.name}")):
                 lp16 = ref[w].float()
                 kl.append(float(token_kl(lp16, lp4).mean()))
-                top.append(float((lp16.argmax(-1) == lp4.argmax(-1)).float().mean()))
+                top.append(float(top1_agreement(lp16, lp4).float().mean()))
             per[label] = (torch.tensor(kl, dtype=torch.float64), torch.tensor(top, dtype=torch.float64))
     n = len(inputs)
     draws = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(0))

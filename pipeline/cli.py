@@ -131,9 +131,10 @@ def cmd_repro_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_check(args: argparse.Namespace) -> int:
-    from pipeline.engine.repro import rebuild_check
+    from pipeline.provenance.rebuild import rebuild_check
+    from pipeline.support.settings import build_root
 
-    work = args.work or Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / ".rebuild-check"
+    work = args.work or build_root() / ".rebuild-check"
     rebuild_check(args.dir, work, _stages(), args.recipe_dir)
     return 0
 

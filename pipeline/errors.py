@@ -28,6 +28,11 @@ class UsageError(FrankenmoeError):
     """The command line asks for something that does not exist (an unknown stage)."""
 
 
+class StageListError(FrankenmoeError):
+    """The stage list the engine is given cannot run in order: a stage listed twice,
+    or one depending on a stage that is not before it (a mistake in a new stage)."""
+
+
 class IncompatibleModelsError(FrankenmoeError):
     """Source models that cannot be merged together (architecture, shapes, tokenizer)."""
 
@@ -85,6 +90,7 @@ class ToolFailed(FrankenmoeError):
 EXIT_CODES: dict[type[FrankenmoeError], int] = {
     RecipeError: 2,
     UsageError: 2,
+    StageListError: 2,
     IncompatibleModelsError: 3,
     InputFileError: 4,
     EnvironmentProblem: 5,

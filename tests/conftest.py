@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.support.settings import reused_build
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures" / "tiny"
 EXAMPLE = REPO / "recipes" / "tiny-2x.yaml"
@@ -69,7 +71,7 @@ def example(tmp_path_factory, fixture_models) -> dict:
     hard-linked in and the CLI finds every stage cached: CI need not build the
     example a third time."""
     root = tmp_path_factory.mktemp("example")
-    reuse = os.environ.get("FRANKENMOE_TEST_EXAMPLE")
+    reuse = reused_build("example")
     if reuse:
         for part in ("build", "dist"):
             subprocess.run(["cp", "-al", str(Path(reuse) / part), str(root / part)], check=True)
@@ -150,7 +152,7 @@ def real(tmp_path_factory) -> dict:
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     root = tmp_path_factory.mktemp("real")
-    reuse = os.environ.get("FRANKENMOE_TEST_REAL_EXAMPLE")
+    reuse = reused_build("real")
     if reuse:
         for part in ("build", "dist"):
             subprocess.run(["cp", "-al", str(Path(reuse) / part), str(root / part)], check=True)

@@ -22,6 +22,7 @@ from pipeline.quantization.awq_engine import (
     progress_line,
     run_engine,
 )
+from pipeline.support import device
 
 SAPPHIRE_RAPIDS = textwrap.dedent("""\
     processor\t: 0
@@ -63,17 +64,17 @@ def test_a_gpu_keeps_gptqmodels_float16_path_and_names_the_card():
 
 
 def test_detection_asks_torch_for_a_gpu_and_reads_proc_cpuinfo(monkeypatch):
-    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: ((8, 6), "NVIDIA RTX A6000"))
+    monkeypatch.setattr(device, "cuda_device", lambda: ((8, 6), "NVIDIA RTX A6000"))
     assert compute_path(environ={})["capability"] == "sm_86 NVIDIA RTX A6000"
-    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
-    monkeypatch.setattr(awq_engine, "read_cpuinfo", lambda: ZEN4)
+    monkeypatch.setattr(device, "cuda_device", lambda: None)
+    monkeypatch.setattr(device, "read_cpuinfo", lambda: ZEN4)
     assert compute_path(environ={}) == {"device": "cpu", "dtype": "float32", "isa": "avx512"}
 
 
 def test_the_path_is_stable_and_carries_no_timings_or_host_names(monkeypatch):
     import socket
 
-    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
+    monkeypatch.setattr(device, "cuda_device", lambda: None)
     first = compute_path(environ={})
     assert first == compute_path(environ={})
     assert socket.gethostname() not in json.dumps(first)
@@ -210,12 +211,21 @@ def test_unwatched_a_failing_engine_names_the_last_log_line(tmp_path, monkeypatc
         run_engine({"x": 1}, tmp_path / "engine-spec.json", tmp_path / "engine.log", relay=lambda line: None)
 
 
+def test_device_facts_are_read_once_per_process_and_in_one_module():
+    device.read_cpuinfo.cache_clear()
+    first = device.read_cpuinfo()
+    assert device.read_cpuinfo() is first and device.read_cpuinfo.cache_info().misses == 1
+    package = Path(__file__).resolve().parent.parent / "pipeline"
+    readers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if '/proc/cpuinfo")' in p.read_text()]
+    assert readers == ["support/device.py"]
+
+
 def test_no_gpu_driver_no_torch_import():
     """The stage's cache key asks compute_path() on every build; without a GPU
     driver that must not import torch (a fully cached build never does)."""
     import subprocess
 
-    if awq_engine._gpu_driver_loaded():
+    if device.gpu_driver_loaded():
         pytest.skip("this machine has a GPU driver")
     code = (
         "import sys; from pipeline.quantization.awq_engine import compute_path; p = compute_path(); "
@@ -366,11 +376,11 @@ def test_merge_and_fit_keys_name_the_machine_class(monkeypatch):
     from tests.conftest import EXAMPLE
 
     recipe = load_recipe(EXAMPLE)
-    monkeypatch.setattr(awq_engine, "read_cpuinfo", lambda: ZEN4)
-    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: None)
+    monkeypatch.setattr(device, "read_cpuinfo", lambda: ZEN4)
+    monkeypatch.setattr(device, "cuda_device", lambda: None)
     cpu = MergeStage().fingerprint(recipe, None, {})
     assert cpu == {"compute": {"device": "cpu", "isa": "avx512"}}
-    monkeypatch.setattr(awq_engine, "_cuda_device", lambda: ((9, 0), "NVIDIA H200"))
+    monkeypatch.setattr(device, "cuda_device", lambda: ((9, 0), "NVIDIA H200"))
     assert MergeStage().fingerprint(recipe, None, {}) == {
         "compute": {"device": "cuda", "capability": "sm_90 NVIDIA H200"}
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bench.synthetic import SHAPES
 from pipeline.moe.evaluation import dead_experts
-from pipeline.moe.quality_limits import dense_params, quality_limits
+from pipeline.moe.quality_limits import quality_limits
 from pipeline.recipe import VerifySection
 
 SMOLLM2 = {
@@ -21,9 +21,9 @@ SMOLLM2 = {
 MISTRAL_7B = {**SHAPES["7b"], "tie_word_embeddings": False}
 
 
-def test_dense_size_matches_the_published_parameter_counts():
-    assert round(dense_params(SMOLLM2) / 1e6) == 135  # SmolLM2-135M
-    assert round(dense_params(MISTRAL_7B) / 1e9, 2) == 7.24  # Mistral-7B
+def test_the_tier_is_chosen_by_the_dense_parameter_count():
+    assert quality_limits(VerifySection(), SMOLLM2)["dense_params"] == 134_515_008  # SmolLM2-135M
+    assert quality_limits(VerifySection(), MISTRAL_7B)["dense_params"] == 7_241_732_096  # Mistral-7B
 
 
 def test_unset_limits_come_from_the_size_tier_and_the_recipe_wins():

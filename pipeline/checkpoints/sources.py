@@ -171,46 +171,61 @@ def weight_files(model: LocatedModel) -> list[Path]:
     return files
 
 
-def preflight(models: list[LocatedModel], trust_remote_code: bool) -> dict[str, dict]:
-    """Check that the base and experts can be merged; return each model's summary.
-
-    One clear error naming both models and the field, before any weights are read."""
-    summaries: dict[str, dict] = {}
-    configs = {}
+def check_configs(models: list[LocatedModel], trust_remote_code: bool) -> dict[str, dict]:
+    """What the config.json files alone decide (the base first): no custom code
+    unless allowed, a Llama/Mistral model_type, the base's SHAPE_FIELDS. Every
+    problem at once, each naming the models and the field; returns the configs.
+    Seconds and no weights, so it runs at preflight as well as in `resolve`."""
+    configs = {m.role: read_config(m) for m in models}
+    problems = []
     for m in models:
-        cfg = read_config(m)
+        cfg = configs[m.role]
         if cfg.get("auto_map") and not trust_remote_code:
-            raise IncompatibleModelsError(
+            problems.append(
                 f"{m.role}: {m.ref.display()} needs custom code (auto_map in config.json); "
                 "set `trust_remote_code: true` in the recipe if you trust it"
             )
         mt = cfg.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
-            raise IncompatibleModelsError(
+            problems.append(
                 f"{m.role}: {m.ref.display()} has model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
                 "(Llama/Mistral family)"
             )
+    base = models[0]
+    for m in models[1:]:
+        for field in SHAPE_FIELDS:
+            a, b = configs[base.role].get(field), configs[m.role].get(field)
+            if a != b:
+                problems.append(
+                    f"{field} differs: {base.role} {base.ref.display()} has {a}, {m.role} {m.ref.display()} has {b}"
+                )
+    if problems:
+        raise IncompatibleModelsError(problems)
+    return configs
+
+
+def preflight(models: list[LocatedModel], trust_remote_code: bool) -> dict[str, dict]:
+    """Check that the base and experts can be merged; return each model's summary.
+
+    Clear errors naming both models and the field, before any weights are read:
+    the configs (check_configs), complete safetensors files, one tokenizer."""
+    configs = check_configs(models, trust_remote_code)
+    summaries: dict[str, dict] = {}
+    for m in models:
+        cfg = configs[m.role]
         tensors = 0
         for f in weight_files(m):
             tensors += len([k for k in safetensors_header(f) if k != "__metadata__"])
-        configs[m.role] = cfg
         summaries[m.role] = {
-            "model_type": mt,
+            "model_type": cfg.get("model_type"),
             **{k: cfg.get(k) for k in SHAPE_FIELDS},
             "num_attention_heads": cfg.get("num_attention_heads"),
             "num_key_value_heads": cfg.get("num_key_value_heads", cfg.get("num_attention_heads")),
             "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
             "tensors": tensors,
         }
-    base = models[0]
     for m in models[1:]:
-        for field in SHAPE_FIELDS:
-            a, b = configs[base.role].get(field), configs[m.role].get(field)
-            if a != b:
-                raise IncompatibleModelsError(
-                    f"{field} differs: {base.role} {base.ref.display()} has {a}, {m.role} {m.ref.display()} has {b}"
-                )
-        _compare_tokenizers(base, m)
+        _compare_tokenizers(models[0], m)
     return summaries
 
 

@@ -19,7 +19,7 @@ import fcntl
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,15 +30,17 @@ from pipeline.engine.cache import (
     default_layout,
     fsync_tree,
     output_files,
-    removed_on_failure,
 )
 from pipeline.engine.graph import check_names, dependencies, enabled_stages, select_stages, with_ancestors
 from pipeline.engine.keys import key_material, key_of
+from pipeline.engine.preflight import run_preflight
 from pipeline.engine.publish import publish, published_folders
 from pipeline.errors import EnvironmentProblem, NotBuiltError, UsageError
 from pipeline.provenance.lockfile import current_lock, require_match
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.support.atomic import atomic_folder
+from pipeline.support.determinism import torch_scope
 from pipeline.support.hashing import HashState
 from pipeline.support.jsonio import write_json
 from pipeline.support.progress import quiet_libraries
@@ -81,25 +83,21 @@ def run_stage(
     for leftover in stage_dir.glob(".tmp-*"):  # from a killed build; we hold the lock
         shutil.rmtree(leftover, ignore_errors=True)
     check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps, None))
-    tmp = stage_dir / f".tmp-{key}-{os.getpid()}"
-    tmp.mkdir()
     quiet_libraries()
     full = f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
-    with removed_on_failure(tmp, full):
+    final = stage_dir / key
+    with atomic_folder(final, full, tmp=stage_dir / f".tmp-{key}-{os.getpid()}") as tmp:  # a forced rerun replaces
         ctx = StageContext(
             recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
         )
-        result = stage.run(ctx)
+        with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with the stage
+            result = stage.run(ctx)
         files = {}
         for f in output_files(tmp):
             files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
         record = {**material, "key": key, "files": files, "result": result, "wall_s": round(time.monotonic() - t0, 3)}
         write_json(tmp / RECORD, record)
         fsync_tree(tmp)
-        final = stage_dir / key
-        if final.exists():  # a forced rerun replaces the old result
-            shutil.rmtree(final)
-        os.rename(tmp, final)
     state.save()
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
 
@@ -172,8 +170,7 @@ def build(
     state = HashState(layout.build_root / ".hash-state.json")
     if locked is not None:  # first: with other inputs, nothing else the build would say matters
         check_lock(recipe, locked, state)
-    for stage in selected:
-        stage.preflight(recipe)
+    run_preflight(selected, recipe)
     results: dict[str, StageResult] = {}
     with build_lock(layout, log):
         for stage in selected:

@@ -4,18 +4,14 @@ place), and a folder whose files no longer match their record is never served.""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from pipeline.errors import EnvironmentProblem
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageResult
+from pipeline.support import settings
 from pipeline.support.hashing import HashState
 
 RECORD = "record.json"
@@ -41,8 +37,8 @@ class Layout:
 
 def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Path | None = None) -> Layout:
     return Layout(
-        Path(build_root or os.environ.get("FRANKENMOE_BUILD_DIR", "build")),
-        Path(dist_root or os.environ.get("FRANKENMOE_DIST_DIR", "dist")),
+        Path(build_root or settings.build_root()),
+        Path(dist_root or settings.dist_root()),
         recipe.name,
     )
 
@@ -65,26 +61,6 @@ def cached_result(stage: Stage, layout: Layout, key: str, state: HashState) -> S
     except (OSError, ValueError, KeyError):
         return None
     return StageResult(stage.name, key, path, record)
-
-
-@contextmanager
-def removed_on_failure(tmp: Path, disk_full: str) -> Iterator[None]:
-    """A half-written output folder never stays behind; a full disk is said as such."""
-    try:
-        yield
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(e):
-            raise EnvironmentProblem(disk_full) from None
-        raise
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC, also when a library wraps it in its own error class (safetensors'
-    SafetensorError says "No space left on device (os error 28)")."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(error) or "os error 28" in str(error)
 
 
 def output_files(root: Path) -> list[Path]:

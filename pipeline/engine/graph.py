@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.errors import UsageError
+from pipeline.errors import StageListError, UsageError
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage
 
@@ -33,9 +33,18 @@ def graph_problems(stages: Sequence[Stage]) -> list[str]:
     return problems
 
 
+def require_well_formed(stages: Sequence[Stage]) -> None:
+    """Every problem of the stage list at once, one line each, before anything reads it."""
+    problems = graph_problems(stages)
+    if problems:
+        raise StageListError(problems)
+
+
 def enabled_stages(stages: Sequence[Stage], recipe: Recipe) -> list[Stage]:
     """The stages this recipe switches on, with every dependency still present.
-    A stage whose dependency is switched off is left out as well."""
+    A stage whose dependency is switched off is left out as well. The list is
+    checked first: a dependency missing from it is an error, never a silent skip."""
+    require_well_formed(stages)
     out: list[Stage] = []
     for stage in stages:
         kept = {s.name for s in out}

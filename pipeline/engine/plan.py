@@ -1,7 +1,10 @@
 """`frankenmoe plan`: which stages are cached, which will run, and the disk they need.
 
-Never downloads weights: Hub models count as cached only when already in the local
-Hub cache, and sizes come from config.json files alone.
+A pure function of the recipe, the stage list and what is on disk: it writes
+nothing (not the hash memo, not a repair of a damaged cache folder) and never
+downloads weights: Hub models count as cached only when already in the local Hub
+cache, and sizes come from config.json files alone. It runs the build's preflight
+first, so a recipe the build would refuse before any stage is refused here too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Sequence
 from pipeline.engine.cache import Layout, cached_result
 from pipeline.engine.graph import dependencies, enabled_stages
 from pipeline.engine.keys import key_material, key_of
+from pipeline.engine.preflight import run_preflight
 from pipeline.errors import FrankenmoeError
 from pipeline.recipe import ModelRef, Recipe
 from pipeline.stages.base import Stage, StageResult
@@ -47,9 +51,11 @@ def base_config(ref: ModelRef, root: Path, fetch: bool) -> dict | None:
 
 def make_plan(recipe: Recipe, layout: Layout, stages: Sequence[Stage], fetch: bool = False) -> list[PlanRow]:
     """One row per stage the recipe switches on: cached or not, its key when its
-    inputs are known, and the disk its output needs."""
-    state = HashState(layout.build_root / ".hash-state.json")
+    inputs are known, and the disk its output needs. Raises what the build's
+    preflight would, every problem at once."""
+    state = HashState(layout.build_root / ".hash-state.json")  # read, never saved here
     stages = enabled_stages(stages, recipe)
+    run_preflight(stages, recipe)
     results: dict[str, StageResult] = {}
     rows = []
     cfg = base_config(recipe.base_model, recipe.root, fetch)
@@ -78,7 +84,6 @@ def make_plan(recipe: Recipe, layout: Layout, stages: Sequence[Stage], fetch: bo
             note = "inputs not local yet; they will be downloaded"
         cached = stage.name in results
         rows.append(PlanRow(stage.name, "cached" if cached else "will run", key, None if cached else size, note))
-    state.save()
     return rows
 
 

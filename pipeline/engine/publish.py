@@ -4,15 +4,14 @@ published.json says what dist holds, so re-publishing an unchanged build is free
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.engine.cache import Layout, output_files, removed_on_failure
+from pipeline.engine.cache import Layout, output_files
 from pipeline.stages.base import Stage, StageResult, published_subfolder
+from pipeline.support.atomic import atomic_folder, link_or_copy
 from pipeline.support.hashing import sha256_json
 from pipeline.support.jsonio import write_json
 
@@ -61,18 +60,9 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
         layout.dist.mkdir(parents=True, exist_ok=True)
         for leftover in [*layout.dist.glob(f".{folder}.tmp-*"), *layout.dist.glob(f".{folder}.old-*")]:
             shutil.rmtree(leftover, ignore_errors=True)  # from a killed build; we hold the lock
-        tmp = layout.dist / f".{folder}.tmp-{os.getpid()}"
-        with removed_on_failure(
-            tmp, f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
-        ):
+        full = f"publish: disk full while writing {dst}; it was left as it was, free space and rerun"
+        with atomic_folder(dst, full) as tmp:
             _assemble(tmp, parts)
-        if dst.exists():
-            old = layout.dist / f".{folder}.old-{os.getpid()}"
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, dst)
         published[folder] = {"key": key, "files": _stat_files(dst)}
         write_json(published_file, published)
     return out
@@ -80,18 +70,12 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
 
 def _assemble(tmp: Path, parts: list[tuple[StageResult, str]]) -> None:
     """Hard links to the cached files (copies across file systems)."""
-    tmp.mkdir(parents=True)
     for res, sub in parts:
         src = res.path / sub
         for f in output_files(src):
             target = tmp / f.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f, target)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise
-                shutil.copy2(f, target)
+            link_or_copy(f, target)
 
 
 def _stat_files(root: Path) -> dict[str, list[int]]:

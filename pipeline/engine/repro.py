@@ -1,37 +1,66 @@
-"""Proving reproducibility: build twice and compare, or rebuild a published folder.
+"""Proving reproducibility: build twice and compare.
 
-`repro-check` builds a recipe twice, each in its own fresh build and dist folder
-(no shared cache, no shared hash memo), in separate processes, and compares the
-sha256 of every published file. `rebuild-check` takes a published folder, writes
-out the recipe and lock embedded in its `build.json`, rebuilds with `--locked`
-and compares the folder's files with the rebuilt ones.
+`repro-check` builds a recipe twice with the stage list it is given, each in its
+own fresh build and dist folder (no shared cache, no shared hash memo) and its own
+process (no state of one build reaches the other), and compares the sha256 of every
+published file. `rebuild-check` (pipeline/provenance/rebuild.py) uses the same
+pieces on a published folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing
 import shutil
-import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
-from pipeline.errors import NotReproducible, ToolFailed
-from pipeline.provenance.manifest_format import MANIFEST, read_manifest
+from pipeline.errors import FrankenmoeError, NotReproducible, ToolFailed, exit_code
 from pipeline.stages.base import Stage, published_subfolder
 from pipeline.support.hashing import sha256_file
 
 
-def run_build(recipe_file: Path, root: Path, extra: list[str], log) -> None:
-    """`frankenmoe build` in its own process, with build/ and dist/ under `root`."""
-    env = {**os.environ, "FRANKENMOE_BUILD_DIR": str(root / "build"), "FRANKENMOE_DIST_DIR": str(root / "dist")}
+def run_build(
+    recipe_file: Path,
+    root: Path,
+    stages: Sequence[Stage],
+    log,
+    lock_file: Path | None = None,
+    paths_from: Path | None = None,
+) -> None:
+    """The engine's build of `recipe_file` with `stages`, build/ and dist/ under
+    `root`, in a fresh process of its own; `lock_file` makes it a locked build,
+    `paths_from` resolves the recipe's relative paths from another folder."""
     log(f"building {recipe_file} in {root}")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe_file), *extra], env=env)
-    if proc.returncode != 0:
-        raise ToolFailed(f"the build in {root} failed (exit {proc.returncode}); see its output above")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        code = child.submit(_build, recipe_file, root, tuple(stages), lock_file, paths_from).result()
+    if code != 0:
+        raise ToolFailed(f"the build in {root} failed (exit {code}); see its output above")
+
+
+def _build(
+    recipe_file: Path, root: Path, stages: Sequence[Stage], lock_file: Path | None, paths_from: Path | None
+) -> int:
+    """In the child: the build, its problems printed as the CLI prints them; their exit code."""
+    from pipeline.engine.build import build
+    from pipeline.engine.cache import Layout
+    from pipeline.provenance.lockfile import read_lock
+    from pipeline.recipe import load_recipe
+    from pipeline.support.progress import quiet_environment
+    from pipeline.support.secrets import scrub
+
+    quiet_environment()
+    try:
+        recipe = load_recipe(recipe_file, root=paths_from)
+        locked = read_lock(lock_file) if lock_file is not None else None
+        build(recipe, Layout(root / "build", root / "dist", recipe.name), stages, locked=locked)
+    except FrankenmoeError as e:
+        for line in e.lines():
+            print(scrub(f"error: {line}"), file=sys.stderr, flush=True)
+        return exit_code(e)
+    return 0
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -82,7 +111,7 @@ def repro_check(recipe_file: Path, work: Path, stages: Sequence[Stage], log=prin
     recipe = load_recipe(recipe_file)
     shutil.rmtree(work, ignore_errors=True)
     for side in ("a", "b"):
-        run_build(recipe_file, work / side, [], log)
+        run_build(recipe_file, work / side, stages, log)
     a, b = (tree_hashes(work / side / "dist" / recipe.name) for side in ("a", "b"))
     rows, bad = compare(a, b, made_by(work / "a" / "build" / recipe.name, stages), ("build a", "build b"))
     log("\n".join(rows))
@@ -91,43 +120,4 @@ def repro_check(recipe_file: Path, work: Path, stages: Sequence[Stage], log=prin
             [f"repro-check: {line}" for line in bad] + [f"both builds are kept under {work} for a diff"]
         )
     log(f"repro-check: {len(a)} files under dist/{recipe.name}/ identical in two independent builds ({work})")
-    return rows
-
-
-def rebuild_check(
-    folder: Path, work: Path, stages: Sequence[Stage], recipe_dir: Path = Path("."), log=print
-) -> list[str]:
-    """Rebuild a published folder from its embedded recipe and lock; compare bytes.
-    Relative model and data paths in the recipe are read from `recipe_dir` (where
-    the original recipe was); Hub models are fetched at the locked commits."""
-    manifest = read_manifest(folder)
-    recipe_data, name, which = manifest["recipe"], manifest["recipe"]["name"], manifest["folder"]
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    recipe_file = work / f"{name}.yaml"
-    recipe_file.write_text(yaml.safe_dump(recipe_data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    (work / f"{name}.lock.json").write_text(
-        json.dumps(manifest["lock"], indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    run_build(recipe_file, work, ["--locked", "--paths-from", str(recipe_dir.resolve())], log)
-    rebuilt_dir = work / "dist" / name / which
-    published = {rel: sha256_file(folder / rel) for rel in [*manifest["files"], MANIFEST] if (folder / rel).is_file()}
-    rebuilt = {rel: h for rel, h in tree_hashes(rebuilt_dir).items()}
-    made = made_by(work / "build" / name, stages)
-    makers = {k.split("/", 1)[1]: v for k, v in made.items() if k.startswith(which + "/")}
-    rows, bad = compare(published, rebuilt, makers, ("published", "rebuilt"))
-    log("\n".join(rows))
-    extra = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() not in published and ".cache" not in p.parts
-    )
-    if extra:
-        log(f"not part of the build (ignored): {', '.join(extra)}")
-    if bad:
-        raise NotReproducible([f"rebuild-check: {line}" for line in bad] + [f"the rebuild is kept under {work}"])
-    log(
-        f"rebuild-check: {folder} is byte-identical to a fresh build of its recipe and lock (build "
-        f"{manifest['build_id']})"
-    )
     return rows

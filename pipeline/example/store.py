@@ -14,14 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from pipeline.support.settings import fixtures_cache
+
 STAMP = "fixtures.json"
 
 
 def shared_cache() -> Path | None:
-    value = os.environ.get("FRANKENMOE_FIXTURES_CACHE")
-    if value is not None:
-        return Path(value) if value else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "frankenmoe" / "fixtures"
+    return fixtures_cache()
 
 
 def has_key(folder: Path, key: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.checkpoints.streaming import CheckpointReader
 from pipeline.moe.corpus import read_documents
+from pipeline.moe.metrics import perplexity, target_nll, token_kl, top1_agreement, total_kl
 from pipeline.support.progress import progress
 
 EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
@@ -78,9 +79,10 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
         checked += 1
         if src is None or src.shape != t.shape or not torch.equal(src.to(t.dtype), t):
             mismatches.append(f"{name} differs from {where}")
-    for e, src in enumerate(expert_t):
-        for layer in range(len(moe_layers(moe.files))):
-            for w, proj in W_TO_SOURCE.items():
+    layers = len(moe_layers(moe.files))
+    for e in range(len(expert_t)):
+        for layer in range(layers):
+            for w in W_TO_SOURCE:
                 if f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight" not in moe.files:
                     mismatches.append(f"expert {e} layer {layer} {w} missing from the merge")
     deviation = []
@@ -101,18 +103,11 @@ def moe_layers(names) -> set[int]:
     return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
 
 
-def token_kl(ref, cand):
-    """Per-token KL(ref || cand) from two [T, V] log-prob tensors: [T]."""
-    return (ref.exp() * (ref - cand)).sum(-1)
-
-
 def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
     """Per expert k, the MoE routed fully to k against source k (both StreamingLM, so
     neither is ever held whole): max and mean |log-prob difference| (0 when the
     source shares the base's non-MLP weights), and how much of the expert survives
     the merge: mean KL(source || forced MoE) and both perplexities."""
-    import torch
-
     inputs = [ids[:-1] for _, ids in windows]
     out = []
     for k, src in enumerate(sources):
@@ -127,11 +122,9 @@ def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
             worst = max(worst, float(d.max()))
             total += float(d.sum())
             count += d.numel()
-            kl += float((b.exp() * (b - a)).sum())
-            t = torch.tensor(ids[1:])
-            idx = torch.arange(len(t))
-            nll_moe += float(-a[idx, t].sum())
-            nll_src += float(-b[idx, t].sum())
+            kl += total_kl(b, a)
+            nll_moe += target_nll(a, ids)
+            nll_src += target_nll(b, ids)
         tokens = count // max(1, d.shape[-1])
         out.append(
             {
@@ -139,8 +132,8 @@ def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
                 "max_abs": worst,
                 "mean_abs": total / count,
                 "kl_mean": kl / tokens,
-                "perplexity_forced_moe": math.exp(nll_moe / tokens),
-                "perplexity_source": math.exp(nll_src / tokens),
+                "perplexity_forced_moe": perplexity(nll_moe, tokens),
+                "perplexity_source": perplexity(nll_src, tokens),
             }
         )
     return out
@@ -148,17 +141,14 @@ def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
 
 def perplexity_of(logprobs, windows) -> dict[str, float]:
     """Per-domain perplexity from per-window log-probs [T, V] of the next token."""
-    import torch
-
     nll: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for lp, (domain, ids) in zip(logprobs, windows):
-        t = torch.tensor(ids[1:])
-        nll[domain][0] += float(-lp[torch.arange(len(t)), t].sum())
-        nll[domain][1] += len(t)
-    return {d: math.exp(s / n) for d, (s, n) in sorted(nll.items())}
+        nll[domain][0] += target_nll(lp, ids)
+        nll[domain][1] += len(ids) - 1
+    return {d: perplexity(s, n) for d, (s, n) in sorted(nll.items())}
 
 
-def perplexity(lm, windows, desc: str = "verify: perplexity") -> dict[str, float]:
+def lm_perplexity(lm, windows, desc: str = "verify: perplexity") -> dict[str, float]:
     """Per-domain perplexity of a StreamingLM on the windows."""
     return perplexity_of((lp for lp, _ in lm.run([ids[:-1] for _, ids in windows], desc=desc)), windows)
 
@@ -212,19 +202,17 @@ def logprob_parity(candidate_logprobs, windows, ref_logprobs) -> dict:
     for w, (lpc, (domain, ids)) in enumerate(zip(candidate_logprobs, windows)):
         lp16 = ref_logprobs[w].float()
         kls.append(token_kl(lp16, lpc))
-        agree.append(lp16.argmax(-1) == lpc.argmax(-1))
+        agree.append(top1_agreement(lp16, lpc))
         doms += [domain] * len(ids[1:])
-        t = torch.tensor(ids[1:])
-        idx = torch.arange(len(t))
-        nll16[domain][0] += float(-lp16[idx, t].sum())
-        nllc[domain][0] += float(-lpc[idx, t].sum())
-        nll16[domain][1] += len(t)
-        nllc[domain][1] += len(t)
+        nll16[domain][0] += target_nll(lp16, ids)
+        nllc[domain][0] += target_nll(lpc, ids)
+        nll16[domain][1] += len(ids) - 1
+        nllc[domain][1] += len(ids) - 1
     kl, top = torch.cat(kls), torch.cat(agree).float()
 
     def ppl(acc):
         s, n = map(sum, zip(*acc.values()))
-        return {"all": math.exp(s / n), **{d: math.exp(a / b) for d, (a, b) in sorted(acc.items())}}
+        return {"all": perplexity(s, n), **{d: perplexity(a, b) for d, (a, b) in sorted(acc.items())}}
 
     p16, pc = ppl(nll16), ppl(nllc)
     per_domain = {}

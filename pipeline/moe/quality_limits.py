@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.checkpoints.shape import ModelShape
+
 
 @dataclass(frozen=True)
 class Tier:
@@ -46,20 +48,9 @@ TIERS = (
 LIMITS = ("max_mean_kl", "min_top1_agreement", "max_ppl_ratio")
 
 
-def dense_params(config: dict) -> int:
-    """Parameters of the dense model one expert path is: embeddings, attention, one MLP, norms."""
-    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
-    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    embeddings = config["vocab_size"] * h * (1 if config.get("tie_word_embeddings") else 2)
-    return embeddings + layers * (attention + 3 * h * inter + 2 * h) + h
-
-
 def quality_limits(verify, config: dict) -> dict:
     """The limits in force: the recipe's where set, else its size tier's; with the basis of each."""
-    params = dense_params(config)
+    params = ModelShape.of(config).params()  # the dense model one expert path is
     tier = next(t for t in TIERS if params >= t.min_params)
     return _in_force(params, tier, {name: getattr(verify, name) for name in LIMITS}, "model size")
 
@@ -99,6 +90,6 @@ GGUF_TIERS = (
 def gguf_limits(gguf, ftype: str, config: dict) -> dict:
     """The limits for one GGUF type: the recipe's (`gguf.<limit>: {TYPE: value}`)
     where set, else by the type's bits and the model's size."""
-    params = dense_params(config)
+    params = ModelShape.of(config).params()  # the dense model one expert path is
     tier = GGUF_8BIT if ftype.startswith("Q8") else next(t for t in GGUF_TIERS if params >= t.min_params)
     return _in_force(params, tier, {name: getattr(gguf, name).get(ftype) for name in LIMITS}, "type and model size")

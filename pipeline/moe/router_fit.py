@@ -16,14 +16,15 @@ small Adam steps are not rounded away. `fit_compute` names the path for the cach
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.moe.metrics import assignment_entropy_bits
 from pipeline.moe.routing import moe_blocks
+from pipeline.support.atomic import link_or_copy
 from pipeline.support.determinism import seed_everything
-from pipeline.support.device import cpu_flags, read_cpuinfo
+from pipeline.support.device import cpu_flags, device_class, read_cpuinfo
 from pipeline.support.progress import progress
 
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; ARM's `bf16` feature
@@ -34,8 +35,6 @@ def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) ->
     cuda) and `gates.dtype` (auto: bfloat16 where native): part of the gates key and
     the lock, so fits on machines that round differently never share an entry.
     Without a GPU driver it does not import torch."""
-    from pipeline.quantization.awq_engine import device_class
-
     cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
     where = device_class(device, cpuinfo=cpuinfo)
     if dtype == "auto":
@@ -53,8 +52,9 @@ class FitResult:
     entropy_after: list[float]  # the same with the fitted routers
 
 
-def usage_entropy(model, batch) -> list[float]:
-    """Per layer: entropy (bits) of the share of top-k assignments each expert gets."""
+def assignment_entropies(model, batch) -> list[float]:
+    """Per layer: entropy (bits) of the share of top-k assignments each expert gets
+    on `batch` (metrics.assignment_entropy_bits)."""
     import torch
 
     counts = []
@@ -70,11 +70,7 @@ def usage_entropy(model, batch) -> list[float]:
     finally:
         for h in hooks:
             h.remove()
-    out = []
-    for c in counts:
-        p = c / c.sum()
-        out.append(float(-(p[p > 0] * p[p > 0].log2()).sum()))
-    return out
+    return [assignment_entropy_bits(c) for c in counts]
 
 
 def fit_routers(
@@ -111,7 +107,7 @@ def fit_routers(
         w.requires_grad_(True)
     data = [torch.tensor(g, device=device) for g in groups]
     probe = torch.cat([g[:4] for g in data])
-    entropy_before = usage_entropy(model, probe)
+    entropy_before = assignment_entropies(model, probe)
 
     captured: list[tuple] = []
     hooks = (
@@ -120,8 +116,9 @@ def fit_routers(
     optimizer = torch.optim.Adam(gates, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
+    grad = torch.is_grad_enabled()
     try:
-        torch.set_grad_enabled(True)  # an earlier streaming pass in this process may have left it off
+        torch.set_grad_enabled(True)  # a suspended streaming pass (torch.no_grad inside a generator) turns it off
         for _ in progress(range(steps), desc="gates: fitting routers"):
             picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
             batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])
@@ -134,11 +131,12 @@ def fit_routers(
             optimizer.step()
             losses.append(round(float(lm.detach()), 5))
     finally:
+        torch.set_grad_enabled(grad)
         for h in hooks:
             h.remove()
     for w in gates:
         w.requires_grad_(False)
-    entropy_after = usage_entropy(model, probe)
+    entropy_after = assignment_entropies(model, probe)
     for h in casts:
         h.remove()
     routers = {i: w.detach().float().cpu().clone() for i, w in enumerate(gates)}
@@ -172,7 +170,7 @@ def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[st
             with safe_open(f, framework="pt") as st:
                 keys = set(st.keys())
         if not wanted.keys() & keys:
-            _link_or_copy(f, out / f.name)
+            link_or_copy(f, out / f.name)
             continue
         with safe_open(f, framework="pt") as st:
             tensors = {
@@ -185,10 +183,3 @@ def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[st
     if found != wanted.keys():
         raise RuntimeError(f"router tensors not found in {merged}: {sorted(wanted.keys() - found)[:2]}")
     return rewritten
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

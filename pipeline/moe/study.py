@@ -19,18 +19,17 @@ the key `wall_s`).
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.errors import UsageError
 from pipeline.moe.evaluation import dead_experts
+from pipeline.moe.metrics import gate_weight_entropy_bits
 from pipeline.moe.study_report import render, render_png
 from pipeline.moe.verdict import PASS, WARN
 from pipeline.recipe import Recipe
+from pipeline.support.atomic import atomic_folder
 from pipeline.support.jsonio import write_json
 
 MODES = ("hidden", "cheap_embed", "random", "fitted")
@@ -84,7 +83,7 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
     row = {
         "per_domain": per_domain,
         "routing": routing,
-        "expert_usage_entropy_bits": {d: usage_entropy(routing[d]["mean_gate_weight"]) for d in domains},
+        "expert_usage_entropy_bits": {d: gate_weight_entropy_bits(routing[d]["mean_gate_weight"]) for d in domains},
         "dead_experts": dead,
         # As verify states it (without verify.fail_on_dead_experts): a dead expert is a warning.
         "dead_experts_state": WARN if dead else PASS,
@@ -97,16 +96,6 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
         }
         row["verify"] = verify["headline"]
     return row
-
-
-def usage_entropy(weights: list[list[float]]) -> float:
-    """Entropy (bits) of the routed weight per expert, averaged over layers: log2(E)
-    when every expert gets the same weight, 0 when one gets it all."""
-    out = []
-    for layer in weights:
-        total = sum(layer) or 1.0
-        out.append(-sum((w / total) * math.log2(w / total) for w in layer if w > 0))
-    return sum(out) / len(out)
 
 
 def run_study(
@@ -147,12 +136,8 @@ def run_study(
         "wall_s": wall,
     }
     out = layout.build / "study"
-    tmp = out.with_name(f".study.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_json(tmp / "study.json", study)
-    (tmp / "study.md").write_text(render(study), encoding="utf-8")
-    render_png(study, tmp / "study.png")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out, f"study: disk full while writing {out}; free space and rerun") as tmp:
+        write_json(tmp / "study.json", study)
+        (tmp / "study.md").write_text(render(study), encoding="utf-8")
+        render_png(study, tmp / "study.png")
     return out

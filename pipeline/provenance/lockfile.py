@@ -24,9 +24,10 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import InputFileError, LockMismatch
-from pipeline.quantization.awq_engine import compute_path, device_class
+from pipeline.quantization.awq_engine import compute_path
 from pipeline.recipe import Recipe
 from pipeline.support.determinism import THREADS
+from pipeline.support.device import cpu_capability, device_class
 from pipeline.support.hashing import HashState
 from pipeline.support.jsonio import read_document
 from pipeline.support.paths import portable, resolve_path
@@ -127,30 +128,6 @@ def llama_cpp_pin() -> dict[str, str]:
         "commit": llama_cpp.LLAMA_CPP_COMMIT,
         "build_flags": llama_cpp.BUILD_FLAGS,
     }
-
-
-def cpu_capability(state: HashState) -> str:
-    """The vector instructions torch dispatches to (AVX512, AVX2, ...): its float
-    rounding depends on them. Remembered per CPU, torch version and override."""
-    import hashlib
-    import os
-
-    try:
-        flags = next(
-            (l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith(("flags", "Features"))), ""
-        )
-    except OSError:
-        flags = platform.processor()
-    key = hashlib.sha256(
-        f"{flags}|{os.environ.get('ATEN_CPU_CAPABILITY', '')}|{tool_versions(['torch'])}".encode()
-    ).hexdigest()[:16]
-
-    def ask_torch() -> str:
-        import torch
-
-        return torch.backends.cpu.get_cpu_capability()
-
-    return state.remember(f"cpu_capability:{key}", ask_torch)
 
 
 def read_lock(path: Path) -> dict[str, Any]:

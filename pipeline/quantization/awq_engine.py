@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import EnvironmentProblem, ToolFailed
-from pipeline.support.device import cpu_flags, read_cpuinfo
+from pipeline.support import settings
+from pipeline.support.device import machine_class
 from pipeline.support.progress import bars_enabled
 
 # glibc's malloc hands freed blocks back to the kernel eagerly, and AWQ's scale
@@ -61,15 +62,13 @@ ALLOCATOR = {
 
 COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 # FRANKENMOE_AWQ_DTYPE=float16 runs GPTQModel's own path on a CPU too (for benchmarks).
-DTYPE_ENV = "FRANKENMOE_AWQ_DTYPE"
-# The vector extension a CPU's path names (it shapes float32 rounding), widest first.
-VECTOR_FLAGS = (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("asimd", "asimd"), ("neon", "neon"))
+DTYPE_ENV = settings.AWQ_DTYPE
 # Changes to GPTQModel's AWQ that make it faster at equal quality (SPEEDUPS, by
 # name) are all applied unless this says otherwise: `none` runs GPTQModel's own
 # code (to compare), or a comma list of names.
-SPEEDUPS_ENV = "FRANKENMOE_AWQ_SPEEDUPS"
+SPEEDUPS_ENV = settings.AWQ_SPEEDUPS
 # The child writes its per-layer lines also to this file descriptor when set.
-PROGRESS_FD_ENV = "FRANKENMOE_AWQ_PROGRESS_FD"
+PROGRESS_FD_ENV = settings.AWQ_PROGRESS_FD
 PROGRESS_PREFIX = "quantize  layer "
 
 
@@ -83,25 +82,6 @@ def engine_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 # --- which device and dtype AWQ computes in ---------------------------------
-
-
-def _gpu_driver_loaded() -> bool:
-    """An NVIDIA (or ROCm) driver is loaded: only then can torch find a GPU."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/kfd").exists()
-
-
-def _cuda_device() -> tuple[tuple[int, int], str] | None:
-    """((major, minor), name) of the first CUDA device, None without one. Without
-    a GPU driver it does not import torch: the stage's cache key asks this on
-    every build, and a fully cached build never imports torch."""
-    if not _gpu_driver_loaded():
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return tuple(torch.cuda.get_device_capability(0)), torch.cuda.get_device_name(0)
 
 
 def compute_path(
@@ -119,39 +99,18 @@ def compute_path(
     FRANKENMOE_AWQ_DTYPE in `environ` overrides the dtype (and says so: "dtype_from");
     FRANKENMOE_AWQ_SPEEDUPS other than all adds "speedups" (see SPEEDUPS).
     `cpuinfo` (text of /proc/cpuinfo) and `gpu` (((major, minor), name), or None
-    for none) are detected when not given.
+    for none) are detected when not given (pipeline/support/device.py).
     """
     environ = os.environ if environ is None else environ
-    if gpu is True:
-        gpu = _cuda_device()
-    if gpu:
-        (major, minor), name = gpu
-        path = {"device": "cuda", "dtype": "float16", "capability": f"sm_{major}{minor} {name}"}
-    else:
-        flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
-        isa = next((name for flag, name in VECTOR_FLAGS if flag in flags), "unknown")
-        path = {"device": "cpu", "dtype": "float32", "isa": isa}
-    override = environ.get(DTYPE_ENV, "").strip()
+    where = machine_class(gpu, cpuinfo)
+    path = {"device": where["device"], "dtype": "float16" if where["device"] == "cuda" else "float32", **where}
+    override = settings.awq_dtype(environ)
     if override:
         path["dtype"] = check_dtype(override, DTYPE_ENV)
         path["dtype_from"] = DTYPE_ENV
-    if environ.get(SPEEDUPS_ENV, "").strip() not in ("", "all"):  # they change the bytes too
+    if (settings.awq_speedups(environ) or "").strip() not in ("", "all"):  # they change the bytes too
         path["speedups"] = ",".join(speedups_wanted(environ)) or "none"
     return path
-
-
-def machine_class(gpu: bool | None = True, cpuinfo: str | None = None) -> dict[str, str]:
-    """Where a computation runs on this machine, without a dtype: {"device": "cuda",
-    "capability": ...} or {"device": "cpu", "isa": ...} (`gpu` None: the CPU even
-    with a GPU). For the keys of other stages whose bytes depend on it (merge, gates)."""
-    path = compute_path(environ={}, cpuinfo=cpuinfo, gpu=gpu)
-    return {k: v for k, v in path.items() if k != "dtype"}
-
-
-def device_class(device: str, cpuinfo: str | None = None) -> dict[str, str]:
-    """`machine_class` for a stage's `device` setting (auto, cpu, cuda): `cpu` means
-    the CPU even with a GPU."""
-    return machine_class(gpu=None if device == "cpu" else True, cpuinfo=cpuinfo)
 
 
 def check_dtype(name: str, where: str) -> str:
@@ -200,7 +159,7 @@ class LayerProgress:
 
 def _progress_writer(environ: dict[str, str]) -> Callable[[str], None]:
     """Writes a line to stderr, and to the parent's progress pipe when it gave one."""
-    fd = int(environ[PROGRESS_FD_ENV]) if environ.get(PROGRESS_FD_ENV, "").isdigit() else None
+    fd = settings.awq_progress_fd(environ)
     if fd is not None:
         try:
             os.set_inheritable(fd, False)  # not into anything GPTQModel starts
@@ -437,7 +396,7 @@ def apply_speedups(environ: dict[str, str], write: Callable[[str], None]) -> lis
 
 
 def speedups_wanted(environ: dict[str, str]) -> list[str]:
-    value = environ.get(SPEEDUPS_ENV)
+    value = settings.awq_speedups(environ)
     if value is None or value.strip() in ("", "all"):
         return list(SPEEDUPS)
     if value.strip() == "none":

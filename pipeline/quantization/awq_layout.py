@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from pipeline.checkpoints.shape import ModelShape
 from pipeline.errors import RecipeError
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -23,7 +24,6 @@ ENGINE_EXPERT = re.compile(
 )
 ENGINE_ROUTER = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 PROJ_TO_W = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-W_TO_PROJ = {v: k for k, v in PROJ_TO_W.items()}
 
 
 def quantization_config(bits: int, group_size: int, zero_point: bool) -> dict:
@@ -45,10 +45,6 @@ def published_name(engine_name: str) -> str:
     if m := ENGINE_ROUTER.match(engine_name):
         return f"model.layers.{m.group(1)}.block_sparse_moe.gate.weight"
     return engine_name
-
-
-def router_name(layer: int) -> str:
-    return f"model.layers.{layer}.block_sparse_moe.gate.weight"
 
 
 def unpack_int4(packed, bits: int = 4):
@@ -77,12 +73,11 @@ GROUP_SIZES = (128, 64, 32)
 def quantized_input_dims(config: dict) -> dict[str, int]:
     """The input dimension of every linear AWQ quantizes, by what sets it: q/k/v,
     gate/up (hidden_size), o_proj (heads x head_dim), down_proj (intermediate_size)."""
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    shape = ModelShape.of(config)
     return {
-        "hidden_size": config["hidden_size"],
-        "intermediate_size": config["intermediate_size"],
-        "num_attention_heads x head_dim": heads * head_dim,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_attention_heads x head_dim": shape.attention_width,
     }
 
 
@@ -130,16 +125,15 @@ SAME_AS_MERGED = (
 
 def quantized_linears(config: dict) -> dict[str, tuple[int, int]]:
     """{module name: (in, out)} of every linear the published layout holds in 4 bits."""
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
+    shape = ModelShape.of(config)
+    hidden, inter = shape.hidden, shape.intermediate
     out = {}
-    for layer in range(config["num_hidden_layers"]):
+    for layer in range(shape.layers):
         attn = f"model.layers.{layer}.self_attn"
-        out[f"{attn}.q_proj"] = (hidden, heads * head_dim)
-        out[f"{attn}.k_proj"] = (hidden, kv * head_dim)
-        out[f"{attn}.v_proj"] = (hidden, kv * head_dim)
-        out[f"{attn}.o_proj"] = (heads * head_dim, hidden)
+        out[f"{attn}.q_proj"] = (hidden, shape.attention_width)
+        out[f"{attn}.k_proj"] = (hidden, shape.kv_width)
+        out[f"{attn}.v_proj"] = (hidden, shape.kv_width)
+        out[f"{attn}.o_proj"] = (shape.attention_width, hidden)
         for e in range(config["num_local_experts"]):
             expert = f"model.layers.{layer}.block_sparse_moe.experts.{e}"
             out[f"{expert}.w1"] = out[f"{expert}.w3"] = (hidden, inter)

@@ -24,6 +24,8 @@ import tarfile
 from pathlib import Path
 
 from pipeline.errors import EnvironmentProblem, ToolFailed
+from pipeline.support.atomic import atomic_folder
+from pipeline.support.settings import cache_root
 
 VERSION = "0.3.36"  # llama-cpp-python, pinned in pyproject.toml as well
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
@@ -57,11 +59,7 @@ def wheel_dir() -> Path:
     """Our own cache of the built wheel, keyed by version and build flags (pip's
     wheel cache ignores CMAKE_ARGS, so it could hand back a build with other flags)."""
     flags = hashlib.sha256(BUILD_FLAGS.encode()).hexdigest()[:12]
-    return _cache_root() / "wheels" / f"llama-cpp-python-{VERSION}-{flags}"
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("FRANKENMOE_CACHE", Path.home() / ".cache" / "frankenmoe"))
+    return cache_root() / "wheels" / f"llama-cpp-python-{VERSION}-{flags}"
 
 
 def setup(download_dir: Path) -> None:
@@ -69,13 +67,11 @@ def setup(download_dir: Path) -> None:
     on 2 cores), install that wheel, and unpack the converter."""
     wheels = wheel_dir()
     if not list(wheels.glob("llama_cpp_python-*.whl")):
-        tmp = wheels.with_name(wheels.name + f".tmp-{os.getpid()}")
         env = {**os.environ, "CMAKE_ARGS": BUILD_FLAGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
         print(f"building llama-cpp-python {VERSION} (llama.cpp {LLAMA_CPP_COMMIT}) once, into {wheels} ...")
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-cache-dir", "--no-binary", ":all:"]
-        subprocess.run([*cmd, "--wheel-dir", str(tmp), f"llama-cpp-python=={VERSION}"], env=env, check=True)
-        wheels.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(wheels)
+        with atomic_folder(wheels, f"llama.cpp: disk full while building into {wheels}; free space and rerun") as tmp:
+            subprocess.run([*cmd, "--wheel-dir", str(tmp), f"llama-cpp-python=={VERSION}"], env=env, check=True)
     wheel = next(wheels.glob("llama_cpp_python-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(wheel)], check=True)
     install_converter(download_dir)
@@ -97,8 +93,8 @@ def install_converter(download_dir: Path) -> Path:
         sdist.unlink()
         raise EnvironmentProblem(f"{sdist}: sha256 {digest[:16]}..., expected {SDIST_SHA256[:16]}...; run setup again")
     prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    with tarfile.open(sdist) as tar:
+    full = f"llama.cpp: disk full while unpacking the converter into {target}; free space and rerun"
+    with atomic_folder(target, full) as tmp, tarfile.open(sdist) as tar:
         members = [
             m
             for m in tar.getmembers()
@@ -109,12 +105,7 @@ def install_converter(download_dir: Path) -> Path:
         for m in members:
             m.name = m.name[len(prefix) :]
         tar.extractall(tmp, members=members, filter="data")
-    (tmp / ".sha256").write_text(SDIST_SHA256 + "\n")
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
+        (tmp / ".sha256").write_text(SDIST_SHA256 + "\n")
     return target
 
 
@@ -149,7 +140,7 @@ def converter_refusal(model_dir: Path, architecture: str) -> str | None:
         return None  # SentencePiece: the converter reads it directly, no pre-tokenizer to recognise
     # Loading the tokenizer costs seconds (transformers' import) on every build, cached
     # or not: a tokenizer once accepted by this converter is remembered by its files.
-    accepted = _cache_root() / f"gguf-accepted-tokenizers-{VERSION}" / _tokenizer_digest(model_dir)
+    accepted = cache_root() / f"gguf-accepted-tokenizers-{VERSION}" / _tokenizer_digest(model_dir)
     if accepted.is_file():
         return None
     why = _pretokenizer_refusal(model_dir, converter)

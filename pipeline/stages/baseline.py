@@ -83,7 +83,7 @@ class BaselineStage(HeldOutTextStage):
         from transformers import AutoTokenizer
 
         from pipeline.checkpoints.streaming import StreamingLM
-        from pipeline.moe.evaluation import perplexity
+        from pipeline.moe.evaluation import lm_perplexity
         from pipeline.support.determinism import seed_everything
 
         seed_everything(0)
@@ -91,9 +91,10 @@ class BaselineStage(HeldOutTextStage):
         # mergekit copies the base's tokenizer into the MoE: these are evaluate's windows.
         tokenizer = AutoTokenizer.from_pretrained(paths["base"])
         windows = self.windows(ctx.recipe, tokenizer)
-        ppl = {"base": perplexity(StreamingLM(paths["base"]), windows, desc="baseline: base model")}
+        ppl = {"base": lm_perplexity(StreamingLM(paths["base"]), windows, desc="baseline: base model")}
         for i in range(len(ctx.recipe.experts)):
-            ppl[f"expert {i}"] = perplexity(StreamingLM(paths[f"experts[{i}]"]), windows, desc=f"baseline: expert {i}")
+            expert = StreamingLM(paths[f"experts[{i}]"])
+            ppl[f"expert {i}"] = lm_perplexity(expert, windows, desc=f"baseline: expert {i}")
         write_json(ctx.out / "baseline.json", {"windows_sha256": windows_sha256(windows), "perplexity": ppl})
         ctx.log(f"baseline  base and {len(ctx.recipe.experts)} experts on {len(windows)} windows")
         return {"windows": len(windows)}

@@ -27,7 +27,7 @@ from pipeline.stages.gguf import gguf_report, gguf_result
 from pipeline.stages.gguf import render as render_gguf_report
 from pipeline.stages.lock import build_id
 from pipeline.stages.quantize import quantize_result
-from pipeline.stages.resolve import resolved_models
+from pipeline.stages.resolve import resolved_models, source_licenses
 from pipeline.stages.verify import report_dir, verify_result
 from pipeline.support.hashing import HashState, sha256_json
 from pipeline.support.paths import portable
@@ -98,6 +98,8 @@ class CardStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         if recipe.card.study:
             read_study(recipe.path(recipe.card.study), recipe.name, "card.study")
+        if not recipe.card.license and (licenses := source_licenses(recipe)) is not None:
+            resolve_license(recipe, licenses)  # the cards alone decide it: found before merge, not after verify
 
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False

@@ -17,10 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+from pipeline.checkpoints.shape import ModelShape
 from pipeline.moe.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
-from pipeline.stages.merge import merged_model, moe_bytes
+from pipeline.stages.merge import merged_model
 from pipeline.support.device import require_gpu_if_asked
 from pipeline.support.hashing import HashState
 from pipeline.support.paths import portable
@@ -80,7 +81,7 @@ class GatesStage(Stage):
             return None
         if "merge" in inputs:
             return sum(f["size"] for f in inputs["merge"].files.values())
-        return None if base_config is None else moe_bytes(base_config, len(recipe.experts), recipe.dtype)
+        return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from pipeline.moe.router_fit import write_fitted

@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
+from pipeline.checkpoints.shape import ModelShape
 from pipeline.errors import EnvironmentProblem, IncompatibleModelsError, ToolFailed
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.resolve import resolved_models
 from pipeline.support.determinism import seed_everything
-from pipeline.support.device import require_gpu_if_asked, resolve_device
+from pipeline.support.device import device_class, require_gpu_if_asked, resolve_device
 from pipeline.support.hashing import HashState
 
 # Side files worth carrying from the base model into the merged folder.
@@ -69,14 +70,12 @@ class MergeStage(Stage):
     ) -> dict[str, Any] | None:
         # mergekit computes `hidden` router rows with the models (and draws random ones) on
         # this device: a CPU merge and a GPU merge give other bytes and never share an entry.
-        from pipeline.quantization.awq_engine import device_class
-
         return {"compute": device_class(recipe.merge.device)}
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
         if "resolve" in inputs:
             base_config = resolved_models(inputs["resolve"])[0]["config"]
-        return None if base_config is None else merge_disk_bytes(base_config, recipe)
+        return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from mergekit.merge import MergeOptions
@@ -184,18 +183,3 @@ def _weight_map(folder: Path) -> dict:
         with safe_open(f, framework="pt") as st:
             names.update({k: f.name for k in st.keys()})
     return names
-
-
-def merge_disk_bytes(base_config: dict, recipe: Recipe) -> int:
-    return moe_bytes(base_config, len(recipe.experts), recipe.dtype)
-
-
-def moe_bytes(cfg: dict, n_experts: int, dtype: str | None) -> int:
-    """Size of the merged MoE's weights, from the base config alone."""
-    h, i, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"] or cfg["num_attention_heads"]
-    head_dim = h // heads
-    attn = 2 * h * h + 2 * h * kv * head_dim
-    per_layer = attn + n_experts * 3 * h * i + n_experts * h + 2 * h
-    params = 2 * vocab * h + layers * per_layer + h
-    return params * (4 if dtype == "float32" else 2)

@@ -28,6 +28,7 @@ import socket
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+from pipeline.checkpoints.shape import ModelShape
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.checkpoints.writing import renamed_pieces, write_sharded
 from pipeline.errors import UndercalibratedExpert
@@ -43,7 +44,6 @@ from pipeline.quantization.awq_layout import choose_group_size, published_name, 
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.gates import routed_model
-from pipeline.stages.merge import moe_bytes
 from pipeline.support.hashing import HashState
 from pipeline.support.jsonio import write_json
 
@@ -131,7 +131,7 @@ class QuantizeStage(Stage):
             return quantize_disk_bytes(sum(f["size"] for f in inputs["gates"].files.values()))
         if base_config is None:
             return None
-        return quantize_disk_bytes(moe_bytes(base_config, len(recipe.experts), recipe.dtype))
+        return quantize_disk_bytes(ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch

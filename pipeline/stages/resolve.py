@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from pipeline.checkpoints.sources import card_facts, locate, model_files, preflight
+from pipeline.checkpoints.sources import LocatedModel, card_facts, check_configs, locate, model_files, preflight
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.support.hashing import HashState
@@ -44,6 +44,20 @@ def model_paths(result: StageResult) -> dict[str, Path]:
     return {m["role"]: Path(m["path"]) for m in resolved_models(result)}
 
 
+def local_models(recipe: Recipe) -> list[LocatedModel] | None:
+    """Every source model of the recipe, base first, when all are on disk (no
+    download); None while any Hub id is not in the local cache yet."""
+    located = [locate(role, ref, recipe.root, download=False) for role, ref in recipe.all_models()]
+    return None if any(m is None for m in located) else cast(list[LocatedModel], located)
+
+
+def source_licenses(recipe: Recipe) -> dict[str, str | None] | None:
+    """{role: the license its model card states}, from the cards alone (no weights),
+    or None while a Hub model is not downloaded yet."""
+    located = local_models(recipe)
+    return None if located is None else {m.role: card_facts(m)["license"] for m in located}
+
+
 class ResolveStage(Stage):
     name = "resolve"
     packages = ("huggingface-hub",)
@@ -70,6 +84,13 @@ class ResolveStage(Stage):
                 "files": {f.name: state.sha256(f) for f in model_files(located.path)},
             }
         return out
+
+    def preflight(self, recipe: Recipe) -> None:
+        """The models' configs, where they are on disk already (Hub ids not yet
+        downloaded are checked when the stage runs): a mismatch is found before merge."""
+        located = local_models(recipe)
+        if located is not None:
+            check_configs(located, recipe.trust_remote_code)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         located = [locate(role, ref, ctx.recipe.root) for role, ref in ctx.recipe.all_models()]

@@ -7,11 +7,13 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from pipeline.support.settings import progress_off
+
 T = TypeVar("T")
 
 
 def bars_enabled() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("CI") and not os.environ.get("FRANKENMOE_NO_PROGRESS")
+    return sys.stderr.isatty() and not os.environ.get("CI") and not progress_off()
 
 
 def quiet_environment() -> None:
