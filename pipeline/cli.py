@@ -438,7 +438,9 @@ def internal_error() -> int:
 
     text = scrub(traceback.format_exc())
     name = f"internal-error-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
-    for folder in (Path(os.environ.get("FRANKENMOE_BUILD_DIR", "build")) / "logs", Path(tempfile.gettempdir())):
+    from pipeline.support import settings
+
+    for folder in (settings.build_root() / "logs", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text, encoding="utf-8")
