@@ -153,7 +153,7 @@ def test_a_gguf_with_swapped_experts_fails_verify_candidate(real, tmp_path):
     # One layer's swap barely moves the logits of experts this alike (KL stays within
     # the limit); the tensor comparison finds it.
     assert "error: verify failed: Q8_0: expert placement: " in proc.stderr
-    assert "blk.3.ffn_down_exps.weight expert 0 is nearer the merge's expert 1" in proc.stderr
+    assert "blk.3.ffn_down_exps.weight expert 0 holds the merge's expert 1" in proc.stderr
     report = json.loads((tmp_path / "report" / "verify.json").read_text())
     assert not report["passed"] and report["verdict"] == "failed"
     ours = json.loads((real["dist"] / "gguf" / "verify.json").read_text())
@@ -188,3 +188,52 @@ def test_example_recipes_have_gguf_on_and_tiny_ones_off():
         data = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
         assert data.get("gguf", {}).get("enabled", True) is True
     assert yaml.safe_load(EXAMPLE.read_text())["gguf"] == {"enabled": False}
+
+
+def _identity_of(tmp_path: Path, slices: np.ndarray, sources: list[np.ndarray]) -> dict:
+    """expert_identity on a one-tensor GGUF (float32 slices) against a merge folder."""
+    import sys
+
+    from safetensors.numpy import save_file
+
+    from pipeline.quantization.llama_cpp import expert_identity
+
+    merged = tmp_path / "merged"
+    merged.mkdir(exist_ok=True)
+    save_file(
+        {f"model.layers.0.block_sparse_moe.experts.{e}.w2.weight": s for e, s in enumerate(sources)},
+        str(merged / "model.safetensors"),
+    )
+    sys.path.insert(0, str(require_converter() / "gguf-py"))
+    try:
+        from gguf import GGUFWriter
+
+        path = tmp_path / "one.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_tensor("blk.0.ffn_down_exps.weight", slices.astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return expert_identity(str(path), merged)
+    finally:
+        sys.path.pop(0)
+
+
+def test_expert_placement_passes_right_fails_swapped_and_does_not_measure_collapsed_experts(tmp_path):
+    """The real example at Q4_K_M made this necessary: rounding can pull two alike
+    experts onto one grid, where the nearest expert is a coin toss."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(32, 48)).astype(np.float32)
+    sources = [base, base + 0.05 * rng.normal(size=base.shape).astype(np.float32)]
+    noise = 0.01 * rng.normal(size=(2, 32, 48))
+    right = _identity_of(tmp_path, np.stack(sources) + noise, sources)
+    assert right["expert_tensors"] == 2 and not right["misplaced"] and right["indistinguishable"] == 0, right
+    assert right["min_kept"] > 0.9
+    swapped = _identity_of(tmp_path, np.stack(sources[::-1]) + noise, sources)
+    assert len(swapped["misplaced"]) == 2 and "expert 0 holds the merge's expert 1" in swapped["misplaced"][0]
+    # Both slices rounded to one value, with noise larger than the experts' difference:
+    # whichever expert is nearer is chance, so not measured.
+    collapsed = np.stack([base, base]) + 0.2 * rng.normal(size=(2, 32, 48))
+    unclear = _identity_of(tmp_path, collapsed, sources)
+    assert unclear["indistinguishable"] == 2 and not unclear["misplaced"], unclear

@@ -57,10 +57,10 @@ def test_a_listed_dead_expert_is_a_warning_and_fails_only_when_asked():
 def test_gguf_expert_placement_that_the_noise_hides_is_not_measured():
     from pipeline.stages.gguf import _placement_check
 
-    facts = {"expert_tensors": 6, "misplaced": [], "indistinguishable": 0, "min_resolution": 40.0,
-             "min_resolution_needed": 4.0, "max_relative_error": 0.1, "indistinguishable_slices": []}
+    facts = {"expert_tensors": 6, "misplaced": [], "indistinguishable": 0, "min_kept": 0.98,
+             "min_kept_needed": 0.5, "max_relative_error": 0.1, "indistinguishable_slices": []}
     assert _placement_check("Q8_0", facts)["state"] == "pass"
-    assert _placement_check("Q4_K_M", {**facts, "indistinguishable": 2, "min_resolution": 1.5})["state"] == (
+    assert _placement_check("Q4_K_M", {**facts, "indistinguishable": 2, "min_kept": 0.1})["state"] == (
         "not_measured"
     )
     assert _placement_check("Q4_K_M", {**facts, "misplaced": ["blk.3 expert 0 is nearer 1"]})["state"] == "fail"

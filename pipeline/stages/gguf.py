@@ -56,8 +56,9 @@ def gguf_report(result: StageResult) -> dict:
 
 class GgufStage(Stage):
     name = "gguf"
-    # 2: five check states, expert placement judged by its noise resolution; the card moved to `card`
-    version = 2
+    # 2: five check states; the card moved to `card`. 3: expert placement judged by the
+    # share of the experts' difference each slice keeps
+    version = 3
     depends = ("gates", "evaluate")
     packages = ("llama-cpp-python", "torch", "transformers", "tokenizers")
     publishes = {"gguf": "gguf"}
@@ -169,7 +170,7 @@ def check_files(
         checks.append(_placement_check(t, experts))
         checks.append(
             judged(
-                f"{t}: parity",
+                parity_name(t),
                 cmp["kl_mean"] <= limits["max_mean_kl"]
                 and cmp["top1_agreement"] >= limits["min_top1_agreement"]
                 and cmp["perplexity_ratio"] <= limits["max_ppl_ratio"],
@@ -195,6 +196,11 @@ def check_files(
     return report
 
 
+def parity_name(t: str) -> str:
+    """The name of a GGUF type's parity check in verify.json (the card and bench read it)."""
+    return f"{t}: parity"
+
+
 def _placement_check(t: str, experts: dict) -> dict:
     """Each expert slice in the file is the merge's expert of that index
     (llama_cpp.expert_identity); where the quantization error hides the difference
@@ -213,17 +219,17 @@ def _placement_check(t: str, experts: dict) -> dict:
         return check(
             f"{t}: expert placement",
             NOT_MEASURED,
-            f"not measured: {experts['indistinguishable']} of {experts['expert_tensors']} expert slices differ from "
-            f"the next expert by less than {experts['min_resolution_needed']:.0f} deviations of this type's "
-            f"quantization noise (lowest {experts['min_resolution']:.1f}), so a swapped expert could not be told apart",
+            f"not measured: {experts['indistinguishable']} of {experts['expert_tensors']} expert slices keep less "
+            f"than {experts['min_kept_needed']:.0%} of the merge's difference between experts at this type "
+            f"(lowest {experts['min_kept']:.2f}), so a swapped expert could not be told apart",
             **experts,
         )
     return check(
         f"{t}: expert placement",
         PASS,
-        f"each of {experts['expert_tensors']} expert slices is nearest its own expert of the merge, by at least "
-        f"{experts['min_resolution']:.1f} noise deviations "
-        f"(relative error at most {experts['max_relative_error']:.3f})",
+        f"each of {experts['expert_tensors']} expert slices is its own expert of the merge, keeping at least "
+        f"{experts['min_kept']:.0%} of the experts' difference (relative error at most "
+        f"{experts['max_relative_error']:.3f})",
         quality=True,
         **experts,
     )
