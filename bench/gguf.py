@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 from pipeline.engine.build import default_layout, finished_results
+from pipeline.moe.verdict import named
 from pipeline.quantization.llama_cpp import convert, parity, quantize
 from pipeline.recipe import load_recipe
 from pipeline.stages import STAGES
 from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.gates import routed_model
+from pipeline.stages.gguf import parity_name
 from pipeline.stages.resolve import model_paths
 from pipeline.support.determinism import THREADS
 
@@ -78,12 +80,8 @@ def gguf_bench(recipe_file: Path, work: Path, build_root: Path | None = None, lo
         p = parity(f, reference, base, THREADS, work / f"parity-base-{t}.log")["parity"]
         dense[t] = {k: p[k] for k in ("kl_mean", "kl_p99", "top1_agreement", "perplexity_ratio")}
     moe_report = json.loads((done["gguf"].path / "gguf" / "verify.json").read_text())
-    moe = {
-        t: {k: c[k] for k in ("kl_mean", "kl_p99", "top1_agreement", "perplexity_ratio")}
-        for t in types
-        for c in moe_report["checks"]
-        if c["name"] == f"{t}: parity"
-    }
+    keys = ("kl_mean", "kl_p99", "top1_agreement", "perplexity_ratio")
+    moe = {t: {k: named(moe_report, parity_name(t))[k] for k in keys} for t in types}
     parts = stage["result"]["wall_s"]
     made = parts["convert"] + parts["quantize"]
     result = {

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from pipeline.engine.build import default_layout, finished_results
 from pipeline.moe.metrics import perplexity, target_nll, token_kl, top1_agreement
+from pipeline.moe.verdict import named
 from pipeline.quantization.awq_engine import run_engine
 from pipeline.quantization.awq_layout import quantization_config
 from pipeline.recipe import load_recipe
 from pipeline.stages import STAGES
 from pipeline.stages.evaluate import reference_dir
 from pipeline.stages.resolve import model_paths
-from pipeline.stages.verify import report_dir
+from pipeline.stages.verify import QUANTIZATION_PARITY, report_dir
 
 
 def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:
@@ -53,11 +54,7 @@ def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = Non
     )
     run_engine(spec, work / "engine-spec.json", work / "engine.log")
     dense4 = _to_contract(work / "engine", work / "dense-awq", spec)
-    moe = next(
-        c
-        for c in json.loads((report_dir(verify) / "verify.json").read_text())["checks"]
-        if c["name"] == "quantization_parity"
-    )
+    moe = named(json.loads((report_dir(verify) / "verify.json").read_text()), QUANTIZATION_PARITY)
     dense = _parity(base, dense4, reference_dir(evaluate) / "reference.safetensors")
     out = {
         "moe": {k: moe[k] for k in ("kl_mean", "top1_agreement", "perplexity_ratio")},

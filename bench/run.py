@@ -40,9 +40,11 @@ import yaml
 from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure
 from pipeline.engine.graph import enabled_stages
+from pipeline.moe.verdict import named
 from pipeline.quantization.awq_engine import ALLOCATOR
 from pipeline.recipe import load_recipe
 from pipeline.stages import STAGES
+from pipeline.stages.verify import QUANTIZATION_PARITY
 
 
 def stage_record(stage: str, out: str) -> dict:
@@ -194,7 +196,7 @@ def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
     for label, f in folders.items():
         q = json.loads((f["quantize"] / "record.json").read_text())
         report = json.loads((f["verify"] / "report" / "verify.json").read_text())
-        parity = next(c for c in report["checks"] if c["name"] == "quantization_parity")
+        parity = named(report, QUANTIZATION_PARITY)
         paths[label] = {
             "quantize_s": q["wall_s"],
             "compute": q["fingerprint"]["compute"],

@@ -27,7 +27,7 @@ from pipeline.errors import UsageError
 from pipeline.moe.evaluation import dead_experts
 from pipeline.moe.metrics import gate_weight_entropy_bits
 from pipeline.moe.study_report import render, render_png
-from pipeline.moe.verdict import PASS, WARN
+from pipeline.moe.verdict import PASS, WARN, named
 from pipeline.recipe import Recipe
 from pipeline.support.atomic import atomic_folder
 from pipeline.support.jsonio import write_json
@@ -89,7 +89,9 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
         "dead_experts_state": WARN if dead else PASS,
     }
     if verify is not None:
-        q = next(c for c in verify["checks"] if c["name"] == "quantization_parity")
+        from pipeline.stages.verify import QUANTIZATION_PARITY
+
+        q = named(verify, QUANTIZATION_PARITY)
         row["quantized"] = {
             "state": q["state"],
             **{k: q.get(k) for k in ("kl_mean", "top1_agreement", "perplexity_ratio", "per_domain")},

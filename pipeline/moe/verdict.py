@@ -88,6 +88,15 @@ def build_report(checks: list[dict], enforced: bool, **extra: Any) -> dict:
     }
 
 
+def named(report: dict, name: str) -> dict:
+    """The report's check of that name (names are the constants of the stage that
+    writes the report: verify.QUANTIZATION_PARITY, gguf.parity_name(type))."""
+    for c in report["checks"]:
+        if c["name"] == name:
+            return c
+    raise KeyError(f"no check {name!r} in the report (it has {', '.join(c['name'] for c in report['checks'])})")
+
+
 def shown(state: str) -> str:
     """A state as the tables and logs show it: a failure stands out."""
     return "**FAIL**" if state == FAIL else state.replace("_", " ")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, TypedDict
+from typing import Any, Iterator, TypedDict, cast
 
 from pipeline.checkpoints.streaming import StreamingLM
 from pipeline.checkpoints.tensor_file import TensorFileWriter
@@ -45,8 +45,22 @@ def reference_dir(result: StageResult) -> Path:
     return result.path
 
 
-def reference(result: StageResult) -> dict[str, Any]:
-    return json.loads((reference_dir(result) / "reference.json").read_text())
+class Reference(TypedDict):
+    """reference.json: what verify, study and bench read of the 16-bit model."""
+
+    domains: list[str]  # one per window
+    seq_len: int
+    top_k: int
+    structure: dict[str, Any]  # merge_structure's answer
+    forced_routing: list[dict[str, Any]]
+    perplexity: dict[str, dict[str, float]]  # model -> domain -> perplexity
+    routing_16bit: dict[str, Any]  # routing_stats of the recipe's routers
+    routing_16bit_hidden: dict[str, Any] | None  # mergekit's own routers, where the fit replaced them
+    expert_sources: list[str]
+
+
+def reference(result: StageResult) -> Reference:
+    return cast(Reference, json.loads((reference_dir(result) / "reference.json").read_text()))
 
 
 class EvaluateStage(HeldOutTextStage):
@@ -104,7 +118,7 @@ class EvaluateStage(HeldOutTextStage):
             run = hidden.run(inputs, desc="verify: hidden-state routers")
             ppl["moe (hidden-state routers)"] = perplexity_of(_logprobs(run, hidden_routers), windows)
             hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)
-        result = {
+        result: Reference = {
             "domains": domains,
             "seq_len": v.seq_len,
             "top_k": top_k,

@@ -221,7 +221,8 @@ def _placement_check(t: str, experts: dict) -> dict:
             NOT_MEASURED,
             f"not measured: {experts['indistinguishable']} of {experts['expert_tensors']} expert slices keep less "
             f"than {experts['min_kept_needed']:.0%} of the merge's difference between experts at this type "
-            f"(lowest {experts['min_kept']:.2f}), so a swapped expert could not be told apart",
+            f"(lowest {experts['min_kept']:.2f}), so a swapped expert could not be told apart there; the other "
+            f"{experts['expert_tensors'] - experts['indistinguishable']} are their own expert",
             **experts,
         )
     return check(
