@@ -19,11 +19,13 @@ import yaml
 from pipeline import __version__
 from pipeline.errors import RecipeError
 from pipeline.moe.study_report import read_study, render_for_card, without_timings
+from pipeline.moe.verdict import named
 from pipeline.provenance.lockfile import published_recipe
+from pipeline.quantization import readers
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.gates import gates_result
-from pipeline.stages.gguf import gguf_report, gguf_result
+from pipeline.stages.gguf import gguf_report, gguf_result, parity_name
 from pipeline.stages.gguf import render as render_gguf_report
 from pipeline.stages.lock import build_id
 from pipeline.stages.quantize import quantize_result
@@ -79,7 +81,7 @@ def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
 
 class CardStage(Stage):
     name = "card"
-    version = 2  # five check states; the GGUF card; the failed-checks banner
+    version = 3  # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers
     depends = ("lock", "resolve", "gates", "quantize", "verify")
     optional_depends = ("gguf",)
     packages = ("huggingface-hub",)
@@ -133,6 +135,7 @@ class CardStage(Stage):
             "build_id": bid,
             "verify_md": verify_md,
             "study_md": _study_md(recipe, ctx.inputs["gates"].key),
+            "readers": {"failing": readers.FAILING, "untested": readers.UNTESTED},
         }
         hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
@@ -223,12 +226,14 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
     """How the routers were fitted, for the card; None for mergekit's own routers."""
     if not gates_result(gates).get("fitted"):
         return None
-    g = recipe.gates
-    loss = gates_result(gates)["loss"]
+    g, r = recipe.gates, gates_result(gates)
+    held = r["heldout_loss"]
+    kept = next(c["loss"] for c in held if c["step"] == r["best_step"])
     return (
-        f"routers fitted on {', '.join(portable(f) for f in g.files)}: {g.steps} steps of Adam (lr {g.lr}, "
+        f"routers fitted on {', '.join(portable(f) for f in g.files)}: {len(r['loss'])} steps of Adam (lr {g.lr}, "
         f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
-        f"only `block_sparse_moe.gate.weight` trained; loss {loss[0]:.3f} -> {loss[-1]:.3f}"
+        f"only `block_sparse_moe.gate.weight` trained; loss on held-out windows of the same files "
+        f"{held[0]['loss']:.3f} -> {kept:.3f}, routers of step {r['best_step']} kept ({r['stopped']})"
     )
 
 
@@ -318,7 +323,7 @@ def gguf_card(recipe: Recipe, license_id: str, bid: str, files: dict[str, str], 
     )
     rows = "\n".join(
         f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
-        + next(c["summary"] for c in report["checks"] if c["name"] == f"{t}: parity")
+        + named(report, parity_name(t))["summary"]
         + " |"
         for t in files
     )

@@ -22,6 +22,7 @@ from pipeline.moe.evaluation import compare_candidate, dead_experts, routing_sta
 from pipeline.moe.quality_limits import quality_limits
 from pipeline.moe.report import render_markdown, render_routing_png
 from pipeline.moe.verdict import FAIL, NOT_APPLICABLE, NOT_MEASURED, PASS, WARN, build_report, check, judged, log_lines
+from pipeline.quantization import readers
 from pipeline.quantization.awq_layout import awq_form_problems
 from pipeline.recipe import Recipe, VerifySection
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -55,8 +56,9 @@ def report_dir(result: StageResult) -> Path:
 class VerifyStage(Stage):
     name = "verify"
     # 2: consumer_load requires the exact AWQ GEMM form; 3: quantization parity per domain;
-    # 4: the candidate's log-probs are computed one window at a time
-    version = 4
+    # 4: the candidate's log-probs are computed one window at a time; 5: five check
+    # states, consumer_load names its loader and the readers it did not try
+    version = 5
     depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib")
     publishes = {"awq": "report"}
@@ -263,8 +265,8 @@ def _quantization_facts(result: QuantizeResult) -> dict:
 
 # What consumer_load loads with, and the readers it does not try (the AWQ card says
 # which of those were measured elsewhere and how they fail).
+QUANTIZATION_PARITY = "quantization_parity"  # the check study and bench read
 LOADER = "frankenmoe's own loader (pipeline/checkpoints/streaming.py)"
-NOT_TRIED = "transformers' from_pretrained, GPTQModel.load, vLLM, TGI"
 
 
 def verify_candidate(
@@ -332,12 +334,12 @@ def verify_candidate(
             not load_problems,
             f"with {LOADER}, both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit one "
             "is in the exact AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear); "
-            f"readers not tried here: {NOT_TRIED}"
+            f"readers not tried here: {readers.not_tried()}"
             if not load_problems
             else "; ".join(load_problems),
             problems=load_problems,
             loader=LOADER,
-            not_tried=NOT_TRIED,
+            not_tried=readers.not_tried(),
         )
     )
 
@@ -352,7 +354,7 @@ def verify_candidate(
         q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
         checks.append(
             judged(
-                "quantization_parity",
+                QUANTIZATION_PARITY,
                 q_ok,
                 f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
                 f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
@@ -375,7 +377,7 @@ def verify_candidate(
         checks.append(_routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])))
         routing_4bit = routing_stats(router4, ref["domains"], ref["seq_len"], ref["top_k"])
     else:
-        checks.append(check("quantization_parity", NOT_MEASURED, "not measured: the candidate does not load"))
+        checks.append(check(QUANTIZATION_PARITY, NOT_MEASURED, "not measured: the candidate does not load"))
         checks.append(check("routing_parity", NOT_MEASURED, "not measured: the candidate does not load"))
 
     if own_build:

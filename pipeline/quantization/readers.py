@@ -1,0 +1,46 @@
+"""Who reads the published AWQ folder, as measured: one list the card, verify's
+`consumer_load` row and the tests share, so none of them claims a reader the others
+do not. tests/test_card_snippets.py runs every reader named here on the example and
+fails when what one does changes, so this text is re-measured on every upgrade."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The reader that runs the folder correctly (the card's snippet; tests check its text).
+WORKING = "frankenmoe's own loader (pipeline/checkpoints/streaming.py, `frankenmoe generate`)"
+# Readers of this layout by their documentation, never run here (no GPU on the build machine).
+UNTESTED = ("vLLM", "TGI")
+
+
+@dataclass(frozen=True)
+class FailingReader:
+    package: str  # the PyPI name whose installed version the measurement holds for
+    version: str
+    call: str
+    symptom: str
+
+
+FAILING = (
+    FailingReader(
+        "transformers",
+        "5.24.0",
+        'AutoModelForCausalLM.from_pretrained(folder)',
+        "reports every per-expert qweight/qzeros/scales as unexpected and the fused expert weights as missing, "
+        "initializes the experts at random and returns the model anyway (transformers 5 keeps a Mixtral's experts "
+        "as fused tensors, which its AWQ loader does not fill)",
+    ),
+    FailingReader(
+        "gptqmodel",
+        "7.7.0",
+        'GPTQModel.load(folder, device="cpu")',
+        "leaves every block_sparse_moe tensor, the routers included, unused (its quantized loader does not map "
+        "AutoAWQ's Mixtral names to its own) and returns NaN logits",
+    ),
+)
+
+
+def not_tried() -> str:
+    """The readers verify's loading check did not use, for its row."""
+    return ", ".join([f"{r.package} {r.version} {r.call.split('(')[0]} (measured not to work)" for r in FAILING]
+                     + [f"{name} (untested)" for name in UNTESTED])

@@ -1,0 +1,124 @@
+"""Every "how to run it" snippet of the example's cards, run as a user would after
+the push (the folders uploaded to the local Hub stand-in, the snippets run verbatim
+against it over HTTP), and the readers the AWQ card warns about pinned: when a
+release fixes one, its test fails and the card's warning goes
+(pipeline/quantization/readers.py)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.quantization import readers
+from tests.conftest import HUB_TOKEN, REAL_RECIPE, REPO, example_data, run_cli, write_recipe
+
+PROMPT_WORDS = 4  # continuations compared word by word, up to quantization
+
+
+def code_blocks(card: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", card.read_text(encoding="utf-8"), flags=re.S)
+
+
+def run_snippet(argv: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def continuation(text: str, prompt: str) -> list[str]:
+    assert prompt in text, text
+    return text.split(prompt, 1)[1].split()[:PROMPT_WORDS]
+
+
+def generate_16_bit(merged: Path, prompt: str) -> list[str]:
+    out = run_snippet(["frankenmoe", "generate", str(merged), "--prompt", prompt], REPO, {})
+    return continuation(out, prompt)
+
+
+@pytest.mark.slow
+def test_each_cards_snippets_run_from_the_hub_and_continue_like_the_16_bit_model(real, hub, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    # The example's cards with Hub repo ids, pushed by the build (only lock, card,
+    # manifest and push rerun), public, so the snippets need no token.
+    data = example_data(REAL_RECIPE)
+    repos = {"merged": "me/smollm2-2x", "awq": "me/smollm2-2x-AWQ", "gguf": "me/smollm2-2x-GGUF"}
+    data["publish"] = {"push": True, "private": False, **{f: {"repo_id": r} for f, r in repos.items()}}
+    recipe = write_recipe(tmp_path / "smollm2-2x.yaml", data)
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_cli(
+        "build", str(recipe), build=real["root"] / "build", dist=tmp_path / "dist", env={**env, "HF_TOKEN": HUB_TOKEN}
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dist = tmp_path / "dist" / "smollm2-2x"
+    cards = {folder: dist / folder / "README.md" for folder in repos}
+    assert all(repo in cards[folder].read_text() for folder, repo in repos.items())
+
+    (snippet,) = code_blocks(cards["merged"], "python")
+    prompt = re.search(r'tokenizer\("([^"]+)"', snippet).group(1)
+    reference = generate_16_bit(dist / "merged", prompt)
+    assert continuation(run_snippet([sys.executable, "-c", snippet], tmp_path, env), prompt) == reference
+
+    (generate,) = [b for b in code_blocks(cards["awq"], "sh") if b.startswith("frankenmoe generate")]
+    path = re.search(r"frankenmoe generate (\S+)", generate).group(1)
+    snapshot_download(repos["awq"], endpoint=hub.url, local_dir=tmp_path / path)
+    prompt = re.search(r'--prompt "([^"]+)"', generate).group(1)
+    got = continuation(run_snippet(["bash", "-c", generate], tmp_path, env), prompt)
+    assert got == generate_16_bit(dist / "merged", prompt), got
+
+    (snippet,) = code_blocks(cards["gguf"], "python")
+    prompt = re.search(r'llm\("([^"]+)"', snippet).group(1)
+    text = run_snippet([sys.executable, "-c", snippet], tmp_path, env)
+    assert text.split()[: PROMPT_WORDS - 1] == generate_16_bit(dist / "merged", prompt)[: PROMPT_WORDS - 1], text
+
+
+def _installed(reader: readers.FailingReader) -> None:
+    """The warning holds for the version it was measured on: another version is re-measured."""
+    got = importlib.metadata.version(reader.package)
+    assert got == reader.version, (
+        f"{reader.package} is {got}, the card's warning was measured on {reader.version}: run this test's "
+        f"reader on the example again and update pipeline/quantization/readers.py"
+    )
+
+
+def test_transformers_from_pretrained_still_misreads_the_awq_folder(example):
+    """Pins what the AWQ card says: from_pretrained drops every 4-bit expert tensor."""
+    import transformers
+
+    reader = next(r for r in readers.FAILING if r.package == "transformers")
+    _installed(reader)
+    transformers.logging.set_verbosity_error()
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(example["awq"], output_loading_info=True)
+    unexpected = [k for k in info["unexpected_keys"] if ".block_sparse_moe.experts." in k and k.endswith(".qweight")]
+    missing = [k for k in info["missing_keys"] if ".experts." in k]
+    assert unexpected and missing, info
+
+
+def test_gptqmodel_load_still_leaves_the_expert_tensors_unused(example):
+    """Pins what the AWQ card says: GPTQModel's quantized loader leaves the MoE's
+    tensors unused, and the model it returns does not compute the 16-bit logits."""
+    import torch
+    from gptqmodel import GPTQModel
+
+    reader = next(r for r in readers.FAILING if r.package == "gptqmodel")
+    _installed(reader)
+    from pipeline.checkpoints.loading import load_model
+
+    ids = torch.tensor([[1, 5, 9, 17, 33]])
+    with torch.no_grad():
+        ours = load_model(example["awq"], dtype="float32")(ids).logits.float()
+        theirs = GPTQModel.load(str(example["awq"]), device="cpu").model(ids).logits.float()
+    assert not torch.allclose(theirs, ours, atol=0.1), "GPTQModel now reads the folder: update readers.py"
