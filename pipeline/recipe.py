@@ -200,7 +200,20 @@ class GatesSection(Strict):
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
         "them, else the shipped calibration split; may not hold the text of a verify.files file",
     )
-    steps: int = Field(default=25, ge=1, description="Adam steps")
+    steps: int = Field(
+        default=100, ge=1, description="most Adam steps; the fit stops sooner when its held-out loss stops improving"
+    )
+    holdout: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of each gates.files file's windows held out (its last ones, at most 8) to decide when "
+        "to stop and which routers to keep",
+    )
+    check_every: int = Field(default=5, ge=1, description="steps between two measurements of the held-out loss")
+    patience: int = Field(
+        default=3, ge=1, description="held-out checks without a new best loss before the fit stops"
+    )
     lr: float = Field(default=0.05, gt=0, description="learning rate")
     batch_size: int = Field(default=4, ge=1, description="windows per step, taken in turn from each file")
     seq_len: int = Field(default=128, ge=8, description="tokens per window")

@@ -93,14 +93,22 @@ def test_record_and_card_say_how_the_routers_were_fitted(fitted):
     from pipeline.stages.card import _fitted
 
     gates = fitted["gates"]["result"]
-    assert gates["fitted"] and len(gates["loss"]) == 40 and gates["loss"][-1] < gates["loss"][0]
+    steps = len(gates["loss"])
+    assert gates["fitted"] and 0 < steps <= 40
+    held = gates["heldout_loss"]
+    assert held[0]["step"] == 0 and held[-1]["step"] == steps and all(c["step"] % 5 == 0 for c in held[:-1])
+    best = min(held, key=lambda c: c["loss"])
+    assert gates["best_step"] == best["step"] > 0 and best["loss"] < held[0]["loss"], held
+    assert gates["stopped"] in ("reached gates.steps (40)",) or gates["stopped"].startswith("held-out loss not below")
+    assert gates["heldout_windows"] and all(0 < n <= 8 for n in gates["heldout_windows"].values())
     entropy = gates["expert_usage_entropy_bits"]
     assert len(entropy["hidden"]) == len(entropy["fitted"]) == 4 and all(0 <= e <= 1 for e in entropy["fitted"])
     line = _fitted(load_recipe(FITTED), StageResult("gates", "k", fitted["root"], fitted["gates"]))
     assert line.startswith(
         "routers fitted on shipped:code/calibration.jsonl, shipped:prose/calibration.jsonl: "
-        "40 steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)"
+        f"{steps} steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)"
     )
+    assert f"routers of step {gates['best_step']} kept ({gates['stopped']})" in line
     assert (
         _fitted(
             load_recipe(REPO / "recipes" / "tiny-2x.yaml"),
@@ -168,3 +176,33 @@ def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {section}: {name} has the same text as verify.files")
     assert not any((tmp_path / "build").rglob("record.json"))
+
+
+def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(example):
+    """lr 0 never improves: the fit stops after `patience` checks with the routers it
+    was given. lr 50 jumps about: whatever its curve, the routers returned are the
+    ones of its lowest held-out check."""
+    import torch
+
+    from pipeline.checkpoints.loading import load_merged
+    from pipeline.moe.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
+    from pipeline.moe.routing import moe_blocks
+
+    g = torch.Generator().manual_seed(0)
+    model = load_merged(example["merged"], dtype="float32")
+    groups = [torch.randint(model.config.vocab_size, (6, 32), generator=g).tolist() for _ in range(2)]
+    train, heldout = split_heldout(groups, 0.2)
+    assert [len(h) for h in heldout] == [1, 1] and [len(t) for t in train] == [5, 5]
+    compute = {"device": "cpu", "dtype": "float32"}
+    start = [b.gate.weight.detach().clone() for b in moe_blocks(model)]
+    still = fit_routers(model, train, heldout, Schedule(30, 2, 2), 0.0, 2, 0, 0.0, compute)
+    assert still.best_step == 0 and len(still.loss) == 4 and still.stopped.startswith("held-out loss not below")
+    assert all(torch.equal(still.routers[i], w.float()) for i, w in enumerate(start))
+
+    jumpy = fit_routers(model, train, heldout, Schedule(12, 2, 2), 50.0, 2, 0, 0.0, compute)
+    lowest = min(jumpy.heldout, key=lambda c: c["loss"])
+    assert jumpy.best_step == lowest["step"], jumpy.heldout
+    with torch.no_grad():
+        for i, b in enumerate(moe_blocks(model)):
+            b.gate.weight.copy_(jumpy.routers[i])
+    assert _heldout_loss(model, [torch.tensor(h) for h in heldout], 2) == lowest["loss"]

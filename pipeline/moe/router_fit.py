@@ -45,11 +45,43 @@ def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) ->
 
 @dataclass
 class FitResult:
-    routers: dict[int, "object"]  # layer -> fitted gate weight (torch.Tensor, float32, CPU)
-    loss: list[float]  # language-model loss per step (without the balance term)
+    routers: dict[int, "object"]  # layer -> the best gate weight (torch.Tensor, float32, CPU)
+    loss: list[float]  # language-model loss per step on its training batch (without the balance term)
+    heldout: list[dict]  # {"step", "loss"}: the held-out windows' loss at each check (step 0: before fitting)
+    best_step: int  # the check whose routers are kept (0: the routers it started from)
+    stopped: str  # why the fit ended
     seconds: float
     entropy_before: list[float]  # expert-usage entropy per layer (bits), hidden-state routers
-    entropy_after: list[float]  # the same with the fitted routers
+    entropy_after: list[float]  # the same with the kept routers
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long the fit runs: at most `steps` Adam steps; the held-out loss is
+    measured every `check_every` steps, and the fit stops after `patience` checks
+    without a new best."""
+
+    steps: int
+    check_every: int
+    patience: int
+
+
+HELDOUT_MOST = 8  # held-out windows per file: each check costs about one training step's forward passes
+
+
+def split_heldout(groups: list[list[list[int]]], share: float) -> tuple[list, list]:
+    """Each file's windows split into training and held-out ones: its last
+    max(1, share x n) windows, at most HELDOUT_MOST, are held out (fitting text
+    only, never verify's). A file with fewer than two windows cannot be split:
+    ValueError carries its index."""
+    train, heldout = [], []
+    for i, g in enumerate(groups):
+        if len(g) < 2:
+            raise ValueError(i)
+        k = min(max(1, int(len(g) * share)), HELDOUT_MOST)
+        train.append(g[:-k])
+        heldout.append(g[-k:])
+    return train, heldout
 
 
 def assignment_entropies(model, batch) -> list[float]:
@@ -76,7 +108,8 @@ def assignment_entropies(model, batch) -> list[float]:
 def fit_routers(
     model,
     groups: list[list[list[int]]],
-    steps: int,
+    heldout: list[list[list[int]]],
+    schedule: Schedule,
     lr: float,
     batch_size: int,
     seed: int,
@@ -84,10 +117,13 @@ def fit_routers(
     compute: dict[str, str],
 ) -> FitResult:
     """Train the routers of `model` (a loaded MoE) on windows of token ids, on
-    `compute` (fit_compute). `groups` holds the windows of each text file: every
-    batch takes from each file in turn, so a large file cannot drown a small one
-    (calibration text is rarely balanced across domains, and the routers would
-    learn its proportions)."""
+    `compute` (fit_compute), and keep the routers of the best held-out check.
+    `groups` holds the training windows of each text file: every batch takes from
+    each file in turn, so a large file cannot drown a small one (calibration text is
+    rarely balanced across domains, and the routers would learn its proportions).
+    `heldout`, per file, decides when to stop: its loss is the mean over files, so
+    every file counts alike. How many steps help differs from recipe to recipe (25
+    were right for one and far too few for another), so none is fixed."""
     import torch
     import torch.nn.functional as F
 
@@ -115,11 +151,15 @@ def fit_routers(
     )
     optimizer = torch.optim.Adam(gates, lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    losses = []
+    held = [torch.tensor(g, device=device) for g in heldout]
+    losses: list[float] = []
+    curve = [{"step": 0, "loss": _heldout_loss(model, held, batch_size)}]
+    best = {"step": 0, "loss": curve[0]["loss"], "routers": [w.detach().clone() for w in gates]}
+    stopped = f"reached gates.steps ({schedule.steps})"
     grad = torch.is_grad_enabled()
     try:
         torch.set_grad_enabled(True)  # a suspended streaming pass (torch.no_grad inside a generator) turns it off
-        for _ in progress(range(steps), desc="gates: fitting routers"):
+        for step in progress(range(1, schedule.steps + 1), desc="gates: fitting routers"):
             picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
             batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])
             captured.clear()
@@ -130,17 +170,49 @@ def fit_routers(
             loss.backward()
             optimizer.step()
             losses.append(round(float(lm.detach()), 5))
+            if step % schedule.check_every and step != schedule.steps:
+                continue
+            curve.append({"step": step, "loss": _heldout_loss(model, held, batch_size)})
+            if curve[-1]["loss"] < best["loss"]:
+                best = {"step": step, "loss": curve[-1]["loss"], "routers": [w.detach().clone() for w in gates]}
+            elif (step - best["step"]) >= schedule.patience * schedule.check_every:
+                stopped = (
+                    f"held-out loss not below {best['loss']:.4f} (step {best['step']}) for {schedule.patience} checks"
+                )
+                break
     finally:
         torch.set_grad_enabled(grad)
         for h in hooks:
             h.remove()
-    for w in gates:
-        w.requires_grad_(False)
+    with torch.no_grad():
+        for w, kept in zip(gates, best["routers"]):
+            w.requires_grad_(False)
+            w.copy_(kept)
     entropy_after = assignment_entropies(model, probe)
     for h in casts:
         h.remove()
     routers = {i: w.detach().float().cpu().clone() for i, w in enumerate(gates)}
-    return FitResult(routers, losses, time.monotonic() - t0, entropy_before, entropy_after)
+    return FitResult(
+        routers, losses, curve, best["step"], stopped, time.monotonic() - t0, entropy_before, entropy_after
+    )
+
+
+def _heldout_loss(model, held: list, batch_size: int) -> float:
+    """Mean over files of the language-model loss on each file's held-out windows."""
+    import torch
+    import torch.nn.functional as F
+
+    per_file = []
+    with torch.no_grad():
+        for windows in held:
+            total, n = 0.0, 0
+            for batch in windows.split(batch_size):
+                logits = model(batch).logits[:, :-1].float()
+                logits = logits.reshape(-1, logits.shape[-1])
+                total += float(F.cross_entropy(logits, batch[:, 1:].reshape(-1), reduction="sum"))
+                n += batch[:, 1:].numel()
+            per_file.append(total / n)
+    return round(sum(per_file) / len(per_file), 5)
 
 
 def _balance_loss(router_out) -> "object":

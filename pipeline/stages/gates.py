@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from pipeline.checkpoints.shape import ModelShape
+from pipeline.errors import InputFileError
 from pipeline.moe.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 from pipeline.recipe import CalibrationSection, Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -31,8 +32,13 @@ class GatesResult(TypedDict, total=False):
     fitted: bool  # False: mergekit's routers as they are
     device: str
     compute_dtype: str
-    windows: dict[str, int]
-    loss: list[float]
+    windows: dict[str, int]  # training windows per file
+    heldout_windows: dict[str, int]
+    loss: list[float]  # per step, on its training batch
+    heldout_loss: list[dict]  # {"step", "loss"} per check; step 0 before fitting
+    best_step: int  # whose routers were kept (0: mergekit's)
+    stopped: str
+    seconds_per_step: float
     expert_usage_entropy_bits: dict[str, Any]
     rewritten_shards: list[str]
 
@@ -95,25 +101,41 @@ class GatesStage(Stage):
         from transformers import AutoTokenizer
 
         from pipeline.checkpoints.loading import load_merged
-        from pipeline.moe.router_fit import fit_compute, fit_routers
+        from pipeline.moe.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 
         compute = fit_compute(g.device, g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)
         groups = [token_windows([ctx.recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
+        try:
+            train, heldout = split_heldout(groups, g.holdout)
+        except ValueError as e:
+            f = g.files[e.args[0]]
+            raise InputFileError(
+                f"gates.files: {f}: {len(groups[e.args[0]])} window(s) of gates.seq_len ({g.seq_len}) tokens; the fit "
+                "holds some out to know when to stop, so each file needs at least 2: add text or lower gates.seq_len"
+            ) from None
         model = load_merged(merged, dtype=compute["dtype"])  # as it computes: bfloat16 is half the memory
-        fit = fit_routers(model, groups, g.steps, g.lr, g.batch_size, g.seed, g.balance, compute)
+        schedule = Schedule(g.steps, g.check_every, g.patience)
+        fit = fit_routers(model, train, heldout, schedule, g.lr, g.batch_size, g.seed, g.balance, compute)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
+        steps = len(fit.loss)
         ctx.log(
-            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}) "
-            f"on {sum(map(len, groups))} windows: "
-            f"loss {fit.loss[0]:.3f} -> {fit.loss[-1]:.3f}"
+            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}, "
+            f"{fit.seconds / steps:.2f}s a step) on {sum(map(len, train))} windows, {sum(map(len, heldout))} held out: "
+            f"held-out loss {fit.heldout[0]['loss']:.4f} -> {fit.heldout[-1]['loss']:.4f} after {steps} steps, "
+            f"kept step {fit.best_step}; {fit.stopped}"
         )
         return {
             "fitted": True,
             "device": compute["device"],
             "compute_dtype": compute["dtype"],
-            "windows": {portable(f): len(w) for f, w in zip(g.files, groups)},
+            "windows": {portable(f): len(w) for f, w in zip(g.files, train)},
+            "heldout_windows": {portable(f): len(w) for f, w in zip(g.files, heldout)},
             "loss": fit.loss,
+            "heldout_loss": fit.heldout,
+            "best_step": fit.best_step,
+            "stopped": fit.stopped,
+            "seconds_per_step": round(fit.seconds / steps, 3),
             "expert_usage_entropy_bits": {"hidden": fit.entropy_before, "fitted": fit.entropy_after},
             "rewritten_shards": rewritten,
         }
