@@ -212,7 +212,7 @@ def test_too_little_calibration_for_an_expert_fails_naming_it(example, tmp_path)
         p
         for p in (example["root"] / "build" / "tiny-2x" / "quantize").iterdir()
         if not p.name.startswith(".")
-        and json.loads((p / "record.json").read_text())["config"]["min_expert_tokens"] == 100
+        and json.loads((p / "record.json").read_text())["config"].get("min_expert_tokens") == 100
     ]
 
 
@@ -238,7 +238,7 @@ def test_engine_env_tunes_the_allocator_unless_the_user_did():
 
 def test_all_experts_calibration_needs_no_routed_tokens(example, tmp_path):
     """The same thin, top-1 calibration passes with every token through every expert,
-    and the record says both what the routers sent and what each expert saw."""
+    and the record says what each expert saw, counted inside the engine."""
     data = example_data()
     data["name"] = "tiny-2x"
     data["experts_per_token"] = 1
@@ -249,9 +249,9 @@ def test_all_experts_calibration_needs_no_routed_tokens(example, tmp_path):
     recipe.write_text(yaml.safe_dump(data))
     proc = run_cli("build", str(recipe), "--until", "quantize", build=example["root"] / "build", dist=tmp_path / "dist")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "every expert sees all 128 tokens" in proc.stdout
+    assert "every expert's input gets all 128 tokens" in proc.stdout
     out = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("quantize  ran"))
     result = json.loads((Path(out) / "record.json").read_text())["result"]
     assert result["calibrate_all_experts"] and result["undercalibrated"] == []
-    assert min(min(row) for row in result["expert_tokens"]) < 100  # what the routers sent
+    assert result["expert_tokens"] is None  # no 16-bit routing pass: nothing depends on it
     assert result["expert_tokens_seen"] == [[128, 128]] * 4
