@@ -7,6 +7,7 @@ release fixes one, its test fails and the card's warning goes
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -48,6 +49,27 @@ def generate_16_bit(merged: Path, prompt: str) -> list[str]:
     return continuation(out, prompt)
 
 
+TOP_K, MIN_SHARE = 5, 0.9  # "up to quantization": the 4-bit text is one the 16-bit model would write
+
+
+def share_in_16_bit_top_k(merged: Path, prompt: str, text: str) -> float:
+    """Share of the tokens of `text` (a continuation of `prompt`) that the 16-bit
+    model ranks among its TOP_K next tokens, teacher-forced on that text. A 4-bit
+    greedy run may take another of the likely tokens and go its own way; text the
+    16-bit model would not write (a reader that scrambles the experts) scores low."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    start = len(tokenizer(prompt)["input_ids"])
+    ids = torch.tensor([tokenizer(prompt + text)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, start - 1 : -1]
+    top = logits.topk(TOP_K, dim=-1).indices
+    return float((top == ids[0, start:, None]).any(-1).float().mean())
+
+
 @pytest.mark.slow
 def test_each_cards_snippets_run_from_the_hub_and_continue_like_the_16_bit_model(real, hub, tmp_path):
     from huggingface_hub import snapshot_download
@@ -76,13 +98,14 @@ def test_each_cards_snippets_run_from_the_hub_and_continue_like_the_16_bit_model
     path = re.search(r"frankenmoe generate (\S+)", generate).group(1)
     snapshot_download(repos["awq"], endpoint=hub.url, local_dir=tmp_path / path)
     prompt = re.search(r'--prompt "([^"]+)"', generate).group(1)
-    got = continuation(run_snippet(["bash", "-c", generate], tmp_path, env), prompt)
-    assert got == generate_16_bit(dist / "merged", prompt), got
+    text = run_snippet(["bash", "-c", generate], tmp_path, env)
+    assert prompt in text, text
+    assert share_in_16_bit_top_k(dist / "merged", prompt, text.split(prompt, 1)[1]) >= MIN_SHARE, text
 
     (snippet,) = code_blocks(cards["gguf"], "python")
     prompt = re.search(r'llm\("([^"]+)"', snippet).group(1)
-    text = run_snippet([sys.executable, "-c", snippet], tmp_path, env)
-    assert text.split()[: PROMPT_WORDS - 1] == generate_16_bit(dist / "merged", prompt)[: PROMPT_WORDS - 1], text
+    text = run_snippet([sys.executable, "-c", snippet], tmp_path, env).removesuffix("\n")
+    assert share_in_16_bit_top_k(dist / "merged", prompt, text) >= MIN_SHARE, text
 
 
 def _installed(reader: readers.FailingReader) -> None:
@@ -94,31 +117,52 @@ def _installed(reader: readers.FailingReader) -> None:
     )
 
 
-def test_transformers_from_pretrained_still_misreads_the_awq_folder(example):
-    """Pins what the AWQ card says: from_pretrained drops every 4-bit expert tensor."""
-    import transformers
+def _facts_of(script: str, folder: Path) -> tuple[dict, str]:
+    """Run a reader in its own process (importing GPTQModel patches transformers'
+    Mixtral for the rest of a process): the JSON line it prints last, and its log."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=900, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
 
-    reader = next(r for r in readers.FAILING if r.package == "transformers")
-    _installed(reader)
-    transformers.logging.set_verbosity_error()
-    _, info = transformers.AutoModelForCausalLM.from_pretrained(example["awq"], output_loading_info=True)
-    unexpected = [k for k in info["unexpected_keys"] if ".block_sparse_moe.experts." in k and k.endswith(".qweight")]
-    missing = [k for k in info["missing_keys"] if ".experts." in k]
+
+FROM_PRETRAINED = """
+import json, sys, transformers
+transformers.logging.set_verbosity_error()
+_, info = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], output_loading_info=True)
+print(json.dumps({k: sorted(v) for k, v in info.items() if k != "error_msgs"}))
+"""
+
+GPTQMODEL_LOAD = """
+import json, sys, torch
+from gptqmodel import GPTQModel
+from pipeline.checkpoints.loading import load_model
+ids = torch.tensor([[1, 5, 9, 17, 33]])
+with torch.no_grad():
+    ours = load_model(sys.argv[1], dtype="float32")(ids).logits.float()
+    theirs = GPTQModel.load(sys.argv[1], device="cpu").model(ids).logits.float()
+print(json.dumps({"nan": bool(theirs.isnan().any()), "max_diff": float((theirs - ours).abs().nan_to_num(1e9).max())}))
+"""
+NOT_USED = re.compile(r"were not used when initializing \w+: \{(.*?)\}", re.S)
+
+
+def test_transformers_from_pretrained_still_misreads_the_awq_folder(example):
+    """Pins what the AWQ card says: from_pretrained renames block_sparse_moe to mlp,
+    finds no place for the per-expert 4-bit tensors and leaves the fused experts unset."""
+    _installed(next(r for r in readers.FAILING if r.package == "transformers"))
+    info, _ = _facts_of(FROM_PRETRAINED, example["awq"])
+    unexpected = [k for k in info["unexpected_keys"] if ".mlp.experts." in k and k.endswith(".qweight")]
+    missing = [k for k in info["missing_keys"] if k.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"))]
     assert unexpected and missing, info
 
 
 def test_gptqmodel_load_still_leaves_the_expert_tensors_unused(example):
-    """Pins what the AWQ card says: GPTQModel's quantized loader leaves the MoE's
-    tensors unused, and the model it returns does not compute the 16-bit logits."""
-    import torch
-    from gptqmodel import GPTQModel
-
-    reader = next(r for r in readers.FAILING if r.package == "gptqmodel")
-    _installed(reader)
-    from pipeline.checkpoints.loading import load_model
-
-    ids = torch.tensor([[1, 5, 9, 17, 33]])
-    with torch.no_grad():
-        ours = load_model(example["awq"], dtype="float32")(ids).logits.float()
-        theirs = GPTQModel.load(str(example["awq"]), device="cpu").model(ids).logits.float()
-    assert not torch.allclose(theirs, ours, atol=0.1), "GPTQModel now reads the folder: update readers.py"
+    """Pins what the AWQ card says: GPTQModel's quantized loader leaves the routers and
+    the experts' 4-bit tensors unused, and the model it returns computes NaN logits."""
+    _installed(next(r for r in readers.FAILING if r.package == "gptqmodel"))
+    facts, log = _facts_of(GPTQMODEL_LOAD, example["awq"])
+    assert facts["nan"], f"GPTQModel's logits are no longer NaN ({facts}): re-measure and update readers.py"
+    unused = NOT_USED.search(log)
+    assert unused and ".block_sparse_moe.gate.weight" in unused.group(1), log[-2000:]
+    assert ".block_sparse_moe.experts.0.w1.qweight" in unused.group(1)

@@ -355,7 +355,7 @@ llama-server --hf-repo {repo} --hf-file {first}
 ```python
 from llama_cpp import Llama
 llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
-print(llm("def fibonacci(n):", max_tokens=64)["choices"][0]["text"])
+print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])
 ```
 
 Provenance: `build.json` holds the recipe, the lock and every stage's record.
