@@ -122,8 +122,8 @@ class GatesStage(Stage):
         ctx.log(
             f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}, "
             f"{fit.seconds / steps:.2f}s a step) on {sum(map(len, train))} windows, {sum(map(len, heldout))} held out: "
-            f"held-out loss {fit.heldout[0]['loss']:.4f} -> {fit.heldout[-1]['loss']:.4f} after {steps} steps, "
-            f"kept step {fit.best_step}; {fit.stopped}"
+            f"held-out loss {fit.heldout[0]['loss']:.4f} at the start, {fit.heldout[-1]['loss']:.4f} after {steps} "
+            f"steps; kept step {fit.best_step}; {fit.stopped}"
         )
         return {
             "fitted": True,
