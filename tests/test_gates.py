@@ -193,6 +193,9 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
     groups = [torch.randint(model.config.vocab_size, (6, 32), generator=g).tolist() for _ in range(2)]
     train, heldout = split_heldout(groups, 0.2)
     assert [len(h) for h in heldout] == [1, 1] and [len(t) for t in train] == [5, 5]
+    with pytest.raises(ValueError) as one:  # a file of one window cannot lend one to the held-out split
+        split_heldout([groups[0], groups[1][:1]], 0.2)
+    assert one.value.args == (1,)
     compute = {"device": "cpu", "dtype": "float32"}
     start = [b.gate.weight.detach().clone() for b in moe_blocks(model)]
     still = fit_routers(model, train, heldout, Schedule(30, 2, 2), 0.0, 2, 0, 0.0, compute)

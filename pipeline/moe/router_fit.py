@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.moe.metrics import assignment_entropy_bits
+from pipeline.moe.metrics import assignment_entropy_bits, target_nll
 from pipeline.moe.routing import moe_blocks
 from pipeline.support.atomic import link_or_copy
 from pipeline.support.determinism import seed_everything
@@ -198,18 +198,17 @@ def fit_routers(
 
 
 def _heldout_loss(model, held: list, batch_size: int) -> float:
-    """Mean over files of the language-model loss on each file's held-out windows."""
+    """Mean over files of the language-model loss (metrics.target_nll per token) on
+    each file's held-out windows."""
     import torch
-    import torch.nn.functional as F
 
     per_file = []
     with torch.no_grad():
         for windows in held:
             total, n = 0.0, 0
             for batch in windows.split(batch_size):
-                logits = model(batch).logits[:, :-1].float()
-                logits = logits.reshape(-1, logits.shape[-1])
-                total += float(F.cross_entropy(logits, batch[:, 1:].reshape(-1), reduction="sum"))
+                logprobs = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
+                total += sum(target_nll(lp, ids.tolist()) for lp, ids in zip(logprobs, batch))
                 n += batch[:, 1:].numel()
             per_file.append(total / n)
     return round(sum(per_file) / len(per_file), 5)
