@@ -75,3 +75,23 @@ def test_license_from_recipe_or_agreeing_sources():
         resolve_license(recipe, {**agree, "experts[1]": None})
     chosen = recipe.model_copy(update={"card": recipe.card.model_copy(update={"license": "mit"})})
     assert resolve_license(chosen, {**agree, "experts[0]": "mit"}) == "mit"
+
+
+def test_the_gguf_card_does_not_depend_on_the_order_a_record_keeps_its_files():
+    """A cached gguf record reads its files back sorted, a fresh one in the order
+    they were made: the card is the same bytes either way (repro-check, two fresh
+    builds, could not see it; a build with gguf cached wrote the other order)."""
+    from pipeline.moe.verdict import PASS, build_report, check
+    from pipeline.recipe import load_recipe
+    from pipeline.stages.card import gguf_card
+    from pipeline.stages.gguf import parity_name
+    from tests.conftest import REAL_RECIPE
+
+    recipe = load_recipe(REAL_RECIPE)
+    made = {t: f"smollm2-2x-{t}.gguf" for t in recipe.gguf.types}
+    checks = [check(parity_name(t), PASS, f"mean KL of {t}", quality=True) for t in made]
+    report = build_report(checks, True, files={t: {"file": f, "bytes": 10**8} for t, f in made.items()})
+    orders = (made.items(), sorted(made.items()))
+    cards = {gguf_card(recipe, "apache-2.0", "b", dict(order), report) for order in orders}
+    assert len(cards) == 1
+    assert f'filename="smollm2-2x-{recipe.gguf.types[0]}.gguf"' in cards.pop()

@@ -321,13 +321,16 @@ def gguf_card(recipe: Recipe, license_id: str, bid: str, files: dict[str, str], 
         base_model=merged_repo,
         base_model_relation="quantized",
     )
+    # In the recipe's order: a cached record reads its keys back sorted, a fresh one
+    # in the order they were made, and the card's bytes must not depend on which.
+    order = [t for t in recipe.gguf.types if t in files] + sorted(set(files) - set(recipe.gguf.types))
     rows = "\n".join(
         f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
         + named(report, parity_name(t))["summary"]
         + " |"
-        for t in files
+        for t in order
     )
-    first = next(iter(files.values()))
+    first = files[order[0]]
     banner = failed_banner(recipe, report["failures"])
     body = f"""{banner + chr(10) + chr(10) if banner else ""}# {recipe.name} (GGUF)
 
