@@ -287,9 +287,10 @@ def expert_identity(gguf: str, merged: Path) -> dict:
         s = sources - sources.mean(axis=0)
         x = slices - slices.mean(axis=0)
         norms = np.sum(s**2, axis=1)
+        identical = bool(np.any(norms == 0))
         for e in range(len(names)):
             checked += 1
-            if np.any(norms == 0):
+            if identical:
                 unclear.append(f"{tensor.name} expert {e} (the merge's experts are identical here)")
                 kept_shares.append(0.0)
                 continue

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The reader that runs the folder correctly (the card's snippet; tests check its text).
-WORKING = "frankenmoe's own loader (pipeline/checkpoints/streaming.py, `frankenmoe generate`)"
+# The reader that runs the folder correctly: verify's consumer_load loads with it, and
+# the card's `frankenmoe generate` snippet (run by the tests) uses it.
+WORKING = "frankenmoe's own loader (pipeline/checkpoints/streaming.py)"
 # Readers of this layout by their documentation, never run here (no GPU on the build machine).
 UNTESTED = ("vLLM", "TGI")
 

@@ -263,10 +263,7 @@ def _quantization_facts(result: QuantizeResult) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
-# What consumer_load loads with, and the readers it does not try (the AWQ card says
-# which of those were measured elsewhere and how they fail).
 QUANTIZATION_PARITY = "quantization_parity"  # the check study and bench read
-LOADER = "frankenmoe's own loader (pipeline/checkpoints/streaming.py)"
 
 
 def verify_candidate(
@@ -328,18 +325,19 @@ def verify_candidate(
             load_problems += [f"{label}: {p}" for p in StreamingLM(folder).check()]
         except InputFileError as e:
             load_problems.append(f"{label}: {e}")
+    not_tried = readers.not_tried()  # the AWQ card says how those measured elsewhere fail
     checks.append(
         judged(
             "consumer_load",
             not load_problems,
-            f"with {LOADER}, both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit one "
-            "is in the exact AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear); "
-            f"readers not tried here: {readers.not_tried()}"
+            f"with {readers.WORKING}, both folders load with no missing, mis-shaped or unexpected tensor; the 4-bit "
+            "one is in the exact AWQ GEMM form (config, and qweight/qzeros/scales of every quantized linear); "
+            f"readers not tried here: {not_tried}"
             if not load_problems
             else "; ".join(load_problems),
             problems=load_problems,
-            loader=LOADER,
-            not_tried=readers.not_tried(),
+            loader=readers.WORKING,
+            not_tried=not_tried,
         )
     )
 
