@@ -180,8 +180,8 @@ def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
 
 def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(example):
     """lr 0 never improves: the fit stops after `patience` checks with the routers it
-    was given. lr 50 jumps about: whatever its curve, the routers returned are the
-    ones of its lowest held-out check."""
+    was given. At lr 1 the held-out loss is lowest at step 10 and higher at 12: the
+    routers returned are those of step 10, not the last ones."""
     import torch
 
     from pipeline.checkpoints.loading import load_merged
@@ -202,9 +202,9 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
     assert still.best_step == 0 and len(still.loss) == 4 and still.stopped.startswith("held-out loss not below")
     assert all(torch.equal(still.routers[i], w.float()) for i, w in enumerate(start))
 
-    jumpy = fit_routers(model, train, heldout, Schedule(12, 2, 2), 50.0, 2, 0, 0.0, compute)
+    jumpy = fit_routers(model, train, heldout, Schedule(12, 2, 2), 1.0, 2, 0, 0.0, compute)
     lowest = min(jumpy.heldout, key=lambda c: c["loss"])
-    assert jumpy.best_step == lowest["step"], jumpy.heldout
+    assert jumpy.best_step == lowest["step"] < len(jumpy.loss), jumpy.heldout  # the kept routers are not the last
     with torch.no_grad():
         for i, b in enumerate(moe_blocks(model)):
             b.gate.weight.copy_(jumpy.routers[i])
