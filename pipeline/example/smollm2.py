@@ -34,6 +34,7 @@ from pipeline.errors import EnvironmentProblem
 from pipeline.example import training
 from pipeline.example.store import STAMP, ensure, shared_cache
 from pipeline.moe.corpus import read_documents
+from pipeline.support.determinism import torch_scope
 from pipeline.support.hashing import sha256_file
 from pipeline.support.paths import shipped_dir
 from pipeline.support.versions import tool_versions
@@ -61,7 +62,6 @@ class Settings:
     steps: int = 40
     lr: float = 2e-4
     seed: int = 0
-    threads: int = 2
     eval_windows: int = 16
 
 
@@ -127,7 +127,7 @@ def _wheel(log: Callable[[str], None]) -> Path:
 
 def _make(out: Path, key: str, s: Settings, log: Callable[[str], None]) -> None:
     out.mkdir(parents=True)
-    with training.deterministic_training(s.threads):
+    with torch_scope():
         metrics = _make_models(out, s, log)
     (out / STAMP).write_text(
         json.dumps({"key": key, "settings": asdict(s), "source": SOURCE, "metrics": metrics}, indent=2, sort_keys=True)

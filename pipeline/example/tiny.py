@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.example import training
 from pipeline.example.store import STAMP
 from pipeline.moe.corpus import read_documents
+from pipeline.support.determinism import torch_scope
 from pipeline.support.hashing import sha256_file
 from pipeline.support.paths import shipped_dir
 from pipeline.support.versions import tool_versions
@@ -49,7 +50,6 @@ class FixtureSettings:
     expert_steps: int = 300
     expert_lr: float = 2e-3
     seed: int = 0
-    threads: int = 2
 
 
 def fixtures_key(settings: FixtureSettings) -> str:
@@ -68,7 +68,7 @@ def make_tiny(out: Path, settings: FixtureSettings = FixtureSettings(), log=prin
     pipeline/example/store.py places the folder atomically."""
     key = fixtures_key(settings)
     out.mkdir(parents=True)
-    with training.deterministic_training(settings.threads):
+    with torch_scope():
         metrics = _train_all(out, settings, log)
     (out / STAMP).write_text(
         json.dumps({"key": key, "settings": asdict(settings), "metrics": metrics}, indent=2, sort_keys=True) + "\n"

@@ -5,17 +5,15 @@ one fine-tunes SmolLM2's MLPs. Both use the one loop below, so a fix to it reach
 both, and both keys hash this file (an edit here retrains both).
 
 The loop is deterministic on one machine: the windows come from a seeded torch
-Generator, and the caller runs it inside `deterministic_training` (fixed threads,
-deterministic algorithms), which restores torch's settings afterwards.
+Generator, and the callers run it inside `support.determinism.torch_scope` (fixed
+threads, deterministic algorithms), which restores torch's settings afterwards.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.moe.metrics import perplexity
 from pipeline.support.hashing import sha256_file
@@ -38,21 +36,6 @@ class Schedule:
     def factor(self, i: int) -> float:
         warm = min(1.0, (i + 1) / self.warmup) if self.warmup else 1.0
         return warm * 0.5 * (1 + math.cos(math.pi * min(i, self.steps) / self.steps))
-
-
-@contextmanager
-def deterministic_training(threads: int) -> Iterator[None]:
-    """torch's thread count and deterministic mode for the block, then restored."""
-    import torch
-
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
 
 
 def encode(tokenizer, texts: list[str]):
