@@ -15,8 +15,8 @@ $(BIN)/frankenmoe: pyproject.toml
 	# torch first, on its own: pip then takes it from the local wheel store where there is one.
 	$(BIN)/pip install --quiet torch==2.14.1
 	# llama.cpp (the gguf stage): built once from the pinned sdist with portable flags,
-	# kept in ~/.cache/frankenmoe/wheels, and its converter unpacked into the venv.
-	$(BIN)/python -m pipeline.quantization.llama_cpp setup $(HOME)/.cache/frankenmoe/downloads
+	# kept in ~/.cache/frankenmoe/wheels (FRANKENMOE_CACHE), and its converter unpacked into the venv.
+	$(BIN)/python -m pipeline.quantization.llama_cpp setup
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

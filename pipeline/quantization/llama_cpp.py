@@ -45,12 +45,20 @@ def converter_dir() -> Path:
     return Path(sys.prefix) / "share" / "frankenmoe" / f"llama.cpp-{VERSION}"
 
 
+def setup_command() -> str:
+    """The one command that installs llama.cpp's tools (the portable llama-cpp-python
+    build and its converter) into the environment frankenmoe runs in: what `make
+    setup` runs, and what `pip install -e .` or `pipx install` leave to the user."""
+    return f"{sys.executable} -m pipeline.quantization.llama_cpp setup"
+
+
 def require_converter() -> Path:
     d = converter_dir()
     if not (d / "convert_hf_to_gguf.py").is_file():
         raise EnvironmentProblem(
-            f"gguf: llama.cpp's converter is not installed in {d}; run `make setup` (it unpacks it from the "
-            f"llama-cpp-python {VERSION} sdist), or set gguf.enabled: false in the recipe"
+            f"gguf: llama.cpp's converter is not installed in this environment ({d} is missing); run "
+            f"`{setup_command()}` once (it builds llama-cpp-python {VERSION} with portable flags and unpacks "
+            "its converter), or set gguf.enabled: false in the recipe"
         )
     return d
 
@@ -375,5 +383,5 @@ if __name__ == "__main__":
         sys.exit(_quantize_here(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
     if sys.argv[1] == "parity":
         _parity_here(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
-    if sys.argv[1] == "setup":
-        setup(Path(sys.argv[2]))
+    if sys.argv[1] == "setup":  # setup [DOWNLOAD_DIR]: the sdist goes there (default: the cache's downloads/)
+        setup(Path(sys.argv[2]) if len(sys.argv) > 2 else cache_root() / "downloads")
