@@ -2,7 +2,7 @@
 generate, repro-check, rebuild-check, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
-traceback, and exits with the code of its class (README: "Errors and exit codes").
+traceback, and exits with the code of its class (the README's "Errors and exit codes").
 """
 
 from __future__ import annotations

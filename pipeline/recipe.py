@@ -4,7 +4,8 @@ A user's existing mergekit-moe YAML is a valid recipe as it is: the top-level ke
 `base_model`, `gate_mode`, `dtype`, `experts_per_token`, `experts`, `architecture`
 mean exactly what they mean to mergekit-moe. frankenmoe adds `name`,
 `trust_remote_code` and one section per stage (`merge`, `quantize`, `verify`,
-`card`, `publish`), each with defaults documented in the README.
+`gates`, `gguf`, `card`, `publish`), each key with its default and description here,
+from which `frankenmoe schema` generates docs/recipes.md and docs/recipe.schema.json.
 
 Validation reports every problem at once, one line each, naming the key path
 (`experts[1].positive_prompts: ...`), so a typo is found before a long GPU run.
@@ -325,8 +326,7 @@ class VerifySection(Strict):
         "merge may lose; reported always, a limit only when set",
     )
     # Unset: by the model's size (pipeline/moe/quality_limits.py: published 7B figures,
-    # a measured 135M model); router drift measured on the example (README,
-    # "Verification thresholds").
+    # a measured 135M model; docs/verification.md); router drift: each example recipe's own limit.
     max_mean_kl: float | None = Field(
         default=None, gt=0, description=f"largest mean KL(16-bit || 4-bit) per token; {SIZE_LIMIT_DOC}"
     )
@@ -576,7 +576,7 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
         loc = tuple(p for p in e["loc"] if p not in ("function-before[from_string()]",))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling against the README's recipe reference)"
+            msg = "unknown key (check its spelling against docs/recipes.md, or `frankenmoe schema --markdown`)"
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif e["type"] == "literal_error":

@@ -70,7 +70,7 @@ def test_model_reference_forms():
 
 def test_misspelled_key_is_named():
     assert problems(valid(experts_per_tokn=2)) == [
-        "experts_per_tokn: unknown key (check its spelling against the README's recipe reference)"
+        "experts_per_tokn: unknown key (check its spelling against docs/recipes.md, or `frankenmoe schema --markdown`)"
     ]
 
 

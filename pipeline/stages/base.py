@@ -5,7 +5,7 @@ writes one output folder. The engine (pipeline/engine/) owns everything else:
 keys, the cache, atomic placement, records, publishing to dist/. It never names
 a stage: it runs whatever list it is given and asks each stage through the hooks
 below. Adding a stage is a new module with a subclass of `Stage` and one line in
-`pipeline/stages/__init__.py` (README: "Adding a stage").
+`pipeline/stages/__init__.py` (docs/adding-a-stage.md).
 """
 
 from __future__ import annotations
