@@ -56,6 +56,14 @@ def test_every_shipped_recipe_names_the_schema_and_validates_against_it(recipe, 
     assert not errors, errors
 
 
+def test_recipes_holds_only_recipes_and_their_locks():
+    """So the validation above covers every file in recipes/ that a user could build."""
+    others = [p.name for p in (REPO / "recipes").iterdir() if p not in RECIPES]
+    assert all(
+        n.endswith(".lock.json") and (REPO / "recipes" / n.replace(".lock.json", ".yaml")).is_file() for n in others
+    ), others
+
+
 def test_an_unknown_key_is_refused_by_the_schema_and_by_validate(tmp_path, validator):
     for where in ("top", "merge"):
         raw = load_raw(REPO / "recipes" / "tiny-2x.yaml")
