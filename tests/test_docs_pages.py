@@ -12,9 +12,9 @@ from tests.conftest import REPO
 DOCS = REPO / "docs"
 
 
-def test_every_relative_link_in_the_docs_resolves():
+def test_every_relative_link_in_the_readme_and_the_docs_resolves():
     missing = []
-    for page in DOCS.glob("*.md"):
+    for page in [REPO / "README.md", *DOCS.glob("*.md")]:
         for link in re.findall(r"\]\(([^)#\s]+)", page.read_text(encoding="utf-8")):
             if not link.startswith(("http://", "https://")) and not (page.parent / link).exists():
                 missing.append(f"{page.name}: {link}")
