@@ -229,3 +229,56 @@ def test_forced_rerun_with_other_bytes_updates_dist(layout):
     assert ran and again.key == first.key
     publish({"pub": again}, layout, {"out"}, [stage])
     assert (layout.dist / "out" / "weights.bin").read_bytes() == b"run 2"
+
+
+class Slow(Stage):
+    """Writes its pid, then takes a second: long enough for a second writer to arrive."""
+
+    name = "slow"
+
+    def config(self, recipe):
+        return {}
+
+    def run(self, ctx):
+        (ctx.out / "pid").write_text(str(os.getpid()))
+        time.sleep(1.0)
+        (ctx.out / "data.bin").write_bytes(b"y" * 4096)
+        return {"pid": os.getpid()}
+
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+from pipeline.engine.build import Layout, run_stage
+from pipeline.support.hashing import HashState
+from tests.test_build_cache import RECIPE, Slow
+root, start = Path(sys.argv[1]), float(sys.argv[2])
+layout = Layout(root / "build", root / "dist", "unit")
+time.sleep(max(0.0, start - time.time()))  # both racers call run_stage at the same moment
+result, ran, _ = run_stage(Slow(), RECIPE, layout, {}, HashState(root / "build" / ".hash-state.json"), False, print)
+print(json.dumps({"ran": ran, "key": result.key, "path": str(result.path), "pid": result.result["pid"]}))
+"""
+
+
+def test_two_processes_racing_on_one_key_leave_one_result(layout, tmp_path):
+    """Two workers (a sweep's variants, machines on one shared build folder) reach
+    one stage key at once: one computes it, the other is served that very folder."""
+    start = time.time() + 3.0  # after both interpreters have imported the engine
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+        )
+        for _ in range(2)
+    ]
+    said = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in racers]
+    assert all(p.returncode == 0 for p in racers)
+    assert sorted(s["ran"] for s in said) == [False, True]  # computed once
+    winner = next(s for s in said if s["ran"])
+    assert {s["key"] for s in said} == {winner["key"]} and {s["path"] for s in said} == {winner["path"]}
+    assert {s["pid"] for s in said} == {winner["pid"]}  # both read the one result the winner wrote
+    stage_dir = layout.stage_dir("slow")
+    assert [p.name for p in stage_dir.iterdir()] == [winner["key"]]  # no second folder, no temp left
+    final = stage_dir / winner["key"]
+    assert (final / "pid").read_text() == str(winner["pid"]) and (final / "data.bin").stat().st_size == 4096
+    record = json.loads((final / "record.json").read_text())
+    assert record["result"] == {"pid": winner["pid"]}

@@ -5,6 +5,8 @@ Layout, for a recipe named N:
     build/N/<stage>/<key>/        a finished stage output with its record.json
     build/N/<stage>/.tmp-<key>-*  a stage being written (never read as a result)
     build/N/.lock                 held (flock) by the running build of N
+    build/N/.locks/<stage>-<key>  held (flock) while that key is looked up and written
+    build/N/.variants/V/          lock and published.json of variant V of a sweep or study
     build/N/published.json        what dist/N holds, to make re-publishing free
     dist/N/<folder>/              the published result (hard links into build/)
 
@@ -29,6 +31,7 @@ from pipeline.engine.cache import (
     cached_result,
     default_layout,
     fsync_tree,
+    key_lock,
     output_files,
 )
 from pipeline.engine.graph import check_names, dependencies, enabled_stages, select_stages, with_ancestors
@@ -69,46 +72,56 @@ def run_stage(
     log: Callable[[str], None],
     stages: Sequence[Stage] = (),
 ) -> tuple[StageResult, bool, float]:
-    """Run one stage unless its key is cached. Returns (result, ran, seconds)."""
+    """Run one stage unless its key is cached. Returns (result, ran, seconds).
+    Under the key's lock: two builds that reach one key at once (variants of a
+    sweep, workers on shared storage) leave one folder, written once, served to both."""
     t0 = time.monotonic()
     material = key_material(stage, recipe, state, deps)
     assert material is not None  # online, a fingerprint is always computed (or raises)
     key = key_of(material)
     stage_dir = layout.stage_dir(stage.name)
-    if not force and not stage.never_cached:
-        hit = cached_result(stage, layout, key, state)
-        if hit:
-            return hit, False, time.monotonic() - t0
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in stage_dir.glob(".tmp-*"):  # from a killed build; we hold the lock
-        shutil.rmtree(leftover, ignore_errors=True)
-    check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps, None))
-    quiet_libraries()
-    full = f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
-    final = stage_dir / key
-    with atomic_folder(final, full, tmp=stage_dir / f".tmp-{key}-{os.getpid()}") as tmp:  # a forced rerun replaces
-        ctx = StageContext(
-            recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
-        )
-        with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with the stage
-            result = stage.run(ctx)
-        files = {}
-        for f in output_files(tmp):
-            files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
-        record = {**material, "key": key, "files": files, "result": result, "wall_s": round(time.monotonic() - t0, 3)}
-        write_json(tmp / RECORD, record)
-        fsync_tree(tmp)
+    with key_lock(layout, stage.name, key):
+        if not force and not stage.never_cached:
+            hit = cached_result(stage, layout, key, state)
+            if hit:
+                return hit, False, time.monotonic() - t0
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in stage_dir.glob(f".tmp-{key}-*"):  # from a killed writer of this key; we hold its lock
+            shutil.rmtree(leftover, ignore_errors=True)
+        check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps, None))
+        quiet_libraries()
+        full = f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
+        final = stage_dir / key
+        with atomic_folder(final, full, tmp=stage_dir / f".tmp-{key}-{os.getpid()}") as tmp:  # a forced rerun replaces
+            ctx = StageContext(
+                recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
+            )
+            with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with the stage
+                result = stage.run(ctx)
+            files = {}
+            for f in output_files(tmp):
+                files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
+            record = {
+                **material,
+                "key": key,
+                "files": files,
+                "result": result,
+                "wall_s": round(time.monotonic() - t0, 3),
+            }
+            write_json(tmp / RECORD, record)
+            fsync_tree(tmp)
     state.save()
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
 
 
 @contextmanager
 def build_lock(layout: Layout, log: Callable[[str], None]) -> Iterator[None]:
-    """One build of a recipe at a time. flock is released by the kernel when its
-    holder dies (even by kill -9), so a stale lock can never block a rerun."""
+    """One build into a dist folder at a time (stage keys have their own locks).
+    flock is released by the kernel when its holder dies (even by kill -9), so a
+    stale lock can never block a rerun."""
     try:
-        layout.build.mkdir(parents=True, exist_ok=True)
-        fd = os.open(layout.build / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        layout.own.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.own / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
         raise EnvironmentProblem(
             f"{layout.build}: not writable; fix its permissions or set FRANKENMOE_BUILD_DIR"

@@ -4,10 +4,13 @@ place), and a folder whose files no longer match their record is never served.""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageResult
@@ -19,9 +22,15 @@ RECORD = "record.json"
 
 @dataclass(frozen=True)
 class Layout:
+    """Where a build keeps its cache (build_root/name) and publishes (dist_root/name).
+    A `variant` (one recipe of a sweep or study) shares the cache of every build of
+    `name` but has its own dist folder, lock and published.json, so variants build
+    side by side."""
+
     build_root: Path
     dist_root: Path
     name: str
+    variant: str | None = None
 
     @property
     def build(self) -> Path:
@@ -33,6 +42,11 @@ class Layout:
 
     def stage_dir(self, stage: str) -> Path:
         return self.build / stage
+
+    @property
+    def own(self) -> Path:
+        """This build's lock and published.json: one per dist folder."""
+        return self.build if self.variant is None else self.build / ".variants" / self.variant
 
 
 def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Path | None = None) -> Layout:
@@ -61,6 +75,22 @@ def cached_result(stage: Stage, layout: Layout, key: str, state: HashState) -> S
     except (OSError, ValueError, KeyError):
         return None
     return StageResult(stage.name, key, path, record)
+
+
+@contextmanager
+def key_lock(layout: Layout, stage: str, key: str) -> Iterator[None]:
+    """One writer per stage key, across processes (and across machines where the
+    shared file system honours flock, as NFSv4 and Lustre do): a second build that
+    reaches the same key waits, then finds the finished folder. flock is released
+    by the kernel when its holder dies, so a killed worker never blocks a retry."""
+    locks = layout.build / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / f"{stage}-{key}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def output_files(root: Path) -> list[Path]:

@@ -33,7 +33,7 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
     links into the cache. Skipped when dist already holds exactly these files: the
     same stage keys and content hashes (a forced rerun can write other bytes under
     the same key), and files unchanged on disk since."""
-    published_file = layout.build / "published.json"
+    published_file = layout.own / "published.json"
     published = json.loads(published_file.read_text()) if published_file.is_file() else {}
     out = []
     for folder in sorted(folders):
@@ -64,6 +64,7 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
         with atomic_folder(dst, full) as tmp:
             _assemble(tmp, parts)
         published[folder] = {"key": key, "files": _stat_files(dst)}
+        published_file.parent.mkdir(parents=True, exist_ok=True)
         write_json(published_file, published)
     return out
 
