@@ -17,7 +17,8 @@ $(BIN)/frankenmoe: pyproject.toml
 	# llama.cpp (the gguf stage): built once from the pinned sdist with portable flags,
 	# kept in ~/.cache/frankenmoe/wheels (FRANKENMOE_CACHE), and its converter unpacked into the venv.
 	$(BIN)/python -m pipeline.quantization.llama_cpp setup
-	$(BIN)/pip install --quiet -e '.[test]'
+	# ray: the tests start a local Ray cluster for `frankenmoe sweep --ray local`.
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 fixtures: setup

@@ -1,4 +1,4 @@
-"""The `frankenmoe` command: validate, schema, plan, build, lock, verify, study, push,
+"""The `frankenmoe` command: validate, schema, plan, build, lock, verify, study, sweep, push,
 generate, repro-check, rebuild-check, fixtures.
 
 Every failure the user can fix prints one line per problem on stderr, without a
@@ -207,6 +207,34 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.engine.executors import executor
+    from pipeline.moe.sweep import load_sweep, run_sweep
+    from pipeline.support import settings
+
+    sweep = load_sweep(args.sweep, _stage_names())
+    _quiet_libraries()
+    runner = executor(args.ray, args.max_parallel)
+    try:
+        out = run_sweep(sweep, _stages(), runner, settings.build_root())
+    finally:
+        runner.close()
+    print((out / "sweep.md").read_text(encoding="utf-8"), end="")
+    print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.png'}")
+    return failed_variants_code(out / "sweep.json")
+
+
+def failed_variants_code(sweep_json: Path) -> int:
+    """0 when every variant built, else the exit code of the first failed one's error."""
+    import json
+
+    doc = json.loads(sweep_json.read_text())
+    failed = [r for r in doc["variants"] if r["state"] != "built"]
+    if failed:
+        print(f"sweep: {len(failed)} of {len(doc['variants'])} variants failed (see the table)", file=sys.stderr)
+    return failed[0]["exit_code"] if failed else 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from pipeline.engine.build import build, default_layout
     from pipeline.errors import PublishError
@@ -377,6 +405,20 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
     st.set_defaults(func=cmd_study)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="build every variant a sweep file names (recipe key paths with lists of values) over one cache, "
+        "in this process or on a Ray cluster, and compare them",
+    )
+    sw.add_argument("sweep", type=Path, help="the sweep file (recipe, axes, until)")
+    sw.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the stages as Ray tasks: local (a cluster of this machine on 127.0.0.1), auto, or host:port",
+    )
+    sw.add_argument("--max-parallel", type=int, metavar="N", help="with --ray: at most N stage runs at once")
+    sw.set_defaults(func=cmd_sweep)
+
     ps = sub.add_parser("push", help="push the built folders to the Hub (HF_ENDPOINT, HF_TOKEN or your login)")
     ps.add_argument("recipe", type=Path)
     ps.add_argument("--dry-run", action="store_true", help="list repos, files, sizes and LFS use; write nothing")
@@ -457,6 +499,7 @@ def internal_error() -> int:
         file=sys.stderr,
     )
     return INTERNAL_ERROR
+
 
 if __name__ == "__main__":
     sys.exit(main())

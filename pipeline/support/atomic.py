@@ -71,6 +71,22 @@ def atomic_folder(final: Path, disk_full: str, tmp: Path | None = None) -> Itera
         replace_folder(tmp, final)
 
 
+@contextmanager
+def atomic_files(folder: Path, disk_full: str) -> Iterator[Path]:
+    """Yield an empty temporary folder inside `folder`; when the block finishes, each
+    file written there replaces its namesake in `folder` by one rename (a report
+    beside other outputs: each file is whole, old or new); on failure none does."""
+    tmp = temporary_sibling(folder / "files")
+    shutil.rmtree(tmp, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with removed_on_failure(tmp, disk_full):
+        tmp.mkdir()
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, folder / f.name)
+        tmp.rmdir()
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """A hard link to `src` (no bytes copied), a copy where linking is impossible
     (another file system, links not supported); a full disk is never hidden by a copy."""
