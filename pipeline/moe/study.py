@@ -19,7 +19,6 @@ the key `wall_s`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -108,25 +107,41 @@ def run_study(
     stages,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build every mode (through the cache) and write the study folder; returns it."""
-    from pipeline.engine.build import Layout, build
+    """Build every mode (a sweep over gate modes, through the cache) and write the
+    study folder; returns it. A mode that fails stops the study with its error, as
+    `frankenmoe build` gives it: its build is rerun alone, every finished stage cached."""
+    from pipeline.engine.build import build
+    from pipeline.engine.cache import Layout
+    from pipeline.engine.executors import InProcess
+    from pipeline.engine.variants import Variant, build_variants
     from pipeline.stages.evaluate import reference as evaluate_reference
     from pipeline.stages.verify import report_dir
 
+    until = "verify" if quantize else "evaluate"
     for mode in modes:
         variant(recipe, mode)  # every mode named is known before anything runs
-    # The variants share the recipe's cache but never publish into its dist/ folder.
-    layout = Layout(build_root, build_root / recipe.name / "study-dist", recipe.name)
+    # The modes share the recipe's cache but never publish into its dist/ folder.
+    variants = [
+        Variant(
+            mode,
+            mode,
+            variant(recipe, mode),
+            Layout(build_root, build_root / recipe.name / "study-dist" / mode, recipe.name, variant=f"study.{mode}"),
+        )
+        for mode in modes
+    ]
+    log(f"study     {', '.join(modes)}: building through {until}")
+    outcomes = build_variants(variants, stages, until, InProcess(), log)
     rows, wall = {}, {}
-    for mode in modes:
-        log(f"study     {mode}: building through {'verify' if quantize else 'evaluate'}")
-        t0 = time.monotonic()
-        done = build(variant(recipe, mode), layout, stages, until="verify" if quantize else "evaluate", log=log)
-        wall[mode] = round(time.monotonic() - t0, 1)
-        reference = evaluate_reference(done["evaluate"])
-        verify = json.loads((report_dir(done["verify"]) / "verify.json").read_text()) if quantize else None
-        rows[mode] = summarize(reference, verify, recipe.verify.dead_expert_share)
-        rows[mode]["keys"] = {name: res.key for name, res in sorted(done.items())}
+    for v in variants:
+        done = outcomes[v.name]
+        if not done.ok:
+            build(v.recipe, v.layout, stages, until=until, log=log)  # raises the mode's error
+        wall[v.name] = round(sum(done.seconds.values()), 1)
+        reference = evaluate_reference(done.results["evaluate"])
+        verify = json.loads((report_dir(done.results["verify"]) / "verify.json").read_text()) if quantize else None
+        rows[v.name] = summarize(reference, verify, recipe.verify.dead_expert_share)
+        rows[v.name]["keys"] = {name: res.key for name, res in sorted(done.results.items())}
         any_ref = reference
     study = {
         "recipe": recipe.name,
@@ -137,7 +152,7 @@ def run_study(
         "results": rows,
         "wall_s": wall,
     }
-    out = layout.build / "study"
+    out = build_root / recipe.name / "study"
     with atomic_folder(out, f"study: disk full while writing {out}; free space and rerun") as tmp:
         write_json(tmp / "study.json", study)
         (tmp / "study.md").write_text(render(study), encoding="utf-8")
