@@ -113,3 +113,19 @@ def test_a_hub_dataset_is_read_at_the_commit_its_revision_names(hub, monkeypatch
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     with pytest.raises(InputFileError, match="toy/nothing not found on the Hub"):
         dataset_commit(cal.dataset.model_copy(update={"id": "toy/nothing"}))
+
+
+def test_every_text_file_counts_in_the_fingerprint_even_two_of_one_name(tmp_path):
+    """The default calibration is code/calibration.jsonl and prose/calibration.jsonl:
+    a change to either must change the stages' keys."""
+    from pipeline.moe.calibration import source_fingerprint
+    from pipeline.support.hashing import HashState
+
+    for domain in ("code", "prose"):
+        (tmp_path / domain).mkdir()
+        (tmp_path / domain / "calibration.jsonl").write_text(json.dumps({"text": domain}) + "\n")
+    cal = CalibrationSection(files=["code/calibration.jsonl", "prose/calibration.jsonl"])
+    before = source_fingerprint(cal, HashState(tmp_path / "state.json"), tmp_path)
+    (tmp_path / "code" / "calibration.jsonl").write_text(json.dumps({"text": "changed"}) + "\n")
+    after = source_fingerprint(cal, HashState(tmp_path / "state.json"), tmp_path)
+    assert before != after and len(after["files"]) == 2

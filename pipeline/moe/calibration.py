@@ -40,12 +40,12 @@ def source_fingerprint(
     if cal.dataset:
         identity = dataset_identity(cal.dataset, state, offline)
         return None if identity is None else {"dataset": identity}
-    files = {}
+    files = []  # in order, each by its portable name: two files of one basename (code/ and prose/) both count
     for name in cal.files:
         path = resolve_path(name, root)
         if not path.is_file():
             raise InputFileError(f"{section}: {name}: file not found")
-        files[path.name] = state.sha256(path)
+        files.append([portable(name), state.sha256(path)])
     return {"files": files}
 
 
