@@ -5,7 +5,6 @@ measurements and the same published bytes as in one process."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,10 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.moe.sweep import without_timings
+from pipeline.engine.repro import tree_hashes as tree
+from pipeline.moe.sweep import load_sweep, without_timings
+from pipeline.stages import STAGES
 from tests.conftest import EXAMPLE, REPO, run_cli
 
-# The issue's sweep on the toy: every gate mode the tiny example can verify, fitted or not.
+# The issue's sweep on the toy (shipped, and what `make bench` times): hidden-state or
+# random routers, fitted or not.
+SWEEP = REPO / "recipes" / "sweeps" / "tiny-2x-modes.yaml"
 AXES = {"gate_mode": ["hidden", "random"], "gates.fit": [False, True]}
 VARIANTS = ["v01-hidden-false", "v02-hidden-true", "v03-random-false", "v04-random-true"]
 
@@ -30,12 +33,11 @@ def write_sweep(path: Path, data: dict) -> Path:
     return path
 
 
-def tree(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+def test_the_shipped_sweep_files_are_valid():
+    stage_names = [s.name for s in STAGES]
+    shipped = {p.name: load_sweep(p, stage_names) for p in sorted(SWEEP.parent.glob("*.yaml"))}
+    assert set(shipped) == {"tiny-2x-modes.yaml", "smollm2-2x-modes.yaml"}
+    assert shipped["tiny-2x-modes.yaml"].axes == AXES and shipped["tiny-2x-modes.yaml"].recipe_file == EXAMPLE
 
 
 def test_every_problem_of_a_sweep_file_is_reported_with_its_key_path(tmp_path):
@@ -103,18 +105,13 @@ def test_a_refused_value_fails_its_variant_only(fixture_models, tmp_path):
     assert refused["keys"] == {}  # nothing ran for it
 
 
-def sweep_file(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_sweep(folder / "tiny-sweep.yaml", {"recipe": str(EXAMPLE), "axes": AXES, "until": "verify"})
-
-
 @pytest.fixture(scope="module")
 def in_process(fixture_models, tmp_path_factory) -> Path:
     """The sweep in one process, one stage after another: the reference."""
     root = tmp_path_factory.mktemp("in-process")
-    proc = run_cli("sweep", str(sweep_file(root)), build=root / "build", timeout=1800)
+    proc = run_cli("sweep", str(SWEEP), build=root / "build", timeout=1800)
     assert proc.returncode == 6, proc.stderr  # v03's verify fails (below): the sweep says so
-    return root / "build" / "tiny-sweep"
+    return root / "build" / "tiny-2x-modes"
 
 
 @pytest.mark.slow
@@ -158,7 +155,7 @@ def test_the_sweep_on_ray_with_a_worker_killed_mid_fit_equals_the_sweep_in_one_p
     build = tmp_path / "build"
     env = {**os.environ, "FRANKENMOE_BUILD_DIR": str(build), "FRANKENMOE_NO_PROGRESS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "sweep", str(sweep_file(tmp_path)), "--ray", "local"],
+        [sys.executable, "-m", "pipeline.cli", "sweep", str(SWEEP), "--ray", "local"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -174,10 +171,10 @@ def test_the_sweep_on_ray_with_a_worker_killed_mid_fit_equals_the_sweep_in_one_p
     for name in VARIANTS:
         assert f"sweep     {name}: verify ran on " in out
     assert "(28 of 28 stage runs done, 0 to go)" in out
-    on_ray = json.loads((build / "tiny-sweep" / "sweep.json").read_text())
+    on_ray = json.loads((build / "tiny-2x-modes" / "sweep.json").read_text())
     reference = json.loads((in_process / "sweep.json").read_text())
     assert without_timings(on_ray) == without_timings(reference)
     for name in VARIANTS:
-        ours = tree(build / "tiny-sweep" / "variants" / name)
+        ours = tree(build / "tiny-2x-modes" / "variants" / name)
         assert ours and ours == tree(in_process / "variants" / name), name
     assert not list((build / "tiny-2x" / "gates").glob(".tmp-*"))  # the dead worker's folder was replaced
