@@ -430,13 +430,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.set_defaults(func=cmd_generate)
 
+    from pipeline.example.catalog import DOMAIN_SETS, EXAMPLES
+
     f = sub.add_parser("fixtures", help="make the offline examples' models in OUT/<example> (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))
     f.add_argument(
         "--only",
         action="append",
-        choices=("tiny", "smollm2"),
-        help="make only this example's models (repeatable): tiny (tests) or smollm2 (the real example)",
+        choices=(*EXAMPLES, *DOMAIN_SETS),
+        help="make only this example's models (repeatable): tiny (tests), smollm2 (the real example), "
+        "smollm2-docs or smollm2-source (three experts on Debian text each; only made when named)",
     )
     f.set_defaults(func=cmd_fixtures)
     return p
