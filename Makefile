@@ -43,7 +43,8 @@ repro-check: setup fixtures
 
 # Stage times and memory next to mergekit-moe and GPTQModel alone, and the synthetic
 # 2x1B/2x7B scale part and evaluate+verify at 2x7B shapes (ARGS=--quantize-synthetic,
-# --scale 1b 7b verify7b): bench/results.{json,md}.
+# --scale 1b 7b verify7b), the tiny sweep in one process and on local Ray with a 2x7B
+# sweep projected from it (ARGS=--only-sweep for that part alone): bench/results.{json,md}.
 bench: setup fixtures
 	$(BIN)/python -m bench.run --recipe $(RECIPE) $(ARGS)
 

@@ -60,9 +60,12 @@ class TreeMemory:
         return self.peak
 
 
-def measure(cmd: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO) -> dict:
+def measure(
+    cmd: list[str], env: dict | None = None, timeout: float | None = None, cwd: Path = REPO, ok: tuple[int, ...] = (0,)
+) -> dict:
     """Run `cmd`; wall time and peak RSS of its process tree (sampled: see the module
-    docstring). Past `timeout` seconds it is stopped and {"timed_out": True} returned."""
+    docstring). Past `timeout` seconds it is stopped and {"timed_out": True} returned;
+    an exit code not in `ok` stops the bench with the command's output."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -86,9 +89,10 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float | None = Non
     if expired.is_set():
         return {"timed_out": True}
     wall = time.monotonic() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code not in ok:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{out[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20), "out": out}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20), "out": out, "exit_code": code}
 
 
 def build_env(root: Path) -> dict:

@@ -17,7 +17,11 @@ a reference measured in the same run, as a ratio:
 5. quantize quality and the matmul limit: the fast CPU path against GPTQModel's
    float16 path on the same windows (paired, with bootstrap intervals), on the
    recipe and on any `--quality-also RECIPE`, and one profiled decoder layer
-   against this CPU's matmul rate (bench/matmul_limit.py).
+   against this CPU's matmul rate (bench/matmul_limit.py);
+6. sweep (bench/sweep.py): the tiny sweep in one process and on a local Ray
+   cluster, their ratio and whether they measured the same, and a 2x7B four-mode
+   sweep projected on 1, 4 and 8 workers from the per-stage times above
+   (`--only-sweep` runs this part alone).
 
 Writes bench/results.json and bench/results.md.
 """
@@ -39,6 +43,7 @@ import yaml
 
 from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure
+from bench.sweep import TINY_SWEEP, sweep_part
 from pipeline.engine.graph import enabled_stages
 from pipeline.moe.verdict import named
 from pipeline.quantization.awq_engine import ALLOCATOR
@@ -404,6 +409,10 @@ def report(results: dict) -> str:
         from bench.scale import verify_memory_report
 
         lines += verify_memory_report(results["verify_memory"])
+    if results.get("sweep"):
+        from bench.sweep import report as sweep_report
+
+        lines += sweep_report(results["sweep"])
     return "\n".join(lines) + "\n"
 
 
@@ -440,9 +449,26 @@ def main() -> None:
         help="repeat the fast-vs-float16 comparison with these calibration seeds (other windows; about 11 minutes "
         "each on 2 CPU cores; none: skip)",
     )
+    p.add_argument(
+        "--sweep",
+        type=Path,
+        default=TINY_SWEEP,
+        metavar="SWEEP",
+        help="the sweep run in one process and with --ray local (default: the tiny example's four gate modes)",
+    )
+    p.add_argument(
+        "--only-sweep",
+        action="store_true",
+        help="run only the sweep part and the projection; the other sections stay as the last results.json has them",
+    )
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
+    if args.only_sweep:
+        results = json.loads((args.out / "results.json").read_text())
+        results["sweep"] = sweep_part(results, args.recipe, args.sweep, args.work)
+        write_results(results, args.out)
+        return
     recipe = yaml.safe_load(args.recipe.read_text())
     cal = recipe.get("quantize", {}).get("calibration", {})
     print(f"bench: {args.recipe} in {args.work}", flush=True)
@@ -486,10 +512,15 @@ def main() -> None:
             results["scale"].append({"date": earlier["date"], **row})  # a row's own date, where it has one, wins
     if "verify_memory" not in results and "verify_memory" in earlier:
         results["verify_memory"] = {"date": earlier["date"], **earlier["verify_memory"]}
+    results["sweep"] = sweep_part(results, args.recipe, args.sweep, args.work)
+    write_results(results, args.out)
+
+
+def write_results(results: dict, out: Path) -> None:
     table = report(results)
-    args.out.mkdir(exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (args.out / "results.md").write_text(table)
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out / "results.md").write_text(table)
     print(table)
 
 
