@@ -79,6 +79,8 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
             "vs_base": ppl["moe"][d] / ppl["base"][d] - 1,
         }
     dead = dead_experts(routing, share)
+    for d in dead:  # an expert best on no domain has nothing to do on this text: its death is no loss here
+        d["best_on"] = [dom for dom in domains if per_domain[dom]["best_expert"] == f"expert {d['expert']}"]
     row = {
         "per_domain": per_domain,
         "routing": routing,

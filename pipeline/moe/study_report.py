@@ -67,7 +67,7 @@ def render(study: dict) -> str:
             for p in (row["per_domain"][d] for d in domains)
         ]
         entropy = sum(row["expert_usage_entropy_bits"].values()) / len(domains)
-        dead = "; ".join(f"expert {d['expert']} at {len(d['layers'])} layers" for d in row["dead_experts"]) or "none"
+        dead = "; ".join(dead_expert(d) for d in row["dead_experts"]) or "none"
         dead = f"{row.get('dead_experts_state', 'warn' if row['dead_experts'] else 'pass')}: {dead}"
         quant = ""
         if "quantized" in row:
@@ -115,3 +115,13 @@ def render_png(study: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+
+
+def dead_expert(d: dict, layers: bool = False) -> str:
+    """`expert 1 at 3 layers (best on code)`, or `(best on no domain: nothing to do on this text)`;
+    with `layers`, the layers themselves."""
+    where = f"layers {', '.join(map(str, d['layers']))}" if layers else f"{len(d['layers'])} layers"
+    if "best_on" not in d:
+        return f"expert {d['expert']} at {where}"
+    why = f"best on {', '.join(d['best_on'])}" if d["best_on"] else "best on no domain: nothing to do on this text"
+    return f"expert {d['expert']} at {where} ({why})"

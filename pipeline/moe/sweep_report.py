@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.moe.study_report import dead_expert
+
 
 def _domains(doc: dict) -> list[str]:
     for r in doc["variants"]:
@@ -20,8 +22,8 @@ def _cell(row: dict, domain: str) -> str:
 
 
 def _dead(dead: list[dict]) -> str:
-    """`expert 1 at layers 0, 2` for each expert that gets almost no weight."""
-    return "; ".join(f"expert {d['expert']} at layers {', '.join(map(str, d['layers']))}" for d in dead)
+    """`expert 1 at layers 0, 2 (best on code)` for each expert that gets almost no weight."""
+    return "; ".join(dead_expert(d, layers=True) for d in dead)
 
 
 def render(doc: dict) -> str:
