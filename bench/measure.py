@@ -1,5 +1,6 @@
 """Running a command the way the benchmarks time it: wall time and the peak memory of
-its whole process tree, with the build and dist folders of one root.
+its whole process tree, with the build and dist folders of one root; reading which
+stage folder a build's output says ran, and copying a recipe to another folder.
 
 Peak memory is sampled, not read from getrusage: the kernel's ru_maxrss of the
 children is the peak of the largest single child, so a build (the parent) and its
@@ -9,12 +10,15 @@ one) every SAMPLE_S seconds and keeps the largest sum."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,3 +101,24 @@ def measure(
 
 def build_env(root: Path) -> dict:
     return {"FRANKENMOE_BUILD_DIR": str(root / "build"), "FRANKENMOE_DIST_DIR": str(root / "dist")}
+
+
+def stage_record(stage: str, out: str) -> dict:
+    """The record of the stage that `out` (a build's output) says ran."""
+    return json.loads((Path(ran_line(stage, out).split()[-1]) / "record.json").read_text())
+
+
+def ran_line(stage: str, out: str) -> str:
+    return next(line for line in out.splitlines() if line.split()[:2] == [stage, "ran"])
+
+
+def movable_recipe(recipe_file: Path) -> dict:
+    """The recipe's mapping with its local model folders made absolute: relative
+    ones are relative to the recipe's folder, and the bench writes copies elsewhere."""
+    data = yaml.safe_load(recipe_file.read_text())
+    root = recipe_file.resolve().parent
+    local = lambda ref: str((root / ref).resolve()) if isinstance(ref, str) and (root / ref).is_dir() else ref  # noqa: E731
+    data["base_model"] = local(data["base_model"])
+    for expert in data["experts"]:
+        expert["source_model"] = local(expert["source_model"])
+    return data

@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from bench.gguf import gguf_bench
-from bench.measure import BIN, REPO, build_env, measure
+from bench.measure import BIN, REPO, build_env, measure, movable_recipe, ran_line, stage_record
 from bench.sweep import TINY_SWEEP, sweep_part
 from pipeline.engine.graph import enabled_stages
 from pipeline.moe.verdict import named
@@ -52,18 +52,9 @@ from pipeline.stages import STAGES
 from pipeline.stages.verify import QUANTIZATION_PARITY
 
 
-def stage_record(stage: str, out: str) -> dict:
-    """The record of the stage that `out` (a build's output) says ran."""
-    return json.loads((Path(_ran_line(stage, out).split()[-1]) / "record.json").read_text())
-
-
 def _finished(root: Path, stage: str) -> Path:
     """The folder of the one finished `stage` result in the build under `root`."""
     return next((root / "build").glob(f"*/{stage}/*/record.json")).parent
-
-
-def _ran_line(stage: str, out: str) -> str:
-    return next(line for line in out.splitlines() if line.split()[:2] == [stage, "ran"])
 
 
 def ours(recipe_file: Path, work: Path) -> dict:
@@ -80,7 +71,7 @@ def ours(recipe_file: Path, work: Path) -> dict:
         rows[stage.name] = {"command_s": m["wall_s"], "stage_s": record["wall_s"], "peak_rss_mb": m["peak_rss_mb"]}
         if stage.name == "quantize":  # the raw GPTQModel run gets exactly these windows
             rows[stage.name]["windows_file"] = str(
-                Path(_ran_line(stage.name, m["out"]).split()[-1]) / "calibration-windows.json"
+                Path(ran_line(stage.name, m["out"]).split()[-1]) / "calibration-windows.json"
             )
     return rows
 
@@ -98,18 +89,6 @@ def whole(recipe_file: Path, work: Path) -> dict:
         "through_quantize_s": upto["wall_s"],
         "through_quantize_peak_rss_mb": upto["peak_rss_mb"],
     }
-
-
-def movable_recipe(recipe_file: Path) -> dict:
-    """The recipe's mapping with its local model folders made absolute: relative
-    ones are relative to the recipe's folder, and the bench writes copies elsewhere."""
-    data = yaml.safe_load(recipe_file.read_text())
-    root = recipe_file.resolve().parent
-    local = lambda ref: str((root / ref).resolve()) if isinstance(ref, str) and (root / ref).is_dir() else ref  # noqa: E731
-    data["base_model"] = local(data["base_model"])
-    for expert in data["experts"]:
-        expert["source_model"] = local(expert["source_model"])
-    return data
 
 
 def raw_tools(recipe_file: Path, work: Path, windows_file: str) -> dict:
@@ -195,7 +174,7 @@ def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
     # the stage folders each path made: the fast one's are the only ones in ours, float16's ran in this build
     folders = {
         "fast": {stage: _finished(ours_root, stage) for stage in ("quantize", "verify", "evaluate")},
-        "gptqmodel_fp16": {stage: Path(_ran_line(stage, m["out"]).split()[-1]) for stage in ("quantize", "verify")},
+        "gptqmodel_fp16": {stage: Path(ran_line(stage, m["out"]).split()[-1]) for stage in ("quantize", "verify")},
     }
     paths = {}
     for label, f in folders.items():

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import yaml
 
-from bench.measure import BIN, REPO, build_env, measure
+from bench.measure import BIN, REPO, build_env, measure, movable_recipe, stage_record
 from bench.scale import CALIBRATION
 from pipeline.engine.graph import dependencies, enabled_stages
 from pipeline.engine.repro import tree_hashes
@@ -65,8 +65,6 @@ def sweep_both_ways(sweep_file: Path, work: Path) -> dict:
 
 def fit_time(recipe_file: Path, work: Path) -> float:
     """The gates stage's own seconds with `gates.fit: true` on the recipe (its merge built first)."""
-    from bench.run import movable_recipe, stage_record
-
     data = movable_recipe(recipe_file)
     data.setdefault("gates", {})["fit"] = True
     data.setdefault("name", recipe_file.stem)
