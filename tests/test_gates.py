@@ -106,7 +106,7 @@ def test_record_and_card_say_how_the_routers_were_fitted(fitted):
     line = _fitted(load_recipe(FITTED), StageResult("gates", "k", fitted["root"], fitted["gates"]))
     assert line.startswith(
         "routers fitted on shipped:code/calibration.jsonl, shipped:prose/calibration.jsonl: "
-        f"{steps} steps of Adam (lr 0.05, batch 4 x 128 tokens, seed 0)"
+        f"{steps} steps of Adam (lr 0.02, batch 4 x 128 tokens, seed 0)"
     )
     assert f"routers of step {gates['best_step']} kept ({gates['stopped']})" in line
     assert (
