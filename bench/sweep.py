@@ -91,11 +91,11 @@ def stage_inputs(results: dict, fit_s: float) -> dict[str, dict]:
     """Each stage's seconds at 2x7B shapes on this machine, with where the figure comes from.
 
     Measured at 2x7B shapes: resolve and merge (the whole 2x7B), baseline, evaluate,
-    verify and quantize (two layers deep, times 16 for 32 layers: each pass streams one
+    verify and quantize (two layers deep, times the family's 32 layers over 2: each pass streams one
     layer). The others were measured on the real example only and are scaled as LIKE says."""
     seven = next(r for r in results["scale"] if r["shape"] == "7b")
     vm = results["verify_memory"]
-    depth = 32 / vm["layers"]
+    depth = seven["num_hidden_layers"] / vm["layers"]  # the 2x7B family's depth over the measured one
     out = {
         stage: {"s": seven["build_until_merge"]["stages_s"][stage], "from": f"the 2x7B family's own, {seven['date']}"}
         for stage in ("resolve", "merge")
