@@ -201,8 +201,16 @@ class GatesSection(Strict):
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
         "them, else the shipped calibration split; may not hold the text of a verify.files file",
     )
+    start: Literal["best_expert", "routers"] = Field(
+        default="best_expert",
+        description="where the Adam steps start: best_expert first fits each layer's router to send each gates.files "
+        "file's tokens to the expert best on that file (docs/routing-and-study.md); routers: the merge's routers "
+        "as they are",
+    )
     steps: int = Field(
-        default=100, ge=1, description="most Adam steps; the fit stops sooner when its held-out loss stops improving"
+        default=100,
+        ge=0,
+        description="most Adam steps; the fit stops sooner when its held-out loss stops improving; 0: the start alone",
     )
     holdout: float = Field(
         default=0.2,

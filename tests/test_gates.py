@@ -95,19 +95,30 @@ def test_record_and_card_say_how_the_routers_were_fitted(fitted):
     gates = fitted["gates"]["result"]
     steps = len(gates["loss"])
     assert gates["fitted"] and 0 < steps <= 40
+    # the start: each file sent to the expert with the lowest held-out loss on it, which the routers then learned
+    start = gates["start"]
+    assert start["from"] == "best_expert" and start["experts"] == [0, 1], start
+    for f, losses in enumerate(start["expert_loss"]):
+        assert losses[start["experts"][f]] == min(losses)
+    assert len(start["accuracy"]) == 4 and all(0.6 < a <= 1 for a in start["accuracy"]), start["accuracy"]
     held = gates["heldout_loss"]
     assert held[0]["step"] == 0 and held[-1]["step"] == steps and all(c["step"] % 5 == 0 for c in held[:-1])
+    assert held[0]["loss"] < start["heldout_before"], (held[0], start["heldout_before"])
     best = min(held, key=lambda c: c["loss"])
-    assert gates["best_step"] == best["step"] > 0 and best["loss"] < held[0]["loss"], held
+    assert gates["best_step"] == best["step"], held
     assert gates["stopped"] in ("reached gates.steps (40)",) or gates["stopped"].startswith("held-out loss not below")
     assert gates["heldout_windows"] and all(0 < n <= 8 for n in gates["heldout_windows"].values())
+    assert gates["seconds_per_step"] > 0 and gates["seconds"] > start["seconds"]
     entropy = gates["expert_usage_entropy_bits"]
     assert len(entropy["hidden"]) == len(entropy["fitted"]) == 4 and all(0 <= e <= 1 for e in entropy["fitted"])
     line = _fitted(load_recipe(FITTED), StageResult("gates", "k", fitted["root"], fitted["gates"]))
     assert line.startswith(
-        "routers fitted on shipped:code/calibration.jsonl, shipped:prose/calibration.jsonl: "
-        f"{steps} steps of Adam (lr 0.02, batch 4 x 128 tokens, seed 0)"
-    )
+        "routers fitted on shipped:code/calibration.jsonl, shipped:prose/calibration.jsonl: first each layer's "
+        "router trained to send each file's tokens to the expert best on it (shipped:code/calibration.jsonl: "
+        f"expert 0, shipped:prose/calibration.jsonl: expert 1), then {steps} steps of Adam (lr 0.02, batch 4 x 128 "
+        "tokens, seed 0)"
+    ), line
+    assert f"{start['heldout_before']:.3f} -> {best['loss']:.3f}" in line
     assert f"routers of step {gates['best_step']} kept ({gates['stopped']})" in line
     assert (
         _fitted(
@@ -213,3 +224,41 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
         for i, b in enumerate(moe_blocks(model)):
             b.gate.weight.copy_(jumpy.routers[i])
     assert _heldout_loss(model, [torch.tensor(h) for h in heldout], 2) == lowest["loss"]
+
+
+def test_the_best_expert_start_alone_sends_each_file_to_its_best_expert(example):
+    """`gates.steps: 0` keeps the start alone: no Adam step, and routers that send
+    each file's tokens to the expert with the lowest held-out loss on it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.checkpoints.loading import load_merged
+    from pipeline.moe.calibration import token_windows
+    from pipeline.moe.router_fit import Schedule, fit_routers, split_heldout
+    from pipeline.moe.routing import moe_blocks
+    from pipeline.support.paths import shipped_dir
+
+    model = load_merged(example["merged"], dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(example["merged"])
+    files = [shipped_dir() / d / "calibration.jsonl" for d in ("code", "prose")]
+    groups = [token_windows([f], tokenizer, 64, "test")[:20] for f in files]
+    train, heldout = split_heldout(groups, 0.2)
+    compute = {"device": "cpu", "dtype": "float32"}
+    fit = fit_routers(model, train, heldout, Schedule(0, 5, 3), 0.05, 4, 0, 0.0, compute, start="best_expert")
+    assert fit.loss == [] and fit.best_step == 0 and fit.stopped == "gates.steps is 0: the start alone"
+    start = fit.start
+    assert start.experts == [0, 1] and [min(losses) for losses in start.expert_loss] == [
+        losses[e] for losses, e in zip(start.expert_loss, start.experts)
+    ]
+    assert fit.heldout[0]["loss"] < start.heldout_before and start.windows == 16
+    # the kept routers send most of each file's tokens to its expert, at every layer
+    with torch.no_grad():
+        for i, b in enumerate(moe_blocks(model)):
+            b.gate.weight.copy_(fit.routers[i])
+        for f, expert in enumerate(start.experts):
+            chosen = []
+            hooks = [b.gate.register_forward_hook(lambda m, i, o: chosen.append(o[2][:, 0])) for b in moe_blocks(model)]
+            model(torch.tensor(train[f]))
+            for h in hooks:
+                h.remove()
+            assert all(float((c == expert).float().mean()) > 0.7 for c in chosen), (f, chosen)

@@ -2,10 +2,18 @@
 
 mergekit-moe's router rows come from the hidden states of a few prompts, taken
 before attention, while the router sees the state after attention and its norm:
-a guess. Here the routers are trained on the language-model loss of the MoE
-itself, everything else frozen, with an optional Switch-Transformer load-balance
-term so that fitting cannot collapse onto one expert when there are more experts
-than `experts_per_token`.
+a guess. Here the fit has two phases:
+
+1. `start: best_expert`: each file of fitting text gets the expert whose MLPs model
+   it best (its held-out windows with every token forced to one expert), then each
+   layer's router in turn, in one forward pass, is fitted as a classifier (L-BFGS,
+   cross-entropy, a small L2 term) that sends the file's tokens to that expert, on
+   the very inputs the router sees with the layers before it already fitted. Since
+   the experts differ only in their MLPs, routing every token to its file's expert
+   reproduces that expert: the start aims at the best expert on every file.
+2. Adam steps on the language-model loss of the MoE itself, everything else frozen,
+   with an optional Switch-Transformer load-balance term, kept only while the
+   held-out loss improves (mixing experts can beat the best one).
 
 The model computes in bfloat16 where the machine does so natively (a GPU, or a CPU
 with AVX512-BF16 or AMX: 2.6x faster per step than float32 on the example) and in
@@ -44,6 +52,18 @@ def fit_compute(device: str, dtype: str = "auto", cpuinfo: str | None = None) ->
 
 
 @dataclass
+class StartResult:
+    """The `best_expert` start: what each file was sent to and how well each layer's router learned it."""
+
+    heldout_before: float  # the held-out loss with the merge's routers (fit_routers' step 0 comes after the start)
+    expert_loss: list[list[float]]  # per file, per expert: held-out loss with every token forced to that expert
+    experts: list[int]  # per file: the expert with the lowest of those losses
+    accuracy: list[float]  # per layer: share of the fitting tokens whose top-1 expert is their file's
+    windows: int  # fitting windows per file in the classifier pass
+    seconds: float
+
+
+@dataclass
 class FitResult:
     routers: dict[int, "object"]  # layer -> the best gate weight (torch.Tensor, float32, CPU)
     loss: list[float]  # language-model loss per step on its training batch (without the balance term)
@@ -53,6 +73,7 @@ class FitResult:
     seconds: float
     entropy_before: list[float]  # expert-usage entropy per layer (bits), hidden-state routers
     entropy_after: list[float]  # the same with the kept routers
+    start: StartResult | None  # None: Adam started from the merge's routers
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,8 @@ class Schedule:
 
 
 HELDOUT_MOST = 8  # held-out windows per file: each check costs about one training step's forward passes
+START_WINDOWS = 32  # fitting windows per file in the best_expert start's one classifier pass
+START_L2 = 1e-4  # keeps the classifier's logits finite on separable text: gate weights near 1, not exactly 1
 
 
 def split_heldout(groups: list[list[list[int]]], share: float) -> tuple[list, list]:
@@ -115,6 +138,7 @@ def fit_routers(
     seed: int,
     balance: float,
     compute: dict[str, str],
+    start: str = "routers",
 ) -> FitResult:
     """Train the routers of `model` (a loaded MoE) on windows of token ids, on
     `compute` (fit_compute), and keep the routers of the best held-out check.
@@ -123,7 +147,9 @@ def fit_routers(
     rarely balanced across domains, and the routers would learn its proportions).
     `heldout`, per file, decides when to stop: its loss is the mean over files, so
     every file counts alike. How many steps help differs from recipe to recipe (25
-    were right for one and far too few for another), so none is fixed."""
+    were right for one and far too few for another), so none is fixed; with
+    `schedule.steps` 0 only the start runs. `start`: "routers" (the merge's) or
+    "best_expert" (module docstring)."""
     import torch
     import torch.nn.functional as F
 
@@ -144,6 +170,8 @@ def fit_routers(
     data = [torch.tensor(g, device=device) for g in groups]
     probe = torch.cat([g[:4] for g in data])
     entropy_before = assignment_entropies(model, probe)
+    held = [torch.tensor(g, device=device) for g in heldout]
+    started = _start_from_best_experts(model, data, held, batch_size) if start == "best_expert" else None
 
     captured: list[tuple] = []
     hooks = (
@@ -151,11 +179,10 @@ def fit_routers(
     )
     optimizer = torch.optim.Adam(gates, lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    held = [torch.tensor(g, device=device) for g in heldout]
     losses: list[float] = []
     curve = [{"step": 0, "loss": _heldout_loss(model, held, batch_size)}]
     best = {"step": 0, "loss": curve[0]["loss"], "routers": [w.detach().clone() for w in gates]}
-    stopped = f"reached gates.steps ({schedule.steps})"
+    stopped = f"reached gates.steps ({schedule.steps})" if schedule.steps else "gates.steps is 0: the start alone"
     grad = torch.is_grad_enabled()
     try:
         torch.set_grad_enabled(True)  # a suspended streaming pass (torch.no_grad inside a generator) turns it off
@@ -193,13 +220,18 @@ def fit_routers(
         h.remove()
     routers = {i: w.detach().float().cpu().clone() for i, w in enumerate(gates)}
     return FitResult(
-        routers, losses, curve, best["step"], stopped, time.monotonic() - t0, entropy_before, entropy_after
+        routers, losses, curve, best["step"], stopped, time.monotonic() - t0, entropy_before, entropy_after, started
     )
 
 
 def _heldout_loss(model, held: list, batch_size: int) -> float:
-    """Mean over files of the language-model loss (metrics.target_nll per token) on
-    each file's held-out windows."""
+    """Mean over files of the language-model loss on each file's held-out windows."""
+    per_file = _file_losses(model, held, batch_size)
+    return round(sum(per_file) / len(per_file), 5)
+
+
+def _file_losses(model, held: list, batch_size: int) -> list[float]:
+    """Per file: the language-model loss (metrics.target_nll per token) on its held-out windows."""
     import torch
 
     per_file = []
@@ -211,7 +243,59 @@ def _heldout_loss(model, held: list, batch_size: int) -> float:
                 total += sum(target_nll(lp, ids.tolist()) for lp, ids in zip(logprobs, batch))
                 n += batch[:, 1:].numel()
             per_file.append(total / n)
-    return round(sum(per_file) / len(per_file), 5)
+    return per_file
+
+
+def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> StartResult:
+    """Phase 1 (module docstring): each file's best expert from its held-out
+    windows, then every router, layer by layer inside one forward pass over up to
+    START_WINDOWS evenly spaced training windows per file, fitted to send each
+    token to its file's expert. Convex per layer (cross-entropy plus L2), so the
+    merge's routers, where L-BFGS starts, do not change what it finds."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.moe.routing import forced_expert
+
+    t0 = time.monotonic()
+    before = _heldout_loss(model, held, batch_size)
+    n_experts = moe_blocks(model)[0].gate.num_experts
+    expert_loss = []
+    for e in range(n_experts):
+        with forced_expert(model, e):
+            expert_loss.append(_file_losses(model, held, batch_size))
+    per_file = [[round(expert_loss[e][f], 5) for e in range(n_experts)] for f in range(len(held))]
+    experts = [min(range(n_experts), key=lambda e: losses[e]) for losses in per_file]
+    picked = [g[:: max(1, len(g) // START_WINDOWS)][:START_WINDOWS] for g in data]
+    windows = torch.cat(picked)
+    labels = torch.cat([torch.full((p.numel(),), e, device=windows.device) for p, e in zip(picked, experts)])
+    accuracy: list[float] = []
+
+    def fit_layer(router, args):
+        x = args[0].reshape(-1, router.hidden_dim).float()
+        w = router.weight.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(x @ w.T, labels) + START_L2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        with torch.no_grad():
+            router.weight.copy_(w)
+            accuracy.append(round(float(((x @ w.T).argmax(-1) == labels).float().mean()), 5))
+
+    hooks = [b.gate.register_forward_pre_hook(fit_layer) for b in moe_blocks(model)]
+    try:
+        with torch.no_grad():
+            model.model(windows)  # the decoder only: the head's logits are not needed
+    finally:
+        for h in hooks:
+            h.remove()
+    return StartResult(before, per_file, experts, accuracy, min(map(len, picked)), time.monotonic() - t0)
 
 
 def _balance_loss(router_out) -> "object":

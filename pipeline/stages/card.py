@@ -229,11 +229,20 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
     g, r = recipe.gates, gates_result(gates)
     held = r["heldout_loss"]
     kept = next(c["loss"] for c in held if c["step"] == r["best_step"])
-    return (
-        f"routers fitted on {', '.join(portable(f) for f in g.files)}: {len(r['loss'])} steps of Adam (lr {g.lr}, "
-        f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}{f', balance {g.balance}' if g.balance else ''}), "
-        f"only `block_sparse_moe.gate.weight` trained; loss on held-out windows of the same files "
-        f"{held[0]['loss']:.3f} -> {kept:.3f}, routers of step {r['best_step']} kept ({r['stopped']})"
+    start, first = r.get("start", {}), held[0]["loss"]
+    line = f"routers fitted on {', '.join(portable(f) for f in g.files)}: "
+    if start.get("from") == "best_expert":
+        first = start["heldout_before"]
+        line += (
+            "first each layer's router trained to send each file's tokens to the expert best on it ("
+            + ", ".join(f"{portable(f)}: expert {e}" for f, e in zip(g.files, start["experts"]))
+            + "), then "
+        )
+    return line + (
+        f"{len(r['loss'])} steps of Adam (lr {g.lr}, batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
+        f"{f', balance {g.balance}' if g.balance else ''}), only `block_sparse_moe.gate.weight` trained; loss on "
+        f"held-out windows of the same files {first:.3f} -> {kept:.3f}, routers of step {r['best_step']} kept "
+        f"({r['stopped']})"
     )
 
 

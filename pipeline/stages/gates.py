@@ -14,6 +14,7 @@ as dist/<name>/merged/.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -34,11 +35,13 @@ class GatesResult(TypedDict, total=False):
     compute_dtype: str
     windows: dict[str, int]  # training windows per file
     heldout_windows: dict[str, int]
+    start: dict[str, Any]  # the best_expert start (router_fit.StartResult), or {"from": "routers"}
     loss: list[float]  # per step, on its training batch
     heldout_loss: list[dict]  # {"step", "loss"} per check; step 0 before fitting
     best_step: int  # whose routers were kept (0: mergekit's)
     stopped: str
-    seconds_per_step: float
+    seconds: float  # the whole fit, start included
+    seconds_per_step: float | None  # an Adam step's (None: no step)
     expert_usage_entropy_bits: dict[str, Any]
     rewritten_shards: list[str]
 
@@ -116,14 +119,22 @@ class GatesStage(Stage):
             ) from None
         model = load_merged(merged, dtype=compute["dtype"])  # as it computes: bfloat16 is half the memory
         schedule = Schedule(g.steps, g.check_every, g.patience)
-        fit = fit_routers(model, train, heldout, schedule, g.lr, g.batch_size, g.seed, g.balance, compute)
+        fit = fit_routers(model, train, heldout, schedule, g.lr, g.batch_size, g.seed, g.balance, compute, g.start)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
         steps = len(fit.loss)
+        start = {"from": "routers"} if fit.start is None else {"from": "best_expert", **asdict(fit.start)}
+        if fit.start is not None:
+            best = ", ".join(f"{portable(f)} -> expert {e}" for f, e in zip(g.files, fit.start.experts))
+            ctx.log(
+                f"gates     start: {best}; routers fitted to them in {fit.start.seconds:.1f}s, top-1 accuracy "
+                f"{min(fit.start.accuracy):.3f}-{max(fit.start.accuracy):.3f} over the layers"
+            )
+        adam = fit.seconds - (fit.start.seconds if fit.start else 0.0)
         ctx.log(
-            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}, "
-            f"{fit.seconds / steps:.2f}s a step) on {sum(map(len, train))} windows, {sum(map(len, heldout))} held out: "
-            f"held-out loss {fit.heldout[0]['loss']:.4f} at the start, {fit.heldout[-1]['loss']:.4f} after {steps} "
-            f"steps; kept step {fit.best_step}; {fit.stopped}"
+            f"gates     fitted {len(fit.routers)} routers in {fit.seconds:.1f}s ({compute['dtype']}"
+            f"{f', {adam / steps:.2f}s a step' if steps else ''}) on {sum(map(len, train))} windows, "
+            f"{sum(map(len, heldout))} held out: held-out loss {fit.heldout[0]['loss']:.4f} after the start, "
+            f"{fit.heldout[-1]['loss']:.4f} after {steps} steps; kept step {fit.best_step}; {fit.stopped}"
         )
         return {
             "fitted": True,
@@ -131,11 +142,13 @@ class GatesStage(Stage):
             "compute_dtype": compute["dtype"],
             "windows": {portable(f): len(w) for f, w in zip(g.files, train)},
             "heldout_windows": {portable(f): len(w) for f, w in zip(g.files, heldout)},
+            "start": start,
             "loss": fit.loss,
             "heldout_loss": fit.heldout,
             "best_step": fit.best_step,
             "stopped": fit.stopped,
-            "seconds_per_step": round(fit.seconds / steps, 3),
+            "seconds": round(fit.seconds, 3),
+            "seconds_per_step": round(adam / steps, 3) if steps else None,
             "expert_usage_entropy_bits": {"hidden": fit.entropy_before, "fitted": fit.entropy_after},
             "rewritten_shards": rewritten,
         }
