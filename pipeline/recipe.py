@@ -201,11 +201,11 @@ class GatesSection(Strict):
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
         "them, else the shipped calibration split; may not hold the text of a verify.files file",
     )
-    start: Literal["best_expert", "routers"] = Field(
-        default="best_expert",
-        description="where the Adam steps start: best_expert first fits each layer's router to send each gates.files "
-        "file's tokens to the expert best on that file (docs/routing-and-study.md); routers: the merge's routers "
-        "as they are",
+    start: Literal["routers", "best_expert"] = Field(
+        default="routers",
+        description="where the Adam steps start: routers, the merge's routers as they are; best_expert first fits "
+        "each layer's router to send each gates.files file's tokens to the expert best on that file "
+        "(docs/routing-and-study.md)",
     )
     steps: int = Field(
         default=100,

@@ -36,7 +36,13 @@ def write_sweep(path: Path, data: dict) -> Path:
 def test_the_shipped_sweep_files_are_valid():
     stage_names = [s.name for s in STAGES]
     shipped = {p.name: load_sweep(p, stage_names) for p in sorted(SWEEP.parent.glob("*.yaml"))}
-    assert set(shipped) == {"tiny-2x-modes.yaml", "smollm2-2x-modes.yaml"}
+    assert set(shipped) == {
+        "tiny-2x-modes.yaml",
+        "smollm2-2x-modes.yaml",
+        "smollm2-2x-fit-starts.yaml",
+        "smollm2-docs-3x-fit-starts.yaml",
+        "smollm2-source-3x-fit-starts.yaml",
+    }
     assert shipped["tiny-2x-modes.yaml"].axes == AXES and shipped["tiny-2x-modes.yaml"].recipe_file == EXAMPLE
 
 
