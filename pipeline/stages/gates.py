@@ -37,8 +37,8 @@ class GatesResult(TypedDict, total=False):
     heldout_windows: dict[str, int]
     start: dict[str, Any]  # the best_expert start (router_fit.StartResult), or {"from": "routers"}
     loss: list[float]  # per step, on its training batch
-    heldout_loss: list[dict]  # {"step", "loss"} per check; step 0 before fitting
-    best_step: int  # whose routers were kept (0: mergekit's)
+    heldout_loss: list[dict]  # {"step", "loss"} per check; step 0 before any Adam step (after the start)
+    best_step: int  # whose routers were kept (0: the start's, or mergekit's)
     stopped: str
     seconds: float  # the whole fit, start included
     seconds_per_step: float | None  # an Adam step's (None: no step)
