@@ -59,6 +59,7 @@ class StartResult:
     expert_loss: list[list[float]]  # per file, per expert: held-out loss with every token forced to that expert
     experts: list[int]  # per file: the expert with the lowest of those losses
     accuracy: list[float]  # per layer: share of the fitting tokens whose top-1 expert is their file's
+    heldout_accuracy: list[float]  # per layer: the same on the held-out windows, which the classifier never saw
     windows: int  # fitting windows per file in the classifier pass
     seconds: float
 
@@ -295,7 +296,38 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
     finally:
         for h in hooks:
             h.remove()
-    return StartResult(before, per_file, experts, accuracy, min(map(len, picked)), time.monotonic() - t0)
+    held_labels = torch.cat([torch.full((g.numel(),), e, device=g.device) for g, e in zip(held, experts)])
+    return StartResult(
+        before,
+        per_file,
+        experts,
+        accuracy,
+        _top1_accuracy(model, torch.cat(held), held_labels),
+        min(map(len, picked)),
+        time.monotonic() - t0,
+    )
+
+
+def _top1_accuracy(model, windows, labels) -> list[float]:
+    """Per layer: share of the tokens of `windows` whose top-1 expert is their label.
+    Against the fitting tokens' accuracy it shows how far the per-token routers
+    generalize: a gap is misrouting on unseen text that no Adam step can see."""
+    import torch
+
+    accuracy: list[float] = []
+    hooks = [
+        b.gate.register_forward_hook(
+            lambda m, i, o: accuracy.append(round(float((o[0].argmax(-1) == labels).float().mean()), 5))
+        )
+        for b in moe_blocks(model)
+    ]
+    try:
+        with torch.no_grad():
+            model.model(windows)
+    finally:
+        for h in hooks:
+            h.remove()
+    return accuracy
 
 
 def _balance_loss(router_out) -> "object":

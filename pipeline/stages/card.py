@@ -236,7 +236,7 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
         line += (
             "first each layer's router trained to send each file's tokens to the expert best on it ("
             + ", ".join(f"{portable(f)}: expert {e}" for f, e in zip(g.files, start["experts"]))
-            + "), then "
+            + f"; top-1 on held-out windows {_share_range(start['heldout_accuracy'])} over the layers), then "
         )
     return line + (
         f"{len(r['loss'])} steps of Adam (lr {g.lr}, batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
@@ -244,6 +244,11 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
         f"held-out windows of the same files {first:.3f} -> {kept:.3f}, routers of step {r['best_step']} kept "
         f"({r['stopped']})"
     )
+
+
+def _share_range(shares: list[float]) -> str:
+    low, high = f"{100 * min(shares):.0f}", f"{100 * max(shares):.0f}"
+    return f"{low}%" if low == high else f"{low}-{high}%"
 
 
 def _template_text(recipe: Recipe) -> str:

@@ -127,7 +127,8 @@ class GatesStage(Stage):
             best = ", ".join(f"{portable(f)} -> expert {e}" for f, e in zip(g.files, fit.start.experts))
             ctx.log(
                 f"gates     start: {best}; routers fitted to them in {fit.start.seconds:.1f}s, top-1 accuracy "
-                f"{min(fit.start.accuracy):.3f}-{max(fit.start.accuracy):.3f} over the layers"
+                f"{min(fit.start.accuracy):.3f}-{max(fit.start.accuracy):.3f} over the layers on the fitting windows, "
+                f"{min(fit.start.heldout_accuracy):.3f}-{max(fit.start.heldout_accuracy):.3f} on the held-out ones"
             )
         adam = fit.seconds - (fit.start.seconds if fit.start else 0.0)
         ctx.log(
