@@ -37,7 +37,7 @@ from pipeline.engine.cache import (
 from pipeline.engine.graph import check_names, dependencies, enabled_stages, select_stages, with_ancestors
 from pipeline.engine.keys import key_material, key_of
 from pipeline.engine.preflight import run_preflight
-from pipeline.engine.publish import publish, published_folders
+from pipeline.engine.publish import check_publish_targets, publish, published_folders
 from pipeline.errors import EnvironmentProblem, NotBuiltError, UsageError
 from pipeline.provenance.lockfile import current_lock, require_match
 from pipeline.recipe import Recipe
@@ -186,6 +186,7 @@ def build(
     run_preflight(selected, recipe)
     results: dict[str, StageResult] = {}
     with build_lock(layout, log):
+        check_publish_targets(layout, {f for s in selected for f in s.publishes})
         for stage in selected:
             if stage.reads_dist:
                 publish(results, layout, published_folders(selected, results), selected)

@@ -1,6 +1,10 @@
 """Publishing: dist/<name>/<folder>/ assembled from every finished stage that
 publishes into it, atomically, as hard links into the cache (build/<name>/
-published.json says what dist holds, so re-publishing an unchanged build is free)."""
+published.json says what dist holds, so re-publishing an unchanged build is free).
+
+A publish replaces the whole folder, so a file in it that no build put there (a
+user's notes, a download) would be lost: such a folder is refused, naming the file,
+before any stage runs and again before it is replaced."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.engine.cache import Layout, output_files
+from pipeline.errors import UsageError
+from pipeline.provenance.manifest_format import MANIFEST
 from pipeline.stages.base import Stage, StageResult, published_subfolder
 from pipeline.support.atomic import atomic_folder, link_or_copy
 from pipeline.support.hashing import sha256_json
@@ -27,6 +33,41 @@ def published_folders(stages: Sequence[Stage], results: dict[str, StageResult]) 
     }
 
 
+def foreign_files(dst: Path, recorded: dict | None) -> list[str]:
+    """Files in the published folder `dst` that no build put there: neither in what
+    published.json recorded (`recorded`) nor in the folder's own build.json."""
+    if not dst.is_dir():
+        return []
+    ours = set(recorded or {}) | {MANIFEST}
+    try:
+        ours |= set(json.loads((dst / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return sorted(rel for p in dst.rglob("*") if not p.is_dir() and (rel := p.relative_to(dst).as_posix()) not in ours)
+
+
+def check_publish_targets(layout: Layout, folders: set[str]) -> None:
+    """Refuse (exit 2) before anything runs when a folder the build will replace holds
+    files it did not publish; every such folder is named."""
+    published = _published(layout)
+    problems = []
+    for folder in sorted(folders):
+        dst = layout.dist / folder
+        if foreign := foreign_files(dst, (published.get(folder) or {}).get("files")):
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            problems.append(
+                f"{dst}: holds {shown}, which no frankenmoe build published there; publishing replaces the folder, "
+                "so move those files out (nothing was built or removed)"
+            )
+    if problems:
+        raise UsageError(problems)
+
+
+def _published(layout: Layout) -> dict:
+    published_file = layout.own / "published.json"
+    return json.loads(published_file.read_text()) if published_file.is_file() else {}
+
+
 def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], stages: Sequence[Stage]) -> list[Path]:
     """Assemble dist/<name>/<folder> from every finished stage that publishes into
     it (the AWQ folder: quantize's model plus verify's report), atomically, as hard
@@ -34,7 +75,8 @@ def publish(done: dict[str, StageResult], layout: Layout, folders: set[str], sta
     same stage keys and content hashes (a forced rerun can write other bytes under
     the same key), and files unchanged on disk since."""
     published_file = layout.own / "published.json"
-    published = json.loads(published_file.read_text()) if published_file.is_file() else {}
+    published = _published(layout)
+    check_publish_targets(layout, folders)
     out = []
     for folder in sorted(folders):
         parts = [

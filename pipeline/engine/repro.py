@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Sequence
 from pipeline.errors import FrankenmoeError, NotReproducible, ToolFailed, exit_code
 from pipeline.stages.base import Stage, published_subfolder
 from pipeline.support.hashing import sha256_file
+from pipeline.support.owned import claim_work_folder
 
 
 def run_build(
@@ -109,7 +109,7 @@ def repro_check(recipe_file: Path, work: Path, stages: Sequence[Stage], log=prin
     from pipeline.recipe import load_recipe
 
     recipe = load_recipe(recipe_file)
-    shutil.rmtree(work, ignore_errors=True)
+    claim_work_folder(work, ["a", "b"], "repro-check: --work")
     for side in ("a", "b"):
         run_build(recipe_file, work / side, stages, log)
     a, b = (tree_hashes(work / side / "dist" / recipe.name) for side in ("a", "b"))

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from pipeline.support.owned import foreign_entries, refusal
 from pipeline.support.settings import fixtures_cache
 
 STAMP = "fixtures.json"
@@ -38,6 +39,8 @@ def ensure(out: Path, key: str, make: Callable[[Path], None], log: Callable[[str
     if has_key(out, key):
         log(f"fixtures: cached ({out})")
         return out
+    if out.is_dir() and not (out / STAMP).is_file() and (foreign := foreign_entries(out, set())):
+        raise refusal("fixtures:", out, foreign, f"are not example models (no {STAMP})")
     cache = shared_cache()
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(out.parent, f".{out.name}.tmp-")

@@ -9,17 +9,18 @@ the folder's files with the rebuilt ones, naming the stage that made any that di
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
 from pipeline.engine.repro import compare, made_by, run_build, tree_hashes
-from pipeline.errors import NotReproducible
+from pipeline.errors import InputFileError, NotReproducible
 from pipeline.provenance.manifest_format import MANIFEST, read_manifest
+from pipeline.recipe import NAME_RE
 from pipeline.stages.base import Stage
 from pipeline.support.hashing import sha256_file
+from pipeline.support.owned import claim_work_folder
 
 
 def rebuild_check(
@@ -30,8 +31,10 @@ def rebuild_check(
     the original recipe was); Hub models are fetched at the locked commits."""
     manifest = read_manifest(folder)
     recipe_data, name, which = manifest["recipe"], manifest["recipe"]["name"], manifest["folder"]
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    for field, value in (("recipe.name", name), ("folder", which)):
+        if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+            raise InputFileError(f"{folder / MANIFEST}: {field} {value!r} is not a folder name; it was edited")
+    claim_work_folder(work, [f"{name}.yaml", f"{name}.lock.json", "build", "dist"], "rebuild-check: --work")
     recipe_file = work / f"{name}.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe_data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     lock_file = work / f"{name}.lock.json"
