@@ -199,7 +199,7 @@ class GatesSection(Strict):
         default_factory=lambda: _shipped("calibration"),
         min_length=1,
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
-        "them, else the shipped calibration split; may not hold the text of a verify.files file",
+        "them, else the shipped calibration split; may not share a document with verify.files (compared by content)",
     )
     start: Literal["routers", "best_expert"] = Field(
         default="routers",
@@ -255,8 +255,8 @@ class CalibrationSection(Strict):
 
     files: list[str] = Field(
         default_factory=lambda: _shipped("calibration"),
-        description=f"calibration text: {TEXT_FILES_DOC}; may not hold the text of a verify.files file; "
-        "empty only with a dataset",
+        description=f"calibration text: {TEXT_FILES_DOC}; may not share a document with verify.files "
+        "(compared by content); empty only with a dataset",
     )
     dataset: CalibrationDataset | None = Field(default=None, description="a Hub dataset instead of files")
     samples: int = Field(default=128, ge=1, description="calibration windows")

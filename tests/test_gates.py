@@ -168,22 +168,59 @@ def test_two_fits_give_identical_routers(fitted):
     assert digests() == recorded
 
 
-@pytest.mark.parametrize("how", ["same name", "relative path", "absolute path", "a copy"])
+def leaked_copy(how: str, held_out: Path, folder: Path) -> tuple[str, int, int]:
+    """The evaluation text written as a new file one way; (its name, shared documents, first line)."""
+    import json
+
+    docs = [json.loads(line) for line in held_out.read_text().splitlines() if line.strip()]
+    folder.mkdir()
+    if how == "re-serialized":  # the same documents, another key order and spacing
+        rows = [
+            json.dumps(
+                {"domain": d.get("domain"), "text": "  " + d["text"].replace(" ", "  ")},
+                indent=None,
+                separators=(", ", " : "),
+            )
+            for d in docs
+        ]
+        (folder / "mine.jsonl").write_text("\n\n".join(rows) + "\n")
+        return "texts/mine.jsonl", len(docs), 1
+    if how == "a .txt copy":  # the documents' texts, one after another
+        (folder / "mine.txt").write_text("\n\n".join(d["text"] for d in docs))
+        return "texts/mine.txt", 1, 1
+    assert how == "one shared document"
+    rows = [json.dumps({"text": f"An unrelated note number {i}, written for this test alone."}) for i in range(5)]
+    rows.insert(3, json.dumps({"text": docs[1]["text"]}))
+    (folder / "mine.jsonl").write_text("\n".join(rows) + "\n")
+    return "texts/mine.jsonl", 1, 4
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["same name", "relative path", "absolute path", "a copy", "re-serialized", "a .txt copy", "one shared document"],
+)
 @pytest.mark.parametrize("section", ["gates.files", "quantize.calibration.files"])
 def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
-    """Compared by content: another spelling of the path, or a copy, is caught too."""
+    """Compared per document by content: another spelling of the path, a copy, the
+    same documents re-serialized or as plain text, or one of them in a new file."""
     from pipeline.support.paths import shipped_dir
 
     held_out = shipped_dir() / "prose" / "eval.jsonl"
-    copy = tmp_path / "texts" / "mine.jsonl"
-    copy.parent.mkdir()
-    copy.write_bytes(held_out.read_bytes())
-    name = {
-        "same name": "shipped:prose/eval.jsonl",
-        "relative path": "./texts/mine.jsonl",
-        "absolute path": str(held_out),
-        "a copy": "texts/mine.jsonl",
-    }[how]
+    documents = sum(1 for line in held_out.read_text().splitlines() if line.strip())
+    if how in ("re-serialized", "a .txt copy", "one shared document"):
+        name, count, line = leaked_copy(how, held_out, tmp_path / "texts")
+    else:
+        copy = tmp_path / "texts" / "mine.jsonl"
+        copy.parent.mkdir()
+        copy.write_bytes(held_out.read_bytes())
+        name = {
+            "same name": "shipped:prose/eval.jsonl",
+            "relative path": "./texts/mine.jsonl",
+            "absolute path": str(held_out),
+            "a copy": "texts/mine.jsonl",
+        }[how]
+        count, line = documents, 1
+    total = {"a .txt copy": 1, "one shared document": 6}.get(how, documents)
     data = example_data(FITTED)
     if section == "gates.files":
         data["gates"]["files"] = ["shipped:code/calibration.jsonl", name]
@@ -194,7 +231,11 @@ def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
     proc = run_cli("build", str(recipe), build=tmp_path / "build", dist=tmp_path / "dist")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {section}: {name} has the same text as verify.files")
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"error: {section}: {name} shares {count} of its {total} documents with verify.files "
+        f"shipped:prose/eval.jsonl (the first at {name}:{line})"
+    ), lines[0]
     assert not any((tmp_path / "build").rglob("record.json"))
 
 

@@ -173,21 +173,21 @@ def calibration_windows(cal: CalibrationSection, tokenizer, root: Path = Path())
 
 
 def check_not_evaluation_text(recipe, section: str, files: list[str], why: str) -> None:
-    """Text a stage learns from must not be the held-out text verify measures on.
-    Compared by content (sha256), so `./calibration/...`, an absolute path or a
-    copy of an evaluation file is caught as well as the same name."""
-    from pipeline.support.hashing import sha256_file
+    """Text a stage learns from must not hold the held-out text verify measures on.
+    Compared per document by content (pipeline/moe/overlap.py), so a copy under
+    another name, re-serialized JSON Lines, a `.txt` copy or one evaluation document
+    in an otherwise new file are caught."""
+    from pipeline.moe.overlap import EvaluationText
 
-    held_out = {}
-    for name in recipe.verify.files:
-        path = recipe.path(name)
-        if path.is_file():
-            held_out.setdefault(sha256_file(path), name)
+    held_out = EvaluationText({name: recipe.path(name) for name in recipe.verify.files if recipe.path(name).is_file()})
     problems = []
     for name in files:
         path = recipe.path(name)
-        if path.is_file() and (same := held_out.get(sha256_file(path))):
-            problems.append(f"{section}: {name} has the same text as verify.files {same}; {why}")
+        if path.is_file() and (shared := held_out.shared_with(name, path)):
+            problems.append(
+                f"{section}: {name} shares {shared.count} of its {shared.documents} documents with verify.files "
+                f"{shared.evaluation_file} (the first at {name}:{shared.first_line}); {why}"
+            )
     if problems:
         raise RecipeError(problems)
 

@@ -9,7 +9,8 @@ from pipeline.errors import InputFileError
 
 
 def read_documents(files: list[Path]) -> list[dict]:
-    """Documents from `.jsonl` (one object with `text` per line) or `.txt` (one per file)."""
+    """Documents from `.jsonl` (one object with `text` per line) or `.txt` (one per file),
+    each with the line it starts on."""
     docs: list[dict] = []
     for path in files:
         start = len(docs)
@@ -36,6 +37,7 @@ def read_documents(files: list[Path]) -> list[dict]:
                             "id": row.get("id", f"{Path(path).name}:{n}"),
                             "domain": row.get("domain"),
                             "text": row["text"],
+                            "line": n,
                         }
                     )
                 except (ValueError, KeyError, TypeError, AttributeError):
@@ -48,7 +50,7 @@ def read_documents(files: list[Path]) -> list[dict]:
                         'such as "code"'
                     )
         else:
-            docs.append({"id": Path(path).name, "domain": None, "text": text})
+            docs.append({"id": Path(path).name, "domain": None, "text": text, "line": 1})
         if not any(d["text"].strip() for d in docs[start:]):
             raise InputFileError(f"{path}: no text in file")
     return docs
