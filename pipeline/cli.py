@@ -27,6 +27,47 @@ from pipeline.errors import (
 FIXTURES_DIR = Path("fixtures")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's own refusals said as every other usage problem is: one line, exit 2,
+    before anything is loaded."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def whole_number(minimum: int):
+    """An argparse type: a whole number of at least `minimum`, checked at parse time."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {minimum} or more") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        return value
+
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
+def some_text(text: str) -> str:
+    """An argparse type: text that is not empty or blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give some text")
+    return text
+
+
 def _stages():
     """The build's stage list: the CLI is where the engine is given it."""
     from pipeline.stages import STAGES
@@ -209,12 +250,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.engine.executors import executor
-    from pipeline.moe.sweep import load_sweep, run_sweep
+    from pipeline.moe.sweep import check_size, load_sweep, run_sweep
     from pipeline.support import settings
 
     sweep = load_sweep(args.sweep, _stage_names())
+    check_size(sweep, args.yes)
     _quiet_libraries()
-    runner = executor(args.ray, args.max_parallel)
+    runner = executor(args.ray, args.max_parallel, timeout=args.ray_timeout)
     try:
         out = run_sweep(sweep, _stages(), runner, settings.build_root())
     finally:
@@ -310,9 +352,7 @@ def os_error_line(e: OSError) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe."
-    )
+    p = Parser(prog="frankenmoe", description="Build verified, reproducible 4-bit FrankenMoE models from a recipe.")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check recipes; one line per problem, exit 2 if any")
@@ -363,12 +403,22 @@ def parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("repro-check", help="build twice in fresh folders and compare every published file")
     rc.add_argument("recipe", type=Path)
-    rc.add_argument("--work", type=Path, help="where the two builds go (default: build/.repro-check/<name>)")
+    rc.add_argument(
+        "--work",
+        type=Path,
+        help="where the two builds go (default: build/.repro-check/<name>); a new or empty folder, or one an "
+        "earlier repro-check made (its builds are replaced); a folder holding other files is refused",
+    )
     rc.set_defaults(func=cmd_repro_check)
 
     rb = sub.add_parser("rebuild-check", help="rebuild a published folder from its build.json and compare the bytes")
     rb.add_argument("dir", type=Path)
-    rb.add_argument("--work", type=Path, help="where the rebuild goes (default: build/.rebuild-check)")
+    rb.add_argument(
+        "--work",
+        type=Path,
+        help="where the rebuild goes (default: build/.rebuild-check); a new or empty folder, or one an earlier "
+        "rebuild-check made (its rebuild is replaced); a folder holding other files is refused",
+    )
     rb.add_argument(
         "--recipe-dir",
         type=Path,
@@ -405,6 +455,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
     st.set_defaults(func=cmd_study)
 
+    from pipeline.engine.executors import CONNECT_TIMEOUT_S
+
     sw = sub.add_parser(
         "sweep",
         help="build every variant a sweep file names (recipe key paths with lists of values) over one cache, "
@@ -416,7 +468,22 @@ def parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run the stages as Ray tasks: local (a cluster of this machine on 127.0.0.1), auto, or host:port",
     )
-    sw.add_argument("--max-parallel", type=int, metavar="N", help="with --ray: at most N stage runs at once")
+    sw.add_argument(
+        "--max-parallel", type=whole_number(1), metavar="N", help="with --ray: at most N stage runs at once"
+    )
+    sw.add_argument(
+        "--ray-timeout",
+        type=positive_seconds,
+        default=CONNECT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --ray ADDRESS: give up when the cluster has not answered after this long "
+        f"(default {CONNECT_TIMEOUT_S:g})",
+    )
+    sw.add_argument(
+        "--yes",
+        action="store_true",
+        help="build more variants than the sweep allows (256, or its max_variants); the plan is printed first",
+    )
     sw.set_defaults(func=cmd_sweep)
 
     ps = sub.add_parser("push", help="push the built folders to the Hub (HF_ENDPOINT, HF_TOKEN or your login)")
@@ -426,8 +493,8 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="greedy text generation from a published folder (16-bit or AWQ), on the CPU")
     g.add_argument("dir", type=Path)
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--prompt", required=True, type=some_text)
+    g.add_argument("--max-new-tokens", type=whole_number(1), default=32, metavar="N")
     g.set_defaults(func=cmd_generate)
 
     from pipeline.example.catalog import DOMAIN_SETS, EXAMPLES

@@ -17,7 +17,15 @@ import pytest
 import yaml
 
 from pipeline.engine.repro import tree_hashes as tree
-from pipeline.moe.sweep import load_sweep, without_timings
+from pipeline.moe.sweep import (
+    check_size,
+    load_sweep,
+    plan_line,
+    plan_variants,
+    recorded_seconds,
+    stage_runs,
+    without_timings,
+)
 from pipeline.stages import STAGES
 from tests.conftest import EXAMPLE, REPO, run_cli
 
@@ -85,7 +93,8 @@ def test_every_problem_of_a_sweep_file_is_reported_with_its_key_path(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--max-parallel", "0", "--ray", "local"], "--max-parallel: 0 is not a number of tasks"),
+        (["--max-parallel", "0", "--ray", "local"], "frankenmoe sweep: argument --max-parallel: 0 is too small"),
+        (["--max-parallel", "two", "--ray", "local"], "frankenmoe sweep: argument --max-parallel: 'two' is not"),
         (["--max-parallel", "2"], "--max-parallel: only with --ray"),
     ],
 )
@@ -93,6 +102,44 @@ def test_bad_options_are_one_line(tmp_path, args, message):
     sweep = write_sweep(tmp_path / "s.yaml", {"recipe": str(EXAMPLE), "axes": {"gate_mode": ["hidden"]}})
     proc = run_cli("sweep", str(sweep), *args, build=tmp_path / "build")
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_a_sweep_of_more_variants_than_it_allows_is_refused_before_anything_runs(tmp_path):
+    big = {
+        "recipe": str(EXAMPLE),
+        "axes": {"quantize.calibration.seed": list(range(100)), "merge.seed": list(range(100))},
+    }
+    sweep = write_sweep(tmp_path / "big.yaml", big)
+    proc = run_cli("sweep", str(sweep), build=tmp_path / "build", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {sweep}: 10000 variants (quantize.calibration.seed 100 x merge.seed 100), more than 256: each is a "
+        "build of its own; to run them all, set max_variants: 10000 in the sweep file or pass --yes"
+    ]
+    assert not (tmp_path / "build").exists()
+    stage_names = [s.name for s in STAGES]
+    allowed = load_sweep(write_sweep(tmp_path / "allowed.yaml", {**big, "max_variants": 10000}), stage_names)
+    assert check_size(allowed, yes=False) == 10000 and check_size(load_sweep(sweep, stage_names), yes=True) == 10000
+    bad = write_sweep(tmp_path / "bad.yaml", {**big, "max_variants": 0})
+    proc = run_cli("sweep", str(bad), build=tmp_path / "build", timeout=60)
+    assert proc.returncode == 2 and f"{bad}: max_variants: 0 is not a number of variants" in proc.stderr
+
+
+def test_the_plan_counts_stage_runs_once_shared_and_estimates_from_recorded_times(tmp_path):
+    sweep = load_sweep(SWEEP, [s.name for s in STAGES])
+    runs = stage_runs(plan_variants(sweep, tmp_path), STAGES, sweep.until)
+    # two gate modes x fitted or not: one resolve and baseline, a merge per mode, the rest per variant
+    assert runs["resolve"] == 1 and runs["baseline"] == 1 and runs["merge"] == 2
+    assert runs["gates"] == runs["quantize"] == runs["verify"] == 4
+    for stage, key, seconds in [("merge", "k1", 10.0), ("merge", "k2", 30.0), ("resolve", "k3", 2.0)]:
+        (tmp_path / "tiny-2x" / stage / key).mkdir(parents=True)
+        (tmp_path / "tiny-2x" / stage / key / "record.json").write_text(json.dumps({"wall_s": seconds}))
+    seconds = recorded_seconds(tmp_path)
+    assert seconds == {"merge": 20.0, "resolve": 2.0}
+    line = plan_line({"resolve": 1, "merge": 2, "gates": 4}, seconds)
+    assert line.startswith("7 stage runs once shared (resolve 1, merge 2, gates 4); about 0.0 h")
+    assert "no recorded time for gates" in line
 
 
 @pytest.mark.slow

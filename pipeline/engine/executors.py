@@ -12,10 +12,18 @@ gives the same measurements either way. On Ray:
   replaces its half-written folder, so nothing it left is ever served;
 - every worker must see the build folder at the same path (FRANKENMOE_BUILD_DIR on
   shared storage); the FRANKENMOE_* settings travel with the tasks, and no token does.
+
+Joining is bounded: the address must accept a connection within `--ray-timeout`
+seconds (CONNECT_TIMEOUT_S) before Ray is asked, and Ray must then join it from a
+child process within the same time, else one line names the address. A loopback address
+stays on loopback (Ray would otherwise put the machine's own interface address in
+its place), and `ray://` needs the Ray Client (`ray[client]`), said before connecting.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import os
 import socket
 from typing import Callable
@@ -24,6 +32,68 @@ from pipeline.engine.variants import Task, TaskDone, run_task
 from pipeline.errors import EnvironmentProblem, UsageError
 
 RETRIES = 3  # worker deaths per task before the variant is reported failed
+CONNECT_TIMEOUT_S = 30.0  # --ray-timeout's default: seconds for a cluster to answer
+CLIENT_PORT = 10001  # Ray Client's default port, for ray://HOST
+
+
+def endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) that must answer for a cluster address; None for `auto`,
+    which Ray looks up itself."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, colon, port = rest.rpartition(":")
+    if not colon and address.startswith("ray://"):
+        host, port = rest, str(CLIENT_PORT)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST[:PORT]")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_answer(address: str, where: tuple[str, int], timeout: float) -> None:
+    """A connection to the cluster's port within `timeout` seconds, or one line saying so."""
+    try:
+        with socket.create_connection(where, timeout=timeout):
+            pass
+    except OSError as e:
+        why = f"nothing answered within {timeout:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise EnvironmentProblem(
+            f"--ray {address}: {why}; start the cluster there (`ray start --head --port {where[1]}`, with "
+            "--node-ip-address for a loopback address), check the address, or raise --ray-timeout"
+        ) from None
+
+
+JOIN = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
+
+
+def require_cluster(address: str, timeout: float) -> None:
+    """Ray itself joins the cluster once, in a child process killed after `timeout`
+    seconds: a port that answers need not be a Ray head's, and Ray then retries
+    without end, printing as it goes. Its output is kept out of sight; the last
+    line of an error is said."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", JOIN, address], capture_output=True, text=True, timeout=timeout, env=os.environ
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(
+            f"--ray {address}: the address answers, but no Ray cluster joined within {timeout:g} s; check that it is "
+            "a Ray head's address (`ray status` there), or raise --ray-timeout"
+        ) from None
+    if proc.returncode != 0:
+        last = ([line for line in proc.stderr.splitlines() if line.strip()] or ["no output"])[-1]
+        raise EnvironmentProblem(f"--ray {address}: Ray could not join the cluster ({last.strip()})")
 
 
 def node_name() -> str:
@@ -65,15 +135,33 @@ class OnRay:
     """Tasks on a Ray cluster: `local` (started here, on 127.0.0.1), `auto`, or an
     address; at most `max_parallel` at once when given (the rest wait here)."""
 
-    def __init__(self, address: str, max_parallel: int | None = None, log: Callable[[str], None] = print) -> None:
-        try:
-            import ray
-        except ImportError:
+    def __init__(
+        self,
+        address: str,
+        max_parallel: int | None = None,
+        log: Callable[[str], None] = print,
+        timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        if importlib.util.find_spec("ray") is None:
             raise EnvironmentProblem(
                 "--ray: Ray is not installed; install the extra (pip install 'frankenmoe[ray]') or drop --ray"
-            ) from None
+            )
         if not address:
             raise UsageError("--ray: give local, auto or a cluster address (host:port)")
+        where = None if address == "local" else endpoint(address)
+        if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise EnvironmentProblem(
+                f"--ray {address}: a ray:// address needs the Ray Client; install it "
+                "(pip install 'ray[client]==2.60.0') or give the cluster's HOST:PORT from one of its nodes"
+            )
+        if where is not None:
+            require_answer(address, where, timeout)
+            if is_loopback(where[0]):  # read by Ray when imported: keep its own address on loopback too
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if address != "local":
+            require_cluster(address, timeout)
+        import ray
+
         self._ray = ray
         self._started = address == "local"
         if self._started:
@@ -125,11 +213,12 @@ class OnRay:
 
 
 def executor(
-    ray_address: str | None, max_parallel: int | None = None, log: Callable[[str], None] = print
+    ray_address: str | None,
+    max_parallel: int | None = None,
+    log: Callable[[str], None] = print,
+    timeout: float = CONNECT_TIMEOUT_S,
 ) -> InProcess | OnRay:
     """The executor `--ray` asks for: none is this process, one task at a time."""
-    if max_parallel is not None and max_parallel < 1:
-        raise UsageError(f"--max-parallel: {max_parallel} is not a number of tasks; give 1 or more")
     if max_parallel is not None and ray_address is None:
         raise UsageError("--max-parallel: only with --ray; without it a sweep runs one stage at a time")
-    return InProcess() if ray_address is None else OnRay(ray_address, max_parallel, log)
+    return InProcess() if ray_address is None else OnRay(ray_address, max_parallel, log, timeout)

@@ -8,6 +8,7 @@ SWEEP.yaml names a recipe and axes, each a recipe key path with a list of values
       gate_mode: [hidden, cheap_embed, random]
       gates.fit: [false, true]
     until: verify                    # optional: the last stage each variant builds
+    max_variants: 300                # optional: allow more than 256 variants (or --yes)
 
 Every combination of the axes' values (in the order written) is a full recipe,
 validated as a recipe is; its name is its index and values (`v01-hidden-false`),
@@ -17,6 +18,11 @@ baseline, a merge the fit does not change) are built once for all of them. Each
 variant publishes into build/<sweep>/variants/<variant>/<recipe name>/. A variant that fails
 (a value its recipe's checks refuse, a failed verify) is a row with its error;
 the others go on.
+
+Before anything runs the sweep says how many stage runs its variants need once
+shared and about how long they take at this cache's recorded stage times; a sweep of
+more than MAX_VARIANTS variants is refused unless the sweep file's `max_variants`
+or `--yes` allows it (two axes of 100 values are 10,000 builds: days of work).
 
 Output, build/<sweep>/sweep.json, sweep.md and sweep.png. Two sweeps of the same
 inputs give the same sweep.json, in one process or on Ray, except under the keys
@@ -28,22 +34,27 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
-from pipeline.engine.cache import Layout
-from pipeline.engine.variants import Outcome, Variant, build_variants
-from pipeline.errors import FrankenmoeError, RecipeError, exit_code
+from pipeline.engine.cache import RECORD, Layout
+from pipeline.engine.graph import dependencies
+from pipeline.engine.variants import Outcome, Variant, build_variants, sweep_stages
+from pipeline.errors import FrankenmoeError, RecipeError, UsageError, exit_code
 from pipeline.recipe import NAME_RE, Recipe, load_raw, parse_recipe
 from pipeline.support.atomic import atomic_files
 from pipeline.support.hashing import sha256_json
 from pipeline.support.jsonio import write_json
 
-KEYS = ("recipe", "name", "axes", "until")
+KEYS = ("recipe", "name", "axes", "until", "max_variants")
+MAX_VARIANTS = 256  # more only where the sweep file's max_variants or --yes says so
 TIMINGS = ("wall_s", "nodes")  # what differs between two sweeps of the same inputs
 
 
@@ -53,6 +64,8 @@ class Sweep:
     recipe_file: Path
     axes: dict[str, list[Any]]
     until: str | None
+    file: Path
+    max_variants: int = MAX_VARIANTS
 
 
 def axis_problem(path: str) -> str | None:
@@ -103,10 +116,67 @@ def load_sweep(path: Path, stage_names: Sequence[str]) -> Sweep:
     until = raw.get("until")
     if until is not None and until not in stage_names:
         problems.append(f"{where}: until: unknown stage {until!r}; stages are {', '.join(stage_names)}")
+    most = raw.get("max_variants", MAX_VARIANTS)
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        problems.append(f"{where}: max_variants: {most!r} is not a number of variants; give 1 or more")
     if problems:
         raise RecipeError(problems)
     assert recipe_file is not None
-    return Sweep(name, recipe_file, {str(k): v for k, v in axes.items()}, until)
+    return Sweep(name, recipe_file, {str(k): v for k, v in axes.items()}, until, Path(path), most)
+
+
+def check_size(sweep: Sweep, yes: bool) -> int:
+    """The number of variants, or a UsageError when it is more than the sweep allows."""
+    count = math.prod(len(v) for v in sweep.axes.values())
+    if count > sweep.max_variants and not yes:
+        sizes = " x ".join(f"{k} {len(v)}" for k, v in sweep.axes.items())
+        raise UsageError(
+            f"{sweep.file}: {count} variants ({sizes}), more than {sweep.max_variants}: each is a build of its own; "
+            f"to run them all, set max_variants: {count} in the sweep file or pass --yes"
+        )
+    return count
+
+
+def stage_runs(planned: list[Planned], stages, until: str | None) -> dict[str, int]:
+    """Per stage, how many runs the valid variants need once shared: two variants
+    share a run where the stage's recipe section and all it reads are the same (the
+    keys themselves are known only as the stages finish, so this is a plan)."""
+    runs: dict[str, set[str]] = defaultdict(set)
+    for p in planned:
+        if p.variant is None:
+            continue
+        chosen = sweep_stages(stages, p.variant.recipe, until)
+        mine: dict[str, str] = {}
+        for stage in chosen:
+            reads = [mine[d] for d in dependencies(stage, chosen)]
+            mine[stage.name] = sha256_json([stage.name, stage.config(p.variant.recipe), reads])
+            runs[stage.name].add(mine[stage.name])
+    return {name: len(keys) for name, keys in runs.items()}
+
+
+def recorded_seconds(build_root: Path) -> dict[str, float]:
+    """Per stage, the median time of every run this cache has a record of."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for record in build_root.glob(f"*/*/*/{RECORD}"):
+        try:
+            times[record.parent.parent.name].append(float(json.loads(record.read_text())["wall_s"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {stage: statistics.median(t) for stage, t in times.items()}
+
+
+def plan_line(runs: dict[str, int], seconds: dict[str, float]) -> str:
+    """How many stage runs, and about how long at the recorded times, in one line."""
+    each = ", ".join(f"{name} {n}" for name, n in runs.items())
+    known = sum(n * seconds[name] for name, n in runs.items() if name in seconds)
+    unknown = [name for name in runs if name not in seconds]
+    estimate = f"about {known / 3600:.1f} h at this cache's median stage times" if len(unknown) < len(runs) else ""
+    missing = f"no recorded time for {', '.join(unknown)}" if unknown else ""
+    return (
+        f"{sum(runs.values())} stage runs once shared ({each}); "
+        + "; ".join(x for x in (estimate, missing) if x)
+        + " (a cached run takes seconds)"
+    )
 
 
 def slug(value: Any) -> str:
@@ -221,6 +291,7 @@ def run_sweep(
     planned = plan_variants(sweep, build_root)
     variants = [p.variant for p in planned if p.variant is not None]
     log(f"sweep     {sweep.name}: {len(planned)} variants of {sweep.recipe_file.name}, {len(variants)} valid")
+    log(f"sweep     {sweep.name}: {plan_line(stage_runs(planned, stages, sweep.until), recorded_seconds(build_root))}")
     outcomes = build_variants(variants, stages, sweep.until, executor, log)
     share = variants[0].recipe.verify.dead_expert_share if variants else 0.0
     rows = [variant_row(p, outcomes.get(p.name), share) for p in planned]
