@@ -21,6 +21,7 @@ from pipeline.errors import (
     FrankenmoeError,
     InputFileError,
     NotBuiltError,
+    UsageError,
     exit_code,
 )
 
@@ -183,9 +184,16 @@ def cmd_rebuild_check(args: argparse.Namespace) -> int:
 def cmd_fixtures(args: argparse.Namespace) -> int:
     from pipeline.example.catalog import EXAMPLES, ensure_example
 
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EnvironmentProblem(
+            f"fixtures: --out {out}: cannot make it ({e.strerror}); give a writable folder"
+        ) from None
     _quiet_libraries()
     for name in args.only or EXAMPLES:
-        ensure_example(name, Path(args.out))
+        ensure_example(name, out)
     return 0
 
 
@@ -300,6 +308,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
     import torch
     from transformers import AutoTokenizer
 
@@ -308,6 +318,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not (args.dir / "config.json").is_file():
         raise InputFileError(
             f"generate: {args.dir}: not a model folder (no config.json); give dist/<name>/awq or dist/<name>/merged"
+        )
+    try:
+        context = json.loads((args.dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        raise InputFileError(
+            f"generate: {args.dir / 'config.json'}: not a JSON object; the folder is damaged"
+        ) from None
+    if isinstance(context, int) and args.max_new_tokens > context:
+        raise UsageError(
+            f"--max-new-tokens: {args.max_new_tokens} is more than the model's context ({context} tokens, "
+            "max_position_embeddings); give at most that"
         )
     _quiet_libraries()
     model = load_model(args.dir, dtype="float32")

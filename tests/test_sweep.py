@@ -231,3 +231,12 @@ def test_the_sweep_on_ray_with_a_worker_killed_mid_fit_equals_the_sweep_in_one_p
         ours = tree(build / "tiny-2x-modes" / "variants" / name)
         assert ours and ours == tree(in_process / "variants" / name), name
     assert not list((build / "tiny-2x" / "gates").glob(".tmp-*"))  # the dead worker's folder was replaced
+
+
+def test_a_sweep_whose_every_variant_is_refused_reports_them_without_noise(tmp_path):
+    sweep = write_sweep(tmp_path / "s.yaml", {"recipe": str(EXAMPLE), "axes": {"gate_mode": [{"a": 1}, "nope"]}})
+    proc = run_cli("sweep", str(sweep), build=tmp_path / "build", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["sweep: 2 of 2 variants failed (see the table)"], proc.stderr
+    assert "sweep     s: nothing to build: no variant is valid" in proc.stdout
+    assert "| v01-x" in proc.stdout and "| v02-nope" in proc.stdout

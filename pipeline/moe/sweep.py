@@ -167,6 +167,8 @@ def recorded_seconds(build_root: Path) -> dict[str, float]:
 
 def plan_line(runs: dict[str, int], seconds: dict[str, float]) -> str:
     """How many stage runs, and about how long at the recorded times, in one line."""
+    if not runs:
+        return "nothing to build: no variant is valid"
     each = ", ".join(f"{name} {n}" for name, n in runs.items())
     known = sum(n * seconds[name] for name, n in runs.items() if name in seconds)
     unknown = [name for name in runs if name not in seconds]

@@ -75,7 +75,8 @@ def render_png(doc: dict, path: Path) -> None:
     bars.set_xticks(np.arange(len(domains)) + width * (len(rows) - 1) / 2, domains)
     bars.set_ylabel("perplexity vs best expert (%)")
     bars.set_title(f"{doc['sweep']}: quality per domain (lower is better)")
-    bars.legend(fontsize=7)
+    if rows:  # none when no variant measured anything
+        bars.legend(fontsize=7)
     points = [
         (r["name"], r["awq_bytes"] / 1e6, r["measured"]["quantized"]["kl_mean"])
         for r in rows

@@ -29,3 +29,25 @@ def test_generate_arguments_are_refused_before_the_model_loads(tmp_path, args, m
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [f"error: frankenmoe generate: {message} (see frankenmoe generate --help)"]
     assert time.monotonic() - t0 < 30
+
+
+def test_more_new_tokens_than_the_model_has_positions_is_refused_before_it_loads(fixture_models):
+    t0 = time.monotonic()
+    proc = run_cli(
+        "generate", str(fixture_models / "base"), "--prompt", "def f(", "--max-new-tokens", "99999", timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: --max-new-tokens: 99999 is more than the model's context (1024 tokens, max_position_embeddings); "
+        "give at most that"
+    ]
+    assert time.monotonic() - t0 < 30
+
+
+def test_fixtures_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_cli("fixtures", "--only", "tiny", "--out", str(tmp_path / "file" / "sub"), timeout=60)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: fixtures: --out {tmp_path / 'file' / 'sub'}: cannot make it (Not a directory); give a writable folder"
+    ]
