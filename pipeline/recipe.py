@@ -281,6 +281,12 @@ class QuantizeSection(Strict):
         "dimension, chosen from the base model's config before any stage runs and recorded by quantize",
     )
     zero_point: bool = Field(default=True, description="asymmetric quantization with zero points (AutoAWQ's default)")
+    compressed_tensors: bool = Field(
+        default=False,
+        description="also publish dist/<name>/w4a16/: the 4-bit model converted to compressed-tensors (W4A16) by its "
+        "own converter and verified through transformers' from_pretrained; only with zero_point false, the one "
+        "setting the pinned transformers reads (docs/verification.md)",
+    )
     dtype: Literal["float16"] = Field(
         default="float16", description="dtype of the scales and of the tensors left unquantized"
     )
@@ -455,12 +461,15 @@ class RepoTarget(Strict):
 
 
 class PublishSection(Strict):
-    """Pushing the published folders (dist/<name>/merged, awq, gguf) to the Hugging Face Hub."""
+    """Pushing the published folders (dist/<name>/merged, awq, gguf, w4a16) to the Hugging Face Hub."""
 
     push: bool = Field(default=False, description="push at the end of the build (`frankenmoe push` pushes too)")
     merged: RepoTarget | None = Field(default=None, description="where dist/<name>/merged goes")
     awq: RepoTarget | None = Field(default=None, description="where dist/<name>/awq goes")
     gguf: RepoTarget | None = Field(default=None, description="where dist/<name>/gguf goes")
+    w4a16: RepoTarget | None = Field(
+        default=None, description="where dist/<name>/w4a16 (compressed-tensors, quantize.compressed_tensors) goes"
+    )
     private: bool = Field(default=True, description="create new repos as private")
     revision: str = Field(default="main", description="branch to push to")
     commit_message: str | None = Field(default=None, description="commit message; unset: `frankenmoe build <build id>`")

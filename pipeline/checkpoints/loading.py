@@ -8,6 +8,7 @@ merge or a quantization is right, either case must be an error.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import InputFileError
 
@@ -52,3 +53,28 @@ def load_model(path: Path, dtype: str = "float32"):
     if (cfg.get("quantization_config") or {}).get("quant_method") == "awq":
         return load_awq(path, dtype)
     return load_merged(path, dtype)
+
+
+class LoadedLM:
+    """A model loaded whole by its reader (transformers), run as StreamingLM runs a
+    folder: per window, the next-token log-probs [T, V] and the routers' softmax
+    [L, T, E], so verify's comparison takes either."""
+
+    def __init__(self, model, batch_size: int = 4) -> None:
+        self.model = model
+        self.batch_size = batch_size
+
+    def run(self, windows: list[list[int]], desc: str = "windows") -> Iterator[tuple[object, object]]:
+        import torch
+
+        from pipeline.support.progress import progress
+
+        batches = [windows[i : i + self.batch_size] for i in range(0, len(windows), self.batch_size)]
+        with torch.no_grad():
+            for batch in progress(batches, desc=desc):
+                ids = torch.tensor(batch)
+                out = self.model(input_ids=ids, output_router_logits=True)
+                logprobs = torch.log_softmax(out.logits.float(), -1)
+                b, t = ids.shape
+                routers = torch.stack([torch.softmax(r.float(), -1).view(b, t, -1) for r in out.router_logits], 1)
+                yield from zip(logprobs, routers)

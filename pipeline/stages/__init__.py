@@ -2,6 +2,7 @@
 
 from pipeline.stages.baseline import BaselineStage
 from pipeline.stages.card import CardStage
+from pipeline.stages.compressed import CompressedStage
 from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.gates import GatesStage
 from pipeline.stages.gguf import GgufStage
@@ -22,6 +23,7 @@ STAGES = (
     BaselineStage(),
     EvaluateStage(),
     VerifyStage(),
+    CompressedStage(),
     GgufStage(),
     CardStage(),
     ManifestStage(),

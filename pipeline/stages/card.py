@@ -24,6 +24,7 @@ from pipeline.provenance.lockfile import published_recipe
 from pipeline.quantization import readers
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.compressed import FOLDER, compressed_dir, compressed_result
 from pipeline.stages.gates import gates_result
 from pipeline.stages.gguf import gguf_report, gguf_result, parity_name
 from pipeline.stages.gguf import render as render_gguf_report
@@ -59,12 +60,15 @@ class CardResult(TypedDict):
 
 def failed_checks(inputs: dict[str, StageResult]) -> dict[str, list[str]]:
     """{published folder: its failed checks}: the merged and AWQ folders answer to
-    verify, the GGUF folder to llama.cpp's check. Push refuses a folder listed here."""
+    verify, the GGUF folder to llama.cpp's check, the compressed-tensors folder to its
+    check through transformers. Push refuses a folder listed here."""
     out = {}
     if failures := verify_result(inputs["verify"])["failures"]:
         out["merged"] = out["awq"] = failures
     if "gguf" in inputs and (failures := gguf_result(inputs["gguf"])["failures"]):
         out["gguf"] = failures
+    if FOLDER in inputs and (failures := compressed_result(inputs[FOLDER])["failures"]):
+        out[FOLDER] = failures
     return out
 
 
@@ -83,9 +87,9 @@ class CardStage(Stage):
     name = "card"
     version = 3  # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers
     depends = ("lock", "resolve", "gates", "quantize", "verify")
-    optional_depends = ("gguf",)
+    optional_depends = ("gguf", FOLDER)
     packages = ("huggingface-hub",)
-    publishes = {"merged": "merged", "awq": "awq", "gguf": "gguf"}
+    publishes = {"merged": "merged", "awq": "awq", "gguf": "gguf", FOLDER: FOLDER}
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {
@@ -135,11 +139,28 @@ class CardStage(Stage):
             "build_id": bid,
             "verify_md": verify_md,
             "study_md": _study_md(recipe, ctx.inputs["gates"].key),
-            "readers": {"failing": readers.FAILING, "untested": readers.UNTESTED},
+            "readers": {
+                "failing": readers.FAILING,
+                "untested": readers.UNTESTED,
+                "transformers": readers.transformers_name(),
+            },
         }
         hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
         awq_repo = recipe.publish.awq.repo_id if recipe.publish.awq else f"{recipe.name}-AWQ"
+        w4a16_repo = recipe.publish.w4a16.repo_id if recipe.publish.w4a16 else f"{recipe.name}-W4A16"
+        quantization = {
+            "bits": q.bits,
+            "group_size": quant_result["group_size"],
+            "zero_point": q.zero_point,
+            "calibrate_all_experts": quant_result["calibrate_all_experts"],
+            "compute_dtype": quant_result["compute_dtype"],
+            "samples": q.calibration.samples,
+            "seq_len": q.calibration.seq_len,
+            "source": _calibration_source(q),
+            "tokens": _expert_tokens(quant_result),
+            "sha256": quant_result["calibration"]["sha256"],
+        }
         tags = ["moe", "frankenmoe", "mergekit", "mixtral"]
         cards = {
             "merged": (
@@ -177,31 +198,44 @@ class CardStage(Stage):
                 {
                     "title": f"{recipe.name} (AWQ 4-bit)",
                     "repo_id": awq_repo,
-                    "quantization": {
-                        "bits": q.bits,
-                        "group_size": quant_result["group_size"],
-                        "zero_point": q.zero_point,
-                        "calibrate_all_experts": quant_result["calibrate_all_experts"],
-                        "compute_dtype": quant_result["compute_dtype"],
-                        "samples": q.calibration.samples,
-                        "seq_len": q.calibration.seq_len,
-                        "source": _calibration_source(q),
-                        "tokens": _expert_tokens(quant_result),
-                        "sha256": quant_result["calibration"]["sha256"],
-                    },
+                    "quantization": quantization,
                     "summary": f"4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model, verified "
                     "against the 16-bit model.",
                     "weights": _weights(ctx.inputs["quantize"], "model/"),
+                    "w4a16_repo": w4a16_repo if FOLDER in ctx.inputs else None,
                 },
             ),
         }
+        if FOLDER in ctx.inputs:
+            cards[FOLDER] = (
+                ModelCardData(
+                    license=license_id,
+                    library_name="transformers",
+                    pipeline_tag="text-generation",
+                    tags=tags + ["compressed-tensors", "w4a16", "awq", "4-bit"],
+                    language=recipe.card.language,
+                    base_model=merged_repo if recipe.publish.merged else None,
+                    base_model_relation="quantized" if recipe.publish.merged else None,
+                    quantized_by=recipe.card.quantized_by,
+                ),
+                {
+                    "title": f"{recipe.name} (W4A16, compressed-tensors)",
+                    "repo_id": w4a16_repo,
+                    "quantization": {**quantization, "converted_by": _converter(ctx.inputs[FOLDER])},
+                    "summary": f"The 4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model in "
+                    "compressed-tensors' format, which transformers loads with `from_pretrained`; verified through "
+                    "transformers against the 16-bit model.",
+                    "weights": _weights(ctx.inputs[FOLDER], f"{FOLDER}/"),
+                    "verify_md": (compressed_dir(ctx.inputs[FOLDER]) / "verify.md").read_text(encoding="utf-8"),
+                },
+            )
         failed = failed_checks(ctx.inputs)
         for folder, (data, extra) in cards.items():
             out = ctx.out / folder
             out.mkdir()
             banner = failed_banner(recipe, failed.get(folder, []))
             card = ModelCard.from_template(
-                data, template_str=_template_text(recipe), banner=banner, **common, **extra
+                data, template_str=_template_text(recipe), banner=banner, **{**common, **extra}
             )
             (out / "README.md").write_text(str(card), encoding="utf-8")
             ModelCard((out / "README.md").read_text(encoding="utf-8"))  # the header must parse
@@ -214,6 +248,11 @@ class CardStage(Stage):
             (ctx.out / "gguf" / "README.md").write_text(card, encoding="utf-8")
         ctx.log(f"card      license {license_id}, build id {bid}")
         return {"build_id": bid, "license": license_id}
+
+
+def _converter(result: StageResult) -> str:
+    """The converter that wrote the folder, with the version the stage's key recorded."""
+    return f"compressed-tensors {result.record['versions']['compressed-tensors']}"
 
 
 def _study_md(recipe: Recipe, gates_key: str) -> str | None:

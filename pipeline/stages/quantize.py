@@ -92,8 +92,9 @@ class QuantizeStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         q = recipe.quantize
         # With all-experts calibration the routed-token floor decides nothing: no byte depends on it.
+        # Whether a compressed-tensors copy is published is the w4a16 stage's business.
         routed_only = {"min_expert_tokens", "allow_undercalibrated_experts"}
-        return q.model_dump(exclude=routed_only if q.calibrate_all_experts else None)
+        return q.model_dump(exclude={"compressed_tensors"} | (routed_only if q.calibrate_all_experts else set()))
 
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False

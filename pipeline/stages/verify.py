@@ -266,6 +266,37 @@ def _quantization_facts(result: QuantizeResult) -> dict:
 QUANTIZATION_PARITY = "quantization_parity"  # the check study and bench read
 
 
+def compare_with_reference(evaluate: StageResult, lm) -> dict:
+    """The candidate `lm` (anything with StreamingLM's `run`) on the reference's windows,
+    against the 16-bit log-probs and router weights `evaluate` stored."""
+    from safetensors import safe_open
+
+    ref = reference(evaluate)
+    with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
+        windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
+        ref_logprobs, ref_router = Rows(st, "logprobs"), st.get_tensor("router")  # log-probs: a window at a time
+        return compare_candidate(lm, windows, ref_logprobs, ref_router, ref["top_k"])
+
+
+def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[dict]:
+    """Quantization parity (KL, top-1, perplexity ratio within the limits) and routing
+    parity of a candidate compared with the reference (`compare_with_reference`)."""
+    kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
+    q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
+    kept = ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit")
+    return [
+        judged(
+            QUANTIZATION_PARITY,
+            q_ok,
+            f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
+            f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
+            quality=True,
+            **{k: cmp[k] for k in (*kept, "perplexity_ratio", "per_domain")},
+        ),
+        _routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])),
+    ]
+
+
 def verify_candidate(
     v: VerifySection,
     evaluate: StageResult,
@@ -281,8 +312,6 @@ def verify_candidate(
     candidate): the checks of this build's own merge (its structure, forced routing)
     are not run on it and say so, and dead experts are judged on the candidate's
     own routing."""
-    from safetensors import safe_open
-
     ref = reference(evaluate)
     merged_config = json.loads((merged / "config.json").read_text())
     limits = quality_limits(v, merged_config)
@@ -343,37 +372,9 @@ def verify_candidate(
 
     routing_4bit = None
     if not load_problems:
-        with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
-            windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
-            ref_logprobs, ref_router = Rows(st, "logprobs"), st.get_tensor("router")  # log-probs: a window at a time
-            cmp = compare_candidate(StreamingLM(candidate), windows, ref_logprobs, ref_router, ref["top_k"])
-        router4 = cmp.pop("router_4bit")
-        kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
-        q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
-        checks.append(
-            judged(
-                QUANTIZATION_PARITY,
-                q_ok,
-                f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
-                f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
-                quality=True,
-                **{
-                    k: cmp[k]
-                    for k in (
-                        "tokens",
-                        "kl_mean",
-                        "kl_p99",
-                        "top1_agreement",
-                        "perplexity_16bit",
-                        "perplexity_4bit",
-                        "perplexity_ratio",
-                        "per_domain",
-                    )
-                },
-            )
-        )
-        checks.append(_routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])))
-        routing_4bit = routing_stats(router4, ref["domains"], ref["seq_len"], ref["top_k"])
+        cmp = compare_with_reference(evaluate, StreamingLM(candidate))
+        checks += parity_checks(v, limits, cmp, ref)
+        routing_4bit = routing_stats(cmp["router_4bit"], ref["domains"], ref["seq_len"], ref["top_k"])
     else:
         checks.append(check(QUANTIZATION_PARITY, NOT_MEASURED, "not measured: the candidate does not load"))
         checks.append(check("routing_parity", NOT_MEASURED, "not measured: the candidate does not load"))
