@@ -275,7 +275,7 @@ class QuantizeSection(Strict):
 
     method: Literal["awq"] = Field(default="awq", description="quantization method (AWQ only)")
     bits: Literal[4] = Field(default=4, description="weight bits")
-    group_size: Literal[32, 64, 128] | None = Field(
+    group_size: Literal[16, 32, 64, 128] | None = Field(
         default=None,
         description="quantization group size; unset: the largest of 128, 64, 32 that divides every quantized input "
         "dimension, chosen from the base model's config before any stage runs and recorded by quantize",

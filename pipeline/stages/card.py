@@ -221,7 +221,10 @@ class CardStage(Stage):
                 {
                     "title": f"{recipe.name} (W4A16, compressed-tensors)",
                     "repo_id": w4a16_repo,
-                    "quantization": {**quantization, "converted_by": _converter(ctx.inputs[FOLDER])},
+                    "quantization": {
+                        **quantization,
+                        "converted_by": compressed_result(ctx.inputs[FOLDER])["converter"],
+                    },
                     "summary": f"The 4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model in "
                     "compressed-tensors' format, which transformers loads with `from_pretrained`; verified through "
                     "transformers against the 16-bit model.",
@@ -248,11 +251,6 @@ class CardStage(Stage):
             (ctx.out / "gguf" / "README.md").write_text(card, encoding="utf-8")
         ctx.log(f"card      license {license_id}, build id {bid}")
         return {"build_id": bid, "license": license_id}
-
-
-def _converter(result: StageResult) -> str:
-    """The converter that wrote the folder, with the version the stage's key recorded."""
-    return f"compressed-tensors {result.record['versions']['compressed-tensors']}"
 
 
 def _study_md(recipe: Recipe, gates_key: str) -> str | None:
@@ -336,7 +334,8 @@ def _expert_tokens(result) -> str:
     if kept:
         klow, khigh = span(kept)
         text += (
-            f", of which GPTQModel's AWQ kept {klow}" + (f" to {khigh}" if khigh != klow else "")
+            f", of which GPTQModel's AWQ kept {klow}"
+            + (f" to {khigh}" if khigh != klow else "")
             + " per layer for the expert's scale statistics"
         )
     return text

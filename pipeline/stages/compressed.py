@@ -43,6 +43,7 @@ class CompressedResult(TypedDict):
     failures: list[str]  # one line per failed check
     enforced: bool  # verify.fail_on_mismatch: a failure stops the build
     reader: str  # the reader verify loaded the folder with, and its version
+    converter: str  # the package whose converter wrote it, and its version
 
 
 def compressed_result(result: StageResult) -> CompressedResult:
@@ -55,6 +56,7 @@ def compressed_dir(result: StageResult) -> Path:
 
 class CompressedStage(Stage):
     name = "w4a16"
+    version = 2  # 2: the record names the converter and its version
     depends = ("gates", "quantize", "evaluate")
     packages = ("compressed-tensors", "transformers", "torch", "safetensors")
     publishes = {FOLDER: FOLDER}
@@ -72,14 +74,18 @@ class CompressedStage(Stage):
         log_file = ctx.out / "logs" / "w4a16.log"
         with libraries_output(log_file):
             convert(quantized_model(ctx.inputs["quantize"]), out)
-        ctx.log(
-            f"w4a16     converted by compressed-tensors {tool_versions(['compressed-tensors'])['compressed-tensors']}"
-        )
+        converter = f"compressed-tensors {tool_versions(['compressed-tensors'])['compressed-tensors']}"
+        ctx.log(f"w4a16     converted by {converter}")
         merged = routed_model(ctx.inputs["gates"])
         report = verify_through_transformers(ctx.recipe, ctx.inputs["evaluate"], merged, out, log_file)
         for line in log_lines(report, "w4a16"):
             ctx.log(line)
-        return {"failures": report["failures"], "enforced": report["enforced"], "reader": readers.transformers_name()}
+        return {
+            "failures": report["failures"],
+            "enforced": report["enforced"],
+            "reader": readers.transformers_name(),
+            "converter": converter,
+        }
 
     def blocking_error(self, result: StageResult) -> VerifyFailed | None:
         r = compressed_result(result)
