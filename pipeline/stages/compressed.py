@@ -23,16 +23,20 @@ from typing import Any, Iterator, TypedDict, cast
 from pipeline.errors import InputFileError, VerifyFailed
 from pipeline.moe.evaluation import routing_stats
 from pipeline.moe.quality_limits import quality_limits
-from pipeline.moe.report import render_markdown, render_routing_png
-from pipeline.moe.verdict import build_report, judged, log_lines
+from pipeline.moe.verdict import NOT_MEASURED, build_report, check, judged, log_lines
 from pipeline.quantization import readers
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.evaluate import reference
 from pipeline.stages.gates import routed_model
 from pipeline.stages.quantize import quantized_model
-from pipeline.stages.verify import compare_with_reference, parity_checks
-from pipeline.support.jsonio import write_json
+from pipeline.stages.verify import (
+    PARITY_CHECKS,
+    compare_with_reference,
+    parity_checks,
+    routing_report,
+    write_report,
+)
 from pipeline.support.progress import bars_enabled
 from pipeline.support.versions import tool_versions
 
@@ -145,6 +149,8 @@ def verify_through_transformers(
         cmp = compare_with_reference(evaluate, LoadedLM(model))
         checks += parity_checks(v, limits, cmp, ref)
         routing = routing_stats(cmp["router_4bit"], ref["domains"], ref["seq_len"], ref["top_k"])
+    else:
+        checks += [check(name, NOT_MEASURED, "not measured: the folder does not load") for name in PARITY_CHECKS]
     report = build_report(
         checks,
         v.fail_on_mismatch,
@@ -152,17 +158,7 @@ def verify_through_transformers(
         warnings=[],
         quantization=None,
         thresholds={**v.model_dump(exclude={"files"}), **limits},
-        routing_report={
-            "domains": sorted(set(ref["domains"])),
-            "experts": ref["expert_sources"],
-            "top_k": ref["top_k"],
-            "routing_16bit": ref["routing_16bit"],
-            "routing_16bit_hidden": ref.get("routing_16bit_hidden"),
-            "routing_4bit": routing,
-            "perplexity": ref["perplexity"],
-        },
+        routing_report=routing_report(ref, routing),
     )
-    write_json(folder / "verify.json", report)
-    (folder / "verify.md").write_text(render_markdown(report), encoding="utf-8")
-    render_routing_png(report["routing_report"], folder / "routing.png")
+    write_report(report, folder)
     return report

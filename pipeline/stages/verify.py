@@ -278,6 +278,9 @@ def compare_with_reference(evaluate: StageResult, lm) -> dict:
         return compare_candidate(lm, windows, ref_logprobs, ref_router, ref["top_k"])
 
 
+PARITY_CHECKS = (QUANTIZATION_PARITY, "routing_parity")  # what parity_checks returns, in order
+
+
 def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[dict]:
     """Quantization parity (KL, top-1, perplexity ratio within the limits) and routing
     parity of a candidate compared with the reference (`compare_with_reference`)."""
@@ -376,8 +379,7 @@ def verify_candidate(
         checks += parity_checks(v, limits, cmp, ref)
         routing_4bit = routing_stats(cmp["router_4bit"], ref["domains"], ref["seq_len"], ref["top_k"])
     else:
-        checks.append(check(QUANTIZATION_PARITY, NOT_MEASURED, "not measured: the candidate does not load"))
-        checks.append(check("routing_parity", NOT_MEASURED, "not measured: the candidate does not load"))
+        checks += [check(name, NOT_MEASURED, "not measured: the candidate does not load") for name in PARITY_CHECKS]
 
     if own_build:
         checks.append(_dead_experts_check(v, ref["routing_16bit"], ref["expert_sources"], "the 16-bit"))
@@ -391,18 +393,28 @@ def verify_candidate(
         warnings=warnings,
         quantization=quantization,
         thresholds={**v.model_dump(exclude={"files"}), **limits},
-        routing_report={
-            "domains": sorted(set(ref["domains"])),
-            "experts": ref["expert_sources"],
-            "top_k": ref["top_k"],
-            "routing_16bit": ref["routing_16bit"],
-            "routing_16bit_hidden": ref.get("routing_16bit_hidden"),
-            "routing_4bit": routing_4bit,
-            "perplexity": ref["perplexity"],
-        },
+        routing_report=routing_report(ref, routing_4bit),
     )
+    write_report(report, out)
+    return report
+
+
+def routing_report(ref: dict, routing_4bit: dict | None) -> dict:
+    """What the report's perplexity and routing sections show: the reference's, and the candidate's routing."""
+    return {
+        "domains": sorted(set(ref["domains"])),
+        "experts": ref["expert_sources"],
+        "top_k": ref["top_k"],
+        "routing_16bit": ref["routing_16bit"],
+        "routing_16bit_hidden": ref.get("routing_16bit_hidden"),
+        "routing_4bit": routing_4bit,
+        "perplexity": ref["perplexity"],
+    }
+
+
+def write_report(report: dict, out: Path) -> None:
+    """verify.json, verify.md and routing.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "verify.json", report)
     (out / "verify.md").write_text(render_markdown(report), encoding="utf-8")
     render_routing_png(report["routing_report"], out / "routing.png")
-    return report
