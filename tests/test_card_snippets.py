@@ -77,7 +77,12 @@ def test_each_cards_snippets_run_from_the_hub_and_continue_like_the_16_bit_model
     # The example's cards with Hub repo ids, pushed by the build (only lock, card,
     # manifest and push rerun), public, so the snippets need no token.
     data = example_data(REAL_RECIPE)
-    repos = {"merged": "me/smollm2-2x", "awq": "me/smollm2-2x-AWQ", "gguf": "me/smollm2-2x-GGUF"}
+    repos = {
+        "merged": "me/smollm2-2x",
+        "awq": "me/smollm2-2x-AWQ",
+        "gguf": "me/smollm2-2x-GGUF",
+        "w4a16": "me/smollm2-2x-W4A16",
+    }
     data["publish"] = {"push": True, "private": False, **{f: {"repo_id": r} for f, r in repos.items()}}
     recipe = write_recipe(tmp_path / "smollm2-2x.yaml", data)
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -99,6 +104,13 @@ def test_each_cards_snippets_run_from_the_hub_and_continue_like_the_16_bit_model
     snapshot_download(repos["awq"], endpoint=hub.url, local_dir=tmp_path / path)
     prompt = re.search(r'--prompt "([^"]+)"', generate).group(1)
     text = run_snippet(["bash", "-c", generate], tmp_path, env)
+    assert prompt in text, text
+    assert share_in_16_bit_top_k(dist / "merged", prompt, text.split(prompt, 1)[1]) >= MIN_SHARE, text
+
+    # The compressed-tensors folder, read by transformers itself: the card's snippet verbatim.
+    (snippet,) = code_blocks(cards["w4a16"], "python")
+    prompt = re.search(r'tokenizer\("([^"]+)"', snippet).group(1)
+    text = run_snippet([sys.executable, "-c", snippet], tmp_path, env)
     assert prompt in text, text
     assert share_in_16_bit_top_k(dist / "merged", prompt, text.split(prompt, 1)[1]) >= MIN_SHARE, text
 
