@@ -162,6 +162,20 @@ class CardStage(Stage):
             "sha256": quant_result["calibration"]["sha256"],
         }
         tags = ["moe", "frankenmoe", "mergekit", "mixtral"]
+
+        def quantized_data(extra_tags: list[str]):
+            """The metadata of a 4-bit card: a quantization of the merged repo, when it is pushed."""
+            return ModelCardData(
+                license=license_id,
+                library_name="transformers",
+                pipeline_tag="text-generation",
+                tags=tags + extra_tags,
+                language=recipe.card.language,
+                base_model=merged_repo if recipe.publish.merged else None,
+                base_model_relation="quantized" if recipe.publish.merged else None,
+                quantized_by=recipe.card.quantized_by,
+            )
+
         cards = {
             "merged": (
                 ModelCardData(
@@ -185,16 +199,7 @@ class CardStage(Stage):
                 },
             ),
             "awq": (
-                ModelCardData(
-                    license=license_id,
-                    library_name="transformers",
-                    pipeline_tag="text-generation",
-                    tags=tags + ["awq", "4-bit"],
-                    language=recipe.card.language,
-                    base_model=merged_repo if recipe.publish.merged else None,
-                    base_model_relation="quantized" if recipe.publish.merged else None,
-                    quantized_by=recipe.card.quantized_by,
-                ),
+                quantized_data(["awq", "4-bit"]),
                 {
                     "title": f"{recipe.name} (AWQ 4-bit)",
                     "repo_id": awq_repo,
@@ -208,16 +213,7 @@ class CardStage(Stage):
         }
         if FOLDER in ctx.inputs:
             cards[FOLDER] = (
-                ModelCardData(
-                    license=license_id,
-                    library_name="transformers",
-                    pipeline_tag="text-generation",
-                    tags=tags + ["compressed-tensors", "w4a16", "awq", "4-bit"],
-                    language=recipe.card.language,
-                    base_model=merged_repo if recipe.publish.merged else None,
-                    base_model_relation="quantized" if recipe.publish.merged else None,
-                    quantized_by=recipe.card.quantized_by,
-                ),
+                quantized_data(["compressed-tensors", "w4a16", "awq", "4-bit"]),
                 {
                     "title": f"{recipe.name} (W4A16, compressed-tensors)",
                     "repo_id": w4a16_repo,
