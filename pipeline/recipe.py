@@ -430,6 +430,44 @@ class GgufSection(Strict):
         return value
 
 
+EVALS_MODELS = ("base", "experts", "moe", "4-bit")
+
+
+class EvalsSection(Strict):
+    """Standard benchmarks by lm-evaluation-harness (pipeline/stages/evals.py), off unless enabled."""
+
+    enabled: bool = Field(default=False, description="score the models with lm-eval; false: no evals stage")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval task or group names, each once; `leaderboard`: the Open LLM Leaderboard's tasks with "
+        "their few-shot counts (pipeline/measure/benchmarks.py)",
+    )
+    include: str | None = Field(
+        default=None, description="a folder of lm-eval task YAMLs (lm-eval's --include_path), relative to the recipe"
+    )
+    limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="documents per task (lm-eval's --limit): a whole number, or a share below 1; unset: all",
+    )
+    models: list[Literal[EVALS_MODELS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EVALS_MODELS),
+        min_length=1,
+        description="which models to score: the base, each expert, the 16-bit MoE, the 4-bit MoE",
+    )
+
+    @model_validator(mode="after")
+    def tasks_when_enabled(self) -> "EvalsSection":
+        if self.enabled and not self.tasks:
+            raise ValueError("tasks: empty; name lm-eval tasks (or `leaderboard`), or set evals.enabled: false")
+        for name, values in (("tasks", self.tasks), ("models", self.models)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: a value is listed twice")
+        if self.limit is not None and self.limit >= 1 and self.limit != int(self.limit):
+            raise ValueError(f"limit: {self.limit} is neither a whole number nor a share below 1")
+        return self
+
+
 class CardSection(Strict):
     """The model cards of the published folders."""
 
@@ -538,6 +576,7 @@ class Recipe(Strict):
     quantize: QuantizeSection = Field(default_factory=QuantizeSection, description="4-bit AWQ")
     verify: VerifySection = Field(default_factory=VerifySection, description="the checks of the 4-bit model")
     gguf: GgufSection = Field(default_factory=GgufSection, description="GGUF files by llama.cpp")
+    evals: EvalsSection = Field(default_factory=EvalsSection, description="benchmarks by lm-eval")
     card: CardSection = Field(default_factory=CardSection, description="the model cards")
     publish: PublishSection = Field(default_factory=PublishSection, description="pushing to the Hub")
     # The recipe file's folder: relative paths in the recipe are relative to it.

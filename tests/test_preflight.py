@@ -114,11 +114,11 @@ def test_the_cli_says_so_in_one_line(tmp_path, fixture_models):
         "import sys, pipeline.stages as s\n"
         "from pipeline.cli import main\n"
         "from tests.test_preflight import Needs\n"
-        "s.STAGES = (*s.STAGES, Needs('evals', ['no-such-stage']))\n"
+        "s.STAGES = (*s.STAGES, Needs('leaderboard', ['no-such-stage']))\n"
         f"sys.exit(main(['plan', {str(recipe)!r}]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: stage 'evals' depends on 'no-such-stage', which is not an earlier stage in the list"
+        "error: stage 'leaderboard' depends on 'no-such-stage', which is not an earlier stage in the list"
     ]

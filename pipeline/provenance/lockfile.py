@@ -197,6 +197,8 @@ def published_recipe(recipe: Recipe) -> dict[str, Any]:
     cal["files"] = [portable(f) for f in cal["files"]]
     data["verify"]["files"] = [portable(f) for f in data["verify"]["files"]]
     data["gates"]["files"] = [portable(f) for f in data["gates"]["files"]]
+    if "include" in data["evals"]:
+        data["evals"]["include"] = portable(data["evals"]["include"])
     if "template" in data["card"]:
         data["card"]["template"] = portable(data["card"]["template"])
     return data

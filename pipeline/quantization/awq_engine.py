@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from typing import Callable
 
 from pipeline.errors import EnvironmentProblem, ToolFailed
 from pipeline.support import settings
+from pipeline.support.child import die_with_parent
 from pipeline.support.device import machine_class
 from pipeline.support.progress import bars_enabled
 
@@ -183,14 +183,6 @@ def _progress_writer(environ: dict[str, str]) -> Callable[[str], None]:
 # --- the parent side -------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """A kill -9 of the build must not leave the engine running on."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -209,7 +201,7 @@ def run_engine(spec: dict, spec_file: Path, log_file: Path, relay: Callable[[str
     cmd = [sys.executable, "-m", "pipeline.quantization.awq_engine", str(spec_file.resolve())]
     with open(log_file, "wb") as log:
         if watched:
-            returncode = subprocess.run(cmd, env=env, cwd=work, preexec_fn=_die_with_parent).returncode
+            returncode = subprocess.run(cmd, env=env, cwd=work, preexec_fn=die_with_parent).returncode
         else:
             returncode = _run_relaying(cmd, env, work, log, relay)
     shutil.rmtree(work, ignore_errors=True)
@@ -230,7 +222,7 @@ def _run_relaying(cmd: list[str], env: dict[str, str], cwd: Path, log, relay: Ca
             stdout=log,
             stderr=subprocess.STDOUT,
             pass_fds=(write_end,),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except BaseException:
         os.close(read_end)

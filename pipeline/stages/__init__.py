@@ -3,6 +3,7 @@
 from pipeline.stages.baseline import BaselineStage
 from pipeline.stages.card import CardStage
 from pipeline.stages.compressed import CompressedStage
+from pipeline.stages.evals import EvalsStage
 from pipeline.stages.evaluate import EvaluateStage
 from pipeline.stages.gates import GatesStage
 from pipeline.stages.gguf import GgufStage
@@ -25,6 +26,7 @@ STAGES = (
     VerifyStage(),
     CompressedStage(),
     GgufStage(),
+    EvalsStage(),
     CardStage(),
     ManifestStage(),
     PushStage(),

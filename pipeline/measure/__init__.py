@@ -1,0 +1,1 @@
+"""Measuring the built models against standard benchmarks (lm-evaluation-harness)."""

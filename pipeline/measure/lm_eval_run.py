@@ -1,0 +1,117 @@
+"""The child process that runs lm-eval: `python -m pipeline.measure.lm_eval_run SPEC.json`.
+
+lm-eval sets up logging, seeds and library settings process-wide, so the evals stage
+runs it here, never in the build's own process. Each model is loaded once and scored
+on every task it still needs; each (model, task) result is written into the score
+store as soon as it is done (an interrupted run keeps what finished), and one progress
+line per model and task goes to stdout, which the stage relays (everything else lm-eval
+and the libraries print goes to stderr, the stage's log).
+
+The spec (written by pipeline/stages/evals.py): {"include": folder or null,
+"limit": number or null, "jobs": [{"label", "reader", "path", "store_file", "task", "shots"}]},
+jobs grouped by model. Readers: "hf" is lm-eval's own `hf` model type on a folder
+transformers reads; "frankenmoe-awq" is frankenmoe's AWQ reader wrapped in lm-eval's HFLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+BATCH_SIZE = 4
+# lm-eval's result fields that hold when and where it ran, not what it measured.
+VOLATILE = (
+    "date",
+    "pretty_env_info",
+    "git_hash",
+    "upper_git_hash",
+    "start_time",
+    "end_time",
+    "total_evaluation_time_seconds",
+)
+
+
+def load(reader: str, path: str):
+    """The lm-eval model for one folder, loaded once for all its tasks."""
+    from lm_eval.api.registry import get_model
+
+    hf = get_model("hf")
+    common = {"device": "cpu", "batch_size": BATCH_SIZE}
+    if reader == "hf":
+        return hf(pretrained=path, dtype="float32", **common)
+    if reader == "frankenmoe-awq":
+        from transformers import AutoTokenizer
+
+        from pipeline.checkpoints.loading import load_awq
+
+        return hf(pretrained=load_awq(Path(path), "float32"), tokenizer=AutoTokenizer.from_pretrained(path), **common)
+    raise ValueError(f"unknown reader {reader!r}")
+
+
+def portable(value: Any) -> Any:
+    """lm-eval's results with local absolute paths (a model folder, a task's data
+    file) cut to their last part: nothing local leaves the machine."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and len(value) < 4096 and os.path.exists(value):
+        return Path(value).name
+    return value
+
+
+def result_document(out: dict, label: str) -> dict:
+    """What is kept of simple_evaluate's answer: the measurements and their settings."""
+    doc = {k: v for k, v in out.items() if k not in VOLATILE and k != "samples"}
+    config = dict(doc.get("config") or {})
+    config["model_args"] = label
+    config.pop("model_dtype", None)
+    doc["config"] = config
+    return json.loads(json.dumps(portable(doc), default=str))
+
+
+def main(spec_file: str) -> int:
+    from lm_eval import evaluator
+
+    from pipeline.measure.benchmarks import task_manager
+    from pipeline.support.jsonio import write_json
+
+    progress = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever lm-eval prints goes to the log, not between the progress lines
+    spec = json.loads(Path(spec_file).read_text())
+    jobs = spec["jobs"]
+    manager = task_manager(Path(spec["include"]) if spec["include"] else None, {j["task"] for j in jobs})
+    done, start = 0, time.monotonic()
+    for (label, reader, path), group in groupby(jobs, key=lambda j: (j["label"], j["reader"], j["path"])):
+        lm = load(reader, path)
+        for job in group:
+            t = time.monotonic()
+            out = evaluator.simple_evaluate(
+                model=lm,
+                tasks=[job["task"]],
+                num_fewshot=job["shots"],
+                limit=spec["limit"],
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=1000,
+            )
+            write_json(Path(job["store_file"]), result_document(out, label))
+            done += 1
+            spent = time.monotonic() - start
+            left = spent / done * (len(jobs) - done)
+            print(
+                f"evals     {label} · {job['task']}: {time.monotonic() - t:.1f} s "
+                f"({done} of {len(jobs)}, about {left:.0f} s left)",
+                file=progress,
+            )
+        del lm
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

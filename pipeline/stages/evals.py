@@ -1,0 +1,181 @@
+"""evals: standard benchmarks by lm-evaluation-harness, on every model of the build.
+
+The base, each expert and the 16-bit MoE are scored by lm-eval's own `hf` model type
+on their folders; the 4-bit MoE by the same `hf` model on the w4a16 folder where the
+build made one (a reader that is not ours), else by frankenmoe's AWQ reader wrapped in
+lm-eval's HFLM, and the record says which. lm-eval runs in a child process
+(pipeline/measure/lm_eval_run.py).
+
+A score is kept in the machine-wide store (pipeline/measure/benchmarks.py) under the
+model's bytes, the task's configuration and local data, the lm-eval version, the
+few-shot count and `limit`: a second build, or another recipe using the same expert,
+reads it instead of running lm-eval again. Output: evals.json (per model and task, each
+metric with lm-eval's stderr) and lm-eval-results.json (lm-eval's own results, per model
+and task). Off unless `evals.enabled`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from pipeline.errors import ToolFailed
+from pipeline.measure import benchmarks
+from pipeline.recipe import Recipe
+from pipeline.stages.base import Stage, StageContext, StageResult
+from pipeline.stages.compressed import compressed_dir
+from pipeline.stages.gates import routed_model
+from pipeline.stages.quantize import quantized_model
+from pipeline.stages.resolve import model_paths
+from pipeline.support.child import run_relaying_stdout
+from pipeline.support.hashing import HashState, sha256_json
+from pipeline.support.jsonio import write_json
+from pipeline.support.versions import tool_versions
+
+
+class ModelScores(TypedDict):
+    reader: str  # "hf" (lm-eval's own, on the folder) or "frankenmoe-awq" (our reader in lm-eval's HFLM)
+    tasks: dict[str, dict[str, float | str]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
+
+
+class EvalsResult(TypedDict):
+    lm_eval: str  # the version that scored
+    computed: int  # (model, task) runs this build made
+    reused: int  # read from the score store
+    models: dict[str, ModelScores]  # "base", "experts[i]", "moe", "4-bit"
+
+
+def evals_result(result: StageResult) -> EvalsResult:
+    return cast(EvalsResult, result.result)
+
+
+def include_folder(recipe: Recipe) -> Path | None:
+    return recipe.path(recipe.evals.include) if recipe.evals.include else None
+
+
+def folder_identity(folder: Path, state: HashState) -> str:
+    """A model by its bytes: the sha256 of every file in its folder."""
+    return sha256_json({f.name: state.sha256(f) for f in sorted(folder.iterdir()) if f.is_file()})
+
+
+def task_identity(manager, task: str, state: HashState) -> str:
+    """A task by its resolved configuration and the bytes of its local data files."""
+    configs = benchmarks.leaf_configs(manager, task)
+    data = {}
+    for cfg in configs:
+        files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+        for f in [files] if isinstance(files, str) else (files or []):
+            if isinstance(f, str) and Path(f).is_file():
+                data[Path(f).name] = state.sha256(Path(f))
+    return sha256_json({"configs": json.loads(json.dumps(configs, default=str)), "data": data})
+
+
+class EvalsStage(Stage):
+    name = "evals"
+    version = 1
+    depends = ("resolve", "gates", "quantize")
+    optional_depends = ("w4a16",)
+    packages = ("lm_eval", "torch", "transformers", "datasets")
+    diagnostics = ("logs/",)
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.evals.enabled
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        e = recipe.evals
+        return {"tasks": benchmarks.task_list(e.tasks), "limit": e.limit, "models": e.models}
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        folder = include_folder(recipe)
+        if folder is None or not folder.is_dir():
+            return {}
+        return {
+            "include": {str(f.relative_to(folder)): state.sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+        }
+
+    def preflight(self, recipe: Recipe) -> None:
+        benchmarks.check_tasks(recipe.evals.tasks, include_folder(recipe))
+
+    def models(self, ctx: StageContext) -> list[tuple[str, str, Path]]:
+        """(label, reader, folder) of every model the recipe scores, in a stable order."""
+        wanted, out = ctx.recipe.evals.models, []
+        paths = model_paths(ctx.inputs["resolve"])
+        if "base" in wanted:
+            out.append(("base", "hf", paths["base"]))
+        if "experts" in wanted:
+            out += [(f"experts[{i}]", "hf", paths[f"experts[{i}]"]) for i in range(len(ctx.recipe.experts))]
+        if "moe" in wanted:
+            out.append(("moe", "hf", routed_model(ctx.inputs["gates"])))
+        if "4-bit" in wanted:
+            if "w4a16" in ctx.inputs:
+                out.append(("4-bit", "hf", compressed_dir(ctx.inputs["w4a16"])))
+            else:
+                out.append(("4-bit", "frankenmoe-awq", quantized_model(ctx.inputs["quantize"])))
+        return out
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        e = ctx.recipe.evals
+        version = tool_versions(["lm_eval"])["lm_eval"]
+        ctx.log("evals     indexing lm-eval's tasks")
+        tasks = benchmarks.task_list(e.tasks)
+        manager = benchmarks.task_manager(include_folder(ctx.recipe), [t for t, _ in tasks])
+        store = benchmarks.store_root()
+        store.mkdir(parents=True, exist_ok=True)
+        task_ids = {t: task_identity(manager, t, ctx.state) for t, _ in tasks}
+        files: dict[tuple[str, str], Path] = {}
+        jobs, readers = [], {}
+        for label, reader, folder in self.models(ctx):
+            readers[label] = reader
+            model_id = folder_identity(folder, ctx.state)
+            for task, shots in tasks:
+                key = sha256_json(
+                    {"model": model_id, "reader": reader, "task": task_ids[task], "shots": shots, "limit": e.limit}
+                    | {"lm_eval": version}
+                )
+                files[label, task] = store / f"{key}.json"
+                if not files[label, task].is_file():
+                    job = {"label": label, "reader": reader, "path": str(folder), "task": task, "shots": shots}
+                    jobs.append({**job, "store_file": str(files[label, task])})
+        reused = len(files) - len(jobs)
+        ctx.log(f"evals     {len(files)} model x task scores: {reused} from the store, {len(jobs)} to run")
+        if jobs:
+            self.run_lm_eval(ctx, jobs)
+        results = {lt: json.loads(f.read_text()) for lt, f in files.items()}
+        scores: dict[str, ModelScores] = {
+            label: {"reader": reader, "tasks": {t: table_row(results[label, t], t) for t, _ in tasks}}
+            for label, reader in readers.items()
+        }
+        own = {label: {t: results[label, t] for t, _ in tasks} for label in readers}
+        write_json(ctx.out / "lm-eval-results.json", own)
+        write_json(ctx.out / "evals.json", {"lm_eval": version, "limit": e.limit, "models": scores})
+        return {"lm_eval": version, "computed": len(jobs), "reused": reused, "models": scores}
+
+    def run_lm_eval(self, ctx: StageContext, jobs: list[dict]) -> None:
+        (ctx.out / "logs").mkdir()
+        spec = ctx.out / "logs" / "spec.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "include": str(include_folder(ctx.recipe) or "") or None,
+                    "limit": ctx.recipe.evals.limit,
+                    "jobs": jobs,
+                }
+            )
+        )
+        log = ctx.out / "logs" / "lm-eval.log"
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        cmd = [sys.executable, "-m", "pipeline.measure.lm_eval_run", str(spec)]
+        code = run_relaying_stdout(cmd, env, log, ctx.log)
+        if code != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise ToolFailed(f"evals: lm-eval failed (exit {code}){': ' + tail[0] if tail else ''}; full log: {log}")
+
+
+def table_row(doc: dict, task: str) -> dict[str, float | str]:
+    """The task's own metrics (a group's aggregate for a group), as lm-eval reports them."""
+    return {k: v for k, v in doc["results"].get(task, {}).items() if "," in k}

@@ -1,0 +1,130 @@
+"""The evals stage on the toy example: lm-eval scores every model, its MoE figure is
+the one the `lm_eval` CLI gives on the same folder, scores are reused from the
+machine's store, and a task whose data cannot be reached stops the build in preflight."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.support.paths import shipped_dir
+from tests.conftest import EXAMPLE, example_data, run_cli, write_recipe
+
+pytestmark = pytest.mark.slow
+TASK = "toy_prose"
+MODELS = ["4-bit", "base", "experts[0]", "experts[1]", "moe"]
+
+
+def task_folder(root: Path) -> Path:
+    """lm-eval's wikitext-style rolling-loglikelihood task over the shipped prose held-out text."""
+    tasks = root / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files: {shipped_dir() / 'prose' / 'eval.jsonl'}\n"
+        "test_split: train\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+    )
+    return tasks
+
+
+def evals_recipe(root: Path, name: str = "tiny-2x", tasks: list[str] = [TASK], **top) -> Path:
+    data = example_data(EXAMPLE)
+    data = {**data, **top, "verify": {**data["verify"], **top.get("verify", {})}}
+    data["name"] = name
+    data["evals"] = {"enabled": True, "tasks": tasks, "include": str(task_folder(root)), "limit": 4}
+    return write_recipe(root / f"{name}.yaml", data)
+
+
+def build(recipe: Path, root: Path, store: Path, build_dir: Path, env: dict | None = None):
+    return run_cli(
+        "build", str(recipe), build=build_dir, dist=root / "dist", env={"FRANKENMOE_CACHE": str(store), **(env or {})}
+    )
+
+
+def evals_json(build_dir: Path, name: str = "tiny-2x") -> dict:
+    (folder,) = [p for p in (build_dir / name / "evals").iterdir() if (p / "evals.json").is_file()]
+    return json.loads((folder / "evals.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def scored(example, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evals")
+    recipe, store = evals_recipe(root), root / "store"
+    # the example's stages, linked in; no evals result of an earlier run
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(root / "build")], check=True)
+    shutil.rmtree(root / "build" / "tiny-2x" / "evals", ignore_errors=True)
+    proc = build(recipe, root, store, root / "build")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"root": root, "recipe": recipe, "store": store, "out": proc.stdout, "build": root / "build"}
+
+
+def test_every_model_is_scored_with_a_progress_line_each(scored):
+    doc = evals_json(scored["build"])
+    assert sorted(doc["models"]) == MODELS and doc["lm_eval"] == "0.4.13"
+    assert doc["models"]["moe"]["reader"] == "hf" and doc["models"]["4-bit"]["reader"] == "frankenmoe-awq"
+    for label in MODELS:
+        row = doc["models"][label]["tasks"][TASK]
+        assert 1 < row["byte_perplexity,none"] < 50, (label, row)
+        assert f"evals     {label} · {TASK}: " in scored["out"] and "s left)" in scored["out"]
+    # the experts were trained on other text than each other: their scores differ
+    rows = [doc["models"][m]["tasks"][TASK]["bits_per_byte,none"] for m in MODELS]
+    assert len(set(rows)) == len(rows)
+
+
+def test_the_moe_figure_is_what_the_lm_eval_cli_gives_on_the_merged_folder(scored, example, tmp_path):
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf"]
+    cmd += ["--model_args", f"pretrained={example['merged']},dtype=float32", "--device", "cpu", "--batch_size", "4"]
+    cmd += ["--tasks", TASK, "--include_path", str(scored["root"] / "tasks"), "--limit", "4"]
+    cmd += ["--output_path", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = list((tmp_path / "out").rglob("results_*.json"))
+    cli = json.loads(results.read_text())["results"][TASK]
+    ours = evals_json(scored["build"])["models"]["moe"]["tasks"][TASK]
+    for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+        assert ours[metric] == pytest.approx(cli[metric], rel=1e-6), metric
+
+
+def test_scores_come_from_the_store_for_the_same_models_and_a_recipe_sharing_the_experts(scored, tmp_path):
+    again = build(scored["recipe"], scored["root"], scored["store"], tmp_path / "build")
+    assert again.returncode == 0, again.stderr
+    assert "evals     5 model x task scores: 5 from the store, 0 to run" in again.stdout
+    assert evals_json(tmp_path / "build") == evals_json(scored["build"])
+    # random routers: another MoE of the same experts (its router check is not the point here)
+    other = evals_recipe(tmp_path, name="tiny-random", gate_mode="random", verify={"fail_on_mismatch": False})
+    proc = build(other, tmp_path, scored["store"], scored["build"])
+    assert proc.returncode == 0, proc.stderr
+    assert "evals     5 model x task scores: 3 from the store, 2 to run" in proc.stdout  # base and both experts
+    doc = evals_json(scored["build"], "tiny-random")
+    first = evals_json(scored["build"])
+    for label in ("base", "experts[0]", "experts[1]"):
+        assert doc["models"][label] == first["models"][label]
+    assert doc["models"]["moe"] != first["models"]["moe"]
+
+
+def test_a_task_whose_data_cannot_be_reached_stops_the_build_before_any_model_loads(tmp_path):
+    recipe = evals_recipe(tmp_path, tasks=[TASK, "hellaswag"])
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    start = time.monotonic()
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build", env)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: evals.tasks: hellaswag: the data of hellaswag"), lines
+    assert "Rowan/hellaswag" in lines[0] and "HF_ENDPOINT" in lines[0]
+    assert not (tmp_path / "build" / "tiny-2x" / "resolve").exists() and time.monotonic() - start < 120
+
+
+def test_an_unknown_task_is_named_in_one_line(tmp_path):
+    recipe = evals_recipe(tmp_path, tasks=["no_such_task_anywhere"])
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "evals.tasks: no lm-eval task, group or tag named 'no_such_task_anywhere'" in proc.stderr
