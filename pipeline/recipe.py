@@ -277,15 +277,20 @@ class QuantizeSection(Strict):
     bits: Literal[4] = Field(default=4, description="weight bits")
     group_size: Literal[16, 32, 64, 128] | None = Field(
         default=None,
-        description="quantization group size; unset: the largest of 128, 64, 32 that divides every quantized input "
-        "dimension, chosen from the base model's config before any stage runs and recorded by quantize",
+        description="quantization group size; unset: 16 for a model under 0.5B parameters (measured: the one "
+        "symmetric setting that passes on SmolLM2-135M), else the largest of 128, 64, 32 that divides every quantized "
+        "input dimension; chosen from the base model's config before any stage runs and recorded by quantize",
     )
-    zero_point: bool = Field(default=True, description="asymmetric quantization with zero points (AutoAWQ's default)")
-    compressed_tensors: bool = Field(
+    zero_point: bool = Field(
         default=False,
+        description="asymmetric quantization with zero points (AutoAWQ's default); false (symmetric): the setting "
+        "the pinned transformers reads as compressed-tensors, at a measured quality cost (docs/verification.md)",
+    )
+    compressed_tensors: bool = Field(
+        default=True,
         description="also publish dist/<name>/w4a16/: the 4-bit model converted to compressed-tensors (W4A16) by its "
-        "own converter and verified through transformers' from_pretrained; only with zero_point false, the one "
-        "setting the pinned transformers reads (docs/verification.md)",
+        "own converter and verified through transformers' from_pretrained; made only where the pinned transformers "
+        "reads it (zero_point false; docs/verification.md)",
     )
     dtype: Literal["float16"] = Field(
         default="float16", description="dtype of the scales and of the tensors left unquantized"

@@ -21,25 +21,32 @@ from tests.conftest import EXAMPLE, HUB_TOKEN, REPO, example_data, run_cli, writ
 from tests.test_card_snippets import MIN_SHARE, code_blocks, run_snippet, share_in_16_bit_top_k
 
 pytestmark = pytest.mark.slow
-REPOS = {"merged": "me/tiny-sym", "awq": "me/tiny-sym-AWQ", "w4a16": "me/tiny-sym-W4A16"}
+REPOS = {"merged": "me/tiny-2x", "awq": "me/tiny-2x-AWQ", "w4a16": "me/tiny-2x-W4A16"}
 
 
-def symmetric_recipe(folder: Path, **verify) -> Path:
+def example_recipe(folder: Path, quantize: dict | None = None, **verify) -> Path:
+    """The toy recipe written into `folder`, with quantize and verify settings changed."""
     data = example_data(EXAMPLE)
-    data["name"] = "tiny-sym"
-    data["quantize"] = {**data.get("quantize", {}), "zero_point": False, "compressed_tensors": True}
+    data["quantize"] = {**data.get("quantize", {}), **(quantize or {})}
     data["verify"] = {**data.get("verify", {}), **verify}
-    return write_recipe(folder / "tiny-sym.yaml", data)
+    return write_recipe(folder / "tiny-2x.yaml", data)
 
 
 @pytest.fixture(scope="module")
 def sym(example, tmp_path_factory) -> dict:
-    """The toy recipe with symmetric experts and the w4a16 folder, over the example's cache."""
-    root = tmp_path_factory.mktemp("sym")
-    proc = run_cli("build", str(symmetric_recipe(root)), build=example["root"] / "build", dist=root / "dist")
+    """The toy example as built by default: symmetric experts, with the w4a16 folder."""
+    dist = example["root"] / "dist" / "tiny-2x"
+    return {"root": tmp_path_factory.mktemp("sym"), "dist": dist, "w4a16": dist / "w4a16"}
+
+
+@pytest.fixture(scope="module")
+def asym(example, tmp_path_factory) -> dict:
+    """The toy recipe with asymmetric experts (zero points), asking for the folder."""
+    root = tmp_path_factory.mktemp("asym")
+    recipe = example_recipe(root, {"zero_point": True, "compressed_tensors": True})
+    proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=root / "dist")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    dist = root / "dist" / "tiny-sym"
-    return {"root": root, "dist": dist, "w4a16": dist / "w4a16", "out": proc.stdout}
+    return {"dist": root / "dist" / "tiny-2x"}
 
 
 FROM_PRETRAINED = """
@@ -80,23 +87,23 @@ def test_transformers_loads_the_folder_with_no_key_problem_and_it_matches_the_16
 
 
 def test_the_cards_snippet_runs_from_the_hub_and_the_awq_card_points_to_it(sym, hub, example):
-    data = yaml.safe_load((sym["root"] / "tiny-sym.yaml").read_text())
+    data = example_data(EXAMPLE)
     (sym["root"] / "pushed").mkdir()
     data["publish"] = {"push": True, "private": False, **{f: {"repo_id": r} for f, r in REPOS.items()}}
-    recipe = write_recipe(sym["root"] / "pushed" / "tiny-sym.yaml", data)
+    recipe = write_recipe(sym["root"] / "pushed" / "tiny-2x.yaml", data)
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(sym["root"] / "hf")}
     dist = sym["root"] / "pushed" / "dist"
     proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=dist, env={**env, "HF_TOKEN": HUB_TOKEN})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    card = dist / "tiny-sym" / "w4a16" / "README.md"
+    card = dist / "tiny-2x" / "w4a16" / "README.md"
     (snippet,) = code_blocks(card, "python")
-    assert 'from_pretrained("me/tiny-sym-W4A16"' in snippet
+    assert f'from_pretrained("{REPOS["w4a16"]}"' in snippet
     prompt = re.search(r'tokenizer\("([^"]+)"', snippet).group(1)
     text = run_snippet([sys.executable, "-c", snippet], sym["root"], env)
     assert prompt in text, text
     assert share_in_16_bit_top_k(sym["dist"] / "merged", prompt, text.split(prompt, 1)[1]) >= MIN_SHARE, text
-    awq_card = (dist / "tiny-sym" / "awq" / "README.md").read_text()
-    assert "use the compressed-tensors copy of this model, [me/tiny-sym-W4A16]" in awq_card
+    awq_card = (dist / "tiny-2x" / "awq" / "README.md").read_text()
+    assert f"use the compressed-tensors copy of this model, [{REPOS['w4a16']}]" in awq_card
 
 
 def test_lm_eval_runs_the_folder_with_its_own_hf_model(sym, tmp_path):
@@ -122,13 +129,13 @@ def test_lm_eval_runs_the_folder_with_its_own_hf_model(sym, tmp_path):
     assert 1 < metrics["word_perplexity,none"] < 1e6, metrics
 
 
-def test_asymmetric_experts_are_still_refused_by_the_pinned_transformers(example, tmp_path):
+def test_asymmetric_experts_are_still_refused_by_the_pinned_transformers(asym, tmp_path):
     """What keeps the asymmetric folder unpublished: when a transformers release
     reads it, this fails, and readers.READS_ASYMMETRIC can turn the folder on."""
     from pipeline.stages.compressed import convert
 
     assert readers.READS_ASYMMETRIC is False and readers.transformers_name() == "transformers 5.24.0"
-    convert(example["awq"], tmp_path / "asym")
+    convert(asym["dist"] / "awq", tmp_path / "asym")
     script = "import sys, transformers; transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1])"
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "asym")], capture_output=True, text=True, timeout=600, cwd=REPO
@@ -136,23 +143,21 @@ def test_asymmetric_experts_are_still_refused_by_the_pinned_transformers(example
     assert proc.returncode != 0 and "Asymmetric quant requires zero-point values" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_an_asymmetric_recipe_asking_for_the_folder_builds_without_it(example, tmp_path):
-    data = example_data(EXAMPLE)
-    data["quantize"] = {**data.get("quantize", {}), "compressed_tensors": True}  # zero_point stays on
-    recipe = write_recipe(tmp_path / "tiny-2x.yaml", data)
-    proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=tmp_path / "dist")
-    assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "dist" / "tiny-2x" / "w4a16").exists()
-    assert "compressed-tensors copy" not in (tmp_path / "dist" / "tiny-2x" / "awq" / "README.md").read_text()
+def test_an_asymmetric_recipe_asking_for_the_folder_builds_without_it(asym):
+    config = json.loads((asym["dist"] / "awq" / "config.json").read_text())["quantization_config"]
+    assert config["zero_point"] is True
+    assert not (asym["dist"] / "w4a16").exists()
+    card = (asym["dist"] / "awq" / "README.md").read_text()
+    assert "compressed-tensors copy" not in card
 
 
 def test_push_refuses_the_folder_when_its_checks_failed(sym, hub, example, tmp_path):
-    recipe = symmetric_recipe(tmp_path, max_mean_kl=0.0001, fail_on_mismatch=False)
+    recipe = example_recipe(tmp_path, max_mean_kl=0.0001, fail_on_mismatch=False)
     data = yaml.safe_load(recipe.read_text())
     data["publish"] = {"push": True, "w4a16": {"repo_id": REPOS["w4a16"]}}
     write_recipe(recipe, data)
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": HUB_TOKEN}
     proc = run_cli("build", str(recipe), build=example["root"] / "build", dist=tmp_path / "dist", env=env)
     assert proc.returncode == 7, proc.stdout + proc.stderr
-    assert f"push: {tmp_path / 'dist' / 'tiny-sym' / 'w4a16'} failed quantization_parity" in proc.stderr
+    assert f"push: {tmp_path / 'dist' / 'tiny-2x' / 'w4a16'} failed quantization_parity" in proc.stderr
     assert hub.commits(REPOS["w4a16"]) == []

@@ -46,13 +46,13 @@ def test_relative_paths_follow_the_recipe_not_the_current_folder(tmp_path, monke
 @pytest.mark.parametrize(
     "config, wanted, chosen",
     [
-        (SMOLLM2, None, 64),
+        (SMOLLM2, None, 16),  # under 0.5B parameters: the small-model group
         (MISTRAL_7B, None, 128),
         (SMOLLM2, 32, 32),
         (MISTRAL_7B, 64, 64),
     ],
 )
-def test_group_size_is_the_largest_that_divides_every_quantized_dimension(config, wanted, chosen):
+def test_group_size_is_16_for_a_small_model_else_the_largest_that_divides_every_quantized_dimension(config, wanted, chosen):
     assert choose_group_size(config, wanted) == chosen
 
 

@@ -43,7 +43,8 @@ def test_plain_mergekit_config_is_a_recipe(tmp_path):
     assert r.name == "my-moe"
     assert r.base_model.id == "mistralai/Mistral-7B-v0.1" and r.base_model.revision is None
     assert r.experts[1].noise_scale == 0.01
-    assert r.quantize.bits == 4 and r.quantize.group_size is None and r.quantize.zero_point
+    assert r.quantize.bits == 4 and r.quantize.group_size is None and not r.quantize.zero_point
+    assert r.quantize.compressed_tensors  # the w4a16 folder, where transformers reads it
     assert r.publish.push is False
 
 

@@ -68,6 +68,13 @@ def dequantize(qweight, qzeros, scales, group_size: int):
 
 
 GROUP_SIZES = (128, 64, 32)
+# Under this many dense parameters an unset group size is SMALL_MODEL_GROUP: on the
+# SmolLM2-135M examples (2 and 3 experts) symmetric 4-bit, the setting transformers reads,
+# passed the size-tier limits only at group size 16 (g32: perplexity x1.129 and x1.144,
+# g64: x1.226 on 3 experts; docs/verification.md). Larger models keep the largest group
+# that divides (128 on a 7B: llm-compressor's W4A16 scheme, symmetric g128).
+SMALL_MODEL_PARAMS = 5e8
+SMALL_MODEL_GROUP = 16
 
 
 def quantized_input_dims(config: dict) -> dict[str, int]:
@@ -83,8 +90,9 @@ def quantized_input_dims(config: dict) -> dict[str, int]:
 
 def choose_group_size(config: dict, wanted: int | None) -> int:
     """AWQ groups run along each linear's input dimension, so they must divide it.
-    None picks the largest of 128, 64, 32 that divides every such dimension. Works
-    on a source's config as well as the merged one, so preflight runs it before merge."""
+    None picks SMALL_MODEL_GROUP for a model under SMALL_MODEL_PARAMS, else the largest
+    of 128, 64, 32 that divides every such dimension. Works on a source's config as well
+    as the merged one, so preflight runs it before merge."""
     dims = quantized_input_dims(config)
     if wanted is not None:
         for key, dim in dims.items():
@@ -97,7 +105,8 @@ def choose_group_size(config: dict, wanted: int | None) -> int:
                 )
                 raise RecipeError([f"quantize.group_size: {wanted} does not divide the model's {key} ({dim}); {hint}"])
         return wanted
-    for g in GROUP_SIZES:
+    small = ModelShape.of(config).params() < SMALL_MODEL_PARAMS
+    for g in ((SMALL_MODEL_GROUP,) if small else ()) + GROUP_SIZES:
         if all(d % g == 0 for d in dims.values()):
             return g
     raise RecipeError(
