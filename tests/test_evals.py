@@ -135,3 +135,20 @@ def test_an_unknown_task_is_named_in_one_line(tmp_path):
     proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "evals.tasks: no lm-eval task, group or tag named 'no_such_task_anywhere'" in proc.stderr
+
+
+def test_the_shipped_tasks_run_from_their_own_folder(example, tmp_path):
+    """The example's tasks (calibration/make_eval_tasks.py) name their data files
+    relative to the task folder, installed as shipped:tasks."""
+    data = example_data(EXAMPLE)
+    tasks = ["frankenmoe_code_ppl", "frankenmoe_code_mc", "frankenmoe_prose_mc"]
+    data["evals"] = {"enabled": True, "tasks": tasks, "include": "shipped:tasks", "limit": 2, "models": ["moe"]}
+    recipe = write_recipe(tmp_path / "tiny-2x.yaml", data)
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(tmp_path / "build")], check=True)
+    shutil.rmtree(tmp_path / "build" / "tiny-2x" / "evals", ignore_errors=True)
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = evals_json(tmp_path / "build")["models"]["moe"]["tasks"]
+    assert 1 < rows["frankenmoe_code_ppl"]["byte_perplexity,none"] < 50
+    for task in ("frankenmoe_code_mc", "frankenmoe_prose_mc"):
+        assert {"acc,none", "acc_norm,none", "acc_stderr,none"} <= set(rows[task]), rows[task]

@@ -52,7 +52,7 @@ def test_relative_paths_follow_the_recipe_not_the_current_folder(tmp_path, monke
         (MISTRAL_7B, 64, 64),
     ],
 )
-def test_group_size_is_16_for_a_small_model_else_the_largest_that_divides_every_quantized_dimension(config, wanted, chosen):
+def test_group_size_is_16_for_a_small_model_else_the_largest_that_divides(config, wanted, chosen):
     assert choose_group_size(config, wanted) == chosen
 
 

@@ -64,7 +64,16 @@ def leaf_configs(manager, name: str) -> list[dict[str, Any]]:
     return [cfg]
 
 
-def unreachable(cfg: dict[str, Any]) -> str | None:
+def local_data_files(cfg: dict[str, Any], include: Path | None) -> list[Path]:
+    """The local files a task's `dataset_kwargs.data_files` names; a relative name is
+    in the include folder (lm-eval runs there: pipeline/measure/lm_eval_run.py)."""
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    names = [files] if isinstance(files, str) else list(files.values() if isinstance(files, dict) else files or [])
+    flat = [f for n in names for f in ([n] if isinstance(n, str) else n) if "://" not in f]
+    return [Path(f) if Path(f).is_absolute() or include is None else include / f for f in flat]
+
+
+def unreachable(cfg: dict[str, Any], include: Path | None) -> str | None:
     """Why `datasets` cannot reach the task's data, or None when it can (from its
     cache, a local file or the Hub at HF_ENDPOINT): the builder is resolved, no rows read."""
     import datasets
@@ -74,12 +83,7 @@ def unreachable(cfg: dict[str, Any]) -> str | None:
         return None  # a task that brings its own documents
     kwargs = dict(cfg.get("dataset_kwargs") or {})
     if path in LOCAL_BUILDERS:
-        files = kwargs.get("data_files")
-        names = (
-            [files] if isinstance(files, str) else list((files or {}).values() if isinstance(files, dict) else files)
-        )
-        flat = [f for n in names for f in ([n] if isinstance(n, str) else n)]
-        missing = [f for f in flat if "://" not in f and not Path(f).is_file()]
+        missing = [f for f in local_data_files(cfg, include) if not f.is_file()]
         return f"no file {missing[0]}" if missing else None
     try:
         datasets.load_dataset_builder(path, cfg.get("dataset_name"), **kwargs)
@@ -106,7 +110,7 @@ def check_tasks(tasks: Iterable[str], include: Path | None) -> None:
             )
             continue
         for cfg in configs:
-            why = unreachable(cfg)
+            why = unreachable(cfg, include)
             if why:
                 problems.append(
                     f"evals.tasks: {name}: the data of {cfg.get('task', name)} ({cfg.get('dataset_path')}) cannot be "

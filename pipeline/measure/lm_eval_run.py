@@ -85,7 +85,10 @@ def main(spec_file: str) -> int:
     os.dup2(2, 1)  # whatever lm-eval prints goes to the log, not between the progress lines
     spec = json.loads(Path(spec_file).read_text())
     jobs = spec["jobs"]
-    manager = task_manager(Path(spec["include"]) if spec["include"] else None, {j["task"] for j in jobs})
+    include = Path(spec["include"]) if spec["include"] else None
+    if include is not None:
+        os.chdir(include)  # a task's data file named relative to its YAML is found there
+    manager = task_manager(include, {j["task"] for j in jobs})
     done, start = 0, time.monotonic()
     for (label, reader, path), group in groupby(jobs, key=lambda j: (j["label"], j["reader"], j["path"])):
         lm = load(reader, path)

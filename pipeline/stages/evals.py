@@ -61,16 +61,13 @@ def folder_identity(folder: Path, state: HashState) -> str:
     return sha256_json({f.name: state.sha256(f) for f in sorted(folder.iterdir()) if f.is_file()})
 
 
-def task_identity(manager, task: str, state: HashState) -> str:
+def task_identity(manager, task: str, include: Path | None, state: HashState) -> str:
     """A task by its resolved configuration and the bytes of its local data files."""
     configs = benchmarks.leaf_configs(manager, task)
-    data = {}
-    for cfg in configs:
-        files = (cfg.get("dataset_kwargs") or {}).get("data_files")
-        for f in [files] if isinstance(files, str) else (files or []):
-            if isinstance(f, str) and Path(f).is_file():
-                data[Path(f).name] = state.sha256(Path(f))
-    return sha256_json({"configs": json.loads(json.dumps(configs, default=str)), "data": data})
+    data = {
+        str(f): state.sha256(f) for cfg in configs for f in benchmarks.local_data_files(cfg, include) if f.is_file()
+    }
+    return sha256_json({"configs": json.loads(json.dumps(configs, default=str)), "data": sorted(data.values())})
 
 
 class EvalsStage(Stage):
@@ -124,9 +121,9 @@ class EvalsStage(Stage):
         ctx.log("evals     indexing lm-eval's tasks")
         tasks = benchmarks.task_list(e.tasks)
         manager = benchmarks.task_manager(include_folder(ctx.recipe), [t for t, _ in tasks])
-        store = benchmarks.store_root()
+        store = benchmarks.store_root().resolve()  # the child runs in the task folder
         store.mkdir(parents=True, exist_ok=True)
-        task_ids = {t: task_identity(manager, t, ctx.state) for t, _ in tasks}
+        task_ids = {t: task_identity(manager, t, include_folder(ctx.recipe), ctx.state) for t, _ in tasks}
         files: dict[tuple[str, str], Path] = {}
         jobs, readers = [], {}
         for label, reader, folder in self.models(ctx):
@@ -139,7 +136,13 @@ class EvalsStage(Stage):
                 )
                 files[label, task] = store / f"{key}.json"
                 if not files[label, task].is_file():
-                    job = {"label": label, "reader": reader, "path": str(folder), "task": task, "shots": shots}
+                    job = {
+                        "label": label,
+                        "reader": reader,
+                        "path": str(folder.resolve()),
+                        "task": task,
+                        "shots": shots,
+                    }
                     jobs.append({**job, "store_file": str(files[label, task])})
         reused = len(files) - len(jobs)
         ctx.log(f"evals     {len(files)} model x task scores: {reused} from the store, {len(jobs)} to run")
@@ -161,7 +164,7 @@ class EvalsStage(Stage):
         spec.write_text(
             json.dumps(
                 {
-                    "include": str(include_folder(ctx.recipe) or "") or None,
+                    "include": str(include.resolve()) if (include := include_folder(ctx.recipe)) else None,
                     "limit": ctx.recipe.evals.limit,
                     "jobs": jobs,
                 }
@@ -169,7 +172,7 @@ class EvalsStage(Stage):
         )
         log = ctx.out / "logs" / "lm-eval.log"
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        cmd = [sys.executable, "-m", "pipeline.measure.lm_eval_run", str(spec)]
+        cmd = [sys.executable, "-m", "pipeline.measure.lm_eval_run", str(spec.resolve())]
         code = run_relaying_stdout(cmd, env, log, ctx.log)
         if code != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:]
