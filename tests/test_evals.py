@@ -152,3 +152,28 @@ def test_the_shipped_tasks_run_from_their_own_folder(example, tmp_path):
     assert 1 < rows["frankenmoe_code_ppl"]["byte_perplexity,none"] < 50
     for task in ("frankenmoe_code_mc", "frankenmoe_prose_mc"):
         assert {"acc,none", "acc_norm,none", "acc_stderr,none"} <= set(rows[task]), rows[task]
+
+
+def test_the_cards_carry_the_table_the_metadata_and_lm_evals_results(scored):
+    from huggingface_hub import ModelCard
+
+    doc = evals_json(scored["build"])
+    dist = scored["root"] / "dist" / "tiny-2x"
+    for folder in ("merged", "awq", "w4a16"):
+        card = (dist / folder / "README.md").read_text()
+        assert "## Evaluation results" in card and f"### {TASK}" in card
+        for name in ("base (base)", "expert 0 (expert-code)", "expert 1 (expert-prose)", "MoE, 16-bit", "MoE, 4-bit"):
+            assert f"| {name} | " in card, (folder, name)
+        assert "MoE vs best expert (expert 1 (expert-prose)): bits_per_byte" in card  # the lower bits per byte
+        own = json.loads((dist / folder / "lm-eval-results.json").read_text())
+        assert (
+            sorted(own) == MODELS
+            and own["moe"][TASK]["results"][TASK]["bits_per_byte,none"]
+            == (doc["models"]["moe"]["tasks"][TASK]["bits_per_byte,none"])
+        )
+    index = {f: ModelCard.load(dist / f / "README.md").data.eval_results for f in ("merged", "awq", "w4a16")}
+    moe = {r.metric_type: r.metric_value for r in index["merged"]}
+    four = {r.metric_type: r.metric_value for r in index["w4a16"]}
+    assert moe["bits_per_byte"] == pytest.approx(doc["models"]["moe"]["tasks"][TASK]["bits_per_byte,none"], abs=1e-6)
+    assert four["bits_per_byte"] == pytest.approx(doc["models"]["4-bit"]["tasks"][TASK]["bits_per_byte,none"], 1e-6)
+    assert index["awq"] is None  # the 4-bit scores were measured on w4a16/, not on this folder

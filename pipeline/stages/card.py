@@ -18,6 +18,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import RecipeError
+from pipeline.measure.benchmark_report import evals_markdown, model_index
 from pipeline.moe.study_report import read_study, render_for_card, without_timings
 from pipeline.moe.verdict import named
 from pipeline.provenance.lockfile import published_recipe
@@ -25,6 +26,7 @@ from pipeline.quantization import readers
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.compressed import FOLDER, compressed_dir, compressed_result
+from pipeline.stages.evals import MEASURED_ON, evals_result
 from pipeline.stages.gates import gates_result
 from pipeline.stages.gguf import gguf_report, gguf_result, parity_name
 from pipeline.stages.gguf import render as render_gguf_report
@@ -85,9 +87,9 @@ def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
 
 class CardStage(Stage):
     name = "card"
-    version = 3  # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers
+    version = 4  # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers. 4: evals
     depends = ("lock", "resolve", "gates", "quantize", "verify")
-    optional_depends = ("gguf", FOLDER)
+    optional_depends = ("gguf", FOLDER, "evals")
     packages = ("huggingface-hub",)
     publishes = {"merged": "merged", "awq": "awq", "gguf": "gguf", FOLDER: FOLDER}
 
@@ -145,6 +147,11 @@ class CardStage(Stage):
                 "transformers": readers.transformers_name(),
             },
         }
+        scores = evals_result(ctx.inputs["evals"]) if "evals" in ctx.inputs else None
+        if scores:
+            names = {"base": f"base ({common['base']['source']})", "moe": "MoE, 16-bit", "4-bit": "MoE, 4-bit"}
+            names |= {f"experts[{e['index']}]": f"expert {e['index']} ({e['source']})" for e in common["experts"]}
+            common["evals_md"] = evals_markdown(dict(scores), names)
         hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
         awq_repo = recipe.publish.awq.repo_id if recipe.publish.awq else f"{recipe.name}-AWQ"
@@ -230,6 +237,10 @@ class CardStage(Stage):
             )
         failed = failed_checks(ctx.inputs)
         for folder, (data, extra) in cards.items():
+            label, reader = MEASURED_ON[folder]
+            if scores and scores["models"].get(label, {}).get("reader") == reader:
+                data.eval_results = model_index(dict(scores), label) or None
+                data.model_name = extra["repo_id"] if data.eval_results else None
             out = ctx.out / folder
             out.mkdir()
             banner = failed_banner(recipe, failed.get(folder, []))

@@ -41,15 +41,27 @@ class ModelScores(TypedDict):
     tasks: dict[str, dict[str, float | str]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
 
 
+class TaskInfo(TypedDict):
+    shots: int | None  # the few-shot count asked for; None: the task's own
+    dataset: str | None  # its Hub dataset id, None for local data
+    higher_is_better: dict[str, bool]  # metric -> direction, as lm-eval reports it
+
+
 class EvalsResult(TypedDict):
     lm_eval: str  # the version that scored
+    limit: float | None  # documents per task (a share below 1)
     computed: int  # (model, task) runs this build made
     reused: int  # read from the score store
     models: dict[str, ModelScores]  # "base", "experts[i]", "moe", "4-bit"
+    tasks: dict[str, TaskInfo]
 
 
 def evals_result(result: StageResult) -> EvalsResult:
     return cast(EvalsResult, result.result)
+
+
+# Each published folder carries lm-eval's results; the Hub metadata of the model measured on it.
+MEASURED_ON = {"merged": ("moe", "hf"), "w4a16": ("4-bit", "hf"), "awq": ("4-bit", "frankenmoe-awq")}
 
 
 def include_folder(recipe: Recipe) -> Path | None:
@@ -75,7 +87,8 @@ class EvalsStage(Stage):
     version = 1
     depends = ("resolve", "gates", "quantize")
     optional_depends = ("w4a16",)
-    packages = ("lm_eval", "torch", "transformers", "datasets")
+    packages = ("lm_eval", "torch", "transformers", "datasets", "huggingface-hub")
+    publishes = {folder: f"published/{folder}" for folder in MEASURED_ON}
     diagnostics = ("logs/",)
 
     def enabled(self, recipe: Recipe) -> bool:
@@ -154,9 +167,47 @@ class EvalsStage(Stage):
             for label, reader in readers.items()
         }
         own = {label: {t: results[label, t] for t, _ in tasks} for label in readers}
+        first = next(iter(readers), "")
+        info: dict[str, TaskInfo] = {
+            t: {
+                "shots": shots,
+                "dataset": hub_dataset(benchmarks.leaf_configs(manager, t)),
+                "higher_is_better": results[first, t]["higher_is_better"].get(t, {}) if readers else {},
+            }
+            for t, shots in tasks
+        }
+        doc: EvalsResult = {
+            "lm_eval": version,
+            "limit": e.limit,
+            "computed": len(jobs),
+            "reused": reused,
+            "models": scores,
+            "tasks": info,
+        }
         write_json(ctx.out / "lm-eval-results.json", own)
-        write_json(ctx.out / "evals.json", {"lm_eval": version, "limit": e.limit, "models": scores})
-        return {"lm_eval": version, "computed": len(jobs), "reused": reused, "models": scores}
+        # what was measured, not how this run got it (computed or from the store)
+        write_json(ctx.out / "evals.json", {k: v for k, v in doc.items() if k not in ("computed", "reused")})
+        self.publish(ctx, doc, own)
+        return dict(doc)
+
+    def publish(self, ctx: StageContext, doc: EvalsResult, own: dict) -> None:
+        """lm-eval's results into every published folder; the Hub's `.eval_results/`
+        into the folder the scores were measured on."""
+        import yaml
+
+        from pipeline.measure.benchmark_report import eval_results_files
+
+        for folder, (label, reader) in MEASURED_ON.items():
+            if folder == "w4a16" and "w4a16" not in ctx.inputs:
+                continue
+            out = ctx.out / "published" / folder
+            out.mkdir(parents=True)
+            write_json(out / "lm-eval-results.json", own)
+            if doc["models"].get(label, {}).get("reader") != reader:
+                continue
+            for name, entries in eval_results_files(doc, label).items():
+                (out / ".eval_results").mkdir(exist_ok=True)
+                (out / ".eval_results" / name).write_text(yaml.safe_dump(entries, sort_keys=False), encoding="utf-8")
 
     def run_lm_eval(self, ctx: StageContext, jobs: list[dict]) -> None:
         (ctx.out / "logs").mkdir()
@@ -177,6 +228,17 @@ class EvalsStage(Stage):
         if code != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:]
             raise ToolFailed(f"evals: lm-eval failed (exit {code}){': ' + tail[0] if tail else ''}; full log: {log}")
+
+
+def hub_dataset(configs: list[dict]) -> str | None:
+    """The one Hub dataset a task's documents come from, or None (local files, several)."""
+    paths = {c.get("dataset_path") for c in configs}
+    if len(paths) != 1:
+        return None
+    (path,) = paths
+    if not path or path in benchmarks.LOCAL_BUILDERS or Path(path).exists():
+        return None
+    return path
 
 
 def table_row(doc: dict, task: str) -> dict[str, float | str]:
