@@ -435,7 +435,7 @@ class GgufSection(Strict):
         return value
 
 
-EVALS_MODELS = ("base", "experts", "moe", "4-bit")
+EVALS_MODELS = ("base", "experts", "moe", "4-bit", "gguf")
 
 
 class EvalsSection(Strict):
@@ -458,7 +458,8 @@ class EvalsSection(Strict):
     models: list[Literal[EVALS_MODELS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(EVALS_MODELS),
         min_length=1,
-        description="which models to score: the base, each expert, the 16-bit MoE, the 4-bit MoE",
+        description="which models to score: the base, each expert, the 16-bit MoE, the 4-bit MoE, each GGUF file "
+        "(gguf: by llama.cpp, when the build makes GGUF files)",
     )
 
     @model_validator(mode="after")

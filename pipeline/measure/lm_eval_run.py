@@ -7,10 +7,11 @@ store as soon as it is done (an interrupted run keeps what finished), and one pr
 line per model and task goes to stdout, which the stage relays (everything else lm-eval
 and the libraries print goes to stderr, the stage's log).
 
-The spec (written by pipeline/stages/evals.py): {"include": folder or null,
+The spec (written by pipeline/stages/evals.py): {"include": folder or null, "tokenizer": folder,
 "limit": number or null, "jobs": [{"label", "reader", "path", "store_file", "task", "shots"}]},
 jobs grouped by model. Readers: "hf" is lm-eval's own `hf` model type on a folder
-transformers reads; "frankenmoe-awq" is frankenmoe's AWQ reader wrapped in lm-eval's HFLM.
+transformers reads; "frankenmoe-awq" is frankenmoe's AWQ reader wrapped in lm-eval's HFLM; "frankenmoe-gguf" is
+llama.cpp on a GGUF file with the merged model's tokenizer (pipeline/measure/gguf_lm.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ VOLATILE = (
 )
 
 
-def load(reader: str, path: str):
-    """The lm-eval model for one folder, loaded once for all its tasks."""
+def load(reader: str, path: str, tokenizer: str | None):
+    """The lm-eval model for one folder (or GGUF file), loaded once for all its tasks."""
     from lm_eval.api.registry import get_model
 
     hf = get_model("hf")
@@ -50,6 +51,10 @@ def load(reader: str, path: str):
         from pipeline.checkpoints.loading import load_awq
 
         return hf(pretrained=load_awq(Path(path), "float32"), tokenizer=AutoTokenizer.from_pretrained(path), **common)
+    if reader == "frankenmoe-gguf":
+        from pipeline.measure.gguf_lm import GgufLM
+
+        return GgufLM(gguf=path, tokenizer=tokenizer)
     raise ValueError(f"unknown reader {reader!r}")
 
 
@@ -91,7 +96,7 @@ def main(spec_file: str) -> int:
     manager = task_manager(include, {j["task"] for j in jobs})
     done, start = 0, time.monotonic()
     for (label, reader, path), group in groupby(jobs, key=lambda j: (j["label"], j["reader"], j["path"])):
-        lm = load(reader, path)
+        lm = load(reader, path, spec["tokenizer"])
         for job in group:
             t = time.monotonic()
             out = evaluator.simple_evaluate(

@@ -151,6 +151,7 @@ class CardStage(Stage):
         if scores:
             names = {"base": f"base ({common['base']['source']})", "moe": "MoE, 16-bit", "4-bit": "MoE, 4-bit"}
             names |= {f"experts[{e['index']}]": f"expert {e['index']} ({e['source']})" for e in common["experts"]}
+            names |= {m: f"MoE, GGUF {m.split()[1]} (llama.cpp)" for m in scores["models"] if m.startswith("gguf ")}
             common["evals_md"] = evals_markdown(dict(scores), names)
         hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"

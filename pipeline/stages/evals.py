@@ -28,6 +28,7 @@ from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
 from pipeline.stages.compressed import compressed_dir
 from pipeline.stages.gates import routed_model
+from pipeline.stages.gguf import gguf_dir, gguf_result
 from pipeline.stages.quantize import quantized_model
 from pipeline.stages.resolve import model_paths
 from pipeline.support.child import run_relaying_stdout
@@ -37,7 +38,9 @@ from pipeline.support.versions import tool_versions
 
 
 class ModelScores(TypedDict):
-    reader: str  # "hf" (lm-eval's own, on the folder) or "frankenmoe-awq" (our reader in lm-eval's HFLM)
+    # "hf" (lm-eval's own, on the folder), "frankenmoe-awq" (our reader in lm-eval's HFLM),
+    # "frankenmoe-gguf" (llama.cpp on the file, pipeline/measure/gguf_lm.py)
+    reader: str
     tasks: dict[str, dict[str, float | str]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
 
 
@@ -52,7 +55,7 @@ class EvalsResult(TypedDict):
     limit: float | None  # documents per task (a share below 1)
     computed: int  # (model, task) runs this build made
     reused: int  # read from the score store
-    models: dict[str, ModelScores]  # "base", "experts[i]", "moe", "4-bit"
+    models: dict[str, ModelScores]  # "base", "experts[i]", "moe", "4-bit", "gguf <TYPE>"
     tasks: dict[str, TaskInfo]
 
 
@@ -69,7 +72,9 @@ def include_folder(recipe: Recipe) -> Path | None:
 
 
 def folder_identity(folder: Path, state: HashState) -> str:
-    """A model by its bytes: the sha256 of every file in its folder."""
+    """A model by its bytes: the sha256 of every file in its folder (or of its one GGUF file)."""
+    if folder.is_file():
+        return state.sha256(folder)
     return sha256_json({f.name: state.sha256(f) for f in sorted(folder.iterdir()) if f.is_file()})
 
 
@@ -86,7 +91,7 @@ class EvalsStage(Stage):
     name = "evals"
     version = 1
     depends = ("resolve", "gates", "quantize")
-    optional_depends = ("w4a16",)
+    optional_depends = ("w4a16", "gguf")
     packages = ("lm_eval", "torch", "transformers", "datasets", "huggingface-hub")
     publishes = {folder: f"published/{folder}" for folder in MEASURED_ON}
     diagnostics = ("logs/",)
@@ -126,6 +131,10 @@ class EvalsStage(Stage):
                 out.append(("4-bit", "hf", compressed_dir(ctx.inputs["w4a16"])))
             else:
                 out.append(("4-bit", "frankenmoe-awq", quantized_model(ctx.inputs["quantize"])))
+        if "gguf" in wanted and "gguf" in ctx.inputs:
+            folder = gguf_dir(ctx.inputs["gguf"])
+            files = gguf_result(ctx.inputs["gguf"])["files"]
+            out += [(f"gguf {t}", "frankenmoe-gguf", folder / f) for t, f in files.items()]
         return out
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
@@ -217,6 +226,7 @@ class EvalsStage(Stage):
                 {
                     "include": str(include.resolve()) if (include := include_folder(ctx.recipe)) else None,
                     "limit": ctx.recipe.evals.limit,
+                    "tokenizer": str(routed_model(ctx.inputs["gates"]).resolve()),
                     "jobs": jobs,
                 }
             )

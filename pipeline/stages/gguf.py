@@ -49,9 +49,14 @@ def gguf_result(result: StageResult) -> GgufResult:
     return cast(GgufResult, result.result)
 
 
+def gguf_dir(result: StageResult) -> Path:
+    """The folder of the GGUF files (gguf_result's `files` are named in it)."""
+    return result.path / "gguf"
+
+
 def gguf_report(result: StageResult) -> dict:
     """The stage's verify.json: the checks of every file."""
-    return json.loads((result.path / "gguf" / "verify.json").read_text())
+    return json.loads((gguf_dir(result) / "verify.json").read_text())
 
 
 class GgufStage(Stage):
