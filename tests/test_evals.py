@@ -177,3 +177,47 @@ def test_the_cards_carry_the_table_the_metadata_and_lm_evals_results(scored):
     assert moe["bits_per_byte"] == pytest.approx(doc["models"]["moe"]["tasks"][TASK]["bits_per_byte,none"], abs=1e-6)
     assert four["bits_per_byte"] == pytest.approx(doc["models"]["4-bit"]["tasks"][TASK]["bits_per_byte,none"], 1e-6)
     assert index["awq"] is None  # the 4-bit scores were measured on w4a16/, not on this folder
+
+
+def test_the_real_examples_gguf_files_are_scored_by_llama_cpp_near_the_16_bit_model(real, tmp_path):
+    """lm-eval over llama.cpp (pipeline/measure/gguf_lm.py) on the same token ids as the
+    hf model: Q8_0 lands within 1% of the 16-bit MoE's bits per byte, Q4_K_M within 5%."""
+    from tests.conftest import REAL_RECIPE
+
+    data = example_data(REAL_RECIPE)
+    tasks = ["frankenmoe_code_ppl", "frankenmoe_prose_mc"]
+    data["evals"] = {"enabled": True, "tasks": tasks, "include": "shipped:tasks", "limit": 4, "models": ["moe", "gguf"]}
+    recipe = write_recipe(tmp_path / "smollm2-2x.yaml", data)
+    subprocess.run(["cp", "-al", str(real["root"] / "build"), str(tmp_path / "build")], check=True)
+    shutil.rmtree(tmp_path / "build" / "smollm2-2x" / "evals", ignore_errors=True)
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    models = evals_json(tmp_path / "build", "smollm2-2x")["models"]
+    assert sorted(models) == ["gguf Q4_K_M", "gguf Q8_0", "moe"]
+    assert {models[m]["reader"] for m in models if m.startswith("gguf")} == {"frankenmoe-gguf"}
+    bpb = {m: models[m]["tasks"]["frankenmoe_code_ppl"]["bits_per_byte,none"] for m in models}
+    assert abs(bpb["gguf Q8_0"] / bpb["moe"] - 1) < 0.01, bpb
+    assert abs(bpb["gguf Q4_K_M"] / bpb["moe"] - 1) < 0.05, bpb
+    assert 0 <= models["gguf Q8_0"]["tasks"]["frankenmoe_prose_mc"]["acc,none"] <= 1
+    card = (tmp_path / "dist" / "smollm2-2x" / "merged" / "README.md").read_text()
+    assert "| MoE, GGUF Q8_0 (llama.cpp) | " in card
+
+
+def test_when_lm_eval_fails_the_log_the_message_names_is_kept(example, tmp_path):
+    tasks = task_folder(tmp_path)
+    (tasks / "broken.jsonl").write_text("this line is not JSON\n")  # found by preflight, unreadable by datasets
+    (tasks / "broken_task.yaml").write_text(
+        "task: broken_task\ndataset_path: json\ndataset_kwargs:\n  data_files: broken.jsonl\ntest_split: train\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: bits_per_byte\n"
+    )
+    data = example_data(EXAMPLE)
+    data["evals"] = {"enabled": True, "tasks": ["broken_task"], "include": str(tasks), "limit": 2, "models": ["moe"]}
+    recipe = write_recipe(tmp_path / "tiny-2x.yaml", data)
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(tmp_path / "build")], check=True)
+    shutil.rmtree(tmp_path / "build" / "tiny-2x" / "evals", ignore_errors=True)
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")
+    assert proc.returncode == 11, proc.stdout + proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: evals: lm-eval failed")]
+    log = Path(line.rsplit("full log: ", 1)[1])
+    assert log.is_file() and ".failed-" in str(log) and "Traceback" in log.read_text(), line

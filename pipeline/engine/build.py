@@ -4,6 +4,7 @@ under the build's flock, and publishes to dist/.
 Layout, for a recipe named N:
     build/N/<stage>/<key>/        a finished stage output with its record.json
     build/N/<stage>/.tmp-<key>-*  a stage being written (never read as a result)
+    build/N/<stage>/.failed-<key>/  the logs of the last run of that key that failed
     build/N/.lock                 held (flock) by the running build of N
     build/N/.locks/<stage>-<key>  held (flock) while that key is looked up and written
     build/N/.variants/V/          lock and published.json of variant V of a sweep or study
@@ -38,7 +39,7 @@ from pipeline.engine.graph import check_names, dependencies, enabled_stages, sel
 from pipeline.engine.keys import key_material, key_of
 from pipeline.engine.preflight import run_preflight
 from pipeline.engine.publish import check_publish_targets, publish, published_folders
-from pipeline.errors import EnvironmentProblem, NotBuiltError, UsageError
+from pipeline.errors import EnvironmentProblem, FrankenmoeError, NotBuiltError, UsageError
 from pipeline.provenance.lockfile import current_lock, require_match
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -96,8 +97,14 @@ def run_stage(
             ctx = StageContext(
                 recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
             )
-            with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with the stage
-                result = stage.run(ctx)
+            try:
+                with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with it
+                    result = stage.run(ctx)
+            except FrankenmoeError as e:  # its message names a log in `tmp`, which is about to be removed
+                kept = keep_diagnostics(stage, tmp, stage_dir / f".failed-{key}")
+                e.problems = [p.replace(str(tmp), str(kept)) for p in e.problems]
+                e.args = ("; ".join(e.problems),)
+                raise
             files = {}
             for f in output_files(tmp):
                 files[f.relative_to(tmp).as_posix()] = {"sha256": state.sha256(f), "size": f.stat().st_size}
@@ -112,6 +119,19 @@ def run_stage(
             fsync_tree(tmp)
     state.save()
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
+
+
+def keep_diagnostics(stage: Stage, tmp: Path, kept: Path) -> Path:
+    """Move a failed run's diagnostics (its logs: `stage.diagnostics`) out of its
+    temporary folder to `kept`, replacing an older failure's, so the log an error
+    message names still exists after the temporary folder is removed."""
+    shutil.rmtree(kept, ignore_errors=True)
+    for name in stage.diagnostics:
+        src = tmp / name.rstrip("/")
+        if src.exists():
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(kept / src.name))
+    return kept
 
 
 @contextmanager
