@@ -83,13 +83,14 @@ def multiple_choice(docs: list[dict], rng: random.Random) -> list[dict]:
     return items
 
 
-PPL_YAML = """task: frankenmoe_{domain}_ppl
+HEADER = """task: frankenmoe_{domain}_{kind}
 tag: frankenmoe_example
 dataset_path: json
 dataset_kwargs:
-  data_files: frankenmoe_{domain}_ppl.jsonl
+  data_files: frankenmoe_{domain}_{kind}.jsonl
 test_split: train
-output_type: loglikelihood_rolling
+"""
+PPL_YAML = """output_type: loglikelihood_rolling
 doc_to_text: ''
 doc_to_target: text
 metric_list:
@@ -99,14 +100,7 @@ metric_list:
 metadata:
   version: 1.0
 """
-
-MC_YAML = """task: frankenmoe_{domain}_mc
-tag: frankenmoe_example
-dataset_path: json
-dataset_kwargs:
-  data_files: frankenmoe_{domain}_mc.jsonl
-test_split: train
-output_type: multiple_choice
+MC_YAML = """output_type: multiple_choice
 doc_to_text: context
 doc_to_choice: choices
 doc_to_target: label
@@ -156,8 +150,8 @@ def main() -> None:
         mc = multiple_choice(docs, rng)
         write_jsonl(args.out / f"frankenmoe_{domain}_ppl.jsonl", ppl)
         write_jsonl(args.out / f"frankenmoe_{domain}_mc.jsonl", mc)
-        (args.out / f"frankenmoe_{domain}_ppl.yaml").write_text(PPL_YAML.format(domain=domain))
-        (args.out / f"frankenmoe_{domain}_mc.yaml").write_text(MC_YAML.format(domain=domain))
+        for kind, body in (("ppl", PPL_YAML), ("mc", MC_YAML)):
+            (args.out / f"frankenmoe_{domain}_{kind}.yaml").write_text(HEADER.format(domain=domain, kind=kind) + body)
         provenance["domains"][domain] = {
             "source": f"{domain}/eval.jsonl",
             "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
