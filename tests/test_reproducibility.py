@@ -168,6 +168,7 @@ def test_published_folders_carry_build_json(example, monkeypatch):
             "baseline",
             "evaluate",
             "verify",
+            "w4a16",
             "card",
         }
         assert all(len(s["key"]) == 16 and "wall_s" not in s for s in manifest["stages"].values())

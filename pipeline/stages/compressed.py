@@ -116,6 +116,15 @@ def convert(awq: Path, out: Path) -> None:
     convert_checkpoint(awq, out, AutoAWQConverter.from_pretrained(str(awq)), max_workers=1, device="cpu")
 
 
+def first_forward(model) -> None:
+    """compressed-tensors dispatches the model, drawing its own bar, at the first
+    forward pass: one token through it here keeps that bar in the stage's log."""
+    import torch
+
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[0]]))
+
+
 def verify_through_transformers(
     recipe: Recipe, evaluate: StageResult, merged: Path, folder: Path, log_file: Path
 ) -> dict:
@@ -130,6 +139,7 @@ def verify_through_transformers(
     try:
         with libraries_output(log_file):
             model = load_merged(folder)
+            first_forward(model)
         problems = []
     except InputFileError as e:
         problems = [str(e)]
