@@ -459,7 +459,8 @@ class EvalsSection(Strict):
         default_factory=lambda: list(EVALS_MODELS),
         min_length=1,
         description="which models to score: the base, each expert, the 16-bit MoE, the 4-bit MoE, each GGUF file "
-        "(gguf: by llama.cpp, when the build makes GGUF files)",
+        "(gguf: by llama.cpp; by default only when the build makes GGUF files, listed with gguf.enabled false it "
+        "is refused)",
     )
 
     @model_validator(mode="after")

@@ -130,6 +130,16 @@ def test_a_task_whose_data_cannot_be_reached_stops_the_build_before_any_model_lo
     assert not (tmp_path / "build" / "tiny-2x" / "resolve").exists() and time.monotonic() - start < 120
 
 
+def test_gguf_scores_without_gguf_files_are_refused_before_anything_runs(tmp_path):
+    data = example_data(EXAMPLE)  # the toy makes no GGUF files
+    data["evals"] = {"enabled": True, "tasks": [TASK], "include": str(task_folder(tmp_path)), "models": ["gguf"]}
+    proc = run_cli("plan", str(write_recipe(tmp_path / "tiny-2x.yaml", data)), build=tmp_path / "build")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: evals.models: gguf, but gguf.enabled is false; make GGUF files or drop gguf"
+    ]
+
+
 def test_an_unknown_task_is_named_in_one_line(tmp_path):
     recipe = evals_recipe(tmp_path, tasks=["no_such_task_anywhere"])
     proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build")

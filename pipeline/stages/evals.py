@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from pipeline.errors import ToolFailed
+from pipeline.errors import RecipeError, ToolFailed
 from pipeline.measure import benchmarks
 from pipeline.recipe import Recipe
 from pipeline.stages.base import Stage, StageContext, StageResult
@@ -114,6 +114,9 @@ class EvalsStage(Stage):
         }
 
     def preflight(self, recipe: Recipe) -> None:
+        asked = "models" in recipe.evals.model_fields_set  # by default, gguf means the GGUF files there are
+        if asked and "gguf" in recipe.evals.models and not recipe.gguf.enabled:
+            raise RecipeError("evals.models: gguf, but gguf.enabled is false; make GGUF files or drop gguf")
         benchmarks.check_tasks(recipe.evals.tasks, include_folder(recipe))
 
     def models(self, ctx: StageContext) -> list[tuple[str, str, Path]]:
@@ -152,10 +155,8 @@ class EvalsStage(Stage):
             readers[label] = reader
             model_id = folder_identity(folder, ctx.state)
             for task, shots in tasks:
-                key = sha256_json(
-                    {"model": model_id, "reader": reader, "task": task_ids[task], "shots": shots, "limit": e.limit}
-                    | {"lm_eval": version}
-                )
+                material = {"model": model_id, "reader": reader, "task": task_ids[task], "shots": shots}
+                key = sha256_json({**material, "limit": e.limit, "lm_eval": version})
                 files[label, task] = store / f"{key}.json"
                 if not files[label, task].is_file():
                     job = {
