@@ -122,6 +122,11 @@ def check_tasks(tasks: Iterable[str], include: Path | None) -> None:
         raise (RecipeError if any("no lm-eval task" in p for p in problems) else InputFileError)(problems)
 
 
+# Part of every score's key: bump it when what a stored document holds changes.
+# 2: the document names no model (it is shared between recipes).
+STORE_FORMAT = 2
+
+
 def store_root() -> Path:
     """Scores kept once per machine, shared by every recipe and clone (as llama.cpp's build is)."""
     return settings.cache_root() / "evals"

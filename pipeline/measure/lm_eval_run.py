@@ -70,12 +70,14 @@ def portable(value: Any) -> Any:
     return value
 
 
-def result_document(out: dict, label: str) -> dict:
-    """What is kept of simple_evaluate's answer: the measurements and their settings."""
+def result_document(out: dict) -> dict:
+    """What is kept of simple_evaluate's answer: the measurements and their settings.
+    The store shares it between recipes, so nothing names the model as one recipe does
+    (its label there, its folder): the results file's keys say which model it is."""
     doc = {k: v for k, v in out.items() if k not in VOLATILE and k != "samples"}
     config = dict(doc.get("config") or {})
-    config["model_args"] = label
-    config.pop("model_dtype", None)
+    for name in ("model_args", "model_dtype"):
+        config.pop(name, None)
     doc["config"] = config
     return json.loads(json.dumps(portable(doc), default=str))
 
@@ -108,7 +110,7 @@ def main(spec_file: str) -> int:
                 log_samples=False,
                 bootstrap_iters=1000,
             )
-            write_json(Path(job["store_file"]), result_document(out, label))
+            write_json(Path(job["store_file"]), result_document(out))
             done += 1
             spent = time.monotonic() - start
             left = spent / done * (len(jobs) - done)

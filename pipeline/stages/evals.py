@@ -156,7 +156,7 @@ class EvalsStage(Stage):
             model_id = folder_identity(folder, ctx.state)
             for task, shots in tasks:
                 material = {"model": model_id, "reader": reader, "task": task_ids[task], "shots": shots}
-                key = sha256_json({**material, "limit": e.limit, "lm_eval": version})
+                key = sha256_json({**material, "limit": e.limit, "lm_eval": version, "format": benchmarks.STORE_FORMAT})
                 files[label, task] = store / f"{key}.json"
                 if not files[label, task].is_file():
                     job = {
