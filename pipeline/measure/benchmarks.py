@@ -81,12 +81,11 @@ def unreachable(cfg: dict[str, Any], include: Path | None) -> str | None:
     path = cfg.get("dataset_path")
     if not path:
         return None  # a task that brings its own documents
-    kwargs = dict(cfg.get("dataset_kwargs") or {})
     if path in LOCAL_BUILDERS:
         missing = [f for f in local_data_files(cfg, include) if not f.is_file()]
         return f"no file {missing[0]}" if missing else None
     try:
-        datasets.load_dataset_builder(path, cfg.get("dataset_name"), **kwargs)
+        datasets.load_dataset_builder(path, cfg.get("dataset_name"), **(cfg.get("dataset_kwargs") or {}))
     except Exception as e:  # datasets says offline, not found or refused in its own classes
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return f"{type(e).__name__}: {first[:200]}"

@@ -177,12 +177,12 @@ class EvalsStage(Stage):
             for label, reader in readers.items()
         }
         own = {label: {t: results[label, t] for t, _ in tasks} for label in readers}
-        first = next(iter(readers), "")
         info: dict[str, TaskInfo] = {
             t: {
                 "shots": shots,
                 "dataset": hub_dataset(benchmarks.leaf_configs(manager, t)),
-                "higher_is_better": results[first, t]["higher_is_better"].get(t, {}) if readers else {},
+                # lm-eval says it per task, the same in every model's results
+                "higher_is_better": next((results[m, t]["higher_is_better"].get(t, {}) for m in readers), {}),
             }
             for t, shots in tasks
         }
