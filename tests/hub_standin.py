@@ -18,8 +18,8 @@ On disk under `root` (so a restarted server sees the same repos):
     repos/<ns>/<name>/objects/<sha256>    file contents, LFS and regular alike
 
 Known differences from the real Hub: a new repo has no "initial commit" and no .gitattributes (so the commit
-count is the number of pushes); model repos only; no pull requests or .gitignore handling; README metadata is
-checked for structure only (no YAML parser in the standard library).
+count is the number of pushes); model and dataset repos share one namespace; no pull requests or .gitignore
+handling; README metadata is checked for structure only (no YAML parser in the standard library).
 """
 
 from __future__ import annotations
@@ -499,8 +499,8 @@ class Handler(BaseHTTPRequestHandler):
     def api_create_repo(self, query: dict) -> None:
         self._require_token()
         body = self._json()
-        if body.get("type") not in (None, "model"):
-            raise HubError(400, "The Hub stand-in only hosts model repos.")
+        if body.get("type") not in (None, "model", "dataset"):
+            raise HubError(400, "The Hub stand-in only hosts model and dataset repos.")
         repo = check_repo_id(f"{body.get('organization') or USER}/{body.get('name')}")
         private = body.get("visibility", "private" if body.get("private") else "public") != "public"
         url = f"{self.server.hub.url}/{repo}"
@@ -764,26 +764,28 @@ class Handler(BaseHTTPRequestHandler):
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+# Dataset repos share the models' store (one namespace) and every route: /api/datasets/... and
+# /datasets/<repo>/... are the model routes under another prefix, enough for `datasets` to read a repo.
+_API = r"/api/(?:models|datasets)"
+_FILES = r"(?:/datasets)?"
 Handler.ROUTES = [
     (methods, re.compile(pattern), name)
     for methods, pattern, name in (
         ("GET", r"/api/whoami-v2", "api_whoami"),
         ("POST", r"/api/repos/create", "api_create_repo"),
         ("POST", r"/api/validate-yaml", "api_validate_yaml"),
-        ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
-        # Datasets share the models' store (one namespace): enough to resolve a revision to a commit.
-        ("GET", rf"/api/datasets/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
-        ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
-        ("POST", rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
-        ("GET", rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
-        ("GET", rf"/api/models/{_REPO}/refs", "api_refs"),
-        ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
-        ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
-        ("GET POST", rf"/api/models/{_REPO}/xet-(?:read|write)-token/.*", "api_no_xet"),
-        ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
-        ("POST", rf"/{_REPO}\.git/info/lfs/objects/verify", "api_lfs_verify"),
+        ("GET", rf"{_API}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_model_info"),
+        ("GET", rf"{_API}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
+        ("POST", rf"{_API}/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
+        ("GET", rf"{_API}/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
+        ("GET", rf"{_API}/{_REPO}/refs", "api_refs"),
+        ("POST", rf"{_API}/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
+        ("POST", rf"{_API}/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
+        ("GET POST", rf"{_API}/{_REPO}/xet-(?:read|write)-token/.*", "api_no_xet"),
+        ("POST", rf"{_FILES}/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
+        ("POST", rf"{_FILES}/{_REPO}\.git/info/lfs/objects/verify", "api_lfs_verify"),
         ("PUT", rf"/_standin/lfs/{_REPO}/(?P<oid>[0-9a-f]{{64}})", "api_lfs_put"),
-        ("GET HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
+        ("GET HEAD", rf"{_FILES}/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
     )
 ]
 

@@ -130,6 +130,45 @@ def test_a_task_whose_data_cannot_be_reached_stops_the_build_before_any_model_lo
     assert not (tmp_path / "build" / "tiny-2x" / "resolve").exists() and time.monotonic() - start < 120
 
 
+def test_a_hub_task_runs_with_its_data_from_the_hub_standin(example, hub, tmp_path, monkeypatch):
+    """The path a user with the Hub takes: lm-eval's own `hellaswag` task, its
+    `dataset_path: Rowan/hellaswag` read by `datasets` from HF_ENDPOINT over HTTP
+    (a repo of HellaSwag's shape on the stand-in), and the Hub metadata names that dataset."""
+    from huggingface_hub import constants
+
+    from tests.conftest import HUB_TOKEN
+    from tests.hub_datasets import upload_hellaswag
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the stand-in has no Xet storage
+    upload_hellaswag(hub, HUB_TOKEN, tmp_path)
+    data = example_data(EXAMPLE)
+    data["evals"] = {"enabled": True, "tasks": ["hellaswag"], "limit": 4, "models": ["moe"]}
+    recipe = write_recipe(tmp_path / "tiny-2x.yaml", data)
+    subprocess.run(["cp", "-al", str(example["root"] / "build"), str(tmp_path / "build")], check=True)
+    shutil.rmtree(tmp_path / "build" / "tiny-2x" / "evals", ignore_errors=True)
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1"}
+    env.update({"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"})
+    proc = build(recipe, tmp_path, tmp_path / "store", tmp_path / "build", env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = evals_json(tmp_path / "build")
+    row = doc["models"]["moe"]["tasks"]["hellaswag"]
+    assert 0 <= row["acc,none"] <= 1 and row["acc_stderr,none"] > 0, row
+    assert doc["tasks"]["hellaswag"]["dataset"] == "Rowan/hellaswag"
+    fetched = [p for m, p in hub.requests if m == "GET" and p.startswith("/datasets/Rowan/hellaswag/resolve/")]
+    assert {p.rsplit("/", 1)[1] for p in fetched} == {  # over HTTP: both splits (train: the few-shot pool)
+        "train-00000-of-00001.parquet",
+        "validation-00000-of-00001.parquet",
+    }, hub.requests
+    (entry,) = yaml_load(tmp_path / "dist" / "tiny-2x" / "merged" / ".eval_results" / "hellaswag.yaml")
+    assert entry["dataset"]["id"] == "Rowan/hellaswag" and entry["value"] == pytest.approx(row["acc,none"], abs=1e-6)
+
+
+def yaml_load(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def test_gguf_scores_without_gguf_files_are_refused_before_anything_runs(tmp_path):
     data = example_data(EXAMPLE)  # the toy makes no GGUF files
     data["evals"] = {"enabled": True, "tasks": [TASK], "include": str(task_folder(tmp_path)), "models": ["gguf"]}
