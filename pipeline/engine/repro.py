@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from pipeline.errors import FrankenmoeError, NotReproducible, ToolFailed, exit_code
 from pipeline.stages.base import Stage, published_subfolder
+from pipeline.support import settings
 from pipeline.support.hashing import sha256_file
 from pipeline.support.owned import claim_work_folder
 
@@ -52,6 +54,9 @@ def _build(
     from pipeline.support.secrets import scrub
 
     quiet_environment()
+    # each build computes its benchmark scores itself: a shared store would hand the
+    # second build the first one's, and the comparison of those files could not fail
+    os.environ[settings.EVALS_STORE] = str(root / "evals-store")
     try:
         recipe = load_recipe(recipe_file, root=paths_from)
         locked = read_lock(lock_file) if lock_file is not None else None

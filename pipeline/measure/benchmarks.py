@@ -128,4 +128,4 @@ STORE_FORMAT = 2
 
 def store_root() -> Path:
     """Scores kept once per machine, shared by every recipe and clone (as llama.cpp's build is)."""
-    return settings.cache_root() / "evals"
+    return settings.evals_store()

@@ -16,6 +16,7 @@ BUILD_DIR = "FRANKENMOE_BUILD_DIR"  # where build/ is (default ./build)
 DIST_DIR = "FRANKENMOE_DIST_DIR"  # where dist/ is (default ./dist)
 NO_PROGRESS = "FRANKENMOE_NO_PROGRESS"  # any value: no progress bars, even on a terminal
 CACHE = "FRANKENMOE_CACHE"  # the machine-wide cache: llama.cpp's wheel (default ~/.cache/frankenmoe)
+EVALS_STORE = "FRANKENMOE_EVALS_STORE"  # the benchmark score store (default $FRANKENMOE_CACHE/evals)
 FIXTURES_CACHE = "FRANKENMOE_FIXTURES_CACHE"  # the examples' models shared by clones; empty: off
 AWQ_DTYPE = "FRANKENMOE_AWQ_DTYPE"  # float16, bfloat16 or float32: AWQ's compute dtype instead of the machine's
 AWQ_SPEEDUPS = "FRANKENMOE_AWQ_SPEEDUPS"  # all (default), none, or a comma list of the engine's speed-ups
@@ -29,6 +30,7 @@ VARIABLES = (
     DIST_DIR,
     NO_PROGRESS,
     CACHE,
+    EVALS_STORE,
     FIXTURES_CACHE,
     AWQ_DTYPE,
     AWQ_SPEEDUPS,
@@ -53,6 +55,12 @@ def progress_off() -> bool:
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE, Path.home() / ".cache" / "frankenmoe"))
+
+
+def evals_store() -> Path:
+    """Scores kept once per machine, shared by every recipe and clone; repro-check gives each build its own."""
+    value = os.environ.get(EVALS_STORE)
+    return Path(value) if value else cache_root() / "evals"
 
 
 def fixtures_cache() -> Path | None:
