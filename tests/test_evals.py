@@ -72,7 +72,8 @@ def scored(example, tmp_path_factory) -> dict:
 def test_every_model_is_scored_with_a_progress_line_each(scored):
     doc = evals_json(scored["build"])
     assert sorted(doc["models"]) == MODELS and doc["lm_eval"] == "0.4.13"
-    assert {m["reader"] for m in doc["models"].values()} == {"hf"}  # the 4-bit model: lm-eval's hf on w4a16/
+    readers = {label: m["reader"] for label, m in doc["models"].items()}
+    assert readers == {**dict.fromkeys(MODELS, "hf"), "4-bit": "transformers-dequantized"}  # from w4a16/
     for label in MODELS:
         row = doc["models"][label]["tasks"][TASK]
         assert 1 < row["byte_perplexity,none"] < 50, (label, row)
@@ -82,19 +83,32 @@ def test_every_model_is_scored_with_a_progress_line_each(scored):
     assert len(set(rows)) == len(rows)
 
 
-def test_the_moe_figure_is_what_the_lm_eval_cli_gives_on_the_merged_folder(scored, example, tmp_path):
+def lm_eval_cli(folder: Path, tasks: Path, out: Path) -> dict:
+    """lm-eval's own command line with its `hf` model on `folder`: the task's results."""
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf"]
-    cmd += ["--model_args", f"pretrained={example['merged']},dtype=float32", "--device", "cpu", "--batch_size", "4"]
-    cmd += ["--tasks", TASK, "--include_path", str(scored["root"] / "tasks"), "--limit", "4"]
-    cmd += ["--output_path", str(tmp_path / "out")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    cmd += ["--model_args", f"pretrained={folder},dtype=float32", "--device", "cpu", "--batch_size", "4"]
+    cmd += ["--tasks", TASK, "--include_path", str(tasks), "--limit", "4", "--output_path", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(out / "hf")}
+    proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (results,) = list((tmp_path / "out").rglob("results_*.json"))
-    cli = json.loads(results.read_text())["results"][TASK]
+    (results,) = list(out.rglob("results_*.json"))
+    return json.loads(results.read_text())["results"][TASK]
+
+
+def test_the_moe_figure_is_what_the_lm_eval_cli_gives_on_the_merged_folder(scored, example, tmp_path):
+    cli = lm_eval_cli(example["merged"], scored["root"] / "tasks", tmp_path / "out")
     ours = evals_json(scored["build"])["models"]["moe"]["tasks"][TASK]
     for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
         assert ours[metric] == pytest.approx(cli[metric], rel=1e-6), metric
+
+
+def test_the_4_bit_figure_is_what_the_lm_eval_cli_gives_on_the_w4a16_folder(scored, example, tmp_path):
+    """The stage loads w4a16/ dequantized and in float32 (faster on CPU); lm-eval's `hf`
+    on the folder decompresses at the first forward: the same scores."""
+    cli = lm_eval_cli(example["root"] / "dist" / "tiny-2x" / "w4a16", scored["root"] / "tasks", tmp_path / "out")
+    ours = evals_json(scored["build"])["models"]["4-bit"]["tasks"][TASK]
+    for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+        assert ours[metric] == pytest.approx(cli[metric], rel=1e-4), metric
 
 
 def test_scores_come_from_the_store_for_the_same_models_and_a_recipe_sharing_the_experts(scored, tmp_path):

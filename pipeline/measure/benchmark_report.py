@@ -68,14 +68,12 @@ def evals_markdown(doc: dict, names: dict[str, str]) -> str:
     scores, tasks = doc["models"], doc["tasks"]
     readers = {m: s["reader"] for m, s in scores.items()}
     four = readers.get("4-bit")
-    how = (
-        "the 4-bit model through the same `hf` model on the compressed-tensors (w4a16) folder"
-        if four == "hf"
-        else "the 4-bit model through frankenmoe's AWQ reader inside lm-eval's `HFLM` (transformers cannot read "
-        "the AWQ folder)"
-        if four
-        else None
-    )
+    how = {
+        "transformers-dequantized": "the 4-bit model through lm-eval's `HFLM` over transformers' `from_pretrained` on "
+        "the compressed-tensors (w4a16) folder, dequantized at load",
+        "frankenmoe-awq": "the 4-bit model through frankenmoe's AWQ reader inside lm-eval's `HFLM` (transformers "
+        "cannot read the AWQ folder)",
+    }.get(four or "")
     limit = doc["limit"]
     lines = [
         "## Evaluation results",
@@ -86,6 +84,11 @@ def evals_markdown(doc: dict, names: dict[str, str]) -> str:
         + ("every document of each task" if not limit else "")
         + "; every model through lm-eval's own `hf` model type on its folder"
         + (f", {how}" if how else "")
+        + (
+            ", each GGUF file through llama.cpp as the lm-eval model `frankenmoe-gguf` (the 16-bit model's tokenizer)"
+            if "frankenmoe-gguf" in readers.values()
+            else ""
+        )
         + ". Scores ± lm-eval's stderr; results JSON: `lm-eval-results.json`.",
         "",
     ]

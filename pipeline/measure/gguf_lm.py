@@ -4,9 +4,11 @@ Registered with lm-eval as `frankenmoe-gguf` (model_args: gguf=FILE, tokenizer=F
 The text is tokenized by the merged model's own tokenizer, as lm-eval's `hf` model does
 (TemplateLM's context/continuation split, HFLM's prefix token and rolling windows), and
 llama.cpp runs those token ids: a GGUF score differs from the 16-bit one by the weights
-alone, not by a second tokenizer. Each sequence is evaluated with a fresh KV cache, in
-windows of at most 2048 tokens (lm-eval's hf model takes the model's own context length:
-a rolling document longer than 2048 tokens is cut into more windows here).
+alone, not by a second tokenizer. Each sequence reuses the KV cache of the tokens it
+shares with the sequence before (the choices of a multiple-choice item share its
+context: lm-eval asks for them one after another), in windows of at most 2048 tokens
+(lm-eval's hf model takes the model's own context length: a rolling document longer
+than 2048 tokens is cut into more windows here).
 Runs only inside the lm-eval child process (pipeline/measure/lm_eval_run.py).
 """
 
@@ -61,8 +63,12 @@ class GgufLM(TemplateLM):
         if n == 0:
             return 0.0, True
         ids = (context + continuation)[-(self.max_length + 1) :]
-        self.llm.reset()
-        self.llm.eval(ids[:-1])
+        # the KV cache of the tokens this sequence shares with the last one is kept (a
+        # multiple-choice item's choices share its context), at least one token is run
+        head = ids[:-1]
+        keep = min(self.llm.longest_token_prefix(self.llm.input_ids[: self.llm.n_tokens].tolist(), head), len(head) - 1)
+        self.llm.n_tokens = keep
+        self.llm.eval(head[keep:])
         logits = np.asarray(self.llm.scores[: len(ids) - 1], dtype=np.float64)[-n:]
         logits -= logits.max(axis=-1, keepdims=True)
         logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))

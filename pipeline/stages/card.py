@@ -87,7 +87,9 @@ def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
 
 class CardStage(Stage):
     name = "card"
-    version = 4  # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers. 4: evals
+    # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers. 4: evals.
+    # 5: evals in the GGUF card
+    version = 5
     depends = ("lock", "resolve", "gates", "quantize", "verify")
     optional_depends = ("gguf", FOLDER, "evals")
     packages = ("huggingface-hub",)
@@ -253,9 +255,8 @@ class CardStage(Stage):
         shutil.copy2(verify_dir / "routing.png", ctx.out / "merged" / "routing.png")
         if "gguf" in ctx.inputs:
             (ctx.out / "gguf").mkdir()
-            card = gguf_card(
-                recipe, license_id, bid, gguf_result(ctx.inputs["gguf"])["files"], gguf_report(ctx.inputs["gguf"])
-            )
+            files, report = gguf_result(ctx.inputs["gguf"])["files"], gguf_report(ctx.inputs["gguf"])
+            card = gguf_card(recipe, license_id, bid, files, report, common.get("evals_md"))
             (ctx.out / "gguf" / "README.md").write_text(card, encoding="utf-8")
         ctx.log(f"card      license {license_id}, build id {bid}")
         return {"build_id": bid, "license": license_id}
@@ -364,8 +365,11 @@ def _weights(result: StageResult, prefix: str) -> dict[str, str]:
     }
 
 
-def gguf_card(recipe: Recipe, license_id: str, bid: str, files: dict[str, str], report: dict) -> str:
-    """The GGUF folder's README.md: the files, llama.cpp's checks of each, and how to run them."""
+def gguf_card(
+    recipe: Recipe, license_id: str, bid: str, files: dict[str, str], report: dict, evals_md: str | None = None
+) -> str:
+    """The GGUF folder's README.md: the files, llama.cpp's checks of each, how to run
+    them, and the benchmark tables (each GGUF type's row next to the other models')."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from pipeline.quantization.llama_cpp import VERSION
@@ -421,7 +425,7 @@ llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
 print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])
 ```
 
-Provenance: `build.json` holds the recipe, the lock and every stage's record.
+{evals_md + chr(10) if evals_md else ""}Provenance: `build.json` holds the recipe, the lock and every stage's record.
 
 {render_gguf_report(report).replace("## GGUF verification by llama.cpp", "## Verification", 1)}"""
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

@@ -1,9 +1,10 @@
 """evals: standard benchmarks by lm-evaluation-harness, on every model of the build.
 
 The base, each expert and the 16-bit MoE are scored by lm-eval's own `hf` model type
-on their folders; the 4-bit MoE by the same `hf` model on the w4a16 folder where the
-build made one (a reader that is not ours), else by frankenmoe's AWQ reader wrapped in
-lm-eval's HFLM, and the record says which. lm-eval runs in a child process
+on their folders; the 4-bit MoE, where the build made a w4a16 folder, by lm-eval's HFLM
+over the model transformers reads from it (a reader that is not ours; dequantized at
+load, see pipeline/measure/lm_eval_run.py), else by frankenmoe's AWQ reader wrapped in
+HFLM, and the record says which. lm-eval runs in a child process
 (pipeline/measure/lm_eval_run.py).
 
 A score is kept in the machine-wide store (pipeline/measure/benchmarks.py) under the
@@ -38,7 +39,9 @@ from pipeline.support.versions import tool_versions
 
 
 class ModelScores(TypedDict):
-    # "hf" (lm-eval's own, on the folder), "frankenmoe-awq" (our reader in lm-eval's HFLM),
+    # "hf" (lm-eval's own, on the folder), "transformers-dequantized" (lm-eval's HFLM over the
+    # model transformers reads from the w4a16 folder, dequantized at load), "frankenmoe-awq" (our
+    # reader in lm-eval's HFLM),
     # "frankenmoe-gguf" (llama.cpp on the file, pipeline/measure/gguf_lm.py)
     reader: str
     tasks: dict[str, dict[str, float | str]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
@@ -64,7 +67,11 @@ def evals_result(result: StageResult) -> EvalsResult:
 
 
 # Each published folder carries lm-eval's results; the Hub metadata of the model measured on it.
-MEASURED_ON = {"merged": ("moe", "hf"), "w4a16": ("4-bit", "hf"), "awq": ("4-bit", "frankenmoe-awq")}
+MEASURED_ON = {
+    "merged": ("moe", "hf"),
+    "w4a16": ("4-bit", "transformers-dequantized"),
+    "awq": ("4-bit", "frankenmoe-awq"),
+}
 
 
 def include_folder(recipe: Recipe) -> Path | None:
@@ -89,11 +96,11 @@ def task_identity(manager, task: str, include: Path | None, state: HashState) ->
 
 class EvalsStage(Stage):
     name = "evals"
-    version = 1
+    version = 2  # 2: the 4-bit model read dequantized; lm-eval's results in gguf/ too
     depends = ("resolve", "gates", "quantize")
     optional_depends = ("w4a16", "gguf")
     packages = ("lm_eval", "torch", "transformers", "datasets", "huggingface-hub")
-    publishes = {folder: f"published/{folder}" for folder in MEASURED_ON}
+    publishes = {folder: f"published/{folder}" for folder in (*MEASURED_ON, "gguf")}
     diagnostics = ("logs/",)
 
     def enabled(self, recipe: Recipe) -> bool:
@@ -131,7 +138,7 @@ class EvalsStage(Stage):
             out.append(("moe", "hf", routed_model(ctx.inputs["gates"])))
         if "4-bit" in wanted:
             if "w4a16" in ctx.inputs:
-                out.append(("4-bit", "hf", compressed_dir(ctx.inputs["w4a16"])))
+                out.append(("4-bit", "transformers-dequantized", compressed_dir(ctx.inputs["w4a16"])))
             else:
                 out.append(("4-bit", "frankenmoe-awq", quantized_model(ctx.inputs["quantize"])))
         if "gguf" in wanted and "gguf" in ctx.inputs:
@@ -202,17 +209,18 @@ class EvalsStage(Stage):
 
     def publish(self, ctx: StageContext, doc: EvalsResult, own: dict) -> None:
         """lm-eval's results into every published folder; the Hub's `.eval_results/`
-        into the folder the scores were measured on."""
+        into the folder the scores were measured on (not gguf/: it holds several models)."""
         import yaml
 
         from pipeline.measure.benchmark_report import eval_results_files
 
-        for folder, (label, reader) in MEASURED_ON.items():
-            if folder == "w4a16" and "w4a16" not in ctx.inputs:
+        for folder in self.publishes:
+            if folder in ("w4a16", "gguf") and folder not in ctx.inputs:
                 continue
             out = ctx.out / "published" / folder
             out.mkdir(parents=True)
             write_json(out / "lm-eval-results.json", own)
+            label, reader = MEASURED_ON.get(folder, ("", ""))  # gguf/: several models, no metadata
             if doc["models"].get(label, {}).get("reader") != reader:
                 continue
             for name, entries in eval_results_files(doc, label).items():
