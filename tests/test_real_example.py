@@ -94,3 +94,27 @@ def test_real_example_w4a16_runs_in_transformers_and_matches_the_16_bit_model(re
     out = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     completion = tokenizer.decode(out[0], skip_special_tokens=True).split("def fibonacci(n):", 1)[1]
     assert "return" in completion and ("if n" in completion or "fibonacci(" in completion), completion
+
+
+def test_real_example_cards_carry_its_benchmarks(real):
+    """The recipe's evals (the shipped perplexity tasks on every model): each card has a
+    table per task, the folder a model was measured on has its `model-index`, and every
+    published folder has lm-eval's own results."""
+    from huggingface_hub import ModelCard
+
+    rows = ["base (base)", "expert 0 (expert-code)", "expert 1 (expert-prose)", "MoE, 16-bit", "MoE, 4-bit"]
+    rows += ["MoE, GGUF Q8_0 (llama.cpp)", "MoE, GGUF Q4_K_M (llama.cpp)"]
+    for folder in ("merged", "awq", "w4a16"):
+        card = (real["dist"] / folder / "README.md").read_text()
+        for task in ("frankenmoe_code_ppl", "frankenmoe_prose_ppl"):
+            table = card.split(f"### {task}", 1)[1].split("###", 1)[0]
+            assert all(f"| {row} | " in table for row in rows), (folder, task, table)
+        own = json.loads((real["dist"] / folder / "lm-eval-results.json").read_text())
+        assert sorted(own) == ["4-bit", "base", "experts[0]", "experts[1]", "gguf Q4_K_M", "gguf Q8_0", "moe"]
+    index = {f: ModelCard.load(real["dist"] / f / "README.md").data.eval_results for f in ("merged", "w4a16", "awq")}
+    moe = {(r.dataset_name, r.metric_type): r.metric_value for r in index["merged"]}
+    four = {(r.dataset_name, r.metric_type): r.metric_value for r in index["w4a16"]}
+    for task in ("frankenmoe_code_ppl", "frankenmoe_prose_ppl"):
+        # the 16-bit MoE predicts held-out text better than its 4-bit model, by little
+        assert 0.5 < moe[task, "bits_per_byte"] < four[task, "bits_per_byte"] < 1.1 * moe[task, "bits_per_byte"]
+    assert index["awq"] is None  # the 4-bit scores were measured on w4a16/
