@@ -100,7 +100,13 @@ def measure(
 
 
 def build_env(root: Path) -> dict:
-    return {"FRANKENMOE_BUILD_DIR": str(root / "build"), "FRANKENMOE_DIST_DIR": str(root / "dist")}
+    """A build under `root`, with a benchmark score store of its own (the machine's would
+    serve scores an earlier run computed, and the evals stage would be timed reading them)."""
+    return {
+        "FRANKENMOE_BUILD_DIR": str(root / "build"),
+        "FRANKENMOE_DIST_DIR": str(root / "dist"),
+        "FRANKENMOE_EVALS_STORE": str(root / "evals-store"),
+    }
 
 
 def stage_record(stage: str, out: str) -> dict:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.evals import evals_bench
+from bench.evals import report as evals_report
 from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure, movable_recipe, ran_line, stage_record
 from bench.sweep import TINY_SWEEP, sweep_part
@@ -380,6 +382,8 @@ def report(results: dict) -> str:
                 for t, m in g["moe"].items()
             ),
         ]
+    if results.get("evals"):
+        lines += evals_report(results["evals"])
     if results.get("scale"):
         from bench.scale import report as scale_report
 
@@ -440,9 +444,20 @@ def main() -> None:
         action="store_true",
         help="run only the sweep part and the projection; the other sections stay as the last results.json has them",
     )
+    p.add_argument(
+        "--only-evals",
+        action="store_true",
+        help="run only the evals part, on the recipe's finished build under build/; the other sections stay as the "
+        "last results.json has them",
+    )
     args = p.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
+    if args.only_evals:
+        results = json.loads((args.out / "results.json").read_text())
+        results["evals"] = evals_bench(args.recipe, args.work / "evals", log=print)
+        write_results(results, args.out)
+        return
     if args.only_sweep:
         results = json.loads((args.out / "results.json").read_text())
         results["sweep"] = sweep_part(results, args.recipe, args.sweep, args.work)
@@ -475,6 +490,10 @@ def main() -> None:
     if "gguf" in {s.name for s in enabled_stages(STAGES, load_recipe(args.recipe))}:
         results["gguf"] = gguf_bench(
             args.recipe, args.work / "gguf", build_root=args.work / "ours" / "build", log=print
+        )
+    if "evals" in {s.name for s in enabled_stages(STAGES, load_recipe(args.recipe))}:
+        results["evals"] = evals_bench(
+            args.recipe, args.work / "evals", build_root=args.work / "ours" / "build", log=print
         )
     for part in ("ours", "fp16", "dense", "whole", "whole-upto", "raw-merge", "raw-awq", "matmul"):  # room for scale
         shutil.rmtree(args.work / part, ignore_errors=True)
