@@ -48,3 +48,19 @@ def test_a_stage_writing_other_bytes_each_time_is_named(tmp_path):
     stages = [Fake("a", publishes={"out": "files"}), Noisy("noisy", ["a"], publishes={"out": "files"})]
     with pytest.raises(NotReproducible, match=r"out/noise.bin \(made by noisy\) differs"):
         repro_check(_recipe(tmp_path), tmp_path / "work", stages, log=lambda _: None)
+
+
+class StoreSeer(Fake):
+    """Notes which benchmark score store its build would use (FRANKENMOE_EVALS_STORE)."""
+
+    def run(self, ctx):
+        (ctx.out / "store.txt").write_text(os.environ.get("FRANKENMOE_EVALS_STORE", ""))
+        return {}
+
+
+def test_each_build_gets_a_score_store_of_its_own(tmp_path):
+    """A shared store would hand build b build a's benchmark scores: their comparison could not fail."""
+    repro_check(_recipe(tmp_path), tmp_path / "work", [StoreSeer("seer")], log=lambda _: None)
+    for side in ("a", "b"):
+        (seen,) = (tmp_path / "work" / side / "build").rglob("store.txt")
+        assert seen.read_text() == str(tmp_path / "work" / side / "evals-store")
