@@ -65,8 +65,8 @@ def dequantized(path: str):
     """The compressed-tensors folder as transformers reads it, its 4-bit weights dequantized
     at load (`CompressedTensorsConfig(dequantize=True)`), every weight in float32.
 
-    lm-eval's `hf` on the folder gives the same scores (bits per byte within 5e-6 on the
-    real example) about four times slower on CPU: transformers 5.24 leaves the fused
+    lm-eval's `hf` on the folder gives the same scores (on the real example every metric
+    within 5e-5 relative, `make bench`) about four times slower on CPU: transformers 5.24 leaves the fused
     expert weights in float16 whatever `dtype` asks, and float16 matmuls are slow on
     CPUs; float16 to float32 is exact."""
     import torch
