@@ -80,7 +80,7 @@ def evals_bench(recipe_file: Path, work: Path, build_root: Path | None = None, l
     ):
         jobs = list(jobs)
         if reader not in ("hf", "transformers-dequantized", "frankenmoe-gguf"):
-            log(f"bench evals: {label} ({reader}) has no lm_eval command to compare with; left out of both sides")
+            log(f"bench evals: {label} ({reader}) has no lm_eval command to compare with; no ratio is given")
             continue
         tasks = [j["task"] for j in jobs]
         out = work / "cli" / label.replace(" ", "_").replace("[", "").replace("]", "")
@@ -139,7 +139,7 @@ def report(e: dict) -> list[str]:
         f"{e['build_wall_s']:.1f} s "
         f"(the stage's own {e['stage_s']:.1f} s); the `lm_eval` command alone, once per model: "
         f"{e['cli_wall_s']:.1f} s; **{e['ratio']}x**"
-        + (f" (left out of both: {', '.join(e['left_out'])})" if e["left_out"] else "")
+        + (f" (no ratio: no `lm_eval` command for {', '.join(e['left_out'])})" if e["left_out"] else "")
         + ("; the same scores on both sides" if e["same_scores"] else "; **the scores differ**: see results.json"),
         "",
         "| model | stage's reader | the stage's runs (s) | `lm_eval` alone, load included (s) | "
