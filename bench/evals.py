@@ -138,8 +138,8 @@ def report(e: dict) -> list[str]:
         "- the stage in `frankenmoe build` (every other stage cached, an empty score store): "
         f"{e['build_wall_s']:.1f} s "
         f"(the stage's own {e['stage_s']:.1f} s); the `lm_eval` command alone, once per model: "
-        f"{e['cli_wall_s']:.1f} s; **{e['ratio']}x**"
-        + (f" (no ratio: no `lm_eval` command for {', '.join(e['left_out'])})" if e["left_out"] else "")
+        f"{e['cli_wall_s']:.1f} s; "
+        + (f"**{e['ratio']}x**" if e["ratio"] else f"no ratio (no `lm_eval` command for {', '.join(e['left_out'])})")
         + ("; the same scores on both sides" if e["same_scores"] else "; **the scores differ**: see results.json"),
         "",
         "| model | stage's reader | the stage's runs (s) | `lm_eval` alone, load included (s) | "
