@@ -175,11 +175,17 @@ def test_a_sweep_builds_each_shared_stage_once_and_reports_a_failed_verify(in_pr
     rows = {r["name"]: r for r in doc["variants"]}
     assert list(rows) == VARIANTS
     # Random routers on the toy move by more than verify allows once quantized (symmetric, the
-    # default: router weights differ by 0.0185 and 0.0177 per layer, max 0.015): measured, not assumed.
-    for name in ("v03-random-false", "v04-random-true"):
-        failed = rows[name]
-        assert failed["state"] == "failed" and failed["exit_code"] == 6
-        assert any(line.startswith("verify failed: routing_parity:") for line in failed["error"]), failed["error"]
+    # default; router weights differ by at most 0.0185 per layer with the fixtures of an AVX512
+    # AMD EPYC, 0.0269 with an AVX2 one's, max 0.015): measured, not assumed. Fitted, they come
+    # near the limit (0.0177 there, 0.0140 here), so that variant's state is whatever its own
+    # verify.json says.
+    failed = rows["v03-random-false"]
+    assert failed["state"] == "failed" and failed["exit_code"] == 6
+    assert any(line.startswith("verify failed: routing_parity:") for line in failed["error"]), failed["error"]
+    for name in VARIANTS:
+        report = in_process / "variants" / name / "tiny-2x" / "awq" / "verify.json"
+        verdict = json.loads(report.read_text())["verdict"]
+        assert rows[name]["state"] == ("failed" if verdict == "failed" else "built"), (name, verdict)
     assert rows["v01-hidden-false"]["state"] == rows["v02-hidden-true"]["state"] == "built"
     for r in rows.values():
         assert set(r["measured"]["per_domain"]) == {"code", "prose"} and r["awq_bytes"] > 0
