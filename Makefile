@@ -16,7 +16,7 @@ $(BIN)/frankenmoe: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1
 	# llama.cpp (the gguf stage): built once from the pinned sdist with portable flags,
 	# kept in ~/.cache/frankenmoe/wheels (FRANKENMOE_CACHE), and its converter unpacked into the venv.
-	$(BIN)/python -m pipeline.quantization.llama_cpp setup
+	$(BIN)/python -m frankenmoe.quantization.llama_cpp setup
 	# ray: the tests start a local Ray cluster for `frankenmoe sweep --ray local`.
 	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@

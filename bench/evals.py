@@ -6,7 +6,7 @@ lm-eval's task index, hashing each model for the store's keys, the published fil
 The CLI alone is what a user types: one `lm_eval` command per model with every task at
 once, the same limit, batch size, dtype and device; a GGUF file through the lm-eval
 model the stage uses (`frankenmoe-gguf`, registered by importing
-pipeline.measure.gguf_lm; lm-eval has no model of its own that reads a local GGUF file
+frankenmoe.measure.gguf_lm; lm-eval has no model of its own that reads a local GGUF file
 without a server). The jobs are read from the stage's own spec, so both sides score the
 same (model, task) pairs; each pair's scores are compared too.
 
@@ -24,13 +24,13 @@ from itertools import groupby
 from pathlib import Path
 
 from bench.measure import BIN, REPO, build_env, measure, ran_line
-from pipeline.engine.build import default_layout
-from pipeline.measure.lm_eval_run import BATCH_SIZE
-from pipeline.recipe import load_recipe
+from frankenmoe.engine.build import default_layout
+from frankenmoe.measure.lm_eval_run import BATCH_SIZE
+from frankenmoe.recipe import load_recipe
 
 # lm-eval's own command line with frankenmoe's GGUF model registered (then lm-eval's own
 # models are not: this is for GGUF files only).
-CLI = "import sys, pipeline.measure.gguf_lm; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; "
+CLI = "import sys, frankenmoe.measure.gguf_lm; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; "
 CLI += "cli_evaluate()"
 
 

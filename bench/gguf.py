@@ -16,16 +16,16 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.engine.build import default_layout, finished_results
-from pipeline.moe.verdict import named
-from pipeline.quantization.llama_cpp import convert, parity, quantize
-from pipeline.recipe import load_recipe
-from pipeline.stages import STAGES
-from pipeline.stages.evaluate import reference_dir
-from pipeline.stages.gates import routed_model
-from pipeline.stages.gguf import parity_name
-from pipeline.stages.resolve import model_paths
-from pipeline.support.determinism import THREADS
+from frankenmoe.engine.build import default_layout, finished_results
+from frankenmoe.moe.verdict import named
+from frankenmoe.quantization.llama_cpp import convert, parity, quantize
+from frankenmoe.recipe import load_recipe
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.evaluate import reference_dir
+from frankenmoe.stages.gates import routed_model
+from frankenmoe.stages.gguf import parity_name
+from frankenmoe.stages.resolve import model_paths
+from frankenmoe.support.determinism import THREADS
 
 
 def by_hand(model: Path, name: str, types: list[str], work: Path) -> tuple[dict[str, Path], dict[str, float]]:
@@ -50,7 +50,7 @@ def dense_reference(base: Path, evaluate: Path, out: Path) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from pipeline.checkpoints.streaming import StreamingLM
+    from frankenmoe.checkpoints.streaming import StreamingLM
 
     ref = json.loads((evaluate / "reference.json").read_text())
     with safe_open(evaluate / "reference.safetensors", framework="pt") as st:

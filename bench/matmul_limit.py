@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.quantization.awq_engine import engine_env
+from frankenmoe.quantization.awq_engine import engine_env
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
@@ -47,7 +47,7 @@ def profile_layer(quantize_folder: Path, work: Path, layer: int) -> dict:
     from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.quantization import awq_engine
+    from frankenmoe.quantization import awq_engine
 
     spec = json.loads((quantize_folder / "engine-spec.json").read_text())
     work = work.resolve()

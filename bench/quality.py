@@ -20,16 +20,16 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.engine.build import default_layout, finished_results
-from pipeline.moe.metrics import perplexity, target_nll, token_kl, top1_agreement
-from pipeline.moe.verdict import named
-from pipeline.quantization.awq_engine import run_engine
-from pipeline.quantization.awq_layout import quantization_config
-from pipeline.recipe import load_recipe
-from pipeline.stages import STAGES
-from pipeline.stages.evaluate import reference_dir
-from pipeline.stages.resolve import model_paths
-from pipeline.stages.verify import QUANTIZATION_PARITY, report_dir
+from frankenmoe.engine.build import default_layout, finished_results
+from frankenmoe.moe.metrics import perplexity, target_nll, token_kl, top1_agreement
+from frankenmoe.moe.verdict import named
+from frankenmoe.quantization.awq_engine import run_engine
+from frankenmoe.quantization.awq_layout import quantization_config
+from frankenmoe.recipe import load_recipe
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.evaluate import reference_dir
+from frankenmoe.stages.resolve import model_paths
+from frankenmoe.stages.verify import QUANTIZATION_PARITY, report_dir
 
 
 def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:
@@ -93,7 +93,7 @@ def _parity(base: Path, candidate: Path, reference: Path) -> dict:
     import torch
     from safetensors import safe_open
 
-    from pipeline.checkpoints.streaming import StreamingLM
+    from frankenmoe.checkpoints.streaming import StreamingLM
 
     with safe_open(reference, framework="pt") as st:
         tokens = st.get_tensor("tokens").tolist()
@@ -126,8 +126,8 @@ def paired_difference(reference: Path, a: Path, b: Path, resamples: int = 10000)
     import torch
     from safetensors import safe_open
 
-    from pipeline.checkpoints.streaming import StreamingLM
-    from pipeline.checkpoints.tensor_file import Rows
+    from frankenmoe.checkpoints.streaming import StreamingLM
+    from frankenmoe.checkpoints.tensor_file import Rows
 
     per: dict[str, tuple] = {}
     with safe_open(reference, framework="pt") as st:

@@ -46,12 +46,12 @@ from bench.evals import report as evals_report
 from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure, movable_recipe, ran_line, stage_record
 from bench.sweep import TINY_SWEEP, sweep_part
-from pipeline.engine.graph import enabled_stages
-from pipeline.moe.verdict import named
-from pipeline.quantization.awq_engine import ALLOCATOR
-from pipeline.recipe import load_recipe
-from pipeline.stages import STAGES
-from pipeline.stages.verify import QUANTIZATION_PARITY
+from frankenmoe.engine.graph import enabled_stages
+from frankenmoe.moe.verdict import named
+from frankenmoe.quantization.awq_engine import ALLOCATOR
+from frankenmoe.recipe import load_recipe
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.verify import QUANTIZATION_PARITY
 
 
 def _finished(root: Path, stage: str) -> Path:
@@ -61,7 +61,7 @@ def _finished(root: Path, stage: str) -> Path:
 
 def ours(recipe_file: Path, work: Path) -> dict:
     """One `frankenmoe build --until STAGE` per stage, so each is measured alone."""
-    from pipeline.stages import STAGES
+    from frankenmoe.stages import STAGES
 
     root = work / "ours"
     rows = {}
@@ -331,7 +331,7 @@ def report(results: dict) -> str:
         f"{raw_build:.1f} s: **{ratios['whole_build_vs_raw_tools']}x**; "
         f"through quantize only: {w['through_quantize_s']:.1f} s, {ratios['build_through_quantize_vs_raw_tools']}x",
         "- the quantize stage runs GPTQModel with glibc malloc keeping freed memory "
-        "(pipeline/quantization/awq_engine.py); GPTQModel "
+        "(frankenmoe/quantization/awq_engine.py); GPTQModel "
         f"alone with the same settings: {r['quantize_same_allocator']['wall_s']:.1f} s (vs "
         f"{r['quantize']['wall_s']:.1f} s "
         f"without), and against that the whole build is {ratios['whole_build_vs_raw_tools_same_allocator']}x",

@@ -1,7 +1,7 @@
 """The structural and forced-routing checks of `verify`, and its 16-bit reference
 pass, on a merged MoE in one process, so `make bench` gets their peak RSS.
 
-Everything streams (pipeline/checkpoints/streaming.py): one tensor, or one decoder layer, in
+Everything streams (frankenmoe/checkpoints/streaming.py): one tensor, or one decoder layer, in
 memory at a time. Prints one JSON line.
 Usage: scale_checks.py MERGED BASE EXPERT [EXPERT ...] --windows N --seq T [--reference]
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints.streaming import StreamingLM
-from pipeline.moe.evaluation import forced_routing_parity, merge_structure
+from frankenmoe.checkpoints.streaming import StreamingLM
+from frankenmoe.moe.evaluation import forced_routing_parity, merge_structure
 
 
 def main() -> None:

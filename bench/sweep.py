@@ -3,7 +3,7 @@ cluster, each from nothing in its own build folder, the time ratio and whether t
 measured the same; and, from per-stage times measured here, what a 2x7B four-mode
 sweep (the study's hidden, cheap_embed, random and fitted) takes on 1, 4 and 8 workers.
 
-The projection schedules the sweep's real task graph (pipeline/engine/graph.py's
+The projection schedules the sweep's real task graph (frankenmoe/engine/graph.py's
 dependencies of the 2x7B recipe's stages; a stage is one task per gate mode once it
 reads the merge, one per variant once it reads the gates, else one for all) on G
 workers as the executors run it: a task starts on a free worker as soon as the tasks it
@@ -22,12 +22,12 @@ import yaml
 
 from bench.measure import BIN, REPO, build_env, measure, movable_recipe, stage_record
 from bench.scale import CALIBRATION
-from pipeline.engine.graph import dependencies, enabled_stages
-from pipeline.engine.repro import tree_hashes
-from pipeline.engine.variants import sweep_stages
-from pipeline.moe.sweep import without_timings
-from pipeline.recipe import load_recipe
-from pipeline.stages import STAGES
+from frankenmoe.engine.graph import dependencies, enabled_stages
+from frankenmoe.engine.repro import tree_hashes
+from frankenmoe.engine.variants import sweep_stages
+from frankenmoe.moe.sweep import without_timings
+from frankenmoe.recipe import load_recipe
+from frankenmoe.stages import STAGES
 
 TINY_SWEEP = REPO / "recipes" / "sweeps" / "tiny-2x-modes.yaml"
 PROJECTED_RECIPE = REPO / "recipes" / "confinus-2x7b.yaml"

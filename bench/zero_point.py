@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.checkpoints.streaming import StreamingLM
-from pipeline.checkpoints.tensor_file import Rows
-from pipeline.engine.build import finished_results
-from pipeline.moe.metrics import target_nll, token_kl, top1_agreement
-from pipeline.moe.sweep import load_sweep, plan_variants
-from pipeline.stages import STAGES
-from pipeline.stages.evaluate import reference, reference_dir
-from pipeline.stages.quantize import quantized_model
-from pipeline.support import settings
-from pipeline.support.jsonio import write_json
+from frankenmoe.checkpoints.streaming import StreamingLM
+from frankenmoe.checkpoints.tensor_file import Rows
+from frankenmoe.engine.build import finished_results
+from frankenmoe.moe.metrics import target_nll, token_kl, top1_agreement
+from frankenmoe.moe.sweep import load_sweep, plan_variants
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.evaluate import reference, reference_dir
+from frankenmoe.stages.quantize import quantized_model
+from frankenmoe.support import settings
+from frankenmoe.support.jsonio import write_json
 
 DRAWS, SEED = 2000, 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.support.settings import reused_build
+from frankenmoe.support.settings import reused_build
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures" / "tiny"
@@ -45,7 +45,7 @@ def run_cli(
     if dist:
         full_env["FRANKENMOE_DIST_DIR"] = str(dist)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "frankenmoe", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -57,7 +57,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def fixture_models() -> Path:
     """The trained example models (made by `make fixtures`; trained here if missing)."""
-    from pipeline.example.catalog import ensure_tiny
+    from frankenmoe.example.catalog import ensure_tiny
 
     return ensure_tiny(FIXTURES, log=lambda _: None)
 
@@ -148,7 +148,7 @@ REAL_RECIPE = REPO / "recipes" / "smollm2-2x.yaml"
 def real(tmp_path_factory) -> dict:
     """The real example (recipes/smollm2-2x.yaml) built once per test session through the
     CLI; with FRANKENMOE_TEST_REAL_EXAMPLE, that finished build is hard-linked in."""
-    from pipeline.example.catalog import ensure_example
+    from frankenmoe.example.catalog import ensure_example
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     root = tmp_path_factory.mktemp("real")

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from pipeline.errors import EnvironmentProblem
-from pipeline.support.atomic import atomic_folder, link_or_copy
+from frankenmoe.errors import EnvironmentProblem
+from frankenmoe.support.atomic import atomic_folder, link_or_copy
 
 
 def test_a_finished_block_replaces_the_folder(tmp_path):

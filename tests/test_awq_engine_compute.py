@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import FrankenmoeError
-from pipeline.quantization import awq_engine
-from pipeline.quantization.awq_engine import (
+from frankenmoe.errors import FrankenmoeError
+from frankenmoe.quantization import awq_engine
+from frankenmoe.quantization.awq_engine import (
     DTYPE_ENV,
     PROGRESS_FD_ENV,
     LayerProgress,
@@ -22,7 +22,7 @@ from pipeline.quantization.awq_engine import (
     progress_line,
     run_engine,
 )
-from pipeline.support import device
+from frankenmoe.support import device
 
 SAPPHIRE_RAPIDS = textwrap.dedent("""\
     processor\t: 0
@@ -104,9 +104,9 @@ def test_the_engine_takes_the_dtype_from_the_spec_before_the_machine(tmp_path, m
     def fake_seed(seed):
         raise Stop
 
-    import pipeline.support.determinism
+    import frankenmoe.support.determinism
 
-    monkeypatch.setattr(pipeline.support.determinism, "seed_everything", fake_seed)
+    monkeypatch.setattr(frankenmoe.support.determinism, "seed_everything", fake_seed)
     monkeypatch.setattr(awq_engine, "compute_path", lambda: seen.setdefault("asked", {"dtype": "float32"}))
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"seed": 0, "compute_dtype": "bfloat16"}))
@@ -215,7 +215,7 @@ def test_device_facts_are_read_once_per_process_and_in_one_module():
     device.read_cpuinfo.cache_clear()
     first = device.read_cpuinfo()
     assert device.read_cpuinfo() is first and device.read_cpuinfo.cache_info().misses == 1
-    package = Path(__file__).resolve().parent.parent / "pipeline"
+    package = Path(__file__).resolve().parent.parent / "frankenmoe"
     readers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if '/proc/cpuinfo")' in p.read_text()]
     assert readers == ["support/device.py"]
 
@@ -228,7 +228,7 @@ def test_no_gpu_driver_no_torch_import():
     if device.gpu_driver_loaded():
         pytest.skip("this machine has a GPU driver")
     code = (
-        "import sys; from pipeline.quantization.awq_engine import compute_path; p = compute_path(); "
+        "import sys; from frankenmoe.quantization.awq_engine import compute_path; p = compute_path(); "
         "print('torch' in sys.modules, p['device'])"
     )
     out = subprocess.run(
@@ -242,7 +242,7 @@ def test_no_gpu_driver_no_torch_import():
 
 
 def test_speedups_are_all_on_unless_the_environment_names_others():
-    from pipeline.quantization.awq_engine import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
+    from frankenmoe.quantization.awq_engine import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
 
     assert speedups_wanted({}) == list(SPEEDUPS) == speedups_wanted({SPEEDUPS_ENV: "all"})
     assert speedups_wanted({SPEEDUPS_ENV: "none"}) == []
@@ -279,7 +279,7 @@ def test_clip_search_by_matmul_chooses_what_gptqmodel_chooses(shape, group_size,
     pytest.importorskip("gptqmodel")
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    from pipeline.quantization.awq_engine import _best_clip_by_matmul
+    from frankenmoe.quantization.awq_engine import _best_clip_by_matmul
 
     g = torch.Generator().manual_seed(0)
     out_f, in_f = shape
@@ -319,7 +319,7 @@ def test_float32_linears_pack_into_the_awq_gemm_layout():
     pytest.importorskip("gptqmodel")
     from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
 
-    from pipeline.quantization.awq_layout import dequantize, unpack_int4
+    from frankenmoe.quantization.awq_layout import dequantize, unpack_int4
 
     stock = list(AwqTorchLinear.SUPPORTS_DTYPES)
     try:
@@ -370,9 +370,9 @@ def test_the_float32_patch_refuses_an_unexpected_kernel(monkeypatch):
 def test_merge_and_fit_keys_name_the_machine_class(monkeypatch):
     """Hidden-state router rows (merge) and fitted routers (gates) are computed on a
     device: its class is in those stages' keys, so a CPU and a GPU build never share them."""
-    from pipeline.moe.router_fit import fit_compute
-    from pipeline.recipe import load_recipe
-    from pipeline.stages.merge import MergeStage
+    from frankenmoe.moe.router_fit import fit_compute
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages.merge import MergeStage
     from tests.conftest import EXAMPLE
 
     recipe = load_recipe(EXAMPLE)

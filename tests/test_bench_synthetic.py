@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import synthetic
-from pipeline.checkpoints.streaming import StreamingLM
+from frankenmoe.checkpoints.streaming import StreamingLM
 
 TINY = {
     "hidden_size": 64,

@@ -3,7 +3,7 @@ expert judged by 2 stderr, and the Hub's metadata split by where a task's data l
 
 from __future__ import annotations
 
-from pipeline.measure.benchmark_report import eval_results_files, evals_markdown, model_index
+from frankenmoe.measure.benchmark_report import eval_results_files, evals_markdown, model_index
 
 
 def doc(moe_acc: float, expert_acc: float, se: float) -> dict:

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from pipeline.engine.build import Layout, build_lock, cached_result, publish, run_stage
-from pipeline.errors import EnvironmentProblem
-from pipeline.recipe import parse_recipe
-from pipeline.stages.base import Stage
-from pipeline.support.hashing import HashState
+from frankenmoe.engine.build import Layout, build_lock, cached_result, publish, run_stage
+from frankenmoe.errors import EnvironmentProblem
+from frankenmoe.recipe import parse_recipe
+from frankenmoe.stages.base import Stage
+from frankenmoe.support.hashing import HashState
 
 RECIPE = parse_recipe(
     {
@@ -104,7 +104,7 @@ def test_damaged_cache_entry_is_rebuilt(layout):
 
 def test_a_flipped_byte_of_the_same_size_is_not_served(layout, monkeypatch):
     """The record's size alone cannot see it: a file whose stat changed is hashed again."""
-    import pipeline.support.hashing as hashing
+    import frankenmoe.support.hashing as hashing
 
     stage = Counting()
     result, _, _ = run(stage, layout)
@@ -186,7 +186,7 @@ def test_unusable_build_folder_is_one_line_exit_5(tmp_path):
 
 
 def test_hash_memo_reads_a_hard_linked_file_once(tmp_path, monkeypatch):
-    import pipeline.support.hashing as hashing
+    import frankenmoe.support.hashing as hashing
 
     a = tmp_path / "a.bin"
     a.write_bytes(b"x" * 100)
@@ -249,8 +249,8 @@ class Slow(Stage):
 RACER = """
 import json, sys, time
 from pathlib import Path
-from pipeline.engine.build import Layout, run_stage
-from pipeline.support.hashing import HashState
+from frankenmoe.engine.build import Layout, run_stage
+from frankenmoe.support.hashing import HashState
 from tests.test_build_cache import RECIPE, Slow
 root, start = Path(sys.argv[1]), float(sys.argv[2])
 layout = Layout(root / "build", root / "dist", "unit")

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from pipeline.errors import RecipeError
-from pipeline.recipe import parse_recipe
-from pipeline.stages.card import resolve_license
+from frankenmoe.errors import RecipeError
+from frankenmoe.recipe import parse_recipe
+from frankenmoe.stages.card import resolve_license
 from tests.conftest import example_data, run_cli
 
 
@@ -81,10 +81,10 @@ def test_the_gguf_card_does_not_depend_on_the_order_a_record_keeps_its_files():
     """A cached gguf record reads its files back sorted, a fresh one in the order
     they were made: the card is the same bytes either way (repro-check, two fresh
     builds, could not see it; a build with gguf cached wrote the other order)."""
-    from pipeline.moe.verdict import PASS, build_report, check
-    from pipeline.recipe import load_recipe
-    from pipeline.stages.card import gguf_card
-    from pipeline.stages.gguf import parity_name
+    from frankenmoe.moe.verdict import PASS, build_report, check
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages.card import gguf_card
+    from frankenmoe.stages.gguf import parity_name
     from tests.conftest import REAL_RECIPE
 
     recipe = load_recipe(REAL_RECIPE)

@@ -2,7 +2,7 @@
 the push (the folders uploaded to the local Hub stand-in, the snippets run verbatim
 against it over HTTP), and the readers the AWQ card warns about pinned: when a
 release fixes one, its test fails and the card's warning goes
-(pipeline/quantization/readers.py)."""
+(frankenmoe/quantization/readers.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.quantization import readers
+from frankenmoe.quantization import readers
 from tests.conftest import HUB_TOKEN, REAL_RECIPE, REPO, example_data, run_cli, write_recipe
 
 PROMPT_WORDS = 4  # continuations compared word by word, up to quantization
@@ -168,7 +168,7 @@ def _installed(reader: readers.FailingReader) -> None:
     got = importlib.metadata.version(reader.package)
     assert got == reader.version, (
         f"{reader.package} is {got}, the card's warning was measured on {reader.version}: run this test's "
-        f"reader on the example again and update pipeline/quantization/readers.py"
+        f"reader on the example again and update frankenmoe/quantization/readers.py"
     )
 
 
@@ -192,7 +192,7 @@ print(json.dumps({k: sorted(v) for k, v in info.items() if k != "error_msgs"}))
 GPTQMODEL_LOAD = """
 import json, sys, torch
 from gptqmodel import GPTQModel
-from pipeline.checkpoints.loading import load_model
+from frankenmoe.checkpoints.loading import load_model
 ids = torch.tensor([[1, 5, 9, 17, 33]])
 with torch.no_grad():
     ours = load_model(sys.argv[1], dtype="float32")(ids).logits.float()

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pipeline.checkpoints.writing import plan_shards, renamed_pieces, write_sharded
+from frankenmoe.checkpoints.writing import plan_shards, renamed_pieces, write_sharded
 
 
 def test_renamed_and_sharded_within_the_limit(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.quantization import readers
+from frankenmoe.quantization import readers
 from tests.conftest import EXAMPLE, HUB_TOKEN, REPO, example_data, run_cli, write_recipe
 from tests.test_card_snippets import (
     MIN_SHARE,
@@ -115,7 +115,7 @@ def test_the_cards_snippet_runs_from_the_hub_and_the_awq_card_points_to_it(sym, 
 
 def test_lm_eval_runs_the_folder_with_its_own_hf_model(sym, tmp_path):
     """`lm_eval --model hf --model_args pretrained=<folder>` on a local task over the toy's held-out text."""
-    from pipeline.support.paths import shipped_dir
+    from frankenmoe.support.paths import shipped_dir
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -139,7 +139,7 @@ def test_lm_eval_runs_the_folder_with_its_own_hf_model(sym, tmp_path):
 def test_asymmetric_experts_are_still_refused_by_the_pinned_transformers(asym, tmp_path):
     """What keeps the asymmetric folder unpublished: when a transformers release
     reads it, this fails, and readers.READS_ASYMMETRIC can turn the folder on."""
-    from pipeline.stages.compressed import convert
+    from frankenmoe.stages.compressed import convert
 
     assert readers.READS_ASYMMETRIC is False and readers.transformers_name() == "transformers 5.24.0"
     convert(asym["dist"] / "awq", tmp_path / "asym")

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.errors import RecipeError
-from pipeline.recipe import load_raw, parse_recipe
-from pipeline.recipe_schema import REFERENCE_COMMAND, REFERENCE_FILE, SCHEMA_COMMAND, SCHEMA_FILE
+from frankenmoe.errors import RecipeError
+from frankenmoe.recipe import load_raw, parse_recipe
+from frankenmoe.recipe_schema import REFERENCE_COMMAND, REFERENCE_FILE, SCHEMA_COMMAND, SCHEMA_FILE
 from tests.conftest import REPO, run_cli
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

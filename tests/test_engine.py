@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.build import build, finished_results
-from pipeline.engine.cache import Layout
-from pipeline.engine.graph import dependencies, enabled_stages, graph_problems, select_stages
-from pipeline.engine.plan import make_plan
-from pipeline.errors import EnvironmentProblem, NotBuiltError, UsageError, VerifyFailed
-from pipeline.stages import STAGES
-from pipeline.stages.base import Stage
+from frankenmoe.engine.build import build, finished_results
+from frankenmoe.engine.cache import Layout
+from frankenmoe.engine.graph import dependencies, enabled_stages, graph_problems, select_stages
+from frankenmoe.engine.plan import make_plan
+from frankenmoe.errors import EnvironmentProblem, NotBuiltError, UsageError, VerifyFailed
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.base import Stage
 from tests.test_build_cache import RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,17 +164,17 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_engine_names_no_stage_and_stages_see_only_the_interface():
-    for path in (ROOT / "pipeline" / "engine").glob("*.py"):
-        stage_imports = {m for m in _imports(path) if m.startswith("pipeline.stages")}
-        assert stage_imports <= {"pipeline.stages.base"}, f"{path.name} imports {stage_imports}"
-    for path in (ROOT / "pipeline" / "stages").glob("*.py"):
-        engine = {m for m in _imports(path) if m.startswith("pipeline.engine")}
+    for path in (ROOT / "frankenmoe" / "engine").glob("*.py"):
+        stage_imports = {m for m in _imports(path) if m.startswith("frankenmoe.stages")}
+        assert stage_imports <= {"frankenmoe.stages.base"}, f"{path.name} imports {stage_imports}"
+    for path in (ROOT / "frankenmoe" / "stages").glob("*.py"):
+        engine = {m for m in _imports(path) if m.startswith("frankenmoe.engine")}
         assert not engine, f"stage {path.name} imports the engine: {engine}"
 
 
 def test_the_package_import_graph_has_no_cycle():
     modules = {}
-    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+    for path in [*(ROOT / "frankenmoe").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
         rel = path.relative_to(ROOT).with_suffix("")
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
         modules[name] = path

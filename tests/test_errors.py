@@ -6,8 +6,8 @@ import ast
 import re
 from pathlib import Path
 
-from pipeline import errors
-from pipeline.errors import EXIT_CODES, FrankenmoeError, UndercalibratedExpert, exit_code
+from frankenmoe import errors
+from frankenmoe.errors import EXIT_CODES, FrankenmoeError, UndercalibratedExpert, exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,13 +40,13 @@ def test_every_error_class_lives_in_errors_and_has_a_code():
     for cls in classes:
         assert exit_code(cls("x")) != 1, cls
     assert exit_code(UndercalibratedExpert("x")) == 4
-    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+    for path in [*(ROOT / "frankenmoe").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
                 bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
                 assert path.name == "errors.py" or not bases & {c.__name__ for c in classes}, (
-                    f"{path}: error class {node.name} outside pipeline/errors.py"
+                    f"{path}: error class {node.name} outside frankenmoe/errors.py"
                 )
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
                 assert getattr(node.exc.func, "id", None) != "FrankenmoeError", (

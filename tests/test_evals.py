@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.support.paths import shipped_dir
+from frankenmoe.support.paths import shipped_dir
 from tests.conftest import EXAMPLE, example_data, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -243,7 +243,7 @@ def test_the_cards_carry_the_table_the_metadata_and_lm_evals_results(scored):
 
 
 def test_the_real_examples_gguf_files_are_scored_by_llama_cpp_near_the_16_bit_model(real, tmp_path):
-    """lm-eval over llama.cpp (pipeline/measure/gguf_lm.py) on the same token ids as the
+    """lm-eval over llama.cpp (frankenmoe/measure/gguf_lm.py) on the same token ids as the
     hf model: Q8_0 lands within 1% of the 16-bit MoE's bits per byte, Q4_K_M within 5%."""
     from tests.conftest import REAL_RECIPE
 

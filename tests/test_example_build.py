@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from pipeline.checkpoints.loading import load_merged
-from pipeline.moe.corpus import read_documents
-from pipeline.moe.routing import forced_expert
+from frankenmoe.checkpoints.loading import load_merged
+from frankenmoe.moe.corpus import read_documents
+from frankenmoe.moe.routing import forced_expert
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 pytestmark = pytest.mark.slow
@@ -107,9 +107,9 @@ def test_rebuild_runs_nothing_but_push(example):
     proc = run_cli("build", str(EXAMPLE), build=example["root"] / "build", dist=example["root"] / "dist")
     assert proc.returncode == 0, proc.stderr
     states = {l.split()[0]: l.split()[1] for l in proc.stdout.splitlines() if l.split()[1:2] in (["ran"], ["cached"])}
-    from pipeline.engine.graph import enabled_stages
-    from pipeline.recipe import load_recipe
-    from pipeline.stages import STAGES
+    from frankenmoe.engine.graph import enabled_stages
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages import STAGES
 
     assert set(states) == {s.name for s in enabled_stages(STAGES, load_recipe(EXAMPLE))}, proc.stdout
     assert states.pop("push") == "ran" and set(states.values()) == {"cached"}, proc.stdout

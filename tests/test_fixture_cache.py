@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.example.catalog import ensure_tiny as ensure_fixtures
-from pipeline.example.tiny import FixtureSettings, fixtures_key
+from frankenmoe.example.catalog import ensure_tiny as ensure_fixtures
+from frankenmoe.example.tiny import FixtureSettings, fixtures_key
 
 
 def test_clean_clone_copies_from_the_cache_and_ignores_other_keys(tmp_path, monkeypatch):

@@ -62,8 +62,8 @@ def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
     for domain in ("code", "prose"):
         assert ppl["moe"][domain] < ppl["moe (hidden-state routers)"][domain], (domain, ppl)
     # and the report shows both, next to each source expert
-    from pipeline.moe.report import render_markdown
-    from pipeline.moe.verdict import build_report
+    from frankenmoe.moe.report import render_markdown
+    from frankenmoe.moe.verdict import build_report
 
     report = {
         **build_report([], enforced=True),
@@ -88,9 +88,9 @@ def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
 
 
 def test_record_and_card_say_how_the_routers_were_fitted(fitted):
-    from pipeline.recipe import load_recipe
-    from pipeline.stages.base import StageResult
-    from pipeline.stages.card import _fitted
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages.base import StageResult
+    from frankenmoe.stages.card import _fitted
 
     gates = fitted["gates"]["result"]
     steps = len(gates["loss"])
@@ -203,7 +203,7 @@ def leaked_copy(how: str, held_out: Path, folder: Path) -> tuple[str, int, int]:
 def test_no_stage_may_learn_from_the_evaluation_text(tmp_path, how, section):
     """Compared per document by content: another spelling of the path, a copy, the
     same documents re-serialized or as plain text, or one of them in a new file."""
-    from pipeline.support.paths import shipped_dir
+    from frankenmoe.support.paths import shipped_dir
 
     held_out = shipped_dir() / "prose" / "eval.jsonl"
     documents = sum(1 for line in held_out.read_text().splitlines() if line.strip())
@@ -245,9 +245,9 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
     routers returned are those of step 10, not the last ones."""
     import torch
 
-    from pipeline.checkpoints.loading import load_merged
-    from pipeline.moe.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
-    from pipeline.moe.routing import moe_blocks
+    from frankenmoe.checkpoints.loading import load_merged
+    from frankenmoe.moe.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
+    from frankenmoe.moe.routing import moe_blocks
 
     g = torch.Generator().manual_seed(0)
     model = load_merged(example["merged"], dtype="float32")
@@ -278,11 +278,11 @@ def test_the_best_expert_start_alone_sends_each_file_to_its_best_expert(example)
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.checkpoints.loading import load_merged
-    from pipeline.moe.calibration import token_windows
-    from pipeline.moe.router_fit import Schedule, fit_routers, split_heldout
-    from pipeline.moe.routing import moe_blocks
-    from pipeline.support.paths import shipped_dir
+    from frankenmoe.checkpoints.loading import load_merged
+    from frankenmoe.moe.calibration import token_windows
+    from frankenmoe.moe.router_fit import Schedule, fit_routers, split_heldout
+    from frankenmoe.moe.routing import moe_blocks
+    from frankenmoe.support.paths import shipped_dir
 
     model = load_merged(example["merged"], dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(example["merged"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.quantization.llama_cpp import converter_refusal, pretokenizer_table, require_converter
+from frankenmoe.quantization.llama_cpp import converter_refusal, pretokenizer_table, require_converter
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 SMOLLM2 = REPO / "fixtures" / "smollm2"
@@ -29,7 +29,7 @@ def test_the_converters_own_table_decides_which_tokenizers_it_takes(fixture_mode
 def test_an_accepted_tokenizer_is_remembered_by_its_files(tmp_path, monkeypatch):
     """A no-op rebuild must not pay transformers' import for the converter check:
     a tokenizer the converter took is remembered; any change to its files checks again."""
-    from pipeline.quantization import llama_cpp
+    from frankenmoe.quantization import llama_cpp
 
     monkeypatch.setenv("FRANKENMOE_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "base"
@@ -196,7 +196,7 @@ def _identity_of(tmp_path: Path, slices: np.ndarray, sources: list[np.ndarray]) 
 
     from safetensors.numpy import save_file
 
-    from pipeline.quantization.llama_cpp import expert_identity
+    from frankenmoe.quantization.llama_cpp import expert_identity
 
     merged = tmp_path / "merged"
     merged.mkdir(exist_ok=True)

@@ -30,16 +30,16 @@ def test_the_gguf_preflight_names_the_command_that_installs_llama_cpp(tmp_path):
     path = tmp_path / "needs-gguf.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     proc = subprocess.run(
-        [str(python), "-m", "pipeline.cli", "plan", str(path)], cwd=tmp_path, capture_output=True, text=True
+        [str(python), "-m", "frankenmoe.cli", "plan", str(path)], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: gguf:")]
     assert len(lines) == 1, proc.stderr
-    command = f"{python} -m pipeline.quantization.llama_cpp setup"
+    command = f"{python} -m frankenmoe.quantization.llama_cpp setup"
     assert f"`{command}`" in lines[0] and "gguf.enabled: false" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
 
 
 def test_make_setup_runs_that_command():
     setup = (REPO / "Makefile").read_text().split("\n$(BIN)/frankenmoe:", 1)[1].split("\n\n", 1)[0]
-    assert "$(BIN)/python -m pipeline.quantization.llama_cpp setup\n" in setup
+    assert "$(BIN)/python -m frankenmoe.quantization.llama_cpp setup\n" in setup

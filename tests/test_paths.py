@@ -8,16 +8,22 @@ import shutil
 import pytest
 
 from bench.synthetic import SHAPES
-from pipeline.errors import RecipeError
-from pipeline.quantization.awq_layout import choose_group_size
-from pipeline.recipe import load_recipe
-from pipeline.support.paths import portable, resolve_path, shipped_dir
+from frankenmoe.errors import RecipeError
+from frankenmoe.quantization.awq_layout import choose_group_size
+from frankenmoe.recipe import load_recipe
+from frankenmoe.support.paths import portable, resolve_path, shipped_dir
 from tests.conftest import REPO, run_cli
 
 # Whole configs (the group size reads a model's shape, which needs every key).
 SMOLLM2 = {
-    "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64,
-    "num_hidden_layers": 30, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "head_dim": 64,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
 }
 MISTRAL_7B = {**SHAPES["7b"], "tie_word_embeddings": False}
 

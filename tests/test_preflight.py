@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from pipeline.engine.build import build
-from pipeline.engine.cache import Layout
-from pipeline.engine.plan import make_plan
-from pipeline.errors import StageListError, exit_code
-from pipeline.stages.base import Stage
+from frankenmoe.engine.build import build
+from frankenmoe.engine.cache import Layout
+from frankenmoe.engine.plan import make_plan
+from frankenmoe.errors import StageListError, exit_code
+from frankenmoe.stages.base import Stage
 from tests.conftest import REPO, example_data, run_cli, tiny_mistral, write_recipe
 from tests.test_build_cache import RECIPE
 
@@ -111,8 +111,8 @@ def test_the_cli_says_so_in_one_line(tmp_path, fixture_models):
     """A new stage with a dependency that is not in the list, through the real CLI."""
     recipe = write_recipe(tmp_path / "recipe.yaml", example_data())
     code = (
-        "import sys, pipeline.stages as s\n"
-        "from pipeline.cli import main\n"
+        "import sys, frankenmoe.stages as s\n"
+        "from frankenmoe.cli import main\n"
         "from tests.test_preflight import Needs\n"
         "s.STAGES = (*s.STAGES, Needs('leaderboard', ['no-such-stage']))\n"
         f"sys.exit(main(['plan', {str(recipe)!r}]))\n"

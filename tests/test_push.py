@@ -147,9 +147,9 @@ def test_a_tampered_cached_file_is_never_pushed(example, hub, tmp_path):
 
 
 def test_a_dist_folder_that_differs_from_its_record_is_refused(tmp_path):
-    from pipeline.errors import PublishError
-    from pipeline.stages.push import check_folder
-    from pipeline.support.hashing import HashState
+    from frankenmoe.errors import PublishError
+    from frankenmoe.stages.push import check_folder
+    from frankenmoe.support.hashing import HashState
 
     folder = tmp_path / "awq"
     folder.mkdir()

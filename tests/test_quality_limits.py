@@ -4,9 +4,9 @@ experts are found from the routing statistics."""
 from __future__ import annotations
 
 from bench.synthetic import SHAPES
-from pipeline.moe.evaluation import dead_experts
-from pipeline.moe.quality_limits import quality_limits
-from pipeline.recipe import VerifySection
+from frankenmoe.moe.evaluation import dead_experts
+from frankenmoe.moe.quality_limits import quality_limits
+from frankenmoe.recipe import VerifySection
 
 SMOLLM2 = {
     "hidden_size": 576,
@@ -61,7 +61,7 @@ def _ref(diffs: list[dict]) -> tuple[dict, dict]:
 
 
 def test_forced_routing_is_not_applicable_to_fully_fine_tuned_experts():
-    from pipeline.stages.verify import _forced_routing_check
+    from frankenmoe.stages.verify import _forced_routing_check
 
     ref, structure = _ref([{"attention": 0.2}, {"attention": 0.1}])  # neither shares the base's attention
     check = _forced_routing_check(VerifySection(), ref, structure)

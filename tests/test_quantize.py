@@ -14,10 +14,10 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.checkpoints.loading import load_awq, load_merged
-from pipeline.checkpoints.streaming import StreamingLM
-from pipeline.errors import InputFileError
-from pipeline.quantization.awq_layout import dequantize, quantization_config, unpack_int4
+from frankenmoe.checkpoints.loading import load_awq, load_merged
+from frankenmoe.checkpoints.streaming import StreamingLM
+from frankenmoe.errors import InputFileError
+from frankenmoe.quantization.awq_layout import dequantize, quantization_config, unpack_int4
 from tests.conftest import REPO, example_data, run_cli
 from tests.test_example_build import eval_ids, tensors
 
@@ -228,7 +228,7 @@ def test_unpack_matches_autoawq_on_random_data():
 
 
 def test_engine_env_tunes_the_allocator_unless_the_user_did():
-    from pipeline.quantization.awq_engine import ALLOCATOR, engine_env
+    from frankenmoe.quantization.awq_engine import ALLOCATOR, engine_env
 
     env = engine_env({"MALLOC_ARENA_MAX": "4", "PATH": "/bin"})
     assert env["MALLOC_ARENA_MAX"] == "4" and env["PATH"] == "/bin"

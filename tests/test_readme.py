@@ -9,7 +9,7 @@ import re
 import jsonschema
 import yaml
 
-from pipeline import cli
+from frankenmoe import cli
 from tests.conftest import REPO, run_cli
 
 README = REPO / "README.md"

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from pipeline.checkpoints.loading import load_model
+from frankenmoe.checkpoints.loading import load_model
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow

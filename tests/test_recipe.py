@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.errors import RecipeError
-from pipeline.recipe import load_recipe, parse_recipe, parse_size
+from frankenmoe.errors import RecipeError
+from frankenmoe.recipe import load_recipe, parse_recipe, parse_size
 from tests.conftest import REPO
 
 MERGEKIT_CONFIG = """\

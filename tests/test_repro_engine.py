@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline.engine.repro import repro_check
-from pipeline.errors import NotReproducible
+from frankenmoe.engine.repro import repro_check
+from frankenmoe.errors import NotReproducible
 from tests.conftest import write_recipe
 from tests.test_engine import Fake
 

@@ -131,9 +131,9 @@ def test_locked_build_without_a_lock_file_says_how_to_make_one(project):
 
 
 def example_lock_now(monkeypatch) -> dict:
-    from pipeline.provenance.lockfile import current_lock
-    from pipeline.recipe import load_recipe
-    from pipeline.support.hashing import HashState
+    from frankenmoe.provenance.lockfile import current_lock
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.support.hashing import HashState
 
     monkeypatch.chdir(REPO)  # the example's paths are relative to the project
     return current_lock(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")))
@@ -141,7 +141,7 @@ def example_lock_now(monkeypatch) -> dict:
 
 def test_committed_example_lock_matches_the_example_inputs(fixture_models, monkeypatch):
     """recipes/tiny-2x.lock.json must be refreshed whenever the example's inputs change."""
-    from pipeline.provenance.lockfile import differences, read_lock
+    from frankenmoe.provenance.lockfile import differences, read_lock
 
     committed = read_lock(REPO / "recipes" / "tiny-2x.lock.json")
     now = example_lock_now(monkeypatch)

@@ -1,4 +1,4 @@
-"""Every FRANKENMOE_* variable is read in pipeline/support/settings.py only, and the README lists them all."""
+"""Every FRANKENMOE_* variable is read in frankenmoe/support/settings.py only, and the README lists them all."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from pipeline.support import settings
+from frankenmoe.support import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def _env_reads(tree: ast.AST) -> list[str]:
 
 def test_only_the_settings_module_reads_frankenmoe_variables():
     readers = {}
-    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+    for path in [*(ROOT / "frankenmoe").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
         if path.name != "settings.py" and (names := _env_reads(ast.parse(path.read_text()))):
             readers[path.relative_to(ROOT).as_posix()] = names
     assert readers == {}
@@ -47,6 +47,6 @@ def test_the_readme_lists_every_variable():
     listed = re.findall(r"^\| `(FRANKENMOE_\w+)` \|", section, re.M)
     assert sorted(listed) == sorted(settings.VARIABLES)
     used = set(
-        re.findall(r"FRANKENMOE_[A-Z_]+[A-Z]", "\n".join(p.read_text() for p in (ROOT / "pipeline").rglob("*.py")))
+        re.findall(r"FRANKENMOE_[A-Z_]+[A-Z]", "\n".join(p.read_text() for p in (ROOT / "frankenmoe").rglob("*.py")))
     )
     assert used <= set(settings.VARIABLES)

@@ -1,12 +1,12 @@
-"""Parameter counts from a config (pipeline/checkpoints/shape.py) against real models."""
+"""Parameter counts from a config (frankenmoe/checkpoints/shape.py) against real models."""
 
 from __future__ import annotations
 
 import json
 
 from bench.synthetic import SHAPES
-from pipeline.checkpoints.shape import ModelShape
-from pipeline.checkpoints.sources import safetensors_header
+from frankenmoe.checkpoints.shape import ModelShape
+from frankenmoe.checkpoints.sources import safetensors_header
 from tests.conftest import REPO
 
 MISTRAL_7B = {**SHAPES["7b"], "tie_word_embeddings": False}
@@ -26,7 +26,7 @@ def _stored_params(folder) -> int:
 
 
 def test_smollm2_135m_parameter_count_is_the_real_models():
-    from pipeline.example.catalog import ensure_example
+    from frankenmoe.example.catalog import ensure_example
 
     base = ensure_example("smollm2", REPO / "fixtures", log=lambda _: None) / "base"
     shape = ModelShape.of(json.loads((base / "config.json").read_text()))

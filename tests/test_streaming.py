@@ -1,4 +1,4 @@
-"""Layer streaming (pipeline/checkpoints/streaming.py): the same outputs as a fully loaded
+"""Layer streaming (frankenmoe/checkpoints/streaming.py): the same outputs as a fully loaded
 model for every folder kind, one layer in memory at a time, and a check that
 names missing, mis-shaped and unexpected tensors."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.checkpoints.loading import load_awq, load_merged
-from pipeline.checkpoints.streaming import CheckpointReader, StreamingLM
-from pipeline.moe.routing import forced_expert, moe_blocks
+from frankenmoe.checkpoints.loading import load_awq, load_merged
+from frankenmoe.checkpoints.streaming import CheckpointReader, StreamingLM
+from frankenmoe.moe.routing import forced_expert, moe_blocks
 from tests.test_example_build import eval_ids
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@ expert best on no domain of the held-out text has nothing to lose by dying there
 
 from __future__ import annotations
 
-from pipeline.moe.study import summarize
-from pipeline.moe.study_report import dead_expert
+from frankenmoe.moe.study import summarize
+from frankenmoe.moe.study_report import dead_expert
 
 
 def reference(weights: dict[str, list[list[float]]]) -> dict:

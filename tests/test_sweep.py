@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.engine.repro import tree_hashes as tree
-from pipeline.moe.sweep import (
+from frankenmoe.engine.repro import tree_hashes as tree
+from frankenmoe.moe.sweep import (
     check_size,
     load_sweep,
     plan_line,
@@ -26,7 +26,7 @@ from pipeline.moe.sweep import (
     stage_runs,
     without_timings,
 )
-from pipeline.stages import STAGES
+from frankenmoe.stages import STAGES
 from tests.conftest import EXAMPLE, REPO, run_cli
 
 # The sweep on the toy (shipped, and what `make bench` times): hidden-state or
@@ -218,7 +218,7 @@ def test_the_sweep_on_ray_with_a_worker_killed_mid_fit_equals_the_sweep_in_one_p
     build = tmp_path / "build"
     env = {**os.environ, "FRANKENMOE_BUILD_DIR": str(build), "FRANKENMOE_NO_PROGRESS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "sweep", str(SWEEP), "--ray", "local"],
+        [sys.executable, "-m", "frankenmoe.cli", "sweep", str(SWEEP), "--ray", "local"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

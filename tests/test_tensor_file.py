@@ -1,4 +1,4 @@
-"""The slice-by-slice safetensors writer (pipeline/checkpoints/tensor_file.py): the
+"""The slice-by-slice safetensors writer (frankenmoe/checkpoints/tensor_file.py): the
 same bytes as safetensors' own save_file, rows read back one at a time, and no
 incomplete file passed off as whole."""
 
@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pipeline.checkpoints.tensor_file import Rows, TensorFileWriter
+from frankenmoe.checkpoints.tensor_file import Rows, TensorFileWriter
 
 
 def tensors() -> dict[str, torch.Tensor]:

@@ -10,10 +10,14 @@ from tests.conftest import REPO
 
 # Who may index a stage's record, result or a report's checks: the writers themselves.
 OWNERS = {
-    "record": {"pipeline/stages/base.py", "pipeline/stages/lock.py", "pipeline/engine/cache.py",
-               "pipeline/stages/manifest.py"},
-    "result": {"pipeline/stages/base.py"},
-    "checks": {"pipeline/moe/verdict.py", "pipeline/stages/gguf.py", "bench/scale.py"},  # scale: its own rows
+    "record": {
+        "frankenmoe/stages/base.py",
+        "frankenmoe/stages/lock.py",
+        "frankenmoe/engine/cache.py",
+        "frankenmoe/stages/manifest.py",
+    },
+    "result": {"frankenmoe/stages/base.py"},
+    "checks": {"frankenmoe/moe/verdict.py", "frankenmoe/stages/gguf.py", "bench/scale.py"},  # scale: its own rows
 }
 
 
@@ -32,7 +36,7 @@ def string_key_reads(source: str) -> list[tuple[int, str]]:
 
 def test_no_module_reads_another_stages_record_by_string_key():
     bad = []
-    for path in sorted((REPO / "pipeline").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py")):
+    for path in sorted((REPO / "frankenmoe").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
         for line, what in string_key_reads(path.read_text(encoding="utf-8")):
             if rel not in OWNERS[what]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.moe.verdict import build_report, check, judged, tally
-from pipeline.recipe import VerifySection
+from frankenmoe.moe.verdict import build_report, check, judged, tally
+from frankenmoe.recipe import VerifySection
 
 
 def test_the_headline_counts_states_and_says_passed_only_with_a_measured_quality_check():
@@ -27,7 +27,7 @@ def _cmp(mae: float) -> dict:
 
 
 def test_routing_parity_at_top_k_of_k_cannot_pass_without_a_limit():
-    from pipeline.stages.verify import _routing_check
+    from frankenmoe.stages.verify import _routing_check
 
     free = _routing_check(VerifySection(), _cmp(0.5), top_k=2, experts=2)
     assert free["state"] == "not_applicable" and "no limit set" in free["summary"]
@@ -43,7 +43,7 @@ def _routing(share_of_expert_1: float) -> dict:
 
 
 def test_a_listed_dead_expert_is_a_warning_and_fails_only_when_asked():
-    from pipeline.stages.verify import _dead_experts_check
+    from frankenmoe.stages.verify import _dead_experts_check
 
     experts = ["code", "prose"]
     assert _dead_experts_check(VerifySection(), _routing(0.5), experts, "the 16-bit")["state"] == "pass"
@@ -55,12 +55,17 @@ def test_a_listed_dead_expert_is_a_warning_and_fails_only_when_asked():
 
 
 def test_gguf_expert_placement_that_the_noise_hides_is_not_measured():
-    from pipeline.stages.gguf import _placement_check
+    from frankenmoe.stages.gguf import _placement_check
 
-    facts = {"expert_tensors": 6, "misplaced": [], "indistinguishable": 0, "min_kept": 0.98,
-             "min_kept_needed": 0.5, "max_relative_error": 0.1, "indistinguishable_slices": []}
+    facts = {
+        "expert_tensors": 6,
+        "misplaced": [],
+        "indistinguishable": 0,
+        "min_kept": 0.98,
+        "min_kept_needed": 0.5,
+        "max_relative_error": 0.1,
+        "indistinguishable_slices": [],
+    }
     assert _placement_check("Q8_0", facts)["state"] == "pass"
-    assert _placement_check("Q4_K_M", {**facts, "indistinguishable": 2, "min_kept": 0.1})["state"] == (
-        "not_measured"
-    )
+    assert _placement_check("Q4_K_M", {**facts, "indistinguishable": 2, "min_kept": 0.1})["state"] == ("not_measured")
     assert _placement_check("Q4_K_M", {**facts, "misplaced": ["blk.3 expert 0 is nearer 1"]})["state"] == "fail"

@@ -12,9 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from pipeline.checkpoints.streaming import StreamingLM
-from pipeline.moe.evaluation import forced_routing_parity, merge_structure
-from pipeline.moe.report import routing_matrix
+from frankenmoe.checkpoints.streaming import StreamingLM
+from frankenmoe.moe.evaluation import forced_routing_parity, merge_structure
+from frankenmoe.moe.report import routing_matrix
 from tests.conftest import EXAMPLE, example_data, run_cli
 from tests.test_example_build import eval_ids
 

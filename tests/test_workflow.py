@@ -32,10 +32,10 @@ def test_the_committed_real_example_lock_matches_its_inputs(monkeypatch):
     """recipes/smollm2-2x.lock.json (what the release job checks) is refreshed whenever the example's inputs change."""
     from pathlib import Path
 
-    from pipeline.example.catalog import ensure_example
-    from pipeline.provenance.lockfile import current_lock, differences, read_lock
-    from pipeline.recipe import load_recipe
-    from pipeline.support.hashing import HashState
+    from frankenmoe.example.catalog import ensure_example
+    from frankenmoe.provenance.lockfile import current_lock, differences, read_lock
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.support.hashing import HashState
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     monkeypatch.chdir(REPO)

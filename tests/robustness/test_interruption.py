@@ -41,7 +41,7 @@ def noted(fn):
 import safetensors.torch
 safetensors.torch.save_file = noted(safetensors.torch.save_file)
 os.link = noted(os.link)
-from pipeline.cli import main
+from frankenmoe.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -55,7 +55,7 @@ def start_build(build: Path, dist: Path, wrapper: Path | None = None, **popen) -
     }
     if wrapper:
         env["WRITE_MARKS"] = str(wrapper.with_suffix(".marks"))
-    cmd = [sys.executable, str(wrapper)] if wrapper else [sys.executable, "-m", "pipeline.cli"]
+    cmd = [sys.executable, str(wrapper)] if wrapper else [sys.executable, "-m", "frankenmoe.cli"]
     return subprocess.Popen(
         [*cmd, "build", str(EXAMPLE)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
     )

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints.sources import locate, preflight
-from pipeline.errors import IncompatibleModelsError, InputFileError
-from pipeline.recipe import ModelRef
+from frankenmoe.checkpoints.sources import locate, preflight
+from frankenmoe.errors import IncompatibleModelsError, InputFileError
+from frankenmoe.recipe import ModelRef
 from tests.conftest import tiny_mistral
 
 
@@ -119,7 +119,7 @@ def test_hub_id_unavailable_offline(monkeypatch, tmp_path):
 
 
 def test_a_local_folder_with_an_at_sign_is_a_folder_not_a_revision(tok_source, tmp_path):
-    from pipeline.recipe import parse_recipe
+    from frankenmoe.recipe import parse_recipe
 
     folder = tmp_path / "base@v2"
     folder.symlink_to(tok_source, target_is_directory=True)

@@ -34,7 +34,7 @@ def test_push_killed_mid_upload_commits_nothing_and_the_rerun_completes(example,
         "FRANKENMOE_DIST_DIR": str(dist),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "build", str(recipe)],
+        [sys.executable, "-m", "frankenmoe.cli", "build", str(recipe)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -75,7 +75,7 @@ def test_a_port_that_is_not_ray_gives_up_after_the_timeout(sweep_file):
 def test_ray_client_address_without_the_client_says_how_to_install_it(sweep_file):
     """Without grpc (what `ray[client]` adds), as on a plain `pip install ray`."""
     port = free_port()
-    hide = "import sys; sys.modules['grpc'] = None; from pipeline.cli import main; sys.exit(main())"
+    hide = "import sys; sys.modules['grpc'] = None; from frankenmoe.cli import main; sys.exit(main())"
     proc = subprocess.run(
         [sys.executable, "-c", hide, "sweep", str(sweep_file), "--ray", f"ray://127.0.0.1:{port}"],
         cwd=REPO,

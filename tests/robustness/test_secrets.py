@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import cli
+from frankenmoe import cli
 from tests.conftest import HUB_TOKEN
 
 
@@ -43,7 +43,7 @@ def test_an_unexpected_os_error_is_a_bug_not_a_bad_path(monkeypatch, capsys, tmp
 
 
 def test_user_errors_are_scrubbed_too(monkeypatch, capsys):
-    from pipeline.errors import PublishError
+    from frankenmoe.errors import PublishError
 
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", HUB_TOKEN)
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.support.owned import MARKER, claim_work_folder
+from frankenmoe.errors import UsageError
+from frankenmoe.support.owned import MARKER, claim_work_folder
 from tests.conftest import EXAMPLE, run_cli
 
 
@@ -88,7 +88,7 @@ def test_build_refuses_to_publish_over_a_users_file_before_any_stage_runs(fixtur
 def test_a_published_folder_keeps_being_replaced_by_the_build_that_made_it(example, tmp_path):
     """The folder's own files (its build.json lists them) are no reason to refuse,
     also for a build folder that has never seen this dist folder."""
-    from pipeline.engine.publish import foreign_files
+    from frankenmoe.engine.publish import foreign_files
 
     assert foreign_files(example["awq"], None) == []
     (example["awq"] / "notes.txt").write_text("mine")

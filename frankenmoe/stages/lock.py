@@ -1,0 +1,48 @@
+"""lock: pin everything the build reads (frankenmoe/provenance/lockfile.py) and name the build.
+
+Output: `lock.json`, the lock as it is for this build (what `frankenmoe lock`
+would write), and the build id in the record: a hash of the recipe and the lock.
+Its key changes whenever any pinned input or tool version changes, so the card
+and the build manifest, which depend on it, never name a stale build.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict, cast
+
+from frankenmoe.provenance.lockfile import build_id as compute_build_id
+from frankenmoe.provenance.lockfile import current_lock, published_recipe
+from frankenmoe.recipe import Recipe
+from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.support.hashing import HashState
+from frankenmoe.support.jsonio import write_json
+
+
+class LockResult(TypedDict):
+    build_id: str  # a hash of the recipe and its lock
+
+
+def build_id(result: StageResult) -> str:
+    return cast(LockResult, result.result)["build_id"]
+
+
+def lock_pins(result: StageResult) -> dict[str, Any]:
+    """The lock as it was for this build (its fingerprint)."""
+    return result.record["fingerprint"]
+
+
+class LockStage(Stage):
+    name = "lock"
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        return {"recipe": published_recipe(recipe)}
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        return current_lock(recipe, state, download=not offline)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        lock = current_lock(ctx.recipe, ctx.state)
+        write_json(ctx.out / "lock.json", lock)
+        return {"build_id": compute_build_id(ctx.recipe, lock)}

@@ -1,0 +1,180 @@
+"""push: upload dist/<name>/merged and dist/<name>/awq to the Hub, one commit each.
+
+With huggingface_hub (honouring HF_ENDPOINT and the usual token sources: the
+HF_TOKEN variable or `huggingface-cli login`). Before anything goes out it
+refuses every folder whose checks failed (verify for merged/ and awq/, llama.cpp's
+check for gguf/; `publish.allow_failed: true` overrides) and any folder whose files
+differ from the sha256 in the build records. Pushing an unchanged build creates no commit (the
+client skips files the remote already has). Transient failures are retried with
+backoff; since a Hub commit is atomic, a push that still fails has committed
+nothing and the rerun resumes. The token never reaches output, records or errors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, TypedDict
+
+from frankenmoe.errors import PublishError
+from frankenmoe.recipe import Recipe
+from frankenmoe.stages.base import Stage, StageContext
+from frankenmoe.stages.card import failed_checks
+from frankenmoe.stages.lock import build_id as lock_build_id
+from frankenmoe.support.hashing import HashState
+from frankenmoe.support.secrets import scrub
+
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+TRIES = 4
+# Answers that no retry changes, each with what to do about it.
+REFUSED = {
+    401: "the Hub refused the token (HTTP 401); set HF_TOKEN or run `huggingface-cli login` with a valid token",
+    403: "the token may not write there (HTTP 403); use a token with write access to this namespace",
+    404: "not found (HTTP 404); check publish.*.repo_id and that the namespace exists and the token can see it",
+}
+LFS_SUFFIXES = {".safetensors", ".bin", ".png", ".gguf", ".pt", ".model"}
+
+
+class PushResult(TypedDict, total=False):
+    pushed: bool
+    endpoint: str
+    repos: dict[str, dict]  # folder -> repo_id, revision, commit
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> None:
+    actual = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if actual != set(expected):
+        extra, missing = sorted(actual - set(expected)), sorted(set(expected) - actual)
+        raise PublishError(
+            f"push: {folder} does not match its build record (extra: {extra[:3]}, missing: {missing[:3]}); rebuild it"
+        )
+    for rel, meta in sorted(expected.items()):
+        if state.sha256(folder / rel) != meta["sha256"]:
+            raise PublishError(
+                f"push: {folder / rel} differs from the sha256 in its build record; rebuild before pushing"
+            )
+
+
+def is_transient(err: BaseException) -> bool:
+    """Worth another try: 429/5xx, a dropped or timed-out connection, or an LFS
+    upload the client gave up on after its own retries. huggingface_hub retries
+    pre-upload and LFS transfers itself, but not the commit on the LFS path."""
+    import httpx2  # huggingface_hub 2.x's HTTP client
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(err, HfHubHTTPError):
+        return getattr(err.response, "status_code", None) in TRANSIENT_STATUS
+    if isinstance(err, RuntimeError) and str(err).startswith("Error while uploading"):
+        return True
+    return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
+
+
+def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None], sleep=time.sleep) -> Any:
+    for attempt in range(1, TRIES + 1):
+        try:
+            return action()
+        except Exception as err:  # classified below; anything else is not retried
+            if not is_transient(err) or attempt == TRIES:
+                raise
+            wait = 2 ** (attempt - 1)
+            log(f"push      {what}: {scrub(type(err).__name__)} (try {attempt} of {TRIES}), retrying in {wait}s")
+            sleep(wait)
+
+
+class PushStage(Stage):
+    name = "push"
+    depends_on_all_earlier = True  # every published folder and its records
+    packages = ("huggingface-hub",)
+    reads_dist = True
+    # The remote repo may have been deleted or edited since: compare with it every
+    # time (the client uploads only what differs, an unchanged repo gets no commit).
+    never_cached = True
+
+    def config(self, recipe: Recipe) -> dict[str, Any]:
+        # The endpoint says where the push goes; the token is deliberately not here.
+        return {"publish": recipe.publish.model_dump(), "endpoint": endpoint() if recipe.publish.push else None}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        p = ctx.recipe.publish
+        if not p.push:
+            ctx.log("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
+            return {"pushed": False}
+        folders = ctx.folders()
+        targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in folders]
+        if not targets:
+            raise PublishError(
+                "publish: push is true but no publish.<folder>.repo_id is set for a folder this build publishes "
+                f"({', '.join(folders)})"
+            )
+        failed = failed_checks(ctx.inputs)
+        refused = [
+            f"push: {ctx.dist / folder} failed {', '.join(dict.fromkeys(f.split(':')[0] for f in failed[folder]))}, "
+            "so it is not pushed; see its verify.md, or set publish.allow_failed: true to push it anyway (its card "
+            "then says so in its first line)"
+            for folder, _ in targets
+            if folder in failed and not p.allow_failed
+        ]
+        if refused:
+            raise PublishError(refused)
+        for folder, _ in targets:
+            check_folder(ctx.dist / folder, ctx.published_files(folder), ctx.state)
+        build_id = lock_build_id(ctx.inputs["lock"])
+        message = p.commit_message or f"frankenmoe build {build_id}"
+        if build_id not in message:
+            message = f"{message} (frankenmoe build {build_id})"
+        pushed = {}
+        for folder, repo_id in targets:
+            pushed[folder] = push_folder(ctx.dist / folder, repo_id, p.private, p.revision, message, ctx.log)
+            ctx.log(f"push      {folder} -> {repo_id}@{p.revision} {pushed[folder]['commit'][:12]}")
+        return {"pushed": True, "endpoint": endpoint(), "repos": pushed}
+
+
+def push_folder(
+    folder: Path, repo_id: str, private: bool, revision: str, message: str, log: Callable[[str], None]
+) -> dict:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}", log)
+        if revision != "main":
+            with_retries(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"branch {revision}", log)
+        info = with_retries(
+            lambda: api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message, delete_patterns="*"
+            ),
+            f"upload {folder.name} to {repo_id}",
+            log,
+        )
+    except Exception as err:
+        if not (isinstance(err, (HfHubHTTPError, OSError)) or is_transient(err)):
+            raise
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in REFUSED:
+            raise PublishError(scrub(f"push: {folder} to {repo_id}: {REFUSED[status]}")) from None
+        why = f"HTTP {status}" if status else type(err).__name__
+        raise PublishError(
+            scrub(
+                f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "
+                "was committed by this try; rerun the same build command to resume"
+            )
+        ) from None
+    return {"repo_id": repo_id, "revision": revision, "commit": info.oid}
+
+
+def dry_run(folder: Path, repo_id: str) -> list[str]:
+    """What a push would send, without network writes: one line per file."""
+    lines = [f"{repo_id}: from {folder}"]
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        lfs = f.suffix in LFS_SUFFIXES or f.stat().st_size > 10 * 2**20
+        lines.append(
+            f"  {f.relative_to(folder).as_posix():<40} {f.stat().st_size:>12,d} B  {'lfs' if lfs else 'regular'}"
+        )
+    return lines
