@@ -104,6 +104,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{path}: ok ({recipe.name}: {len(recipe.experts)} experts, gate_mode {recipe.gate_mode}, "
             f"top-{recipe.experts_per_token})"
         )
+        for warning in recipe.warnings:
+            print(f"{path}: warning: {warning}")
     return status
 
 
@@ -173,7 +175,7 @@ def cmd_repro_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_check(args: argparse.Namespace) -> int:
-    from frankenmoe.provenance.rebuild import rebuild_check
+    from frankenmoe.engine.rebuild import rebuild_check
     from frankenmoe.support.settings import build_root
 
     work = args.work or build_root() / ".rebuild-check"
@@ -200,7 +202,7 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from frankenmoe.engine.build import default_layout, finished_results
     from frankenmoe.errors import VerifyFailed
-    from frankenmoe.moe.verdict import log_lines
+    from frankenmoe.measure.verdict import log_lines
     from frankenmoe.recipe import load_recipe
     from frankenmoe.stages.verify import candidate_inputs, candidate_problems, verify_from_results
 
@@ -225,7 +227,7 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
     """`verify --candidate FILE.gguf`: llama.cpp's checks of any GGUF file of this merge."""
     from frankenmoe.engine.build import finished_results
     from frankenmoe.errors import VerifyFailed
-    from frankenmoe.moe.verdict import log_lines
+    from frankenmoe.measure.verdict import log_lines
     from frankenmoe.stages.gates import routed_model
     from frankenmoe.stages.gguf import check_files
 
@@ -244,7 +246,7 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from frankenmoe.engine.cache import default_layout
-    from frankenmoe.moe.study import parse_modes, run_study
+    from frankenmoe.experiments.study import parse_modes, run_study
     from frankenmoe.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -257,8 +259,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.executors import executor
-    from frankenmoe.moe.sweep import check_size, load_sweep, run_sweep
+    from frankenmoe.experiments.executors import executor
+    from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
     from frankenmoe.support import settings
 
     sweep = load_sweep(args.sweep, _stage_names())
@@ -476,7 +478,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
     st.set_defaults(func=cmd_study)
 
-    from frankenmoe.engine.executors import CONNECT_TIMEOUT_S
+    from frankenmoe.experiments.executors import CONNECT_TIMEOUT_S
 
     sw = sub.add_parser(
         "sweep",

@@ -316,7 +316,7 @@ class QuantizeSection(Strict):
     )
 
 
-SIZE_LIMIT_DOC = "unset: by the model's size (frankenmoe/moe/quality_limits.py; verify.json records which)"
+SIZE_LIMIT_DOC = "unset: by the model's size (frankenmoe/measure/quality_limits.py; verify.json records which)"
 
 
 class VerifySection(Strict):
@@ -342,7 +342,7 @@ class VerifySection(Strict):
         description="largest mean KL(source || MoE forced to that expert) per token: how much of an expert the "
         "merge may lose; reported always, a limit only when set",
     )
-    # Unset: by the model's size (frankenmoe/moe/quality_limits.py: published 7B figures,
+    # Unset: by the model's size (frankenmoe/measure/quality_limits.py: published 7B figures,
     # a measured 135M model; docs/verification.md); router drift: each example recipe's own limit.
     max_mean_kl: float | None = Field(
         default=None, gt=0, description=f"largest mean KL(16-bit || 4-bit) per token; {SIZE_LIMIT_DOC}"
@@ -384,11 +384,14 @@ class VerifySection(Strict):
     )
 
 
-def _gguf_types_schema(schema: dict[str, Any]) -> None:
-    """The GGUF types `known_types` accepts (llama.cpp's names, frankenmoe/quantization/llama_cpp.py)."""
-    from frankenmoe.quantization.llama_cpp import FTYPES
+# GGUF file types a recipe may ask for, by llama.cpp's own names (llama_ftype); each has
+# its number in frankenmoe/quantization/llama_cpp.py FTYPES (a test keeps the two equal).
+GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K")
 
-    schema["items"]["enum"] = list(FTYPES)
+
+def _gguf_types_schema(schema: dict[str, Any]) -> None:
+    """The GGUF types `known_types` accepts."""
+    schema["items"]["enum"] = list(GGUF_TYPES)
     schema["uniqueItems"] = True
 
 
@@ -423,11 +426,9 @@ class GgufSection(Strict):
     @field_validator("types")
     @classmethod
     def known_types(cls, value: list[str]) -> list[str]:
-        from frankenmoe.quantization.llama_cpp import FTYPES
-
-        unknown = [t for t in value if t not in FTYPES]
+        unknown = [t for t in value if t not in GGUF_TYPES]
         if unknown:
-            raise ValueError(f"unknown GGUF type {', '.join(unknown)}; use some of {', '.join(FTYPES)}")
+            raise ValueError(f"unknown GGUF type {', '.join(unknown)}; use some of {', '.join(GGUF_TYPES)}")
         if len(set(value)) != len(value):
             raise ValueError("a GGUF type is listed twice")
         return value
@@ -586,10 +587,16 @@ class Recipe(Strict):
     publish: PublishSection = Field(default_factory=PublishSection, description="pushing to the Hub")
     # The recipe file's folder: relative paths in the recipe are relative to it.
     _root: Path = PrivateAttr(default_factory=Path)
+    # What validation found that mergekit-moe accepts (parse_recipe): said, never refused.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @property
     def root(self) -> Path:
         return self._root
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     @model_validator(mode="before")
     @classmethod
@@ -661,11 +668,22 @@ def _prompt_problems(where: str, prompts: Any, required: bool) -> list[str]:
     for i, p in enumerate(prompts):
         if isinstance(p, str) and not p.strip():
             problems.append(f"{where}[{i}]: empty prompt")
-        elif isinstance(p, str) and p in seen:
-            problems.append(f"{where}[{i}]: duplicate prompt {p!r}")
         if isinstance(p, str):
             seen.add(p)
     return problems
+
+
+def _duplicate_prompts(where: str, prompts: Any) -> list[str]:
+    if not isinstance(prompts, list):
+        return []
+    seen: set[str] = set()
+    found = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) and p.strip() and p in seen:
+            found.append(f"{where}[{i}]: duplicate prompt {p!r} (it counts twice in the router row)")
+        if isinstance(p, str):
+            seen.add(p)
+    return found
 
 
 def _prompt_key(prompts: Any) -> tuple | int:
@@ -718,19 +736,36 @@ def _semantic_problems(raw: dict) -> list[str]:
             problems.append(
                 "experts: every expert has identical prompts; give each expert prompts that describe what it should get"
             )
-        for i, e in enumerate(experts):
-            for j in range(i):
-                if (
-                    isinstance(e, dict)
-                    and isinstance(experts[j], dict)
-                    and e.get("source_model") == experts[j].get("source_model")
-                    and e.get("source_model") is not None
-                ):
-                    problems.append(
-                        f"experts[{i}].source_model: same model as experts[{j}]; an MoE of identical experts gives "
-                        "the same output at more cost"
-                    )
     return problems
+
+
+def _mergekit_accepts(raw: dict) -> list[str]:
+    """What mergekit-moe accepts though it is often a slip: said in `validate`, `plan` and
+    the build log, never refused (a "clown-car" MoE uses one model for several experts,
+    each with its own prompts)."""
+    experts = raw.get("experts")
+    if not isinstance(experts, list):
+        return []
+    found = []
+    for i, e in enumerate(experts):
+        if isinstance(e, dict):
+            for key in ("positive_prompts", "negative_prompts"):
+                found += _duplicate_prompts(f"experts[{i}].{key}", e.get(key))
+    models = [e.get("source_model") if isinstance(e, dict) else None for e in experts]
+    if len(models) > 1 and models[0] is not None and all(m == models[0] for m in models[1:]):
+        found.append(
+            "experts: every expert is the same source model; the MoE gives that model's output at more cost until it "
+            "is trained (mergekit-moe refuses this unless run with --i-understand-this-is-not-useful-without-training)"
+        )
+        return found
+    for i, model in enumerate(models):
+        earlier = [j for j in range(i) if model is not None and models[j] == model]
+        if earlier:
+            found.append(
+                f"experts[{i}].source_model: same model as experts[{earlier[0]}]; their MLPs are identical, so only "
+                "their router rows tell them apart"
+            )
+    return found
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -797,6 +832,7 @@ def parse_recipe(raw: dict, default_name: str, root: Path = Path()) -> Recipe:
         raise RecipeError(list(dict.fromkeys(problems)))
     assert recipe is not None
     recipe._root = root
+    recipe._warnings = _mergekit_accepts(data)
     return recipe
 
 

@@ -7,7 +7,7 @@ import yaml
 
 from frankenmoe.errors import RecipeError
 from frankenmoe.recipe import load_recipe, parse_recipe, parse_size
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 MERGEKIT_CONFIG = """\
 base_model: mistralai/Mistral-7B-v0.1
@@ -103,26 +103,52 @@ def test_semantic_rules(change, expected):
     assert any(p.startswith(expected) for p in problems(valid(**change))), problems(valid(**change))
 
 
-def test_identical_prompts_and_duplicates():
+def test_identical_prompts_and_empty_ones_are_refused_and_duplicates_said():
     data = valid()
     data["experts"][1]["positive_prompts"] = list(data["experts"][0]["positive_prompts"])
     data["experts"][1]["negative_prompts"] = list(data["experts"][0]["negative_prompts"])
     assert any(p.startswith("experts: every expert has identical prompts") for p in problems(data))
     data = valid()
     data["experts"][0]["positive_prompts"] = ["chat", "chat", " "]
-    got = problems(data)
-    assert "experts[0].positive_prompts[1]: duplicate prompt 'chat'" in got
-    assert "experts[0].positive_prompts[2]: empty prompt" in got
+    assert problems(data) == ["experts[0].positive_prompts[2]: empty prompt"]
+    data["experts"][0]["positive_prompts"] = ["chat", "chat"]
+    assert parse_recipe(data, "r").warnings == [
+        "experts[0].positive_prompts[1]: duplicate prompt 'chat' (it counts twice in the router row)"
+    ]
 
 
-def test_one_expert_and_same_model_twice():
+# mergekit-moe accepts one model for several experts (a "clown-car" MoE, each copy with its
+# own prompts); frankenmoe builds it and says so, as it refuses only what mergekit refuses.
+CLOWN_CAR = MERGEKIT_CONFIG + """  - source_model: teknium/OpenHermes-2.5-Mistral-7B
+    positive_prompts: ["story", "poem"]
+"""
+
+
+def test_one_model_for_two_experts_is_a_warning_and_one_expert_a_refusal():
     data = valid()
     data["experts"] = data["experts"][:1]
     data["experts_per_token"] = 1
     assert problems(data) == ["experts: a MoE needs at least 2 experts, got 1"]
+    recipe = parse_recipe(yaml.safe_load(CLOWN_CAR), "r")
+    assert recipe.warnings == [
+        "experts[2].source_model: same model as experts[0]; their MLPs are identical, so only their router rows "
+        "tell them apart"
+    ]
     data = valid()
     data["experts"][1]["source_model"] = data["experts"][0]["source_model"]
-    assert any("same model as experts[0]" in p for p in problems(data))
+    (warning,) = parse_recipe(data, "r").warnings
+    assert warning.startswith("experts: every expert is the same source model;") and "mergekit-moe refuses" in warning
+    assert parse_recipe(valid(), "r").warnings == []
+
+
+def test_validate_and_plan_say_the_warning(tmp_path):
+    path = tmp_path / "clown-car.yaml"
+    path.write_text(CLOWN_CAR)
+    proc = run_cli("validate", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{path}: warning: experts[2].source_model: same model as experts[0];" in proc.stdout
+    proc = run_cli("plan", str(path), build=tmp_path / "build")
+    assert "  warning: experts[2].source_model: same model as experts[0];" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_random_gates_need_no_prompts():

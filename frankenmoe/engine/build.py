@@ -200,6 +200,8 @@ def build(
     if until is not None and until not in {s.name for s in active}:
         raise UsageError(f"--until: stage {until!r} is switched off by this recipe")
     selected = select_stages(active, until)
+    for warning in recipe.warnings:
+        log(f"recipe    warning: {warning}")
     state = HashState(layout.build_root / ".hash-state.json")
     if locked is not None:  # first: with other inputs, nothing else the build would say matters
         check_lock(recipe, locked, state)

@@ -89,6 +89,7 @@ def make_plan(recipe: Recipe, layout: Layout, stages: Sequence[Stage], fetch: bo
 
 def format_plan(recipe: Recipe, layout: Layout, rows: list[PlanRow]) -> str:
     lines = [f"plan for {recipe.name}: build in {layout.build}, publish to {layout.dist}"]
+    lines += [f"  warning: {w}" for w in recipe.warnings]
     lines.append(f"  {'stage':<9} {'status':<9} {'key':<17} {'disk':>10}  note")
     for r in rows:
         disk = "-" if r.bytes is None else f"{r.bytes / 1e9:.3f} GB"

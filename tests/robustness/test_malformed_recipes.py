@@ -46,10 +46,6 @@ CASES = {
     ),
     "model_as_number": (GOOD.replace("base_model: org/base", "base_model: 5"), ["base_model: expected a model"]),
     "empty_prompt": (GOOD.replace('["def f(x):"]', '[""]'), ["experts[0].positive_prompts[0]: empty prompt"]),
-    "duplicate_prompt": (
-        GOOD.replace('["def f(x):"]', '["a", "a"]'),
-        ["experts[0].positive_prompts[1]: duplicate prompt 'a'"],
-    ),
     "no_prompts": (
         "base_model: a/b\nexperts:\n  - source_model: c/d\n  - source_model: e/f\n",
         ["experts[0].positive_prompts: required"],
