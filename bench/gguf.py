@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from frankenmoe.engine.build import default_layout, finished_results
-from frankenmoe.moe.verdict import named
+from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.llama_cpp import convert, parity, quantize
 from frankenmoe.recipe import load_recipe
 from frankenmoe.stages import STAGES

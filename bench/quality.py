@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 
 from frankenmoe.engine.build import default_layout, finished_results
-from frankenmoe.moe.metrics import perplexity, target_nll, token_kl, top1_agreement
-from frankenmoe.moe.verdict import named
+from frankenmoe.measure.metrics import perplexity, target_nll, token_kl, top1_agreement
+from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.awq_engine import run_engine
 from frankenmoe.quantization.awq_layout import quantization_config
 from frankenmoe.recipe import load_recipe

@@ -47,7 +47,7 @@ from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure, movable_recipe, ran_line, stage_record
 from bench.sweep import TINY_SWEEP, sweep_part
 from frankenmoe.engine.graph import enabled_stages
-from frankenmoe.moe.verdict import named
+from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.awq_engine import ALLOCATOR
 from frankenmoe.recipe import load_recipe
 from frankenmoe.stages import STAGES

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from frankenmoe.checkpoints.streaming import StreamingLM
-from frankenmoe.moe.evaluation import forced_routing_parity, merge_structure
+from frankenmoe.measure.evaluation import forced_routing_parity, merge_structure
 
 
 def main() -> None:

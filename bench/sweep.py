@@ -24,8 +24,8 @@ from bench.measure import BIN, REPO, build_env, measure, movable_recipe, stage_r
 from bench.scale import CALIBRATION
 from frankenmoe.engine.graph import dependencies, enabled_stages
 from frankenmoe.engine.repro import tree_hashes
-from frankenmoe.engine.variants import sweep_stages
-from frankenmoe.moe.sweep import without_timings
+from frankenmoe.experiments.sweep import without_timings
+from frankenmoe.experiments.variants import sweep_stages
 from frankenmoe.recipe import load_recipe
 from frankenmoe.stages import STAGES
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.engine.build import finished_results
-from frankenmoe.moe.metrics import target_nll, token_kl, top1_agreement
-from frankenmoe.moe.sweep import load_sweep, plan_variants
+from frankenmoe.experiments.sweep import load_sweep, plan_variants
+from frankenmoe.measure.metrics import target_nll, token_kl, top1_agreement
 from frankenmoe.stages import STAGES
 from frankenmoe.stages.evaluate import reference, reference_dir
 from frankenmoe.stages.quantize import quantized_model

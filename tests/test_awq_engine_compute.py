@@ -319,7 +319,7 @@ def test_float32_linears_pack_into_the_awq_gemm_layout():
     pytest.importorskip("gptqmodel")
     from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
 
-    from frankenmoe.quantization.awq_layout import dequantize, unpack_int4
+    from frankenmoe.checkpoints.awq_format import dequantize, unpack_int4
 
     stock = list(AwqTorchLinear.SUPPORTS_DTYPES)
     try:
@@ -370,8 +370,8 @@ def test_the_float32_patch_refuses_an_unexpected_kernel(monkeypatch):
 def test_merge_and_fit_keys_name_the_machine_class(monkeypatch):
     """Hidden-state router rows (merge) and fitted routers (gates) are computed on a
     device: its class is in those stages' keys, so a CPU and a GPU build never share them."""
-    from frankenmoe.moe.router_fit import fit_compute
     from frankenmoe.recipe import load_recipe
+    from frankenmoe.routing.router_fit import fit_compute
     from frankenmoe.stages.merge import MergeStage
     from tests.conftest import EXAMPLE
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from frankenmoe.errors import InputFileError
-from frankenmoe.moe.calibration import calibration_windows
 from frankenmoe.recipe import CalibrationSection
+from frankenmoe.text.calibration import calibration_windows
 from tests.conftest import REPO
 
 
@@ -75,9 +75,9 @@ def test_a_hub_dataset_is_read_at_the_commit_its_revision_names(hub, monkeypatch
     import datasets
     from huggingface_hub import HfApi, constants
 
-    from frankenmoe.moe import calibration
-    from frankenmoe.moe.calibration import dataset_commit, load_texts, source_fingerprint
     from frankenmoe.support.hashing import HashState
+    from frankenmoe.text import calibration
+    from frankenmoe.text.calibration import dataset_commit, load_texts, source_fingerprint
     from tests.conftest import HUB_TOKEN
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
@@ -118,8 +118,8 @@ def test_a_hub_dataset_is_read_at_the_commit_its_revision_names(hub, monkeypatch
 def test_every_text_file_counts_in_the_fingerprint_even_two_of_one_name(tmp_path):
     """The default calibration is code/calibration.jsonl and prose/calibration.jsonl:
     a change to either must change the stages' keys."""
-    from frankenmoe.moe.calibration import source_fingerprint
     from frankenmoe.support.hashing import HashState
+    from frankenmoe.text.calibration import source_fingerprint
 
     for domain in ("code", "prose"):
         (tmp_path / domain).mkdir()

@@ -81,7 +81,7 @@ def test_the_gguf_card_does_not_depend_on_the_order_a_record_keeps_its_files():
     """A cached gguf record reads its files back sorted, a fresh one in the order
     they were made: the card is the same bytes either way (repro-check, two fresh
     builds, could not see it; a build with gguf cached wrote the other order)."""
-    from frankenmoe.moe.verdict import PASS, build_report, check
+    from frankenmoe.measure.verdict import PASS, build_report, check
     from frankenmoe.recipe import load_recipe
     from frankenmoe.stages.card import gguf_card
     from frankenmoe.stages.gguf import parity_name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from frankenmoe.moe.quality_limits import GGUF_8BIT, GGUF_TIERS, LIMITS, TIERS
+from frankenmoe.measure.quality_limits import GGUF_8BIT, GGUF_TIERS, LIMITS, TIERS
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"

@@ -197,6 +197,47 @@ def test_the_package_import_graph_has_no_cycle():
         visit(n, [])
 
 
+# The package's rooms, bottom to top: a module may import only from a room below its own
+# (or from its own room). What a lower room needs from a higher one is passed in, or the
+# shared piece moves down.
+LAYERS = [
+    {"errors"},
+    {"support"},
+    {"recipe"},
+    {"checkpoints"},
+    {"text"},
+    {"measure"},
+    {"quantization", "routing", "example"},
+    {"provenance", "recipe_schema"},
+    {"stages"},
+    {"engine"},
+    {"experiments"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_no_import_runs_up_from_a_lower_room_of_the_package():
+    rank = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+    package = ROOT / "frankenmoe"
+    rooms = {p.stem if p.is_file() else p.name for p in package.iterdir() if p.suffix == ".py" or p.is_dir()}
+    assert rooms - {"__init__", "__pycache__", "templates"} == set(rank), "place the new room in LAYERS"
+    upward = []
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        if len(rel.parts) < 2 or rel.parts[1] == "__init__":
+            continue
+        here = rel.parts[1]
+        for module in _imports(path):
+            if module.startswith("frankenmoe.") and _room(module) != here and rank[_room(module)] >= rank[here]:
+                upward.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not upward, "\n".join(sorted(upward))
+
+
 class FillsTheDisk(Fake):
     def run(self, ctx):
         (ctx.out / "half.bin").write_bytes(b"x" * 100)

@@ -16,8 +16,8 @@ import yaml
 from safetensors import safe_open
 
 from frankenmoe.checkpoints.loading import load_merged
-from frankenmoe.moe.corpus import read_documents
-from frankenmoe.moe.routing import forced_expert
+from frankenmoe.checkpoints.moe_blocks import forced_expert
+from frankenmoe.text.corpus import read_documents
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 pytestmark = pytest.mark.slow

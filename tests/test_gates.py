@@ -62,8 +62,8 @@ def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
     for domain in ("code", "prose"):
         assert ppl["moe"][domain] < ppl["moe (hidden-state routers)"][domain], (domain, ppl)
     # and the report shows both, next to each source expert
-    from frankenmoe.moe.report import render_markdown
-    from frankenmoe.moe.verdict import build_report
+    from frankenmoe.measure.report import render_markdown
+    from frankenmoe.measure.verdict import build_report
 
     report = {
         **build_report([], enforced=True),
@@ -246,8 +246,8 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
     import torch
 
     from frankenmoe.checkpoints.loading import load_merged
-    from frankenmoe.moe.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
-    from frankenmoe.moe.routing import moe_blocks
+    from frankenmoe.checkpoints.moe_blocks import moe_blocks
+    from frankenmoe.routing.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
 
     g = torch.Generator().manual_seed(0)
     model = load_merged(example["merged"], dtype="float32")
@@ -279,10 +279,10 @@ def test_the_best_expert_start_alone_sends_each_file_to_its_best_expert(example)
     from transformers import AutoTokenizer
 
     from frankenmoe.checkpoints.loading import load_merged
-    from frankenmoe.moe.calibration import token_windows
-    from frankenmoe.moe.router_fit import Schedule, fit_routers, split_heldout
-    from frankenmoe.moe.routing import moe_blocks
+    from frankenmoe.checkpoints.moe_blocks import moe_blocks
+    from frankenmoe.routing.router_fit import Schedule, fit_routers, split_heldout
     from frankenmoe.support.paths import shipped_dir
+    from frankenmoe.text.calibration import token_windows
 
     model = load_merged(example["merged"], dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(example["merged"])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from frankenmoe.quantization.llama_cpp import converter_refusal, pretokenizer_table, require_converter
+from frankenmoe.quantization.llama_cpp import FTYPES, converter_refusal, pretokenizer_table, require_converter
+from frankenmoe.recipe import GGUF_TYPES
 from tests.conftest import EXAMPLE, REPO, example_data, run_cli
 
 SMOLLM2 = REPO / "fixtures" / "smollm2"
@@ -62,6 +63,10 @@ def test_unknown_gguf_types_are_recipe_errors(tmp_path):
     recipe.write_text(yaml.safe_dump(data))
     proc = run_cli("validate", str(recipe))
     assert proc.returncode == 2 and "gguf.types" in proc.stderr and "Q3_XL" in proc.stderr
+
+
+def test_every_type_a_recipe_may_name_has_its_llama_cpp_number():
+    assert list(GGUF_TYPES) == list(FTYPES)
 
 
 @pytest.mark.slow

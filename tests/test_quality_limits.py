@@ -4,8 +4,8 @@ experts are found from the routing statistics."""
 from __future__ import annotations
 
 from bench.synthetic import SHAPES
-from frankenmoe.moe.evaluation import dead_experts
-from frankenmoe.moe.quality_limits import quality_limits
+from frankenmoe.measure.evaluation import dead_experts
+from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.recipe import VerifySection
 
 SMOLLM2 = {

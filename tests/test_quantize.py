@@ -14,10 +14,11 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from frankenmoe.checkpoints.awq_format import dequantize, unpack_int4
 from frankenmoe.checkpoints.loading import load_awq, load_merged
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.errors import InputFileError
-from frankenmoe.quantization.awq_layout import dequantize, quantization_config, unpack_int4
+from frankenmoe.quantization.awq_layout import quantization_config
 from tests.conftest import REPO, example_data, run_cli
 from tests.test_example_build import eval_ids, tensors
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from frankenmoe.checkpoints.loading import load_awq, load_merged
+from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.checkpoints.streaming import CheckpointReader, StreamingLM
-from frankenmoe.moe.routing import forced_expert, moe_blocks
 from tests.test_example_build import eval_ids
 
 pytestmark = pytest.mark.slow

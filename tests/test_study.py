@@ -57,7 +57,7 @@ def test_modes_that_name_nothing_are_one_line(tmp_path):
 
 
 def test_a_mode_named_twice_is_studied_once():
-    from frankenmoe.moe.study import parse_modes
+    from frankenmoe.experiments.study import parse_modes
 
     assert parse_modes("hidden,hidden, random") == ["hidden", "random"]
 
@@ -91,7 +91,7 @@ def card_carries_the_study(root, study_json, data):
 )
 def test_a_study_the_card_cannot_use_is_one_line(tmp_path, content, message):
     from frankenmoe.errors import InputFileError
-    from frankenmoe.moe.study_report import read_study
+    from frankenmoe.measure.study_report import read_study
 
     path = tmp_path / "study.json"
     if content is not None:

@@ -3,8 +3,8 @@ expert best on no domain of the held-out text has nothing to lose by dying there
 
 from __future__ import annotations
 
-from frankenmoe.moe.study import summarize
-from frankenmoe.moe.study_report import dead_expert
+from frankenmoe.experiments.study import summarize
+from frankenmoe.measure.study_report import dead_expert
 
 
 def reference(weights: dict[str, list[list[float]]]) -> dict:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from frankenmoe.engine.repro import tree_hashes as tree
-from frankenmoe.moe.sweep import (
+from frankenmoe.experiments.sweep import (
     check_size,
     load_sweep,
     plan_line,

@@ -17,7 +17,7 @@ OWNERS = {
         "frankenmoe/stages/manifest.py",
     },
     "result": {"frankenmoe/stages/base.py"},
-    "checks": {"frankenmoe/moe/verdict.py", "frankenmoe/stages/gguf.py", "bench/scale.py"},  # scale: its own rows
+    "checks": {"frankenmoe/measure/verdict.py", "frankenmoe/stages/gguf.py", "bench/scale.py"},  # scale: its own rows
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from frankenmoe.moe.verdict import build_report, check, judged, tally
+from frankenmoe.measure.verdict import build_report, check, judged, tally
 from frankenmoe.recipe import VerifySection
 
 

@@ -13,8 +13,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from frankenmoe.checkpoints.streaming import StreamingLM
-from frankenmoe.moe.evaluation import forced_routing_parity, merge_structure
-from frankenmoe.moe.report import routing_matrix
+from frankenmoe.measure.evaluation import forced_routing_parity, merge_structure
+from frankenmoe.measure.report import routing_matrix
 from tests.conftest import EXAMPLE, example_data, run_cli
 from tests.test_example_build import eval_ids
 

@@ -12,9 +12,9 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from frankenmoe.errors import IncompatibleModelsError, InputFileError
-from frankenmoe.recipe import ModelRef
 from frankenmoe.support.paths import resolve_path
 
 # Everything a merge reads from a source; weights only as safetensors.
@@ -35,6 +35,18 @@ ALLOW_PATTERNS = [
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+class ModelRef(Protocol):
+    """A model reference as the recipe gives it (frankenmoe.recipe.ModelRef), read here
+    without this layer importing the recipe."""
+
+    id: str
+    revision: str | None
+
+    def display(self) -> str: ...
+    def local_path(self, root: Path) -> Path: ...
+    def looks_like_hub_id(self, root: Path) -> bool: ...
 
 
 @dataclass(frozen=True)

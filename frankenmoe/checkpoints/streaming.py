@@ -21,9 +21,9 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
+from frankenmoe.checkpoints.awq_format import PROJ_TO_W, QUANT_PARTS, dequantize
+from frankenmoe.checkpoints.moe_blocks import forced_expert
 from frankenmoe.errors import InputFileError
-from frankenmoe.moe.routing import forced_expert
-from frankenmoe.quantization.awq_layout import PROJ_TO_W, QUANT_PARTS, dequantize
 from frankenmoe.support.progress import progress
 
 MLP_KEY = re.compile(r"^(model\.layers\.\d+)\.mlp\.(.+)$")
@@ -209,7 +209,7 @@ class StreamingLM:
         """Per window (token ids): (log-probs [T, V] over the next token, or None
         without `head`; router softmax [L, T, E], or None for a dense model). With
         `expert`, every MoE layer routes every token to that expert alone
-        (frankenmoe.moe.routing)."""
+        (frankenmoe/checkpoints/moe_blocks.py)."""
         import torch
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 

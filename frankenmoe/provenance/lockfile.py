@@ -71,8 +71,8 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
     """The lock for this recipe as things are now; None when `download` is off and
     a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit."""
     from frankenmoe.checkpoints.sources import locate, model_files
-    from frankenmoe.moe.calibration import dataset_identity
-    from frankenmoe.moe.router_fit import fit_compute
+    from frankenmoe.routing.router_fit import fit_compute
+    from frankenmoe.text.calibration import dataset_identity
 
     models = {}
     for role, ref in recipe.all_models():

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import re
 
+from frankenmoe.checkpoints.awq_format import PROJ_TO_W
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import RecipeError
 
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-QUANT_PARTS = ("qweight", "qzeros", "scales")
 ENGINE_EXPERT = re.compile(
     r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(qweight|qzeros|scales)$"
 )
 ENGINE_ROUTER = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
-PROJ_TO_W = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 
 
 def quantization_config(bits: int, group_size: int, zero_point: bool) -> dict:
@@ -45,26 +43,6 @@ def published_name(engine_name: str) -> str:
     if m := ENGINE_ROUTER.match(engine_name):
         return f"model.layers.{m.group(1)}.block_sparse_moe.gate.weight"
     return engine_name
-
-
-def unpack_int4(packed, bits: int = 4):
-    """int32 [..., n/8] -> int [..., n] of 4-bit values in natural column order."""
-    import torch
-
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
-    vals = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [..., n/8, 8] in nibble order
-    order = torch.tensor(AWQ_ORDER)
-    natural = torch.empty_like(vals)
-    natural[..., order] = vals  # nibble i holds column AWQ_ORDER[i]
-    return natural.reshape(*packed.shape[:-1], packed.shape[-1] * 8)
-
-
-def dequantize(qweight, qzeros, scales, group_size: int):
-    """The float weight of one AWQ GEMM linear, as nn.Linear stores it: [out, in]."""
-    q = unpack_int4(qweight).float()  # [in, out]
-    z = unpack_int4(qzeros).float().repeat_interleave(group_size, dim=0)  # [in, out]
-    s = scales.float().repeat_interleave(group_size, dim=0)
-    return ((q - z) * s).t().contiguous()
 
 
 GROUP_SIZES = (128, 64, 32)

@@ -341,7 +341,7 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     from safetensors import safe_open
 
     from frankenmoe.checkpoints.tensor_file import Rows
-    from frankenmoe.moe.evaluation import logprob_parity
+    from frankenmoe.measure.evaluation import logprob_parity
 
     ref = json.loads((Path(reference) / "reference.json").read_text())
     stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life

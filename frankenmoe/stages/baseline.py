@@ -16,12 +16,12 @@ import json
 from typing import Any, TypedDict, cast
 
 from frankenmoe.errors import InputFileError
-from frankenmoe.moe.calibration import check_text_files, source_fingerprint
 from frankenmoe.recipe import CalibrationSection, Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.resolve import model_paths
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.jsonio import write_json
+from frankenmoe.text.calibration import check_text_files, source_fingerprint
 
 
 class Baseline(TypedDict):
@@ -52,7 +52,7 @@ class HeldOutTextStage(Stage):
     @staticmethod
     def windows(recipe: Recipe, tokenizer) -> list[tuple[str, list[int]]]:
         """The held-out windows; none at all is the recipe's problem, said in one line."""
-        from frankenmoe.moe.evaluation import eval_windows
+        from frankenmoe.measure.evaluation import eval_windows
 
         v = recipe.verify
         windows = eval_windows([recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
@@ -83,7 +83,7 @@ class BaselineStage(HeldOutTextStage):
         from transformers import AutoTokenizer
 
         from frankenmoe.checkpoints.streaming import StreamingLM
-        from frankenmoe.moe.evaluation import lm_perplexity
+        from frankenmoe.measure.evaluation import lm_perplexity
         from frankenmoe.support.determinism import seed_everything
 
         seed_everything(0)

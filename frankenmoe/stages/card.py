@@ -19,8 +19,8 @@ import yaml
 from frankenmoe import __version__
 from frankenmoe.errors import RecipeError
 from frankenmoe.measure.benchmark_report import evals_markdown, model_index
-from frankenmoe.moe.study_report import read_study, render_for_card, without_timings
-from frankenmoe.moe.verdict import named
+from frankenmoe.measure.study_report import read_study, render_for_card, without_timings
+from frankenmoe.measure.verdict import named
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.quantization import readers
 from frankenmoe.recipe import Recipe

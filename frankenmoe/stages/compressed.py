@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator, TypedDict, cast
 
 from frankenmoe.errors import InputFileError, VerifyFailed
-from frankenmoe.moe.evaluation import routing_stats
-from frankenmoe.moe.quality_limits import quality_limits
-from frankenmoe.moe.verdict import NOT_MEASURED, build_report, check, judged, log_lines
+from frankenmoe.measure.evaluation import routing_stats
+from frankenmoe.measure.quality_limits import quality_limits
+from frankenmoe.measure.verdict import NOT_MEASURED, build_report, check, judged, log_lines
 from frankenmoe.quantization import readers
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult

@@ -20,7 +20,7 @@ from typing import Any, Iterator, TypedDict, cast
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import TensorFileWriter
 from frankenmoe.errors import IncompatibleModelsError
-from frankenmoe.moe.evaluation import (
+from frankenmoe.measure.evaluation import (
     forced_routing_parity,
     merge_structure,
     perplexity_of,

@@ -1,4 +1,4 @@
-"""gates: optionally fit the routers on training text (frankenmoe/moe/router_fit.py).
+"""gates: optionally fit the routers on training text (frankenmoe/routing/router_fit.py).
 
 With `gates.fit: false` (the default, so a plain mergekit recipe gives what
 mergekit gives) the output is the merged model itself, hard-linked. With
@@ -20,13 +20,13 @@ from typing import Any, TypedDict, cast
 
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import InputFileError
-from frankenmoe.moe.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 from frankenmoe.recipe import CalibrationSection, Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.support.device import require_gpu_if_asked
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.paths import portable
+from frankenmoe.text.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 
 
 class GatesResult(TypedDict, total=False):
@@ -77,7 +77,7 @@ class GatesStage(Stage):
     ) -> dict[str, Any] | None:
         if not recipe.gates.fit:
             return {}
-        from frankenmoe.moe.router_fit import fit_compute
+        from frankenmoe.routing.router_fit import fit_compute
 
         return {
             "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files"),
@@ -93,7 +93,7 @@ class GatesStage(Stage):
         return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from frankenmoe.moe.router_fit import write_fitted
+        from frankenmoe.routing.router_fit import write_fitted
 
         g = ctx.recipe.gates
         merged = merged_model(ctx.inputs["merge"])
@@ -104,7 +104,7 @@ class GatesStage(Stage):
         from transformers import AutoTokenizer
 
         from frankenmoe.checkpoints.loading import load_merged
-        from frankenmoe.moe.router_fit import Schedule, fit_compute, fit_routers, split_heldout
+        from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 
         compute = fit_compute(g.device, g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from frankenmoe.errors import IncompatibleModelsError, VerifyFailed
-from frankenmoe.moe.verdict import FAIL, NOT_MEASURED, PASS, build_report, check, judged, log_lines, markdown_table
+from frankenmoe.measure.verdict import FAIL, NOT_MEASURED, PASS, build_report, check, judged, log_lines, markdown_table
 from frankenmoe.quantization.llama_cpp import FTYPES, VERSION
 from frankenmoe.recipe import GgufSection, Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
@@ -39,7 +39,7 @@ FTYPE_NAMES = {code: name for name, code in FTYPES.items()}
 class GgufResult(TypedDict):
     wall_s: dict[str, float]  # convert, quantize, check (llama.cpp's logits)
     files: dict[str, str]  # type -> file name
-    passed: bool  # the verdict is "passed" (frankenmoe/moe/verdict.py)
+    passed: bool  # the verdict is "passed" (frankenmoe/measure/verdict.py)
     verdict: str
     failures: list[str]
     enforced: bool
@@ -149,7 +149,7 @@ def check_files(
     """llama.cpp's logits of each file against the 16-bit reference, and its reading
     of the MoE's shape; verify.json and verify.md in `out`. `files`: {type or None: path}
     (None: someone else's file, whose type llama.cpp reads from it)."""
-    from frankenmoe.moe.quality_limits import gguf_limits
+    from frankenmoe.measure.quality_limits import gguf_limits
     from frankenmoe.quantization.llama_cpp import parity
 
     logs.mkdir(parents=True, exist_ok=True)

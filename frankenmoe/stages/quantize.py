@@ -1,7 +1,7 @@
 """quantize: AWQ 4-bit with GPTQModel, published in AutoAWQ's Mixtral GEMM layout.
 
 Steps:
-1. pick calibration windows (frankenmoe/moe/calibration.py); with routed calibration
+1. pick calibration windows (frankenmoe/text/calibration.py); with routed calibration
    (`calibrate_all_experts: false`) count, on the 16-bit model, the tokens the
    router sends to each expert: an expert that sees too few calibration tokens gets
    badly chosen scales, so that fails here, before the expensive part, naming
@@ -32,20 +32,20 @@ from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.writing import renamed_pieces, write_sharded
 from frankenmoe.errors import UndercalibratedExpert
-from frankenmoe.moe.calibration import (
+from frankenmoe.quantization.awq_engine import compute_path, run_engine
+from frankenmoe.quantization.awq_layout import choose_group_size, published_name, quantization_config
+from frankenmoe.recipe import Recipe
+from frankenmoe.routing.routing import expert_token_counts
+from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.gates import routed_model
+from frankenmoe.support.hashing import HashState
+from frankenmoe.support.jsonio import write_json
+from frankenmoe.text.calibration import (
     calibration_windows,
     check_not_evaluation_text,
     check_text_files,
     source_fingerprint,
 )
-from frankenmoe.moe.routing import expert_token_counts
-from frankenmoe.quantization.awq_engine import compute_path, run_engine
-from frankenmoe.quantization.awq_layout import choose_group_size, published_name, quantization_config
-from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
-from frankenmoe.stages.gates import routed_model
-from frankenmoe.support.hashing import HashState
-from frankenmoe.support.jsonio import write_json
 
 COPY_FROM_MERGED = (
     "generation_config.json",

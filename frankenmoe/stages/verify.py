@@ -2,7 +2,7 @@
 
 Compares the published 4-bit model against the 16-bit reference from `evaluate`
 and applies the `verify:` thresholds. Writes `report/verify.json` (all numbers,
-each check's state and reason (frankenmoe/moe/verdict.py), the thresholds, the
+each check's state and reason (frankenmoe/measure/verdict.py), the thresholds, the
 headline), `report/verify.md` and
 `report/routing.png`; they are published into dist/<name>/awq/ for the card. A
 failed check stops the build (exit 6) before anything is pushed, unless the
@@ -18,10 +18,10 @@ from typing import Any, TypedDict, cast
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import InputFileError, VerifyFailed
-from frankenmoe.moe.evaluation import compare_candidate, dead_experts, routing_stats
-from frankenmoe.moe.quality_limits import quality_limits
-from frankenmoe.moe.report import render_markdown, render_routing_png
-from frankenmoe.moe.verdict import (
+from frankenmoe.measure.evaluation import compare_candidate, dead_experts, routing_stats
+from frankenmoe.measure.quality_limits import quality_limits
+from frankenmoe.measure.report import render_markdown, render_routing_png
+from frankenmoe.measure.verdict import (
     FAIL,
     NOT_APPLICABLE,
     NOT_MEASURED,
@@ -48,7 +48,7 @@ SHARED_WEIGHTS_TOL = 1e-6
 
 class VerifyResult(TypedDict):
     passed: bool  # the verdict is "passed": nothing failed and a quality check measured
-    verdict: str  # passed, failed or not measured (frankenmoe/moe/verdict.py)
+    verdict: str  # passed, failed or not measured (frankenmoe/measure/verdict.py)
     counts: dict[str, int]  # checks per state
     failures: list[str]  # one line per failed check
     enforced: bool  # verify.fail_on_mismatch: a failure stops the build

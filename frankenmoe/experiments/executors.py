@@ -1,7 +1,7 @@
 """Where a sweep's stage runs happen: in this process one after another, or as
 Ray tasks on a cluster (the optional extra `frankenmoe[ray]`).
 
-Both run the same function (frankenmoe/engine/variants.py `run_task`), so a sweep
+Both run the same function (frankenmoe/experiments/variants.py `run_task`), so a sweep
 gives the same measurements either way. On Ray:
 - `local` starts a cluster of this machine's CPUs on 127.0.0.1 and stops it after;
   `auto` or an address (`host:port`, `ray://host:10001`) joins a running one;
@@ -28,8 +28,8 @@ import os
 import socket
 from typing import Callable
 
-from frankenmoe.engine.variants import Task, TaskDone, run_task
 from frankenmoe.errors import EnvironmentProblem, UsageError
+from frankenmoe.experiments.variants import Task, TaskDone, run_task
 
 RETRIES = 3  # worker deaths per task before the variant is reported failed
 CONNECT_TIMEOUT_S = 30.0  # --ray-timeout's default: seconds for a cluster to answer

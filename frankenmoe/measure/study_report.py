@@ -1,6 +1,6 @@
 """The routing study's outputs: its table (study.md, and the model card's copy when a
 recipe sets `card.study`) and its figure (study.png), from a study.json written by
-frankenmoe/moe/study.py. Reading never runs a build."""
+frankenmoe/experiments/study.py. Reading never runs a build."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """The sweep's table (sweep.md) and figure (sweep.png), from the sweep.json that
-frankenmoe/moe/sweep.py writes: per-domain quality by variant, and 4-bit loss against
+frankenmoe/experiments/sweep.py writes: per-domain quality by variant, and 4-bit loss against
 4-bit size with the Pareto front marked. Every figure here is read from sweep.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from frankenmoe.moe.study_report import dead_expert
+from frankenmoe.measure.study_report import dead_expert
 
 
 def _domains(doc: dict) -> list[str]:

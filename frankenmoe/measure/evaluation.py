@@ -17,9 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from frankenmoe.checkpoints.streaming import CheckpointReader
-from frankenmoe.moe.corpus import read_documents
-from frankenmoe.moe.metrics import perplexity, target_nll, token_kl, top1_agreement, total_kl
+from frankenmoe.measure.metrics import perplexity, target_nll, token_kl, top1_agreement, total_kl
 from frankenmoe.support.progress import progress
+from frankenmoe.text.corpus import read_documents
 
 EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}

@@ -5,7 +5,7 @@ reads are finished (frankenmoe/engine/keys.py), so nodes of several variants wit
 one key are one task, run once, before any variant that needs it: the sources
 are resolved once and the base's perplexities computed once for every gate mode.
 The other nodes run as soon as their inputs are there, side by side where the
-executor has room (frankenmoe/engine/executors.py: one after another in this
+executor has room (frankenmoe/experiments/executors.py: one after another in this
 process, or as Ray tasks). Either way each task is `run_stage`, under its key's
 lock, so what a variant publishes does not depend on where or in which order
 its stages ran.

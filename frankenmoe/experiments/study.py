@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from frankenmoe.errors import UsageError
-from frankenmoe.moe.evaluation import dead_experts
-from frankenmoe.moe.metrics import gate_weight_entropy_bits
-from frankenmoe.moe.study_report import render, render_png
-from frankenmoe.moe.verdict import PASS, WARN, named
+from frankenmoe.measure.evaluation import dead_experts
+from frankenmoe.measure.metrics import gate_weight_entropy_bits
+from frankenmoe.measure.study_report import render, render_png
+from frankenmoe.measure.verdict import PASS, WARN, named
 from frankenmoe.recipe import Recipe
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.jsonio import write_json
@@ -114,8 +114,8 @@ def run_study(
     `frankenmoe build` gives it: its build is rerun alone, every finished stage cached."""
     from frankenmoe.engine.build import build
     from frankenmoe.engine.cache import Layout
-    from frankenmoe.engine.executors import InProcess
-    from frankenmoe.engine.variants import Variant, build_variants
+    from frankenmoe.experiments.executors import InProcess
+    from frankenmoe.experiments.variants import Variant, build_variants
     from frankenmoe.stages.evaluate import reference as evaluate_reference
     from frankenmoe.stages.verify import report_dir
 

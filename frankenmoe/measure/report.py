@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from frankenmoe.moe.verdict import markdown_table
+from frankenmoe.measure.verdict import markdown_table
 
 HIDDEN = "moe (hidden-state routers)"  # with fitted routers: mergekit's own, for comparison
 

@@ -46,8 +46,8 @@ from pydantic import BaseModel
 
 from frankenmoe.engine.cache import RECORD, Layout
 from frankenmoe.engine.graph import dependencies
-from frankenmoe.engine.variants import Outcome, Variant, build_variants, sweep_stages
 from frankenmoe.errors import FrankenmoeError, RecipeError, UsageError, exit_code
+from frankenmoe.experiments.variants import Outcome, Variant, build_variants, sweep_stages
 from frankenmoe.recipe import NAME_RE, Recipe, load_raw, parse_recipe
 from frankenmoe.support.atomic import atomic_files
 from frankenmoe.support.hashing import sha256_json
@@ -239,7 +239,7 @@ def plan_variants(sweep: Sweep, build_root: Path) -> list[Planned]:
 
 def variant_row(planned: Planned, outcome: Outcome | None, dead_share: float) -> dict:
     """One variant's row: what it measured (as study does), its 4-bit size and loss, or its error."""
-    from frankenmoe.moe.study import summarize
+    from frankenmoe.experiments.study import summarize
     from frankenmoe.stages.evaluate import reference
     from frankenmoe.stages.verify import report_dir
 
@@ -287,7 +287,7 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build every variant, write build/<sweep>/sweep.{json,md,png}; returns the folder."""
-    from frankenmoe.moe.sweep_report import render, render_png
+    from frankenmoe.experiments.sweep_report import render, render_png
     from frankenmoe.support.secrets import scrub
 
     planned = plan_variants(sweep, build_root)

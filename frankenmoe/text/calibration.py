@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frankenmoe.errors import InputFileError, RecipeError
-from frankenmoe.moe.corpus import read_documents
 from frankenmoe.recipe import CalibrationDataset, CalibrationSection
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.paths import portable, resolve_path
+from frankenmoe.text.corpus import read_documents
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
@@ -174,10 +174,10 @@ def calibration_windows(cal: CalibrationSection, tokenizer, root: Path = Path())
 
 def check_not_evaluation_text(recipe, section: str, files: list[str], why: str) -> None:
     """Text a stage learns from must not hold the held-out text verify measures on.
-    Compared per document by content (frankenmoe/moe/overlap.py), so a copy under
+    Compared per document by content (frankenmoe/text/overlap.py), so a copy under
     another name, re-serialized JSON Lines, a `.txt` copy or one evaluation document
     in an otherwise new file are caught."""
-    from frankenmoe.moe.overlap import EvaluationText
+    from frankenmoe.text.overlap import EvaluationText
 
     held_out = EvaluationText({name: recipe.path(name) for name in recipe.verify.files if recipe.path(name).is_file()})
     problems = []

@@ -1,4 +1,5 @@
-"""Tools to look inside a Mixtral-style MoE's routing (used by tests and verify)."""
+"""The sparse-MoE blocks of a loaded Mixtral-style model, and routing every token to
+one expert: what lets one reader check a merge against each source model."""
 
 from __future__ import annotations
 
@@ -41,17 +42,3 @@ def forced_expert(model, expert: int) -> Iterator[None]:
     finally:
         for router, fwd in originals:
             router.forward = fwd
-
-
-def expert_token_counts(lm, windows: list[list[int]], desc: str = "routing calibration tokens") -> list[list[int]]:
-    """Per layer and expert, how many tokens the router sends there (top-k), with
-    the merged model streamed layer by layer (a frankenmoe.checkpoints.streaming.StreamingLM)."""
-    import torch
-
-    top_k = lm.config.num_experts_per_tok
-    counts = None
-    for _, router in lm.run(windows, desc=desc, head=False):  # router: [L, T, E]
-        chosen = torch.topk(router, top_k, dim=-1).indices
-        c = torch.stack([torch.bincount(layer.reshape(-1), minlength=router.shape[-1]) for layer in chosen])
-        counts = c if counts is None else counts + c
-    return counts.tolist()

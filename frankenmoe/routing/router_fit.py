@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from frankenmoe.moe.metrics import assignment_entropy_bits, target_nll
-from frankenmoe.moe.routing import moe_blocks
+from frankenmoe.checkpoints.moe_blocks import moe_blocks
+from frankenmoe.measure.metrics import assignment_entropy_bits, target_nll
 from frankenmoe.support.atomic import link_or_copy
 from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.device import cpu_flags, device_class, read_cpuinfo
@@ -256,7 +256,7 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
     import torch
     import torch.nn.functional as F
 
-    from frankenmoe.moe.routing import forced_expert
+    from frankenmoe.checkpoints.moe_blocks import forced_expert
 
     t0 = time.monotonic()
     before = _heldout_loss(model, held, batch_size)

@@ -15,7 +15,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-from frankenmoe.moe.corpus import read_documents
+from frankenmoe.text.corpus import read_documents
 
 MIN_CHARS = 200
 SEPARATOR = "\x00"  # never inside a collapsed text, so no match spans two documents

@@ -1,0 +1,1 @@
+"""Variants, sweeps and studies: many builds over one cache, above the engine."""

@@ -1,0 +1,1 @@
+"""Router statistics and router fitting."""

@@ -1,0 +1,1 @@
+"""Text the pipeline reads: corpora, calibration windows, overlap with evaluation text."""
