@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 
 from frankenmoe.example.catalog import ensure_tiny as ensure_fixtures
 from frankenmoe.example.tiny import FixtureSettings, fixtures_key
+from frankenmoe.example.training import CODE_VERSIONS
+from tests.conftest import REPO
 
 
 def test_clean_clone_copies_from_the_cache_and_ignores_other_keys(tmp_path, monkeypatch):
@@ -24,3 +28,40 @@ def test_clean_clone_copies_from_the_cache_and_ignores_other_keys(tmp_path, monk
     said.clear()
     ensure_fixtures(out, log=said.append)  # now up to date in place
     assert said == [f"fixtures: cached ({out})"]
+
+
+class _WithoutImports(ast.NodeTransformer):
+    def visit_Import(self, node):
+        return None
+
+    visit_ImportFrom = visit_Import
+
+    def visit_Expr(self, node):  # a docstring
+        return None if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) else node
+
+
+def code_without_imports(module: str) -> str:
+    """sha256 of a module's syntax tree without imports and docstrings: what its code
+    does, whatever the package's name or where the names it uses are imported from."""
+    path = REPO / "frankenmoe" / "example" / f"{module}.py"
+    tree = _WithoutImports().visit(ast.parse(path.read_text()))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+# The code each declared version stands for (training.CODE_VERSIONS), imports and docstrings aside.
+CODE = {
+    "training": "06423f8f92243e2de89100725e1a39a73a7ff60883a368d4f9574393ceeddeea",
+    "tiny": "ef6d40a537e8cb0b4f55c537fd1989d0ae5a6a1375bf0203f47033b69290317c",
+    "smollm2": "da254695d0dc92b006e618d703916ed370dd498c25880d419f6b8e7de9495119",
+}
+
+
+def test_the_example_code_has_the_version_its_models_are_cached_under():
+    """Change the training code and this fails until CODE_VERSIONS gets a new value for
+    that module (the examples are then trained again) and CODE records its new code."""
+    for module, recorded in CODE.items():
+        assert code_without_imports(module) == recorded, (
+            f"frankenmoe/example/{module}.py changed: give it a new value in training.CODE_VERSIONS "
+            f"and record {code_without_imports(module)} here"
+        )
+    assert set(CODE_VERSIONS) == set(CODE)

@@ -15,7 +15,8 @@ attention, 30 layers, a 49k BPE vocabulary, dimensions (576, 1536) that 128 does
 not divide.
 
 The folder is keyed by a hash of everything that shapes it (wheel, corpora,
-settings, this file and frankenmoe/example/training.py, library versions): see frankenmoe/example/store.py.
+settings, the declared version of this code and of frankenmoe/example/training.py,
+library versions): see frankenmoe/example/store.py.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def example_key(s: Settings) -> str:
             for d in s.domains
             for split in ("train", "eval")
         },
-        "code": [sha256_file(Path(__file__)), training.CODE_SHA256],
+        "code": [training.CODE_VERSIONS["smollm2"], training.CODE_VERSIONS["training"]],
         "versions": tool_versions(["torch", "transformers", "tokenizers", "gguf"]),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]

@@ -6,7 +6,8 @@ CPU. The experts differ from the base only in their MLP weights, which makes the
 merge checkable exactly: routing every token to expert k must reproduce expert k.
 
 The output folder is keyed by a hash of everything that shapes it (corpora, the
-settings below, this file and frankenmoe/example/training.py, library versions);
+settings below, the declared version of this code and of frankenmoe/example/training.py,
+library versions);
 frankenmoe/example/catalog.py makes them only when that key changes, through the
 atomic store in frankenmoe/example/store.py.
 """
@@ -57,7 +58,7 @@ def fixtures_key(settings: FixtureSettings) -> str:
     inputs = {
         "settings": asdict(settings),
         "corpora": {f"{d}/train.jsonl": sha256_file(CALIBRATION / d / "train.jsonl") for d in DOMAINS},
-        "code": [sha256_file(Path(__file__)), training.CODE_SHA256],
+        "code": [training.CODE_VERSIONS["tiny"], training.CODE_VERSIONS["training"]],
         "versions": tool_versions(["torch", "transformers", "tokenizers"]),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]

@@ -2,7 +2,7 @@
 
 The tiny example trains a Mistral from scratch and then its experts' MLPs; the real
 one fine-tunes SmolLM2's MLPs. Both use the one loop below, so a fix to it reaches
-both, and both keys hash this file (an edit here retrains both).
+both, and both keys carry its declared version (CODE_VERSIONS: a new value retrains both).
 
 The loop is deterministic on one machine: the windows come from a seeded torch
 Generator, and the callers run it inside `support.determinism.torch_scope` (fixed
@@ -16,10 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frankenmoe.measure.metrics import perplexity
-from frankenmoe.support.hashing import sha256_file
 from frankenmoe.support.progress import progress
 
-CODE_SHA256 = sha256_file(Path(__file__))
+# What shapes the example models' bytes in this module, tiny.py and smollm2.py, declared
+# as a stage declares its version: each file's sha256 when its code last changed (so
+# the models cached then stay valid; renaming the package changed only imports).
+# tests/test_fixture_cache.py fails when a module's code, imports aside, changes
+# without a new value here; a new value retrains the examples.
+CODE_VERSIONS = {
+    "training": "7705722b98663c3d47587e0254716b5b7029202aff525704314a14b961361a08",
+    "tiny": "6d63a3e7b47636139f1cb92b58043cf5b7eb04a3db38ce1c2cb6fbb6c21b10e5",
+    "smollm2": "97b03efaf946eadda802ad48a746977f3f9a450686544038c966be82ab9a59ff",
+}
 
 
 @dataclass(frozen=True)
