@@ -1,9 +1,10 @@
 """One model for two experts (a "clown-car" MoE, which mergekit-moe accepts): the build
-says so in its log and builds it, each copy with its own router row."""
+says so in its log and builds it, each copy with its own router row and the source's MLP."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -22,17 +23,21 @@ def test_the_toy_with_its_code_expert_twice_builds_with_a_warning(fixture_models
     again.pop("negative_prompts", None)
     data["experts"].append(again)
     recipe = write_recipe(tmp_path / "tiny-3x.yaml", data)
-    proc = run_cli("build", str(recipe), "--until", "merge", build=tmp_path / "build", dist=tmp_path / "dist")
+    proc = run_cli("build", str(recipe), "--until", "evaluate", build=tmp_path / "build", dist=tmp_path / "dist")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "recipe    warning: experts[2].source_model: same model as experts[0];" in proc.stdout
     (merged,) = (tmp_path / "build" / "tiny-3x" / "merge").glob("*/model")
     tensors = {}
     for shard in merged.glob("*.safetensors"):
         tensors.update(load_file(shard))
-    layer = "model.layers.0.mlp"
-    experts = [k for k in tensors if k.startswith(f"{layer}.experts") or k.startswith(f"{layer}.gate")]
-    assert experts, sorted(tensors)[:20]
-    router = next(v for k, v in tensors.items() if k.startswith(f"{layer}.gate.") and k.endswith("weight"))
+    layer = "model.layers.0.block_sparse_moe"
+    router = tensors[f"{layer}.gate.weight"]
     assert router.shape[0] == 3
-    assert not torch.equal(router[0], router[2])  # the copies differ only by their prompts' rows
-    print(sorted(k for k in tensors if k.startswith(layer)))
+    for w in ("w1", "w2", "w3"):  # the copies' MLPs are the same model's
+        assert torch.equal(tensors[f"{layer}.experts.0.{w}.weight"], tensors[f"{layer}.experts.2.{w}.weight"])
+    assert not torch.equal(tensors[f"{layer}.experts.0.w1.weight"], tensors[f"{layer}.experts.1.w1.weight"])
+    assert not torch.equal(router[0], router[2])  # told apart by their prompts' router rows
+    # verify's 16-bit side: each expert, the copy too, forced alone gives its source's output
+    (reference,) = (tmp_path / "build" / "tiny-3x" / "evaluate").glob("*/reference.json")
+    forced = json.loads(reference.read_text())["forced_routing"]
+    assert [f["expert"] for f in forced] == [0, 1, 2] and all(f["max_abs"] == 0.0 for f in forced), forced
