@@ -664,12 +664,9 @@ def _prompt_problems(where: str, prompts: Any, required: bool) -> list[str]:
     problems = []
     if required and not prompts:
         problems.append(f"{where}: empty list; give one or more prompts that suit this expert")
-    seen: set[str] = set()
     for i, p in enumerate(prompts):
         if isinstance(p, str) and not p.strip():
             problems.append(f"{where}[{i}]: empty prompt")
-        if isinstance(p, str):
-            seen.add(p)
     return problems
 
 
@@ -759,10 +756,10 @@ def _mergekit_accepts(raw: dict) -> list[str]:
         )
         return found
     for i, model in enumerate(models):
-        earlier = [j for j in range(i) if model is not None and models[j] == model]
-        if earlier:
+        first = models.index(model)
+        if model is not None and first < i:
             found.append(
-                f"experts[{i}].source_model: same model as experts[{earlier[0]}]; their MLPs are identical, so only "
+                f"experts[{i}].source_model: same model as experts[{first}]; their MLPs are identical, so only "
                 "their router rows tell them apart"
             )
     return found
