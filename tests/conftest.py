@@ -17,6 +17,18 @@ FIXTURES = REPO / "fixtures" / "tiny"
 EXAMPLE = REPO / "recipes" / "tiny-2x.yaml"
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test starts from the environment the session had: a library imported in
+    this process may set variables its subprocesses would inherit (GPTQModel's
+    tokenicer sets HF_HOME and HF_HUB_CACHE to /tmp/tokenicer_hf_home at import, so
+    later CLI runs read Hub files from a cache kept between sessions, not the stand-in)."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 def example_data(recipe: Path = EXAMPLE) -> dict:
     """A recipe's mapping with its relative model paths made absolute, so the test
     can write it into any folder (relative paths follow the recipe file)."""
