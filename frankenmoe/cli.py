@@ -9,10 +9,22 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
+# stages.STAGES, the build's stage list, is read when a command runs: the CLI gives it to the
+# engine, and a test (or a plugin) may extend it after this import.
+from frankenmoe import stages
+from frankenmoe.checkpoints.loading import load_model
+from frankenmoe.engine.build import build, default_layout, finished_results
+from frankenmoe.engine.plan import format_plan, make_plan
+from frankenmoe.engine.rebuild import rebuild_check
+from frankenmoe.engine.repro import repro_check
 from frankenmoe.errors import (
     EXIT_CODES,
     INTERNAL_ERROR,
@@ -21,9 +33,28 @@ from frankenmoe.errors import (
     FrankenmoeError,
     InputFileError,
     NotBuiltError,
+    PublishError,
     UsageError,
+    VerifyFailed,
     exit_code,
 )
+from frankenmoe.example.catalog import DOMAIN_SETS, EXAMPLES, ensure_example
+from frankenmoe.experiments.executors import CONNECT_TIMEOUT_S, executor
+from frankenmoe.experiments.study import parse_modes, run_study
+from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
+from frankenmoe.measure.verdict import log_lines
+from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
+from frankenmoe.recipe import load_recipe
+from frankenmoe.recipe_schema import markdown, schema_text
+from frankenmoe.stages.gates import routed_model
+from frankenmoe.stages.gguf import check_files
+from frankenmoe.stages.push import dry_run
+from frankenmoe.stages.verify import candidate_inputs, candidate_problems, verify_from_results
+from frankenmoe.support import settings
+from frankenmoe.support.hashing import HashState
+from frankenmoe.support.jsonio import write_json
+from frankenmoe.support.progress import quiet_environment, quiet_libraries
+from frankenmoe.support.secrets import scrub
 
 FIXTURES_DIR = Path("fixtures")
 
@@ -69,28 +100,7 @@ def some_text(text: str) -> str:
     return text
 
 
-def _stages():
-    """The build's stage list: the CLI is where the engine is given it."""
-    from frankenmoe.stages import STAGES
-
-    return STAGES
-
-
-def _stage_names() -> list[str]:
-    from frankenmoe.stages import STAGE_NAMES
-
-    return STAGE_NAMES
-
-
-def _quiet_libraries() -> None:
-    from frankenmoe.support.progress import quiet_libraries
-
-    quiet_libraries()
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from frankenmoe.recipe import load_recipe
-
     status = 0
     for path in args.recipes:
         try:
@@ -110,41 +120,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from frankenmoe.recipe_schema import markdown, schema_text
-
     print(markdown() if args.markdown else schema_text(), end="")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import default_layout
-    from frankenmoe.engine.plan import format_plan, make_plan
-    from frankenmoe.recipe import load_recipe
-
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
-    print(format_plan(recipe, layout, make_plan(recipe, layout, _stages(), fetch=args.fetch)))
+    print(format_plan(recipe, layout, make_plan(recipe, layout, stages.STAGES, fetch=args.fetch)))
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import build, default_layout
-    from frankenmoe.provenance.lockfile import lock_path, read_lock
-    from frankenmoe.recipe import load_recipe
-
     recipe = load_recipe(args.recipe, root=args.paths_from)
     locked = read_lock(args.lock or lock_path(args.recipe)) if args.locked or args.lock else None
-    build(recipe, default_layout(recipe), _stages(), force=set(args.force or []), until=args.until, locked=locked)
+    build(recipe, default_layout(recipe), stages.STAGES, force=set(args.force or []), until=args.until, locked=locked)
     return 0
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import default_layout
-    from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
-    from frankenmoe.recipe import load_recipe
-    from frankenmoe.support.hashing import HashState
-    from frankenmoe.support.jsonio import write_json
-
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
     state = HashState(layout.build_root / ".hash-state.json")
@@ -164,28 +158,19 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_repro_check(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import default_layout
-    from frankenmoe.engine.repro import repro_check
-    from frankenmoe.recipe import load_recipe
-
     recipe = load_recipe(args.recipe)
     work = args.work or default_layout(recipe).build_root / ".repro-check" / recipe.name
-    repro_check(args.recipe, work, _stages())
+    repro_check(args.recipe, work, stages.STAGES)
     return 0
 
 
 def cmd_rebuild_check(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.rebuild import rebuild_check
-    from frankenmoe.support.settings import build_root
-
-    work = args.work or build_root() / ".rebuild-check"
-    rebuild_check(args.dir, work, _stages(), args.recipe_dir)
+    work = args.work or settings.build_root() / ".rebuild-check"
+    rebuild_check(args.dir, work, stages.STAGES, args.recipe_dir)
     return 0
 
 
 def cmd_fixtures(args: argparse.Namespace) -> int:
-    from frankenmoe.example.catalog import EXAMPLES, ensure_example
-
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -193,25 +178,19 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
         raise EnvironmentProblem(
             f"fixtures: --out {out}: cannot make it ({e.strerror}); give a writable folder"
         ) from None
-    _quiet_libraries()
+    quiet_libraries()
     for name in args.only or EXAMPLES:
         ensure_example(name, out)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import default_layout, finished_results
-    from frankenmoe.errors import VerifyFailed
-    from frankenmoe.measure.verdict import log_lines
-    from frankenmoe.recipe import load_recipe
-    from frankenmoe.stages.verify import candidate_inputs, candidate_problems, verify_from_results
-
     recipe = load_recipe(args.recipe)
-    _quiet_libraries()
+    quiet_libraries()
     layout = default_layout(recipe)
     if args.candidate is not None and args.candidate.suffix == ".gguf":
         return _verify_gguf(recipe, layout, args)
-    done = finished_results(recipe, layout, _stages(), candidate_inputs(args.candidate is None))
+    done = finished_results(recipe, layout, stages.STAGES, candidate_inputs(args.candidate is None))
     if args.candidate is not None and (problems := candidate_problems(done, args.candidate)):
         raise VerifyFailed(problems, hint=None)
     out = args.out or layout.build / "verify-candidate"
@@ -225,15 +204,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
     """`verify --candidate FILE.gguf`: llama.cpp's checks of any GGUF file of this merge."""
-    from frankenmoe.engine.build import finished_results
-    from frankenmoe.errors import VerifyFailed
-    from frankenmoe.measure.verdict import log_lines
-    from frankenmoe.stages.gates import routed_model
-    from frankenmoe.stages.gguf import check_files
-
     if not args.candidate.is_file():
         raise InputFileError(f"verify: {args.candidate}: no such file; give a .gguf file")
-    done = finished_results(recipe, layout, _stages(), ["gates", "evaluate"])
+    done = finished_results(recipe, layout, stages.STAGES, ["gates", "evaluate"])
     out = args.out or layout.build / "verify-candidate"
     merged = routed_model(done["gates"])
     report = check_files(recipe.gguf, done["evaluate"], merged, {None: args.candidate}, out, out)
@@ -245,30 +218,22 @@ def _verify_gguf(recipe, layout, args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.cache import default_layout
-    from frankenmoe.experiments.study import parse_modes, run_study
-    from frankenmoe.recipe import load_recipe
-
     recipe = load_recipe(args.recipe)
-    _quiet_libraries()
+    quiet_libraries()
     modes = parse_modes(args.modes)
-    out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, _stages())
+    out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, stages.STAGES)
     print((out / "study.md").read_text(encoding="utf-8"), end="")
     print(f"study: {out / 'study.json'}, {out / 'study.png'}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from frankenmoe.experiments.executors import executor
-    from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
-    from frankenmoe.support import settings
-
-    sweep = load_sweep(args.sweep, _stage_names())
+    sweep = load_sweep(args.sweep, stages.STAGE_NAMES)
     check_size(sweep, args.yes)
-    _quiet_libraries()
+    quiet_libraries()
     runner = executor(args.ray, args.max_parallel, timeout=args.ray_timeout)
     try:
-        out = run_sweep(sweep, _stages(), runner, settings.build_root())
+        out = run_sweep(sweep, stages.STAGES, runner, settings.build_root())
     finally:
         runner.close()
     print((out / "sweep.md").read_text(encoding="utf-8"), end="")
@@ -278,8 +243,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def failed_variants_code(sweep_json: Path) -> int:
     """0 when every variant built, else the exit code of the first failed one's error."""
-    import json
-
     doc = json.loads(sweep_json.read_text())
     failed = [r for r in doc["variants"] if r["state"] != "built"]
     if failed:
@@ -288,11 +251,6 @@ def failed_variants_code(sweep_json: Path) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from frankenmoe.engine.build import build, default_layout
-    from frankenmoe.errors import PublishError
-    from frankenmoe.recipe import load_recipe
-    from frankenmoe.stages.push import dry_run
-
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
     targets = recipe.publish.targets()
@@ -305,17 +263,13 @@ def cmd_push(args: argparse.Namespace) -> int:
             print("\n".join(dry_run(layout.dist / folder, repo_id)))
         return 0
     pushing = recipe.model_copy(update={"publish": recipe.publish.model_copy(update={"push": True})})
-    build(pushing, layout, _stages())
+    build(pushing, layout, stages.STAGES)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import json
-
     import torch
     from transformers import AutoTokenizer
-
-    from frankenmoe.checkpoints.loading import load_model
 
     if not (args.dir / "config.json").is_file():
         raise InputFileError(
@@ -332,7 +286,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"--max-new-tokens: {args.max_new_tokens} is more than the model's context ({context} tokens, "
             "max_position_embeddings); give at most that"
         )
-    _quiet_libraries()
+    quiet_libraries()
     model = load_model(args.dir, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(args.dir)
     inputs = tokenizer(args.prompt, return_tensors="pt")
@@ -396,11 +350,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--force",
         action="append",
-        choices=_stage_names(),
+        choices=stages.STAGE_NAMES,
         metavar="STAGE",
         help="rerun STAGE even if cached (repeatable)",
     )
-    b.add_argument("--until", choices=_stage_names(), metavar="STAGE", help="run only STAGE and the stages it needs")
+    b.add_argument(
+        "--until", choices=stages.STAGE_NAMES, metavar="STAGE", help="run only STAGE and the stages it needs"
+    )
     b.add_argument(
         "--locked", action="store_true", help="refuse to start unless inputs and tool versions match RECIPE's lock file"
     )
@@ -478,8 +434,6 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
     st.set_defaults(func=cmd_study)
 
-    from frankenmoe.experiments.executors import CONNECT_TIMEOUT_S
-
     sw = sub.add_parser(
         "sweep",
         help="build every variant a sweep file names (recipe key paths with lists of values) over one cache, "
@@ -520,8 +474,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=whole_number(1), default=32, metavar="N")
     g.set_defaults(func=cmd_generate)
 
-    from frankenmoe.example.catalog import DOMAIN_SETS, EXAMPLES
-
     f = sub.add_parser("fixtures", help="make the offline examples' models in OUT/<example> (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))
     f.add_argument(
@@ -536,15 +488,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from frankenmoe.support.progress import quiet_environment
-
     quiet_environment()
     args = parser().parse_args(argv)
     try:
         return args.func(args)
     except FrankenmoeError as e:
-        from frankenmoe.support.secrets import scrub
-
         for line in e.lines():
             print(scrub(f"error: {line}"), file=sys.stderr)
         return exit_code(e)
@@ -565,16 +513,8 @@ def main(argv: list[str] | None = None) -> int:
 def internal_error() -> int:
     """A bug, not a bad input: the traceback (never with a token in it) goes to a log
     file, stderr gets one line naming it, and the exit code is 1."""
-    import tempfile
-    import time
-    import traceback
-
-    from frankenmoe.support.secrets import scrub
-
     text = scrub(traceback.format_exc())
     name = f"internal-error-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
-    from frankenmoe.support import settings
-
     for folder in (settings.build_root() / "logs", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
+from frankenmoe.recipe import Recipe
+
 SCHEMA_FILE = "docs/recipe.schema.json"
 REFERENCE_FILE = "docs/recipes.md"
 SCHEMA_COMMAND = f"frankenmoe schema > {SCHEMA_FILE}"
@@ -37,8 +39,6 @@ class _FactoryDefaults(GenerateJsonSchema):
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe file as `frankenmoe validate` reads it."""
-    from frankenmoe.recipe import Recipe
-
     schema = Recipe.model_json_schema(schema_generator=_FactoryDefaults)
     schema["required"].remove("name")  # parse_recipe takes the file's name when the recipe gives none
     schema.pop("title")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,6 +238,78 @@ def test_no_import_runs_up_from_a_lower_room_of_the_package():
             if module.startswith("frankenmoe.") and _room(module) != here and rank[_room(module)] >= rank[here]:
                 upward.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not upward, "\n".join(sorted(upward))
+
+
+# Imports sit at the top of a module; only these libraries (top-level package names) are
+# imported inside the function that needs them, so that start-up (`frankenmoe --help`, a
+# fully cached build) never pays for them: they import torch or are slow to import.
+# tqdm reads its TQDM_* settings when imported, after quiet_environment() set them.
+# Anything else imported inside a function carries a `# lazy: <why>` comment.
+HEAVY = {
+    "torch",
+    "transformers",
+    "mergekit",
+    "gptqmodel",
+    "llama_cpp",
+    "ray",
+    "safetensors",
+    "accelerate",
+    "datasets",
+    "lm_eval",
+    "compressed_tensors",
+    "awq",
+    "huggingface_hub",
+    "numpy",
+    "matplotlib",
+    "jinja2",
+    "jsonschema",
+    "tokenizers",
+    "gguf",
+    "optimum",
+    "peft",
+    "sentencepiece",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "httpx2",
+    "tqdm",
+}
+
+
+def _imports_inside_functions(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in a function or method body."""
+    source = path.read_text()
+    lines = source.splitlines()
+    out = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom):
+                names = ["." if node.level else node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any("# lazy:" in line for line in lines[node.lineno - 1 : node.end_lineno]):
+                continue
+            out += [(node.lineno, name) for name in names]
+    return out
+
+
+def test_imports_sit_at_the_top_of_modules_but_heavy_libraries():
+    inside = []
+    for path in (ROOT / "frankenmoe").rglob("*.py"):
+        for line, module in set(_imports_inside_functions(path)):
+            if module.split(".")[0] not in HEAVY:
+                inside.append(f"{path.relative_to(ROOT)}:{line} imports {module} inside a function")
+    assert not inside, "move to the module's top (or mark `# lazy: why`):\n" + "\n".join(sorted(inside))
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    code = f"import sys, frankenmoe.cli; print(sorted(m for m in {sorted(HEAVY)} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", f"import frankenmoe.cli imports {out.stdout.strip()}"
 
 
 class FillsTheDisk(Fake):

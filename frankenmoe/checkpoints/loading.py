@@ -7,10 +7,13 @@ merge or a quantization is right, either case must be an error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
+from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.errors import InputFileError
+from frankenmoe.support.progress import progress
 
 
 def load_merged(path: Path, dtype: str = "float32"):
@@ -32,8 +35,6 @@ def load_awq(path: Path, dtype: str = "float16"):
     """A folder in the published AWQ layout as a plain Mixtral on the CPU, with
     its weights dequantized by the reader verification streams through
     (frankenmoe/checkpoints/streaming.py). Fails on any missing, mis-shaped or unexpected tensor."""
-    from frankenmoe.checkpoints.streaming import StreamingLM
-
     lm = StreamingLM(path, dtype)
     problems = lm.check()
     if problems:
@@ -47,8 +48,6 @@ def load_awq(path: Path, dtype: str = "float16"):
 
 def load_model(path: Path, dtype: str = "float32"):
     """Either published folder: AWQ if its config says so, else 16-bit."""
-    import json
-
     cfg = json.loads((Path(path) / "config.json").read_text())
     if (cfg.get("quantization_config") or {}).get("quant_method") == "awq":
         return load_awq(path, dtype)
@@ -66,8 +65,6 @@ class LoadedLM:
 
     def run(self, windows: list[list[int]], desc: str = "windows") -> Iterator[tuple[object, object]]:
         import torch
-
-        from frankenmoe.support.progress import progress
 
         batches = [windows[i : i + self.batch_size] for i in range(0, len(windows), self.batch_size)]
         with torch.no_grad():

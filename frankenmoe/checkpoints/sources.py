@@ -8,6 +8,7 @@ safetensors headers, so they take seconds even for 7B models.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import struct
 from dataclasses import dataclass
@@ -111,8 +112,6 @@ def locate(role: str, ref: ModelRef, root: Path, download: bool = True) -> Locat
 
 def model_files(path: Path) -> list[Path]:
     """The files of a model folder that a merge reads."""
-    import fnmatch
-
     return sorted(
         p for p in path.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in ALLOW_PATTERNS)
     )

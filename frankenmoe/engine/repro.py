@@ -17,11 +17,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from frankenmoe.engine.build import build
+from frankenmoe.engine.cache import Layout
 from frankenmoe.errors import FrankenmoeError, NotReproducible, ToolFailed, exit_code
+from frankenmoe.provenance.lockfile import read_lock
+from frankenmoe.recipe import load_recipe
 from frankenmoe.stages.base import Stage, published_subfolder
 from frankenmoe.support import settings
 from frankenmoe.support.hashing import sha256_file
 from frankenmoe.support.owned import claim_work_folder
+from frankenmoe.support.progress import quiet_environment
+from frankenmoe.support.secrets import scrub
 
 
 def run_build(
@@ -46,13 +52,6 @@ def _build(
     recipe_file: Path, root: Path, stages: Sequence[Stage], lock_file: Path | None, paths_from: Path | None
 ) -> int:
     """In the child: the build, its problems printed as the CLI prints them; their exit code."""
-    from frankenmoe.engine.build import build
-    from frankenmoe.engine.cache import Layout
-    from frankenmoe.provenance.lockfile import read_lock
-    from frankenmoe.recipe import load_recipe
-    from frankenmoe.support.progress import quiet_environment
-    from frankenmoe.support.secrets import scrub
-
     quiet_environment()
     # each build computes its benchmark scores itself: a shared store would hand the
     # second build the first one's, and the comparison of those files could not fail
@@ -111,8 +110,6 @@ def compare(
 
 def repro_check(recipe_file: Path, work: Path, stages: Sequence[Stage], log=print) -> list[str]:
     """Build twice from scratch and compare every file under dist/<name>/."""
-    from frankenmoe.recipe import load_recipe
-
     recipe = load_recipe(recipe_file)
     claim_work_folder(work, ["a", "b"], "repro-check: --work")
     for side in ("a", "b"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from frankenmoe.example.smollm2 import Settings, ensure_smollm2
 from frankenmoe.example.store import ensure
 from frankenmoe.example.tiny import FixtureSettings, fixtures_key, make_tiny
 
@@ -38,7 +39,6 @@ def ensure_example(name: str, root: Path, log: Callable[[str], None] = print) ->
     """`root/<name>` holding the named example's models."""
     if name == "tiny":
         return ensure_tiny(root / name, log=log)
-    from frankenmoe.example.smollm2 import Settings, ensure_smollm2
 
     if name in DOMAIN_SETS:
         return ensure_smollm2(root / name, Settings(domains=DOMAIN_SETS[name]), log=log)

@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,8 +173,6 @@ def _make_models(out: Path, s: Settings, log: Callable[[str], None]) -> dict:
 def _save_base(wheel: Path, out: Path, log: Callable[[str], None]) -> None:
     """GGUF -> float model -> a fresh LlamaForCausalLM without the GGUF
     quantization_config (transformers refuses to save a model that has one)."""
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -26,6 +26,8 @@ import importlib.util
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
 from typing import Callable
 
 from frankenmoe.errors import EnvironmentProblem, UsageError
@@ -79,9 +81,6 @@ def require_cluster(address: str, timeout: float) -> None:
     seconds: a port that answers need not be a Ray head's, and Ray then retries
     without end, printing as it goes. Its output is kept out of sight; the last
     line of an error is said."""
-    import subprocess
-    import sys
-
     try:
         proc = subprocess.run(
             [sys.executable, "-c", JOIN, address], capture_output=True, text=True, timeout=timeout, env=os.environ

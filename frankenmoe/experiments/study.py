@@ -22,12 +22,18 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from frankenmoe.engine.build import build
+from frankenmoe.engine.cache import Layout
 from frankenmoe.errors import UsageError
+from frankenmoe.experiments.executors import InProcess
+from frankenmoe.experiments.variants import Variant, build_variants
 from frankenmoe.measure.evaluation import dead_experts
 from frankenmoe.measure.metrics import gate_weight_entropy_bits
 from frankenmoe.measure.study_report import render, render_png
 from frankenmoe.measure.verdict import PASS, WARN, named
 from frankenmoe.recipe import Recipe
+from frankenmoe.stages.evaluate import reference as evaluate_reference
+from frankenmoe.stages.verify import QUANTIZATION_PARITY, report_dir
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.jsonio import write_json
 
@@ -90,8 +96,6 @@ def summarize(reference: dict, verify: dict | None, share: float) -> dict:
         "dead_experts_state": WARN if dead else PASS,
     }
     if verify is not None:
-        from frankenmoe.stages.verify import QUANTIZATION_PARITY
-
         q = named(verify, QUANTIZATION_PARITY)
         row["quantized"] = {
             "state": q["state"],
@@ -112,13 +116,6 @@ def run_study(
     """Build every mode (a sweep over gate modes, through the cache) and write the
     study folder; returns it. A mode that fails stops the study with its error, as
     `frankenmoe build` gives it: its build is rerun alone, every finished stage cached."""
-    from frankenmoe.engine.build import build
-    from frankenmoe.engine.cache import Layout
-    from frankenmoe.experiments.executors import InProcess
-    from frankenmoe.experiments.variants import Variant, build_variants
-    from frankenmoe.stages.evaluate import reference as evaluate_reference
-    from frankenmoe.stages.verify import report_dir
-
     until = "verify" if quantize else "evaluate"
     for mode in modes:
         variant(recipe, mode)  # every mode named is known before anything runs

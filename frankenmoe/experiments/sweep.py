@@ -47,11 +47,16 @@ from pydantic import BaseModel
 from frankenmoe.engine.cache import RECORD, Layout
 from frankenmoe.engine.graph import dependencies
 from frankenmoe.errors import FrankenmoeError, RecipeError, UsageError, exit_code
+from frankenmoe.experiments.study import summarize
+from frankenmoe.experiments.sweep_report import render, render_png
 from frankenmoe.experiments.variants import Outcome, Variant, build_variants, sweep_stages
 from frankenmoe.recipe import NAME_RE, Recipe, load_raw, parse_recipe
+from frankenmoe.stages.evaluate import reference
+from frankenmoe.stages.verify import report_dir
 from frankenmoe.support.atomic import atomic_files
 from frankenmoe.support.hashing import sha256_json
 from frankenmoe.support.jsonio import write_json
+from frankenmoe.support.secrets import scrub
 
 KEYS = ("recipe", "name", "axes", "until", "max_variants")
 MAX_VARIANTS = 256  # more only where the sweep file's max_variants or --yes says so
@@ -239,10 +244,6 @@ def plan_variants(sweep: Sweep, build_root: Path) -> list[Planned]:
 
 def variant_row(planned: Planned, outcome: Outcome | None, dead_share: float) -> dict:
     """One variant's row: what it measured (as study does), its 4-bit size and loss, or its error."""
-    from frankenmoe.experiments.study import summarize
-    from frankenmoe.stages.evaluate import reference
-    from frankenmoe.stages.verify import report_dir
-
     row: dict[str, Any] = {"name": planned.name, "label": planned.label, "values": planned.values}
     if outcome is None:
         return {**row, "state": "failed", "error": planned.error, "exit_code": planned.code, "keys": {}}
@@ -287,9 +288,6 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build every variant, write build/<sweep>/sweep.{json,md,png}; returns the folder."""
-    from frankenmoe.experiments.sweep_report import render, render_png
-    from frankenmoe.support.secrets import scrub
-
     planned = plan_variants(sweep, build_root)
     variants = [p.variant for p in planned if p.variant is not None]
     log(f"sweep     {sweep.name}: {len(planned)} variants of {sweep.recipe_file.name}, {len(variants)} valid")

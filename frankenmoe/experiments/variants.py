@@ -32,6 +32,7 @@ from frankenmoe.errors import FrankenmoeError, exit_code
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.base import Stage, StageResult
 from frankenmoe.support.hashing import HashState
+from frankenmoe.support.progress import quiet_libraries
 
 CACHED = "cache"  # the node name of a stage served from the cache without a task
 
@@ -98,8 +99,6 @@ class Executor(Protocol):
 def run_task(task: Task, node: str) -> TaskDone:
     """The one thing a worker does: `run_stage` under the key's lock, errors as values
     (a user's error is no reason for Ray to retry; a killed worker is)."""
-    from frankenmoe.support.progress import quiet_libraries
-
     quiet_libraries()
     state = HashState(task.layout.build_root / ".hash-state.json")
     t0 = time.monotonic()

@@ -26,6 +26,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from frankenmoe.checkpoints.loading import load_awq
+from frankenmoe.measure.benchmarks import task_manager
+from frankenmoe.measure.gguf_lm import GgufLM
+from frankenmoe.support.jsonio import write_json
+
 BATCH_SIZE = 4
 # lm-eval's result fields that hold when and where it ran, not what it measured.
 VOLATILE = (
@@ -51,12 +56,8 @@ def load(reader: str, path: str, tokenizer: str | None):
     if reader == "transformers-dequantized":
         return hf(pretrained=dequantized(path), tokenizer=AutoTokenizer.from_pretrained(path), **common)
     if reader == "frankenmoe-awq":
-        from frankenmoe.checkpoints.loading import load_awq
-
         return hf(pretrained=load_awq(Path(path), "float32"), tokenizer=AutoTokenizer.from_pretrained(path), **common)
     if reader == "frankenmoe-gguf":
-        from frankenmoe.measure.gguf_lm import GgufLM
-
         return GgufLM(gguf=path, tokenizer=tokenizer)
     raise ValueError(f"unknown reader {reader!r}")
 
@@ -106,9 +107,6 @@ def result_document(out: dict) -> dict:
 
 def main(spec_file: str) -> int:
     from lm_eval import evaluator
-
-    from frankenmoe.measure.benchmarks import task_manager
-    from frankenmoe.support.jsonio import write_json
 
     progress = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever lm-eval prints goes to the log, not between the progress lines

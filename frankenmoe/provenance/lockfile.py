@@ -23,15 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from frankenmoe import __version__
+from frankenmoe.checkpoints.sources import locate, model_files
 from frankenmoe.errors import InputFileError, LockMismatch
+from frankenmoe.quantization import llama_cpp
 from frankenmoe.quantization.awq_engine import compute_path
 from frankenmoe.recipe import Recipe
+from frankenmoe.routing.router_fit import fit_compute
 from frankenmoe.support.determinism import THREADS
 from frankenmoe.support.device import cpu_capability, device_class
-from frankenmoe.support.hashing import HashState
+from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.jsonio import read_document
 from frankenmoe.support.paths import portable, resolve_path
 from frankenmoe.support.versions import tool_versions
+from frankenmoe.text.calibration import dataset_identity
 
 FORMAT = 1
 # Every package that writes published bytes: the model files, the card (jinja2 through
@@ -70,10 +74,6 @@ def _data_files(section: str, files: list[str], state: HashState, root: Path) ->
 def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dict[str, Any] | None:
     """The lock for this recipe as things are now; None when `download` is off and
     a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit."""
-    from frankenmoe.checkpoints.sources import locate, model_files
-    from frankenmoe.routing.router_fit import fit_compute
-    from frankenmoe.text.calibration import dataset_identity
-
     models = {}
     for role, ref in recipe.all_models():
         located = locate(role, ref, recipe.root, download=download)
@@ -120,8 +120,6 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
 def llama_cpp_pin() -> dict[str, str]:
     """What makes the GGUF bytes and llama.cpp's numbers: the sdist (its vendored
     llama.cpp commit) and the flags it was built with."""
-    from frankenmoe.quantization import llama_cpp
-
     return {
         "llama_cpp_python": llama_cpp.VERSION,
         "sdist_sha256": llama_cpp.SDIST_SHA256,
@@ -206,6 +204,4 @@ def published_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def build_id(recipe: Recipe, lock: dict[str, Any]) -> str:
     """Names a build by what made it (the recipe and its lock), never by when."""
-    from frankenmoe.support.hashing import sha256_json
-
     return sha256_json({"recipe": published_recipe(recipe), "lock": lock})[:16]

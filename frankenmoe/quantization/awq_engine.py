@@ -31,6 +31,7 @@ through a dedicated pipe to the parent too, which writes it to its own stderr.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 from frankenmoe.errors import EnvironmentProblem, ToolFailed
-from frankenmoe.support import settings
+from frankenmoe.support import determinism, settings
 from frankenmoe.support.child import die_with_parent
 from frankenmoe.support.device import machine_class
 from frankenmoe.support.progress import bars_enabled
@@ -320,8 +321,6 @@ def _best_clip_by_matmul(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sampl
 
 
 def _patch_clip_search() -> bool:
-    import inspect
-
     from gptqmodel.looper.awq_processor import AWQProcessor
 
     stock = AWQProcessor._compute_best_clip
@@ -346,8 +345,6 @@ def count_expert_tokens(counts: dict[int, dict[int, list[int]]]) -> bool:
     packs a MoE module's inputs into a bounded number of token rows), from the
     engine's own feature statistics, as it collapses them for each layer. False
     (nothing counted) where GPTQModel's code is not what this reads."""
-    import inspect
-
     from gptqmodel.looper.awq_processor import AWQProcessor
 
     stock = AWQProcessor._layer_input_features
@@ -413,9 +410,7 @@ def main(spec_file: str) -> None:
 
     import torch
 
-    from frankenmoe.support.determinism import seed_everything
-
-    seed_everything(spec["seed"])
+    determinism.seed_everything(spec["seed"])  # through the module: a test replaces it there
     from gptqmodel import GPTQModel
     from gptqmodel.quantization.config import AWQConfig
 

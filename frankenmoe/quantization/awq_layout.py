@@ -12,7 +12,9 @@ This is the contract vLLM, TGI and existing AWQ Mixtral repos read:
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from frankenmoe.checkpoints.awq_format import PROJ_TO_W
 from frankenmoe.checkpoints.shape import ModelShape
@@ -133,9 +135,6 @@ def awq_form_problems(folder, merged_config: dict, limit: int = 4) -> list[str]:
     problem (at most `limit` per kind, then a count); empty when it is. Reads only
     config.json and the safetensors headers, so a wrong candidate never crashes a
     comparison with a traceback."""
-    import json
-    from pathlib import Path
-
     from safetensors import safe_open
 
     folder = Path(folder)

@@ -15,15 +15,19 @@
 from __future__ import annotations
 
 import ast
+import ctypes
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
+from importlib.metadata import version
 from pathlib import Path
 
+from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import EnvironmentProblem, ToolFailed
+from frankenmoe.measure.evaluation import logprob_parity
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.settings import cache_root
 
@@ -167,8 +171,6 @@ TOKENIZER_FILES = ("config.json", "special_tokens_map.json", "added_tokens.json"
 def _tokenizer_digest(model_dir: Path) -> str:
     """sha256 of every file the tokenizer is loaded from (names and bytes) and of the
     transformers version that loads it."""
-    from importlib.metadata import version
-
     h = hashlib.sha256(f"transformers {version('transformers')}".encode())
     for f in sorted(model_dir.iterdir()):
         if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
@@ -226,8 +228,6 @@ def quantize(src: Path, dst: Path, ftype: str, threads: int, log_file: Path) -> 
 
 
 def _quantize_here(src: str, dst: str, ftype: str, threads: int) -> int:
-    import ctypes
-
     import llama_cpp
 
     llama_cpp.llama_backend_init()
@@ -339,9 +339,6 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     import torch
     from llama_cpp import Llama
     from safetensors import safe_open
-
-    from frankenmoe.checkpoints.tensor_file import Rows
-    from frankenmoe.measure.evaluation import logprob_parity
 
     ref = json.loads((Path(reference) / "reference.json").read_text())
     stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from frankenmoe.support.versions import tool_versions
+
 # The reader that runs the folder correctly: verify's consumer_load loads with it, and
 # the card's `frankenmoe generate` snippet (run by the tests) uses it.
 WORKING = "frankenmoe's own loader (frankenmoe/checkpoints/streaming.py)"
@@ -43,8 +45,6 @@ FAILING = (
 
 def transformers_name() -> str:
     """The reader the compressed-tensors folder is verified with, and its installed version."""
-    from frankenmoe.support.versions import tool_versions
-
     return f"transformers {tool_versions(['transformers'])['transformers']}"
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from frankenmoe.checkpoints.moe_blocks import moe_blocks
+from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.measure.metrics import assignment_entropy_bits, target_nll
 from frankenmoe.support.atomic import link_or_copy
 from frankenmoe.support.determinism import seed_everything
@@ -255,8 +255,6 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
     merge's routers, where L-BFGS starts, do not change what it finds."""
     import torch
     import torch.nn.functional as F
-
-    from frankenmoe.checkpoints.moe_blocks import forced_expert
 
     t0 = time.monotonic()
     before = _heldout_loss(model, held, batch_size)

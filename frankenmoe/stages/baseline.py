@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any, TypedDict, cast
 
+from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.errors import InputFileError
+from frankenmoe.measure.evaluation import eval_windows, lm_perplexity
 from frankenmoe.recipe import CalibrationSection, Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.resolve import model_paths
+from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.jsonio import write_json
 from frankenmoe.text.calibration import check_text_files, source_fingerprint
@@ -52,8 +55,6 @@ class HeldOutTextStage(Stage):
     @staticmethod
     def windows(recipe: Recipe, tokenizer) -> list[tuple[str, list[int]]]:
         """The held-out windows; none at all is the recipe's problem, said in one line."""
-        from frankenmoe.measure.evaluation import eval_windows
-
         v = recipe.verify
         windows = eval_windows([recipe.path(f) for f in v.files], tokenizer, v.seq_len, v.max_tokens)
         if not windows:
@@ -81,10 +82,6 @@ class BaselineStage(HeldOutTextStage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from transformers import AutoTokenizer
-
-        from frankenmoe.checkpoints.streaming import StreamingLM
-        from frankenmoe.measure.evaluation import lm_perplexity
-        from frankenmoe.support.determinism import seed_everything
 
         seed_everything(0)
         paths = model_paths(ctx.inputs["resolve"])

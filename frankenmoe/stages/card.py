@@ -23,6 +23,7 @@ from frankenmoe.measure.study_report import read_study, render_for_card, without
 from frankenmoe.measure.verdict import named
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.quantization import readers
+from frankenmoe.quantization.llama_cpp import VERSION
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.compressed import FOLDER, compressed_dir, compressed_result
@@ -371,8 +372,6 @@ def gguf_card(
     """The GGUF folder's README.md: the files, llama.cpp's checks of each, how to run
     them, and the benchmark tables (each GGUF type's row next to the other models')."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from frankenmoe.quantization.llama_cpp import VERSION
 
     targets = recipe.publish.targets()
     repo = targets.get("gguf", f"{recipe.name}-GGUF")

@@ -20,6 +20,7 @@ from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any, Iterator, TypedDict, cast
 
+from frankenmoe.checkpoints.loading import LoadedLM, load_merged
 from frankenmoe.errors import InputFileError, VerifyFailed
 from frankenmoe.measure.evaluation import routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
@@ -130,8 +131,6 @@ def verify_through_transformers(
 ) -> dict:
     """Load `folder` with transformers (strict), measure it against the 16-bit
     reference, write verify.json and verify.md into it; the report."""
-    from frankenmoe.checkpoints.loading import LoadedLM, load_merged
-
     v = recipe.verify
     ref = reference(evaluate)
     limits = quality_limits(v, json.loads((merged / "config.json").read_text()))

@@ -23,8 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+import yaml
+
 from frankenmoe.errors import RecipeError, ToolFailed
 from frankenmoe.measure import benchmarks
+from frankenmoe.measure.benchmark_report import eval_results_files
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.compressed import compressed_dir
@@ -210,10 +213,6 @@ class EvalsStage(Stage):
     def publish(self, ctx: StageContext, doc: EvalsResult, own: dict) -> None:
         """lm-eval's results into every published folder; the Hub's `.eval_results/`
         into the folder the scores were measured on (not gguf/: it holds several models)."""
-        import yaml
-
-        from frankenmoe.measure.benchmark_report import eval_results_files
-
         for folder in self.publishes:
             if folder in ("w4a16", "gguf") and folder not in ctx.inputs:
                 continue

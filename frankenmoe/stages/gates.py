@@ -18,9 +18,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+from frankenmoe.checkpoints.loading import load_merged
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import InputFileError
 from frankenmoe.recipe import CalibrationSection, Recipe
+from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout, write_fitted
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.support.device import require_gpu_if_asked
@@ -77,7 +79,6 @@ class GatesStage(Stage):
     ) -> dict[str, Any] | None:
         if not recipe.gates.fit:
             return {}
-        from frankenmoe.routing.router_fit import fit_compute
 
         return {
             "text": source_fingerprint(CalibrationSection(files=recipe.gates.files), state, recipe.root, "gates.files"),
@@ -93,8 +94,6 @@ class GatesStage(Stage):
         return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from frankenmoe.routing.router_fit import write_fitted
-
         g = ctx.recipe.gates
         merged = merged_model(ctx.inputs["merge"])
         if not g.fit:
@@ -102,9 +101,6 @@ class GatesStage(Stage):
             return {"fitted": False}
 
         from transformers import AutoTokenizer
-
-        from frankenmoe.checkpoints.loading import load_merged
-        from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 
         compute = fit_compute(g.device, g.dtype)  # as in the key
         tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -20,9 +20,19 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+from frankenmoe.checkpoints.sources import locate
 from frankenmoe.errors import IncompatibleModelsError, VerifyFailed
+from frankenmoe.measure.quality_limits import gguf_limits
 from frankenmoe.measure.verdict import FAIL, NOT_MEASURED, PASS, build_report, check, judged, log_lines, markdown_table
-from frankenmoe.quantization.llama_cpp import FTYPES, VERSION
+from frankenmoe.quantization.llama_cpp import (
+    FTYPES,
+    VERSION,
+    convert,
+    converter_refusal,
+    parity,
+    quantize,
+    require_converter,
+)
 from frankenmoe.recipe import GgufSection, Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference_dir
@@ -78,9 +88,6 @@ class GgufStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         """llama.cpp's converter must take the model: its architecture and its
         tokenizer's pre-tokenizer (from the base, whose tokenizer the merge keeps)."""
-        from frankenmoe.checkpoints.sources import locate
-        from frankenmoe.quantization.llama_cpp import converter_refusal, require_converter
-
         require_converter()
         base = locate("base", recipe.base_model, recipe.root, download=False)
         if base is None or not (base.path / "config.json").is_file():
@@ -90,8 +97,6 @@ class GgufStage(Stage):
             raise IncompatibleModelsError(f"gguf: {why}; set gguf.enabled: false to build without GGUF files")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from frankenmoe.quantization.llama_cpp import convert, converter_refusal, quantize
-
         recipe, g = ctx.recipe, ctx.recipe.gguf
         merged = routed_model(ctx.inputs["gates"])
         why = converter_refusal(merged, ARCHITECTURE)
@@ -149,9 +154,6 @@ def check_files(
     """llama.cpp's logits of each file against the 16-bit reference, and its reading
     of the MoE's shape; verify.json and verify.md in `out`. `files`: {type or None: path}
     (None: someone else's file, whose type llama.cpp reads from it)."""
-    from frankenmoe.measure.quality_limits import gguf_limits
-    from frankenmoe.quantization.llama_cpp import parity
-
     logs.mkdir(parents=True, exist_ok=True)
     config = json.loads((merged / "config.json").read_text())
     checks: list[dict] = []

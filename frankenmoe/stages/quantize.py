@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from frankenmoe.checkpoints.shape import ModelShape
+from frankenmoe.checkpoints.sources import locate, read_config
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.writing import renamed_pieces, write_sharded
 from frankenmoe.errors import UndercalibratedExpert
@@ -109,8 +110,6 @@ class QuantizeStage(Stage):
     def preflight(self, recipe: Recipe) -> None:
         """Text files readable, and a group size that fits the base model's config
         (when the base is on disk already), before any stage runs."""
-        from frankenmoe.checkpoints.sources import locate, read_config
-
         check_text_files(
             recipe,
             "quantize.calibration.files",

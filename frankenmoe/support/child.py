@@ -3,6 +3,7 @@ seeds, library settings) never leaks into the build: the AWQ engine and lm-eval 
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 from pathlib import Path
@@ -11,8 +12,6 @@ from typing import Callable
 
 def die_with_parent() -> None:
     """A kill -9 of the build must not leave the child running on."""
-    import ctypes
-
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

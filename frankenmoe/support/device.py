@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from frankenmoe.errors import EnvironmentProblem
+from frankenmoe.support.versions import tool_versions
 
 if TYPE_CHECKING:
     from frankenmoe.support.hashing import HashState
@@ -57,8 +58,6 @@ def cpu_capability(state: HashState) -> str:
     """The vector instructions torch dispatches to (AVX512, AVX2, ...): its float
     rounding depends on them. Remembered per CPU, torch version and override, so
     torch is asked once per machine, not once per build."""
-    from frankenmoe.support.versions import tool_versions
-
     flags = _flags_line(read_cpuinfo()) or platform.processor()
     key = hashlib.sha256(
         f"{flags}|{os.environ.get('ATEN_CPU_CAPABILITY', '')}|{tool_versions(['torch'])}".encode()

@@ -12,6 +12,7 @@ is ever published, so no local path leaves the machine.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 SHIPPED = "shipped:"
@@ -19,8 +20,6 @@ SHIPPED = "shipped:"
 
 def shipped_dir() -> Path:
     """The installed corpora: `<dir>/<domain>/{train,calibration,eval}.jsonl`."""
-    import importlib.resources
-
     return Path(str(importlib.resources.files("frankenmoe.shipped")))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -29,7 +30,6 @@ def quiet_libraries() -> None:
     Called just before a stage runs, not at start-up: a fully cached build never
     imports torch or transformers (it takes well under a second, not five)."""
     quiet_environment()
-    import logging
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     import transformers

@@ -18,6 +18,7 @@ from frankenmoe.recipe import CalibrationDataset, CalibrationSection
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.paths import portable, resolve_path
 from frankenmoe.text.corpus import read_documents
+from frankenmoe.text.overlap import EvaluationText
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
@@ -177,8 +178,6 @@ def check_not_evaluation_text(recipe, section: str, files: list[str], why: str) 
     Compared per document by content (frankenmoe/text/overlap.py), so a copy under
     another name, re-serialized JSON Lines, a `.txt` copy or one evaluation document
     in an otherwise new file are caught."""
-    from frankenmoe.text.overlap import EvaluationText
-
     held_out = EvaluationText({name: recipe.path(name) for name in recipe.verify.files if recipe.path(name).is_file()})
     problems = []
     for name in files:
