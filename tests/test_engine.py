@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +86,40 @@ def test_runs_the_list_it_is_given_caches_and_publishes(layout):
     assert [s.runs for s in stages] == [1, 1, 1, 1]
     build(RECIPE, layout, stages, force={"b"}, log=quiet)
     assert [s.runs for s in stages] == [1, 2, 1, 1]
+
+
+class Noisy(Fake):
+    """Changes what a stage may change in its process, and notes what the engine set up for it."""
+
+    def run(self, ctx):
+        from transformers.utils import logging as hf_logging
+
+        self.seen = {
+            "bars": hf_logging.is_progress_bar_enabled(),
+            "transformers": logging.getLogger("transformers").level,
+        }
+        os.environ["FRANKENMOE_TEST_LEFT_BEHIND"] = "1"
+        del os.environ["FRANKENMOE_TEST_KEPT"]
+        logging.getLogger("mergekit").setLevel(logging.WARNING)
+        logging.getLogger("frankenmoe_test_new").setLevel(logging.ERROR)
+        return super().run(ctx)
+
+
+def test_a_stage_gives_back_the_environment_logger_levels_and_progress_bars(layout, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("FRANKENMOE_TEST_KEPT", "yes")
+    monkeypatch.setattr(logging.getLogger("mergekit"), "level", logging.DEBUG)
+    monkeypatch.setattr(logging.getLogger("transformers"), "level", logging.INFO)
+    hf_logging.enable_progress_bar()
+    stage = Noisy("a")
+    build(RECIPE, layout, [stage], log=quiet)
+    assert stage.seen == {"bars": False, "transformers": logging.ERROR}  # quieted for the stage's run
+    assert os.environ.get("FRANKENMOE_TEST_KEPT") == "yes" and "FRANKENMOE_TEST_LEFT_BEHIND" not in os.environ
+    assert logging.getLogger("mergekit").level == logging.DEBUG
+    assert logging.getLogger("transformers").level == logging.INFO
+    assert logging.getLogger("frankenmoe_test_new").level == logging.NOTSET
+    assert hf_logging.is_progress_bar_enabled()
 
 
 def test_until_selects_a_stage_and_what_it_needs(layout):

@@ -47,6 +47,7 @@ from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.determinism import torch_scope
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
+from frankenmoe.support.process_state import process_state_kept
 from frankenmoe.support.progress import quiet_libraries
 
 __all__ = ["Layout", "build", "default_layout", "finished_results", "run_stage"]
@@ -90,7 +91,6 @@ def run_stage(
         for leftover in stage_dir.glob(f".tmp-{key}-*"):  # from a killed writer of this key; we hold its lock
             shutil.rmtree(leftover, ignore_errors=True)
         check_free_space(stage, stage_dir, stage.estimate_bytes(recipe, deps, None))
-        quiet_libraries()
         full = f"{stage.name}: disk full while writing {stage_dir}; nothing was kept, free space and rerun"
         final = stage_dir / key
         with atomic_folder(final, full, tmp=stage_dir / f".tmp-{key}-{os.getpid()}") as tmp:  # a forced rerun replaces
@@ -98,7 +98,9 @@ def run_stage(
                 recipe=recipe, out=tmp, inputs=deps, state=state, dist=layout.dist, log=log, stages=tuple(stages)
             )
             try:
-                with torch_scope() if "torch" in stage.packages else nullcontext():  # seeds and threads end with it
+                # seeds, threads, environment, logger levels and library switches end with the stage
+                with process_state_kept(), torch_scope() if "torch" in stage.packages else nullcontext():
+                    quiet_libraries()
                     result = stage.run(ctx)
             except FrankenmoeError as e:  # its message names a log in `tmp`, which is about to be removed
                 kept = keep_diagnostics(stage, tmp, stage_dir / f".failed-{key}")
