@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -40,18 +40,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Spelled out in both cases, not re.IGNORECASE: the JSON Schema reuses the pattern.
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$")
-SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "KI": 2**10,
-    "MI": 2**20,
-    "GI": 2**30,
-    "TI": 2**40,
-}
 
 
 def _any_case(words: tuple[str, ...]) -> str:
@@ -64,29 +52,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a string such as `5GB`, `500MB`, `2GiB`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 5GB or a number of bytes")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-    m = SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a size; write e.g. 5GB, 500MB or 2GiB")
-    unit = (m.group(2) or "").upper().removesuffix("B")
-    return int(float(m.group(1)) * SIZE_UNITS[unit])
-
-
-# The JSON Schema (`frankenmoe schema`) says what parse_size takes: a positive int or a size string.
+# The JSON Schema (`frankenmoe schema`) of a size: a positive int or a size string (which
+# pydantic's ByteSize reads: decimal units 5GB, binary 2GiB, any case).
 SIZE_SCHEMA = {
     "anyOf": [
         {"type": "integer", "exclusiveMinimum": 0},
         {"type": "string", "pattern": SIZE_RE.pattern, "examples": ["5GB", "500MB", "2GiB"]},
     ]
 }
-Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_SCHEMA)]
+Size = Annotated[ByteSize, Field(gt=0), WithJsonSchema(SIZE_SCHEMA)]
 
 
 def _model_ref_schema(schema: dict[str, Any]) -> None:
@@ -176,7 +150,7 @@ class MergeSection(Strict):
 
     seed: int = Field(default=0, description="seed of the random generators (random gate modes, noise_scale)")
     shard_size: Size = Field(
-        default=parse_size("5GB"), description="largest safetensors shard of the merged model, in bytes or as a size"
+        default=5 * 10**9, description="largest safetensors shard of the merged model, in bytes or as a size"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description=f"where mergekit computes the hidden-state router rows: {DEVICE_DOC}"
@@ -312,7 +286,7 @@ class QuantizeSection(Strict):
         default=False, description="continue when an expert gets fewer than min_expert_tokens (recorded)"
     )
     shard_size: Size = Field(
-        default=parse_size("5GB"), description="largest safetensors shard of the 4-bit model, in bytes or as a size"
+        default=5 * 10**9, description="largest safetensors shard of the 4-bit model, in bytes or as a size"
     )
 
 
@@ -545,19 +519,17 @@ class Recipe(Strict):
     experts: list[Expert] = Field(
         description="mergekit-moe: the experts, at least 2, in router order", json_schema_extra={"minItems": 2}
     )
-    gate_mode: Annotated[str, WithJsonSchema({"type": "string", "enum": list(GATE_MODES)})] = Field(
+    gate_mode: Literal[GATE_MODES] = Field(  # type: ignore[valid-type]
         default="hidden",
         description="mergekit-moe: how the router rows are made: hidden / hidden_last (each layer's hidden state "
         "at the prompts' last token), hidden_avg (averaged over the prompt), cheap_embed (token embeddings, the "
         "same for every layer), random / uniform_random (no prompts)",
     )
-    dtype: Annotated[str | None, WithJsonSchema({"enum": [*DTYPES, None]})] = Field(
+    dtype: Literal[DTYPES] | None = Field(  # type: ignore[valid-type]
         default=None, description="mergekit-moe: dtype of the merged weights; unset: the base model's"
     )
     experts_per_token: int = Field(
-        default=2,
-        description="mergekit-moe: experts each token is routed to, at most the number of experts",
-        json_schema_extra={"minimum": 1},
+        default=2, ge=1, description="mergekit-moe: experts each token is routed to, at most the number of experts"
     )
     architecture: Annotated[
         str | None,
@@ -597,6 +569,27 @@ class Recipe(Strict):
     @property
     def warnings(self) -> list[str]:
         return list(self._warnings)
+
+    @field_validator("name")
+    @classmethod
+    def plain_folder_name(cls, name: str) -> str:
+        if not NAME_RE.match(name) or ".." in name:
+            raise ValueError(f"{name!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..')")
+        return name
+
+    @field_validator("architecture")
+    @classmethod
+    def mixtral_only(cls, arch: str | None) -> str | None:
+        if arch is not None and arch.lower() not in ARCHITECTURES:
+            raise ValueError(f"{arch!r} is not supported; frankenmoe builds Mixtral-style MoEs (architecture: mixtral)")
+        return arch
+
+    @field_validator("shared_experts", mode="before")
+    @classmethod
+    def no_shared_experts(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("not supported by the Mixtral output architecture; remove the key")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -648,7 +641,10 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
+            choices = e.get("ctx", {}).get("expected", "").replace("'", "").replace(" or ", ", ")
+            msg = f"{e.get('input')!r} is not supported; use one of {choices}"
+        elif e["type"] in ("byte_size", "byte_size_unit"):
+            msg = f"{e.get('input')!r} is not a size; write e.g. 5GB, 500MB or 2GiB"
         elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
             what = e.get("ctx", {}).get("class_name", "")
             msg = EXPECTED.get(what, "expected a mapping of settings (key: value lines)") + f", got {e.get('input')!r}"
@@ -693,29 +689,13 @@ def _prompt_key(prompts: Any) -> tuple | int:
 
 
 def _semantic_problems(raw: dict) -> list[str]:
-    """Cross-field rules, checked on the raw mapping so they are reported together
-    with type errors (pydantic would skip them once a field fails)."""
+    """The rules across fields (the number of experts, prompts by gate mode), checked on
+    the raw mapping: pydantic runs no model validator once a field fails, and these are
+    reported together with the field errors, every problem at once."""
     problems = []
-    name = raw.get("name")
-    if isinstance(name, str) and (not NAME_RE.match(name) or ".." in name):
-        problems.append(f"name: {name!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..')")
     gate_mode = raw.get("gate_mode", "hidden")
-    if gate_mode not in GATE_MODES:
-        problems.append(f"gate_mode: {gate_mode!r} is not supported; use one of {', '.join(GATE_MODES)}")
-    dtype = raw.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        problems.append(f"dtype: {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    arch = raw.get("architecture")
-    if arch is not None and (not isinstance(arch, str) or arch.lower() not in ARCHITECTURES):
-        problems.append(
-            f"architecture: {arch!r} is not supported; frankenmoe builds Mixtral-style MoEs (architecture: mixtral)"
-        )
-    if raw.get("shared_experts"):
-        problems.append("shared_experts: not supported by the Mixtral output architecture; remove the key")
     experts = raw.get("experts")
     k = raw.get("experts_per_token", 2)
-    if isinstance(k, int) and not isinstance(k, bool) and k < 1:
-        problems.append(f"experts_per_token: must be at least 1, got {k}")
     if isinstance(experts, list):
         if len(experts) < 2:
             problems.append(f"experts: a MoE needs at least 2 experts, got {len(experts)}")

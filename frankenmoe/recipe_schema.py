@@ -84,9 +84,10 @@ relative to the recipe:
 Outside this repository, `frankenmoe schema > recipe.schema.json` writes it beside your
 recipe (then `$schema=recipe.schema.json`). The schema checks each key's type and
 allowed values and refuses unknown keys; the rules between keys (prompts that
-`gate_mode` needs, `experts_per_token` at most the number of experts, no expert twice)
-are checked by `frankenmoe validate`, and the files a recipe names by the build's
-preflight.
+`gate_mode` needs, `experts_per_token` at most the number of experts) are checked by
+`frankenmoe validate`, which also warns of what mergekit-moe accepts but is often a slip
+(one model for two experts, a prompt listed twice), and the files a recipe names by the
+build's preflight.
 """
 
 

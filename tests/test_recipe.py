@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from frankenmoe.errors import RecipeError
-from frankenmoe.recipe import load_recipe, parse_recipe, parse_size
+from frankenmoe.recipe import load_recipe, parse_recipe
 from tests.conftest import REPO, run_cli
 
 MERGEKIT_CONFIG = """\
@@ -119,9 +119,12 @@ def test_identical_prompts_and_empty_ones_are_refused_and_duplicates_said():
 
 # mergekit-moe accepts one model for several experts (a "clown-car" MoE, each copy with its
 # own prompts); frankenmoe builds it and says so, as it refuses only what mergekit refuses.
-CLOWN_CAR = MERGEKIT_CONFIG + """  - source_model: teknium/OpenHermes-2.5-Mistral-7B
+CLOWN_CAR = (
+    MERGEKIT_CONFIG
+    + """  - source_model: teknium/OpenHermes-2.5-Mistral-7B
     positive_prompts: ["story", "poem"]
 """
+)
 
 
 def test_one_model_for_two_experts_is_a_warning_and_one_expert_a_refusal():
@@ -175,11 +178,14 @@ def test_yaml_errors_report_line_and_column(tmp_path):
 
 
 def test_sizes():
-    assert parse_size("5GB") == 5 * 10**9
-    assert parse_size("2GiB") == 2 * 2**30
-    assert parse_size(1234) == 1234
-    with pytest.raises(ValueError):
-        parse_size("lots")
+    shard = lambda size: parse_recipe(valid(merge={"shard_size": size}), "r").merge.shard_size
+    assert shard("5GB") == 5 * 10**9 and shard("2GiB") == 2 * 2**30 and shard("500 mb") == 5 * 10**8
+    assert shard(1234) == 1234 and parse_recipe(valid(), "r").merge.shard_size == 5 * 10**9
+    assert problems(valid(merge={"shard_size": "lots"})) == [
+        "merge.shard_size: 'lots' is not a size; write e.g. 5GB, 500MB or 2GiB"
+    ]
+    assert problems(valid(merge={"shard_size": 0})) == ["merge.shard_size: Input should be greater than 0"]
+    assert problems(valid(merge={"shard_size": True}))  # YAML's true is no size
 
 
 def test_routers_are_fitted_on_the_recipes_own_calibration_text():

@@ -59,7 +59,7 @@ CASES = {
     "architecture": (GOOD + "architecture: qwen2_moe\n", ["architecture: 'qwen2_moe' is not supported"]),
     "name_escapes_up": (GOOD + "name: ../x\n", ["name: '../x' must be a plain folder name"]),
     "name_absolute": (GOOD + "name: /tmp/x\n", ["name: '/tmp/x' must be a plain folder name"]),
-    "bits": (GOOD + "quantize:\n  bits: 3\n", ["quantize.bits: Input should be 4, got 3"]),
+    "bits": (GOOD + "quantize:\n  bits: 3\n", ["quantize.bits: 3 is not supported; use one of 4"]),
     "threshold_range": (
         GOOD + "verify:\n  min_top1_agreement: 2\n",
         ["verify.min_top1_agreement: Input should be less than or equal to 1"],
