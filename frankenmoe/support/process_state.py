@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -28,7 +29,7 @@ def _logger_levels() -> dict[str, int]:
 
 
 def _transformers_bars() -> bool | None:
-    """Whether transformers shows progress bars; None while it is not imported (then they are on)."""
+    """Whether transformers shows progress bars; None while it is not imported."""
     if "transformers" not in sys.modules:
         return None
     from transformers.utils import logging as hf_logging
@@ -39,8 +40,8 @@ def _transformers_bars() -> bool | None:
 @contextmanager
 def process_state_kept() -> Iterator[None]:
     """For the block, anything goes; afterwards the environment variables, every logger's
-    level (loggers made in the block go back to NOTSET, their default) and transformers'
-    progress bars are what they were before it."""
+    level (loggers made in the block go back to NOTSET, their default) and, when
+    transformers was imported before it, transformers' progress bars are what they were."""
     environment = dict(os.environ)
     levels = _logger_levels()
     bars = _transformers_bars()
@@ -53,10 +54,12 @@ def process_state_kept() -> Iterator[None]:
         for name, level in _logger_levels().items():
             if level != levels.get(name, logging.NOTSET):
                 logging.getLogger(name or None).setLevel(levels.get(name, logging.NOTSET))
-        if "transformers" in sys.modules and _transformers_bars() != (True if bars is None else bars):
+        if bars is not None and _transformers_bars() != bars:
             from transformers.utils import logging as hf_logging
 
-            if bars is False:
-                hf_logging.disable_progress_bar()
-            else:
-                hf_logging.enable_progress_bar()
+            with warnings.catch_warnings():  # huggingface_hub warns that HF_HUB_DISABLE_PROGRESS_BARS, if set, wins
+                warnings.simplefilter("ignore")
+                if bars:
+                    hf_logging.enable_progress_bar()
+                else:
+                    hf_logging.disable_progress_bar()
