@@ -1,5 +1,5 @@
 """The recipe's JSON Schema and its Markdown reference, both generated from the
-pydantic models in frankenmoe/recipe.py, so that neither is written by hand.
+pydantic models in frankenmoe/recipe/, so that neither is written by hand.
 
 `frankenmoe schema` prints the schema (committed as docs/recipe.schema.json, which a
 recipe names in its `# yaml-language-server: $schema=...` line) and `frankenmoe
@@ -44,7 +44,7 @@ def json_schema() -> dict[str, Any]:
     schema.pop("title")
     return {
         "$schema": DRAFT,
-        "$comment": f"Generated from frankenmoe/recipe.py by `{SCHEMA_COMMAND}`; do not edit.",
+        "$comment": f"Generated from frankenmoe/recipe/ by `{SCHEMA_COMMAND}`; do not edit.",
         "title": "frankenmoe recipe",
         **schema,
     }
@@ -57,7 +57,7 @@ def schema_text() -> str:
 # --- the Markdown reference ---------------------------------------------------
 
 INTRO = f"""\
-<!-- Generated from frankenmoe/recipe.py by `{REFERENCE_COMMAND}`; do not edit. -->
+<!-- Generated from frankenmoe/recipe/ by `{REFERENCE_COMMAND}`; do not edit. -->
 # Recipe reference
 
 A recipe is a mergekit-moe YAML file plus frankenmoe's own sections, one per stage.
