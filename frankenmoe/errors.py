@@ -8,6 +8,8 @@ codes" table is checked against `EXIT_CODES` by a test.
 
 from __future__ import annotations
 
+import errno
+
 
 class FrankenmoeError(Exception):
     """Base class, never raised itself: one problem, or a list of them, each printed on its own line."""
@@ -111,3 +113,33 @@ def exit_code(error: FrankenmoeError) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return INTERNAL_ERROR
+
+
+# Operating-system errors the build expects from the machine: each has a remedy.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EMFILE,
+    errno.ENFILE,
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line that says what to do about this operating-system error, by its kind."""
+    where = f"{e.filename}: " if e.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space, or point FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR at a larger disk",
+        errno.EDQUOT: "free some space, or point FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR at a larger disk",
+        errno.ENOENT: "check the path",
+        errno.EACCES: "check its permissions",
+        errno.EPERM: "check its permissions",
+        errno.EROFS: "it is on a read-only file system; use a writable folder (FRANKENMOE_BUILD_DIR / "
+        "FRANKENMOE_DIST_DIR move the build)",
+    }.get(e.errno, "check the folder (FRANKENMOE_BUILD_DIR / FRANKENMOE_DIST_DIR move the build)")
+    return f"{where}{e.strerror or e}; {hint}"

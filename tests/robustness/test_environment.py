@@ -129,7 +129,7 @@ def test_generate_on_a_missing_folder_names_it(tmp_path):
 def test_operating_system_errors_say_what_to_do_by_kind():
     import errno
 
-    from frankenmoe.cli import os_error_line
+    from frankenmoe.errors import os_error_line
 
     assert os_error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")).endswith("check the path")
     assert "free some space" in os_error_line(OSError(errno.ENOSPC, "No space left on device", "/x"))
