@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from frankenmoe.errors import FrankenmoeError
-from frankenmoe.quantization import awq_engine
+from frankenmoe.quantization import awq_engine, gptqmodel_patches
 from frankenmoe.quantization.awq_engine import (
     DTYPE_ENV,
     PROGRESS_FD_ENV,
@@ -242,7 +242,7 @@ def test_no_gpu_driver_no_torch_import():
 
 
 def test_speedups_are_all_on_unless_the_environment_names_others():
-    from frankenmoe.quantization.awq_engine import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
+    from frankenmoe.quantization.gptqmodel_patches import SPEEDUPS, SPEEDUPS_ENV, speedups_wanted
 
     assert speedups_wanted({}) == list(SPEEDUPS) == speedups_wanted({SPEEDUPS_ENV: "all"})
     assert speedups_wanted({SPEEDUPS_ENV: "none"}) == []
@@ -279,7 +279,7 @@ def test_clip_search_by_matmul_chooses_what_gptqmodel_chooses(shape, group_size,
     pytest.importorskip("gptqmodel")
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    from frankenmoe.quantization.awq_engine import _best_clip_by_matmul
+    from frankenmoe.quantization.gptqmodel_patches import best_clip_by_matmul
 
     g = torch.Generator().manual_seed(0)
     out_f, in_f = shape
@@ -287,7 +287,7 @@ def test_clip_search_by_matmul_chooses_what_gptqmodel_chooses(shape, group_size,
     x = torch.randn(3, 700, in_f, generator=g) * torch.rand(in_f, generator=g) * 3  # 2100 tokens, sampled to 525
     p = _awq_processor(group_size, sym)
     stock = AWQProcessor._compute_best_clip(p, w, x)
-    ours = _best_clip_by_matmul(p, w, x)
+    ours = best_clip_by_matmul(p, w, x)
     assert ours.shape == stock.shape == (out_f, in_f // group_size, 1)
     assert (ours == stock).float().mean() > 0.99
     assert torch.allclose(ours, stock, rtol=0.06)  # a differing choice is the neighbouring bound
@@ -301,13 +301,13 @@ def test_the_clip_patch_refuses_code_it_was_not_written_for(monkeypatch):
         return None
 
     monkeypatch.setattr(AWQProcessor, "_compute_best_clip", other)
-    assert awq_engine._patch_clip_search() is False
+    assert gptqmodel_patches.patch_clip_search() is False
     assert AWQProcessor._compute_best_clip is other
     monkeypatch.undo()
     stock = AWQProcessor._compute_best_clip
     try:
-        assert awq_engine._patch_clip_search() is True
-        assert AWQProcessor._compute_best_clip is awq_engine._best_clip_by_matmul
+        assert gptqmodel_patches.patch_clip_search() is True
+        assert AWQProcessor._compute_best_clip is gptqmodel_patches.best_clip_by_matmul
     finally:
         AWQProcessor._compute_best_clip = stock
 
@@ -323,9 +323,9 @@ def test_float32_linears_pack_into_the_awq_gemm_layout():
 
     stock = list(AwqTorchLinear.SUPPORTS_DTYPES)
     try:
-        awq_engine.allow_float32_awq_packing()
+        gptqmodel_patches.allow_float32_awq_packing()
         assert AwqTorchLinear.SUPPORTS_DTYPES == [*stock, torch.float32]
-        awq_engine.allow_float32_awq_packing()  # twice is once
+        gptqmodel_patches.allow_float32_awq_packing()  # twice is once
         assert AwqTorchLinear.SUPPORTS_DTYPES == [*stock, torch.float32]
         ok, err = AwqTorchLinear._validate_shared(pack_dtype=torch.int32, dtype=torch.float32)
         assert ok, err
@@ -363,7 +363,7 @@ def test_the_float32_patch_refuses_an_unexpected_kernel(monkeypatch):
 
     monkeypatch.setattr(AwqTorchLinear, "SUPPORTS_DTYPES", [torch.float16])
     with pytest.raises(FrankenmoeError, match="FRANKENMOE_AWQ_DTYPE=bfloat16"):
-        awq_engine.allow_float32_awq_packing()
+        gptqmodel_patches.allow_float32_awq_packing()
     assert AwqTorchLinear.SUPPORTS_DTYPES == [torch.float16]
 
 

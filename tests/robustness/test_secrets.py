@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from frankenmoe import cli
+from frankenmoe.cli import arguments  # the parser takes each command from here
 from tests.conftest import HUB_TOKEN
 
 
@@ -18,7 +19,7 @@ def test_internal_error_traceback_is_scrubbed(monkeypatch, capsys, tmp_path):
     def broken(args):
         raise RuntimeError(f"GET https://hub/api?token={HUB_TOKEN} failed")
 
-    monkeypatch.setattr(cli, "cmd_validate", broken)
+    monkeypatch.setattr(arguments, "cmd_validate", broken)
     assert cli.main(["validate", "x.yaml"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: internal error")
@@ -37,7 +38,7 @@ def test_an_unexpected_os_error_is_a_bug_not_a_bad_path(monkeypatch, capsys, tmp
     def broken(args):
         open(tmp_path / "the-code-expected-this-file")
 
-    monkeypatch.setattr(cli, "cmd_validate", broken)
+    monkeypatch.setattr(arguments, "cmd_validate", broken)
     assert cli.main(["validate", "x.yaml"]) == 1
     assert capsys.readouterr().err.startswith("error: internal error (FileNotFoundError")
 
@@ -50,7 +51,7 @@ def test_user_errors_are_scrubbed_too(monkeypatch, capsys):
     def refused(args):
         raise PublishError(f"push: rejected token {HUB_TOKEN}")
 
-    monkeypatch.setattr(cli, "cmd_validate", refused)
+    monkeypatch.setattr(arguments, "cmd_validate", refused)
     assert cli.main(["validate", "x.yaml"]) == 7
     assert capsys.readouterr().err == "error: push: rejected token ***\n"
 
