@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from frankenmoe.engine.build import default_layout, finished_results
+from frankenmoe.measure.checks import QUANTIZATION_PARITY
 from frankenmoe.measure.metrics import perplexity, target_nll, token_kl, top1_agreement
 from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.awq_engine import run_engine
@@ -29,7 +30,7 @@ from frankenmoe.recipe import load_recipe
 from frankenmoe.stages import STAGES
 from frankenmoe.stages.evaluate import reference_dir
 from frankenmoe.stages.resolve import model_paths
-from frankenmoe.stages.verify import QUANTIZATION_PARITY, report_dir
+from frankenmoe.stages.verify import report_dir
 
 
 def dense_reference(recipe_file: Path, work: Path, build_root: Path | None = None, log=print) -> dict:

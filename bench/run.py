@@ -47,11 +47,11 @@ from bench.gguf import gguf_bench
 from bench.measure import BIN, REPO, build_env, measure, movable_recipe, ran_line, stage_record
 from bench.sweep import TINY_SWEEP, sweep_part
 from frankenmoe.engine.graph import enabled_stages
+from frankenmoe.measure.checks import QUANTIZATION_PARITY
 from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.awq_engine import ALLOCATOR
 from frankenmoe.recipe import load_recipe
 from frankenmoe.stages import STAGES
-from frankenmoe.stages.verify import QUANTIZATION_PARITY
 
 
 def _finished(root: Path, stage: str) -> Path:

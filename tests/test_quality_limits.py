@@ -61,19 +61,19 @@ def _ref(diffs: list[dict]) -> tuple[dict, dict]:
 
 
 def test_forced_routing_is_not_applicable_to_fully_fine_tuned_experts():
-    from frankenmoe.stages.verify import _forced_routing_check
+    from frankenmoe.measure.checks import forced_routing_check
 
     ref, structure = _ref([{"attention": 0.2}, {"attention": 0.1}])  # neither shares the base's attention
-    check = _forced_routing_check(VerifySection(), ref, structure)
+    check = forced_routing_check(VerifySection(), ref, structure)
     assert check["state"] == "not_applicable"
     assert check["summary"].startswith("no expert shares the base's non-MLP weights")
     assert "expert 0: KL 0.3000, perplexity 10.00 vs source 9.00" in check["summary"]
     assert [f["applies"] for f in check["experts"]] == [False, False]
 
     ref, structure = _ref([{}, {"attention": 0.1}])  # expert 0 is an MLP-only fine-tune
-    check = _forced_routing_check(VerifySection(), ref, structure)
+    check = forced_routing_check(VerifySection(), ref, structure)
     assert check["state"] == "pass" and "not applicable to expert(s) 1" in check["summary"]
 
-    limited = _forced_routing_check(VerifySection(max_forced_kl=0.1), ref, structure)
+    limited = forced_routing_check(VerifySection(max_forced_kl=0.1), ref, structure)
     assert limited["state"] == "fail"
     assert "expert 1 keeps too little of its source: KL 0.3000 (max 0.1)" in limited["summary"]

@@ -27,14 +27,14 @@ def _cmp(mae: float) -> dict:
 
 
 def test_routing_parity_at_top_k_of_k_cannot_pass_without_a_limit():
-    from frankenmoe.stages.verify import _routing_check
+    from frankenmoe.measure.checks import routing_check
 
-    free = _routing_check(VerifySection(), _cmp(0.5), top_k=2, experts=2)
+    free = routing_check(VerifySection(), _cmp(0.5), top_k=2, experts=2)
     assert free["state"] == "not_applicable" and "no limit set" in free["summary"]
-    assert _routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.05), 2, 2)["state"] == "pass"
-    assert _routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.5), 2, 2)["state"] == "fail"
+    assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.05), 2, 2)["state"] == "pass"
+    assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.5), 2, 2)["state"] == "fail"
     low = {"router_weight_mae": [0.01], "router_topk_agreement": [0.5]}
-    assert _routing_check(VerifySection(), low, top_k=2, experts=3)["state"] == "fail"
+    assert routing_check(VerifySection(), low, top_k=2, experts=3)["state"] == "fail"
 
 
 def _routing(share_of_expert_1: float) -> dict:
@@ -43,15 +43,15 @@ def _routing(share_of_expert_1: float) -> dict:
 
 
 def test_a_listed_dead_expert_is_a_warning_and_fails_only_when_asked():
-    from frankenmoe.stages.verify import _dead_experts_check
+    from frankenmoe.measure.checks import dead_experts_check
 
     experts = ["code", "prose"]
-    assert _dead_experts_check(VerifySection(), _routing(0.5), experts, "the 16-bit")["state"] == "pass"
-    dead = _dead_experts_check(VerifySection(), _routing(0.0), experts, "the 16-bit")
+    assert dead_experts_check(VerifySection(), _routing(0.5), experts, "the 16-bit")["state"] == "pass"
+    dead = dead_experts_check(VerifySection(), _routing(0.0), experts, "the 16-bit")
     assert dead["state"] == "warn" and "expert 1 (prose) is dead at 3 of 3 layers" in dead["summary"]
-    strict = _dead_experts_check(VerifySection(fail_on_dead_experts=True), _routing(0.0), experts, "the 16-bit")
+    strict = dead_experts_check(VerifySection(fail_on_dead_experts=True), _routing(0.0), experts, "the 16-bit")
     assert strict["state"] == "fail"
-    assert _dead_experts_check(VerifySection(), None, experts, "the candidate's")["state"] == "not_measured"
+    assert dead_experts_check(VerifySection(), None, experts, "the candidate's")["state"] == "not_measured"
 
 
 def test_gguf_expert_placement_that_the_noise_hides_is_not_measured():

@@ -27,13 +27,14 @@ from frankenmoe.engine.cache import Layout
 from frankenmoe.errors import UsageError
 from frankenmoe.experiments.executors import InProcess
 from frankenmoe.experiments.variants import Variant, build_variants
+from frankenmoe.measure.checks import QUANTIZATION_PARITY
 from frankenmoe.measure.evaluation import dead_experts
 from frankenmoe.measure.metrics import gate_weight_entropy_bits
 from frankenmoe.measure.study_report import render, render_png
 from frankenmoe.measure.verdict import PASS, WARN, named
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.evaluate import reference as evaluate_reference
-from frankenmoe.stages.verify import QUANTIZATION_PARITY, report_dir
+from frankenmoe.stages.verify import report_dir
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.jsonio import write_json
 

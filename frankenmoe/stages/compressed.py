@@ -22,6 +22,7 @@ from typing import Any, Iterator, TypedDict, cast
 
 from frankenmoe.checkpoints.loading import LoadedLM, load_merged
 from frankenmoe.errors import InputFileError, VerifyFailed
+from frankenmoe.measure.checks import PARITY_CHECKS, parity_checks
 from frankenmoe.measure.evaluation import routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.measure.verdict import NOT_MEASURED, build_report, check, judged, log_lines
@@ -31,13 +32,7 @@ from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.quantize import quantized_model
-from frankenmoe.stages.verify import (
-    PARITY_CHECKS,
-    compare_with_reference,
-    parity_checks,
-    routing_report,
-    write_report,
-)
+from frankenmoe.stages.verify import compare_with_reference, routing_report, write_report
 from frankenmoe.support.progress import bars_enabled
 from frankenmoe.support.versions import tool_versions
 

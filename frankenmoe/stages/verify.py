@@ -18,15 +18,18 @@ from typing import Any, TypedDict, cast
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import InputFileError, VerifyFailed
-from frankenmoe.measure.evaluation import compare_candidate, dead_experts, routing_stats
+from frankenmoe.measure.checks import (
+    PARITY_CHECKS,
+    SHARED_WEIGHTS_TOL,
+    dead_experts_check,
+    forced_routing_check,
+    parity_checks,
+)
+from frankenmoe.measure.evaluation import compare_candidate, routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.measure.report import render_markdown, render_routing_png
 from frankenmoe.measure.verdict import (
-    FAIL,
-    NOT_APPLICABLE,
     NOT_MEASURED,
-    PASS,
-    WARN,
     build_report,
     check,
     judged,
@@ -40,10 +43,6 @@ from frankenmoe.stages.evaluate import reference, reference_dir
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.quantize import QuantizeResult, quantize_result, quantized_model
 from frankenmoe.support.jsonio import write_json
-
-# A source whose non-MLP weights differ from the base's by more than this (relative
-# norm) cannot be reproduced by forced routing; that is reported, not failed.
-SHARED_WEIGHTS_TOL = 1e-6
 
 
 class VerifyResult(TypedDict):
@@ -131,134 +130,6 @@ def verify_from_results(done: dict[str, StageResult], recipe: Recipe, candidate:
     )
 
 
-def _routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict:
-    """Which experts run is what routing decides: per layer, the share of tokens whose
-    top-k set is unchanged must reach `min_routing_agreement`. With top-k of k experts
-    every expert sees every token, so that part cannot fail: the check then judges
-    only the router weights' drift, and only where the recipe sets a limit
-    (`max_router_weight_mae`: it grows with the quantization noise of every layer
-    before the router, so no one number fits every model); with none it is
-    not applicable. The drift is always reported."""
-    worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
-    mae_limit = v.max_router_weight_mae
-    mae_ok = mae_limit is None or worst_mae <= mae_limit
-    weights = f"router weights differ by at most {worst_mae:.4f} per layer" + (
-        f" (max {mae_limit})" if mae_limit is not None else " (no limit set: verify.max_router_weight_mae)"
-    )
-    if top_k >= experts:
-        reason = (
-            f"every expert sees every token (top-{top_k} of {experts}), so which experts run cannot change; {weights}"
-        )
-        return check(
-            "routing_parity",
-            NOT_APPLICABLE if mae_limit is None else PASS if mae_ok else FAIL,
-            reason,
-            quality=True,
-            router_weight_mae=cmp["router_weight_mae"],
-            topk_applies=False,
-        )
-    return judged(
-        "routing_parity",
-        mae_ok and worst_agree >= v.min_routing_agreement,
-        f"top-{top_k} experts agree on at least {worst_agree:.1%} of tokens at every layer "
-        f"(min {v.min_routing_agreement:.0%}); {weights}",
-        quality=True,
-        router_weight_mae=cmp["router_weight_mae"],
-        router_topk_agreement=cmp["router_topk_agreement"],
-        topk_applies=True,
-    )
-
-
-def _forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
-    """Routed fully to expert k, the MoE must reproduce source k exactly, but only
-    where source k shares the base's attention, norms and embeddings (MLP-only
-    fine-tunes): for other experts that is not applicable, and with none the whole
-    check is. For every expert it reports what survives of it in the merge (KL
-    and perplexity of the forced MoE against the source), with an optional limit."""
-    forced = []
-    for f in ref["forced_routing"]:
-        shares = all(d <= SHARED_WEIGHTS_TOL for d in structure["expert_non_mlp_relative_diff"][f["expert"]].values())
-        exact = f["max_abs"] <= v.forced_routing_atol
-        kl_ok = v.max_forced_kl is None or f.get("kl_mean", 0.0) <= v.max_forced_kl
-        forced.append({**f, "applies": shares, "passed": (exact or not shares) and kl_ok})
-    survival = "; ".join(
-        f"expert {f['expert']}: KL {f['kl_mean']:.4f}, perplexity {f['perplexity_forced_moe']:.2f} vs source "
-        f"{f['perplexity_source']:.2f}"
-        for f in forced
-        if "kl_mean" in f
-    )
-    applicable = [f for f in forced if f["applies"]]
-    bad = [f for f in forced if not f["passed"]]
-    if bad:
-        f = bad[0]
-        why = (
-            f"routed alone differs from its source by {f['max_abs']:.3g} (> {v.forced_routing_atol})"
-            if f["applies"] and f["max_abs"] > v.forced_routing_atol
-            else f"keeps too little of its source: KL {f['kl_mean']:.4f} (max {v.max_forced_kl})"
-        )
-        state, summary = FAIL, f"expert {f['expert']} {why}"
-    elif not applicable and v.max_forced_kl is None:
-        state, summary = (
-            NOT_APPLICABLE,
-            "no expert shares the base's non-MLP weights, so none can be reproduced exactly; "
-            f"what survives of each: {survival}",
-        )
-    else:
-        others = [f["expert"] for f in forced if not f["applies"]]
-        summary = (
-            f"{len(applicable)} expert(s) sharing the base's non-MLP weights reproduce their source (largest log-prob "
-            "difference "
-            + (", ".join(f"{f['max_abs']:.2e}" for f in applicable) or "-")
-            + ")"
-            + (f"; not applicable to expert(s) {', '.join(map(str, others))}" if others else "")
-            + (f"; what survives of each: {survival}" if survival and others else "")
-            + (f"; KL of each within max {v.max_forced_kl}" if v.max_forced_kl is not None else "")
-        )
-        state = PASS
-    return check(
-        "forced_routing",
-        state,
-        summary,
-        quality=True,
-        experts=forced,
-        atol=v.forced_routing_atol,
-        max_forced_kl=v.max_forced_kl,
-    )
-
-
-def _dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str], whose: str) -> dict:
-    """Experts the routers starve, from `routing` (per domain and layer): `warn`
-    when some are dead, `fail` only when the recipe asks (verify.fail_on_dead_experts)."""
-    if routing is None:
-        return check("dead_experts", NOT_MEASURED, f"not measured: {whose} routing was not measured")
-    dead = dead_experts(routing, v.dead_expert_share)
-    layers = len(next(iter(routing.values()))["share"])
-    if not dead:
-        return check(
-            "dead_experts",
-            PASS,
-            f"no dead expert in {whose} routing: each gets at least {v.dead_expert_share:.0%} of the routed weight "
-            "on some domain at every layer",
-            experts=dead,
-            share=v.dead_expert_share,
-            enforced=v.fail_on_dead_experts,
-        )
-    listed = "; ".join(
-        f"expert {d['expert']} ({experts[d['expert']]}) is dead at {len(d['layers'])} of {layers} layers (at most "
-        f"{d['largest']:.1%} of the routed weight on any domain)"
-        for d in dead
-    )
-    return check(
-        "dead_experts",
-        FAIL if v.fail_on_dead_experts else WARN,
-        f"{whose} routing: {listed}; fit the routers (gates.fit: true)"
-        + ("" if v.fail_on_dead_experts else "; reported, not failed (verify.fail_on_dead_experts)"),
-        experts=dead,
-        share=v.dead_expert_share,
-        enforced=v.fail_on_dead_experts,
-    )
-
-
 def _quantization_facts(result: QuantizeResult) -> dict:
     """How the build's 4-bit model was made, for the reader of verify.json: group
     size, compute dtype, whether calibration went through every expert, and the
@@ -274,9 +145,6 @@ def _quantization_facts(result: QuantizeResult) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
-QUANTIZATION_PARITY = "quantization_parity"  # the check study and bench read
-
-
 def compare_with_reference(evaluate: StageResult, lm) -> dict:
     """The candidate `lm` (anything with StreamingLM's `run`) on the reference's windows,
     against the 16-bit log-probs and router weights `evaluate` stored."""
@@ -287,28 +155,6 @@ def compare_with_reference(evaluate: StageResult, lm) -> dict:
         windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
         ref_logprobs, ref_router = Rows(st, "logprobs"), st.get_tensor("router")  # log-probs: a window at a time
         return compare_candidate(lm, windows, ref_logprobs, ref_router, ref["top_k"])
-
-
-PARITY_CHECKS = (QUANTIZATION_PARITY, "routing_parity")  # what parity_checks returns, in order
-
-
-def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[dict]:
-    """Quantization parity (KL, top-1, perplexity ratio within the limits) and routing
-    parity of a candidate compared with the reference (`compare_with_reference`)."""
-    kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
-    q_ok = cmp["kl_mean"] <= kl and cmp["top1_agreement"] >= top1 and cmp["perplexity_ratio"] <= ppl
-    kept = ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit", "perplexity_4bit")
-    return [
-        judged(
-            QUANTIZATION_PARITY,
-            q_ok,
-            f"mean KL {cmp['kl_mean']:.4f} (max {kl}), p99 KL {cmp['kl_p99']:.4f}, top-1 agreement "
-            f"{cmp['top1_agreement']:.1%} (min {top1:.0%}), perplexity x{cmp['perplexity_ratio']:.3f} (max x{ppl})",
-            quality=True,
-            **{k: cmp[k] for k in (*kept, "perplexity_ratio", "per_domain")},
-        ),
-        _routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])),
-    ]
 
 
 def verify_candidate(
@@ -352,7 +198,7 @@ def verify_candidate(
             for group, d in groups.items()
             if d > SHARED_WEIGHTS_TOL
         ]
-        checks.append(_forced_routing_check(v, ref, s))
+        checks.append(forced_routing_check(v, ref, s))
     else:
         why = "a check of this build's 16-bit merge against its sources; not run on the candidate"
         checks.append(check("merge_structure", NOT_MEASURED, f"not measured: {why}"))
@@ -393,9 +239,9 @@ def verify_candidate(
         checks += [check(name, NOT_MEASURED, "not measured: the candidate does not load") for name in PARITY_CHECKS]
 
     if own_build:
-        checks.append(_dead_experts_check(v, ref["routing_16bit"], ref["expert_sources"], "the 16-bit"))
+        checks.append(dead_experts_check(v, ref["routing_16bit"], ref["expert_sources"], "the 16-bit"))
     else:
-        checks.append(_dead_experts_check(v, routing_4bit, ref["expert_sources"], "the candidate's"))
+        checks.append(dead_experts_check(v, routing_4bit, ref["expert_sources"], "the candidate's"))
 
     report = build_report(
         checks,
