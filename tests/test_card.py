@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 
 from frankenmoe.errors import RecipeError
 from frankenmoe.recipe import parse_recipe
-from frankenmoe.stages.card import resolve_license
+from frankenmoe.stages.resolve import resolve_license
 from tests.conftest import example_data, run_cli
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import yaml
 
@@ -33,32 +33,15 @@ from frankenmoe.stages.gguf import gguf_report, gguf_result, parity_name
 from frankenmoe.stages.gguf import render as render_gguf_report
 from frankenmoe.stages.lock import build_id
 from frankenmoe.stages.quantize import quantize_result
-from frankenmoe.stages.resolve import resolved_models, source_licenses
+from frankenmoe.stages.resolve import resolve_license, resolved_models, source_licenses
 from frankenmoe.stages.verify import report_dir, verify_result
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.paths import portable
 from frankenmoe.support.versions import tool_versions
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+GGUF_TEMPLATE = TEMPLATE.with_name("gguf_card.md")
 CARD_TOOLS = ["mergekit", "gptqmodel", "transformers", "torch", "safetensors", "huggingface-hub"]
-
-
-def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> str:
-    """The recipe's `card.license`, else the one license every source states."""
-    if recipe.card.license:
-        return recipe.card.license
-    found = set(source_licenses.values())
-    if len(found) == 1 and None not in found:
-        return found.pop()
-    stated = ", ".join(f"{role}: {lic or 'none stated'}" for role, lic in source_licenses.items())
-    raise RecipeError(
-        [f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"]
-    )
-
-
-class CardResult(TypedDict):
-    build_id: str
-    license: str
 
 
 def failed_checks(inputs: dict[str, StageResult]) -> dict[str, list[str]]:
@@ -387,44 +370,29 @@ def gguf_card(
     # In the recipe's order: a cached record reads its keys back sorted, a fresh one
     # in the order they were made, and the card's bytes must not depend on which.
     order = [t for t in recipe.gguf.types if t in files] + sorted(set(files) - set(recipe.gguf.types))
-    rows = "\n".join(
-        f"| `{report['files'][t]['file']}` | {t} | {report['files'][t]['bytes'] / 1e6:.1f} MB | "
-        + named(report, parity_name(t))["summary"]
-        + " |"
+    rows = [
+        {
+            "file": report["files"][t]["file"],
+            "type": t,
+            "size": f"{report['files'][t]['bytes'] / 1e6:.1f} MB",
+            "summary": named(report, parity_name(t))["summary"],
+        }
         for t in order
+    ]
+    card = ModelCard.from_template(
+        data,
+        template_str=GGUF_TEMPLATE.read_text(encoding="utf-8"),
+        banner=failed_banner(recipe, report["failures"]),
+        name=recipe.name,
+        experts=len(recipe.experts),
+        experts_per_token=recipe.experts_per_token,
+        llama_cpp_version=VERSION,
+        build_id=bid,
+        files=rows,
+        headline=report["headline"],
+        first=files[order[0]],
+        repo_id=repo,
+        evals_md=evals_md,
+        verification_md=render_gguf_report(report).replace("## GGUF verification by llama.cpp", "## Verification", 1),
     )
-    first = files[order[0]]
-    banner = failed_banner(recipe, report["failures"])
-    body = f"""{banner + chr(10) + chr(10) if banner else ""}# {recipe.name} (GGUF)
-
-GGUF files of the {recipe.name} Mixture-of-Experts model ({len(recipe.experts)} experts,
-top-{recipe.experts_per_token}), converted and quantized by llama.cpp's own tools
-(llama-cpp-python {VERSION}) in the same reproducible build as the 16-bit and
-AWQ folders (build {bid}).
-
-## Files, checked by llama.cpp against the 16-bit model
-
-| file | type | size | llama.cpp vs 16-bit on held-out text |
-|---|---|---|---|
-{rows}
-
-Verification: {report["headline"]}. The per-domain figures, the expert placement
-and llama.cpp's reading of the expert count are in `verify.md` and `verify.json`.
-
-## Use
-
-```sh
-llama-cli -m {first} -p "def fibonacci(n):" -n 64
-llama-server --hf-repo {repo} --hf-file {first}
-```
-
-```python
-from llama_cpp import Llama
-llm = Llama.from_pretrained(repo_id="{repo}", filename="{first}")
-print(llm("def fibonacci(n):", max_tokens=64, temperature=0)["choices"][0]["text"])
-```
-
-{evals_md + chr(10) if evals_md else ""}Provenance: `build.json` holds the recipe, the lock and every stage's record.
-
-{render_gguf_report(report).replace("## GGUF verification by llama.cpp", "## Verification", 1)}"""
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+    return str(card)

@@ -35,10 +35,6 @@ from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.jsonio import write_json
 
 
-class EvaluateResult(TypedDict):
-    windows: int
-
-
 def reference_dir(result: StageResult) -> Path:
     """reference.json (domains, perplexities, routing, structure, forced routing) and
     reference.safetensors (tokens, 16-bit log-probs, router weights)."""

@@ -8,7 +8,7 @@ or local paths) and the sha256 of every other file in the folder.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
 
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.provenance.manifest_format import FORMAT, MANIFEST
@@ -19,10 +19,6 @@ from frankenmoe.support.jsonio import write_json
 
 # Record fields that describe the machine or the moment, not the result.
 NOT_PUBLISHED = {"wall_s", "path"}
-
-
-class ManifestResult(TypedDict):
-    build_id: str
 
 
 class ManifestStage(Stage):

@@ -19,7 +19,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, TypedDict
+from typing import Any, Iterator
 
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import EnvironmentProblem, IncompatibleModelsError, ToolFailed
@@ -32,12 +32,6 @@ from frankenmoe.support.hashing import HashState
 
 # Side files worth carrying from the base model into the merged folder.
 COPY_FROM_BASE = ("generation_config.json",)
-
-
-class MergeResult(TypedDict):
-    tensors: int
-    shards: list[str]
-    device: str
 
 
 def merged_model(result: StageResult) -> Path:

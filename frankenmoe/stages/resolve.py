@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from frankenmoe.checkpoints.sources import LocatedModel, card_facts, check_configs, locate, model_files, preflight
+from frankenmoe.errors import RecipeError
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.support.hashing import HashState
@@ -56,6 +57,19 @@ def source_licenses(recipe: Recipe) -> dict[str, str | None] | None:
     or None while a Hub model is not downloaded yet."""
     located = local_models(recipe)
     return None if located is None else {m.role: card_facts(m)["license"] for m in located}
+
+
+def resolve_license(recipe: Recipe, source_licenses: dict[str, str | None]) -> str:
+    """The recipe's `card.license`, else the one license every source states."""
+    if recipe.card.license:
+        return recipe.card.license
+    found = set(source_licenses.values())
+    if len(found) == 1 and None not in found:
+        return found.pop()
+    stated = ", ".join(f"{role}: {lic or 'none stated'}" for role, lic in source_licenses.items())
+    raise RecipeError(
+        [f"card.license: the source models do not agree on a license ({stated}); set card.license in the recipe"]
+    )
 
 
 class ResolveStage(Stage):
