@@ -359,3 +359,16 @@ def test_a_full_disk_reported_by_a_library_is_an_environment_problem(layout):
     with pytest.raises(EnvironmentProblem, match="fills: disk full while writing"):
         build(RECIPE, layout, [FillsTheDisk("fills")], log=quiet)
     assert not any(layout.stage_dir("fills").iterdir())
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines():
+    """A module holds one job: one that grows past this is split by job (docs/stages-and-cache.md)."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "frankenmoe").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long
