@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 
+import lm_eval.models  # noqa: F401  lm-eval's own model types, registered first (see below)
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 
+# lm-eval fills its model registry with its own types only when the registry is empty
+# (get_model), so registering this one before them would hide `hf`: they are imported above.
 @register_model("frankenmoe-gguf")
 class GgufLM(TemplateLM):
     def __init__(self, gguf: str, tokenizer: str, max_length: int = 2048, **_: object) -> None:
