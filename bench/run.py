@@ -66,8 +66,6 @@ def ours(recipe_file: Path, work: Path) -> dict:
     root = work / "ours"
     rows = {}
     for stage in STAGES:
-        if stage.name == "push":
-            continue
         m = measure([str(BIN / "frankenmoe"), "build", str(recipe_file), "--until", stage.name], build_env(root))
         record = stage_record(stage.name, m["out"])
         rows[stage.name] = {"command_s": m["wall_s"], "stage_s": record["wall_s"], "peak_rss_mb": m["peak_rss_mb"]}
@@ -203,7 +201,7 @@ def quality(recipe_file: Path, work: Path, dense: bool = True) -> dict:
 
 
 # Stage folders a calibration seed changes: removed from the hard-linked copy of the recipe's build.
-SEEDED = ("quantize", "verify", "gguf", "card", "manifest", "push")
+SEEDED = ("quantize", "verify", "gguf", "card", "manifest")
 
 
 def quality_draws(recipe_file: Path, work: Path, seeds: list[int]) -> dict:

@@ -247,6 +247,7 @@ LAYERS = [
     {"measure"},
     {"quantization", "routing", "example"},
     {"provenance", "recipe_schema"},
+    {"hub"},
     {"stages"},
     {"engine"},
     {"experiments"},

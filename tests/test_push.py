@@ -72,7 +72,7 @@ def test_build_pushes_both_folders_and_a_second_push_commits_nothing(example, hu
         assert {p.name: sha(p) for p in got.iterdir() if p.is_file() and p.name != ".gitattributes"} == {
             p.name: sha(p) for p in local.iterdir() if p.is_file()
         }
-    again = push(example, hub, recipe, dist, "build", "--force", "push")
+    again = push(example, hub, recipe, dist, "push")  # the command, over the published folders
     assert again.returncode == 0, again.stderr
     assert len(hub.commits("me/tiny-2x")) == 1 and len(hub.commits("me/tiny-2x-AWQ")) == 1
     assert_token_nowhere(example["root"] / "build", dist, texts=[proc.stdout, proc.stderr, again.stdout, again.stderr])
@@ -121,9 +121,10 @@ def test_allow_failed_pushes_and_the_card_says_so_first(example, hub, tmp_path):
 
 
 def test_a_tampered_cached_file_is_never_pushed(example, hub, tmp_path):
-    """Edited in place through dist/ (its files are hard links into the cache): the
-    cache sees the changed file, reruns the stage, and the Hub gets the true bytes.
-    On a copy of the build: the shared one stays as the other tests need it."""
+    """Edited in place through dist/ (its files are hard links into the cache): push
+    finds the cached stage changed and refuses, naming it; a build reruns the stage
+    and the Hub then gets the true bytes. On a copy of the build: the shared one
+    stays as the other tests need it."""
     import shutil
 
     build = tmp_path / "build"
@@ -139,22 +140,27 @@ def test_a_tampered_cached_file_is_never_pushed(example, hub, tmp_path):
     original = config.read_bytes()
     config.write_bytes(original.replace(b'"bits": 4', b'"bits": 3'))  # same size, same inode
     proc = run_cli("push", str(recipe), build=build, dist=dist, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^quantize\s+ran", proc.stdout, re.M), proc.stdout
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: quantize: not built for this recipe yet"), proc.stderr
+    assert hub.commits("me/tiny-2x-AWQ") == []
+    rebuilt = run_cli("build", str(recipe), build=build, dist=dist, env=env)
+    assert re.search(r"^quantize\s+ran", rebuilt.stdout, re.M), rebuilt.stdout + rebuilt.stderr
     assert config.read_bytes() == original
+    proc = run_cli("push", str(recipe), build=build, dist=dist, env=env)
+    assert proc.returncode == 0, proc.stderr
     (commit,) = hub.commits("me/tiny-2x-AWQ")
     assert commit["files"]["config.json"]["sha256"] == hashlib.sha256(original).hexdigest()
 
 
 def test_a_dist_folder_that_differs_from_its_record_is_refused(tmp_path):
     from frankenmoe.errors import PublishError
-    from frankenmoe.stages.push import check_folder
+    from frankenmoe.hub.push import check_folder
     from frankenmoe.support.hashing import HashState
 
     folder = tmp_path / "awq"
     folder.mkdir()
     (folder / "config.json").write_text('{"bits": 3}')
-    record = {"config.json": {"sha256": hashlib.sha256(b'{"bits": 4}').hexdigest(), "size": 11}}
+    record = {"config.json": hashlib.sha256(b'{"bits": 4}').hexdigest()}
     with pytest.raises(PublishError, match="config.json differs from the sha256 in its build record"):
         check_folder(folder, record, HashState(tmp_path / "state.json"))
 

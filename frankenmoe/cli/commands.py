@@ -12,6 +12,7 @@ from pathlib import Path
 from frankenmoe import stages
 from frankenmoe.checkpoints.loading import load_model
 from frankenmoe.engine.build import build, default_layout, finished_results
+from frankenmoe.engine.cache import Layout
 from frankenmoe.engine.plan import format_plan, make_plan
 from frankenmoe.engine.rebuild import rebuild_check
 from frankenmoe.engine.repro import repro_check
@@ -29,13 +30,15 @@ from frankenmoe.example.catalog import EXAMPLES, ensure_example
 from frankenmoe.experiments.executors import executor
 from frankenmoe.experiments.study import parse_modes, run_study
 from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
+from frankenmoe.hub.push import dry_run, push_build
 from frankenmoe.measure.verdict import log_lines
 from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
-from frankenmoe.recipe import load_recipe
+from frankenmoe.provenance.manifest_format import MANIFEST
+from frankenmoe.recipe import Recipe, load_recipe
 from frankenmoe.recipe_schema import markdown, schema_text
+from frankenmoe.stages.base import StageResult
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.gguf import check_files
-from frankenmoe.stages.push import dry_run
 from frankenmoe.stages.verify import candidate_inputs, candidate_problems, verify_from_results
 from frankenmoe.support import settings
 from frankenmoe.support.hashing import HashState
@@ -79,8 +82,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, root=args.paths_from)
     locked = read_lock(args.lock or lock_path(args.recipe)) if args.locked or args.lock else None
-    build(recipe, default_layout(recipe), stages.STAGES, force=set(args.force or []), until=args.until, locked=locked)
+    layout = default_layout(recipe)
+    done = build(recipe, layout, stages.STAGES, force=set(args.force or []), until=args.until, locked=locked)
+    if "manifest" in done:  # a whole build, published
+        if recipe.publish.push:
+            push_finished(recipe, layout, done["manifest"])
+        elif recipe.publish.targets():
+            print("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
     return 0
+
+
+def push_finished(recipe: Recipe, layout: Layout, manifest: StageResult) -> None:
+    """Push what the recipe's finished build published: each folder's build.json as the
+    manifest stage wrote it names the folder's files and the checks it passed."""
+    published = {
+        rel.split("/")[0]: meta["sha256"] for rel, meta in manifest.files.items() if rel.endswith(f"/{MANIFEST}")
+    }
+    state = HashState(layout.build_root / ".hash-state.json")
+    push_build(recipe.publish, layout.dist, published, manifest.result["build_id"], state)
+    state.save()
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -207,8 +227,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                 raise NotBuiltError(f"push: {layout.dist / folder} does not exist; build the recipe first")
             print("\n".join(dry_run(layout.dist / folder, repo_id)))
         return 0
-    pushing = recipe.model_copy(update={"publish": recipe.publish.model_copy(update={"push": True})})
-    build(pushing, layout, stages.STAGES)
+    push_finished(recipe, layout, finished_results(recipe, layout, stages.STAGES, ["manifest"])["manifest"])
     return 0
 
 

@@ -83,7 +83,7 @@ def run_stage(
     key = key_of(material)
     stage_dir = layout.stage_dir(stage.name)
     with key_lock(layout, stage.name, key):
-        if not force and not stage.never_cached:
+        if not force:
             hit = cached_result(stage, layout, key, state)
             if hit:
                 return hit, False, time.monotonic() - t0
@@ -212,8 +212,6 @@ def build(
     with build_lock(layout, log):
         check_publish_targets(layout, {f for s in selected for f in s.publishes})
         for stage in selected:
-            if stage.reads_dist:
-                publish(results, layout, published_folders(selected, results), selected)
             deps = {d: results[d] for d in dependencies(stage, selected)}
             result, ran, seconds = run_stage(stage, recipe, layout, deps, state, stage.name in force, log, selected)
             results[stage.name] = result

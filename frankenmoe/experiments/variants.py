@@ -115,8 +115,8 @@ def run_task(task: Task, node: str) -> TaskDone:
 
 
 def sweep_stages(stages: Sequence[Stage], recipe: Recipe, until: str | None) -> list[Stage]:
-    """The stages a variant builds: the recipe's, through `until`, never one that reads dist/."""
-    return [s for s in select_stages(enabled_stages(stages, recipe), until) if not s.reads_dist]
+    """The stages a variant builds: the recipe's, through `until`."""
+    return select_stages(enabled_stages(stages, recipe), until)
 
 
 def build_variants(

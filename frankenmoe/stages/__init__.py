@@ -10,7 +10,6 @@ from frankenmoe.stages.gguf import GgufStage
 from frankenmoe.stages.lock import LockStage
 from frankenmoe.stages.manifest import ManifestStage
 from frankenmoe.stages.merge import MergeStage
-from frankenmoe.stages.push import PushStage
 from frankenmoe.stages.quantize import QuantizeStage
 from frankenmoe.stages.resolve import ResolveStage
 from frankenmoe.stages.verify import VerifyStage
@@ -29,6 +28,5 @@ STAGES = (
     EvalsStage(),
     CardStage(),
     ManifestStage(),
-    PushStage(),
 )
 STAGE_NAMES = [s.name for s in STAGES]

@@ -71,7 +71,7 @@ class Stage:
     # Stages read when the recipe switches them on (the card describes the GGUF
     # files when there are any); a switched-off one is simply not an input.
     optional_depends: ClassVar[tuple[str, ...]] = ()
-    # A stage that describes the whole build (the manifest, push) depends on every
+    # A stage that describes the whole build (the manifest) depends on every
     # stage before it in the list, whatever stages are added later.
     depends_on_all_earlier: ClassVar[bool] = False
     # Packages whose versions shape this stage's output bytes (part of the key).
@@ -80,15 +80,9 @@ class Stage:
     publishes: ClassVar[dict[str, str]] = {}
     # Also write <folder>/ into every folder the other stages publish (build.json).
     publishes_into_every_folder: ClassVar[bool] = False
-    # A stage that reads dist/<name>/ (push) gets it published before it runs;
-    # otherwise dist/ is updated once, at the end of a successful build.
-    reads_dist: ClassVar[bool] = False
     # Files that describe how the run went (logs, engine settings with local paths),
     # not its result: kept in the cache for debugging, left out of build.json.
     diagnostics: ClassVar[tuple[str, ...]] = ()
-    # A stage whose result lives outside the build (the Hub): its record says what
-    # happened last time, never whether it still holds, so it runs every build.
-    never_cached: ClassVar[bool] = False
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         """The part of the recipe that shapes this stage's output (JSON-able)."""

@@ -22,6 +22,7 @@ from frankenmoe.measure.benchmark_report import evals_markdown, model_index
 from frankenmoe.measure.study_report import read_study, render_for_card, without_timings
 from frankenmoe.measure.verdict import named
 from frankenmoe.provenance.lockfile import published_recipe
+from frankenmoe.provenance.manifest_format import failed_checks
 from frankenmoe.quantization import readers
 from frankenmoe.quantization.llama_cpp import VERSION
 from frankenmoe.recipe import Recipe
@@ -34,7 +35,7 @@ from frankenmoe.stages.gguf import render as render_gguf_report
 from frankenmoe.stages.lock import build_id
 from frankenmoe.stages.quantize import quantize_result
 from frankenmoe.stages.resolve import resolve_license, resolved_models, source_licenses
-from frankenmoe.stages.verify import report_dir, verify_result
+from frankenmoe.stages.verify import report_dir
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.paths import portable
 from frankenmoe.support.versions import tool_versions
@@ -42,20 +43,6 @@ from frankenmoe.support.versions import tool_versions
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 GGUF_TEMPLATE = TEMPLATE.with_name("gguf_card.md")
 CARD_TOOLS = ["mergekit", "gptqmodel", "transformers", "torch", "safetensors", "huggingface-hub"]
-
-
-def failed_checks(inputs: dict[str, StageResult]) -> dict[str, list[str]]:
-    """{published folder: its failed checks}: the merged and AWQ folders answer to
-    verify, the GGUF folder to llama.cpp's check, the compressed-tensors folder to its
-    check through transformers. Push refuses a folder listed here."""
-    out = {}
-    if failures := verify_result(inputs["verify"])["failures"]:
-        out["merged"] = out["awq"] = failures
-    if "gguf" in inputs and (failures := gguf_result(inputs["gguf"])["failures"]):
-        out["gguf"] = failures
-    if FOLDER in inputs and (failures := compressed_result(inputs[FOLDER])["failures"]):
-        out[FOLDER] = failures
-    return out
 
 
 def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
@@ -222,7 +209,7 @@ class CardStage(Stage):
                     "verify_md": (compressed_dir(ctx.inputs[FOLDER]) / "verify.md").read_text(encoding="utf-8"),
                 },
             )
-        failed = failed_checks(ctx.inputs)
+        failed = failed_checks({name: result.result for name, result in ctx.inputs.items()})
         for folder, (data, extra) in cards.items():
             label, reader = MEASURED_ON[folder]
             if scores and scores["models"].get(label, {}).get("reader") == reader:

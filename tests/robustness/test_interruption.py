@@ -156,7 +156,7 @@ def test_kill_during_quantize_stops_the_engine_and_resumes(example, tmp_path):
     The stages before quantize come from a hard-linked copy of the example's cache."""
     build, dist = tmp_path / "build", tmp_path / "dist"
     subprocess.run(["cp", "-al", str(example["root"] / "build"), str(build)], check=True)
-    for later in ("quantize", "evaluate", "verify", "card", "manifest", "push", "published.json"):
+    for later in ("quantize", "evaluate", "verify", "card", "manifest", "published.json"):
         path = build / "tiny-2x" / later
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     proc = start_build(build, dist)

@@ -1,12 +1,16 @@
-"""push: upload dist/<name>/merged and dist/<name>/awq to the Hub, one commit each.
+"""`frankenmoe push`: upload a finished build's published folders to the Hub, one commit each.
 
-With huggingface_hub (honouring HF_ENDPOINT and the usual token sources: the
-HF_TOKEN variable or `huggingface-cli login`). Before anything goes out it
-refuses every folder whose checks failed (verify for merged/ and awq/, llama.cpp's
-check for gguf/; `publish.allow_failed: true` overrides) and any folder whose files
-differ from the sha256 in the build records. Pushing an unchanged build creates no commit (the
-client skips files the remote already has). Transient failures are retried with
-backoff; since a Hub commit is atomic, a push that still fails has committed
+Push is a command over what the build published, not a stage: it reads each
+folder's `build.json` (its files' sha256 and every stage's record), refuses a
+folder whose files differ from it, that comes from another build than the
+recipe's, or whose checks failed (verify for merged/ and awq/, llama.cpp's check
+for gguf/, the transformers check for w4a16/; `publish.allow_failed: true`
+overrides), and only then uploads, with huggingface_hub (HF_ENDPOINT and the usual
+token sources: HF_TOKEN or `huggingface-cli login`). Pushing an unchanged build
+creates no commit (the client skips files the remote already has). Transient
+failures are retried with backoff (huggingface_hub retries its own pre-upload and
+LFS transfers, but not the commit; its `http_backoff` wraps single requests, not
+an HfApi call); since a Hub commit is atomic, a push that still fails has committed
 nothing and the rerun resumes. The token never reaches output, records or errors.
 """
 
@@ -14,13 +18,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, TypedDict
+from typing import Any, Callable
 
 from frankenmoe.errors import PublishError
-from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext
-from frankenmoe.stages.card import failed_checks
-from frankenmoe.stages.lock import build_id as lock_build_id
+from frankenmoe.provenance.manifest_format import MANIFEST, failed_checks, read_manifest
+from frankenmoe.recipe import PublishSection
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.secrets import scrub
 
@@ -35,19 +37,14 @@ REFUSED = {
 LFS_SUFFIXES = {".safetensors", ".bin", ".png", ".gguf", ".pt", ".model"}
 
 
-class PushResult(TypedDict, total=False):
-    pushed: bool
-    endpoint: str
-    repos: dict[str, dict]  # folder -> repo_id, revision, commit
-
-
 def endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
 
 
-def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> None:
+def check_folder(folder: Path, expected: dict[str, str], state: HashState) -> None:
+    """The folder holds exactly the files its record lists ({path: sha256}), each with its sha256."""
     actual = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if actual != set(expected):
         extra, missing = sorted(actual - set(expected)), sorted(set(expected) - actual)
@@ -55,7 +52,7 @@ def check_folder(folder: Path, expected: dict[str, dict], state: HashState) -> N
             f"push: {folder} does not match its build record (extra: {extra[:3]}, missing: {missing[:3]}); rebuild it"
         )
     for rel, meta in sorted(expected.items()):
-        if state.sha256(folder / rel) != meta["sha256"]:
+        if state.sha256(folder / rel) != meta:
             raise PublishError(
                 f"push: {folder / rel} differs from the sha256 in its build record; rebuild before pushing"
             )
@@ -87,52 +84,49 @@ def with_retries(action: Callable[[], Any], what: str, log: Callable[[str], None
             sleep(wait)
 
 
-class PushStage(Stage):
-    name = "push"
-    depends_on_all_earlier = True  # every published folder and its records
-    packages = ("huggingface-hub",)
-    reads_dist = True
-    # The remote repo may have been deleted or edited since: compare with it every
-    # time (the client uploads only what differs, an unchanged repo gets no commit).
-    never_cached = True
-
-    def config(self, recipe: Recipe) -> dict[str, Any]:
-        # The endpoint says where the push goes; the token is deliberately not here.
-        return {"publish": recipe.publish.model_dump(), "endpoint": endpoint() if recipe.publish.push else None}
-
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        p = ctx.recipe.publish
-        if not p.push:
-            ctx.log("push      publish.push is false: nothing pushed (frankenmoe push RECIPE pushes this build)")
-            return {"pushed": False}
-        folders = ctx.folders()
-        targets = [(folder, repo_id) for folder, repo_id in p.targets().items() if folder in folders]
-        if not targets:
+def push_build(
+    publish: PublishSection,
+    dist: Path,
+    published: dict[str, str],
+    build_id: str,
+    state: HashState,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Push each folder of `published` ({folder: sha256 of its build.json}, as the
+    recipe's finished build wrote them) that `publish` names a repo for; returns
+    {folder: repo_id, revision, commit}. Nothing goes out unless every folder passes."""
+    targets = [(folder, repo_id) for folder, repo_id in publish.targets().items() if folder in published]
+    if not targets:
+        raise PublishError(
+            "publish: no publish.<folder>.repo_id is set for a folder this build publishes "
+            f"({', '.join(sorted(published))})"
+        )
+    refused = []
+    for folder, _ in targets:
+        record = read_manifest(dist / folder, "rebuild the recipe (`frankenmoe build RECIPE`), then push")
+        if record["build_id"] != build_id or state.sha256(dist / folder / MANIFEST) != published[folder]:
             raise PublishError(
-                "publish: push is true but no publish.<folder>.repo_id is set for a folder this build publishes "
-                f"({', '.join(folders)})"
+                f"push: {dist / folder} is not what this recipe's build published (build {record['build_id']}, "
+                f"not {build_id}); rebuild it (`frankenmoe build RECIPE`), then push"
             )
-        failed = failed_checks(ctx.inputs)
-        refused = [
-            f"push: {ctx.dist / folder} failed {', '.join(dict.fromkeys(f.split(':')[0] for f in failed[folder]))}, "
-            "so it is not pushed; see its verify.md, or set publish.allow_failed: true to push it anyway (its card "
-            "then says so in its first line)"
-            for folder, _ in targets
-            if folder in failed and not p.allow_failed
-        ]
-        if refused:
-            raise PublishError(refused)
-        for folder, _ in targets:
-            check_folder(ctx.dist / folder, ctx.published_files(folder), ctx.state)
-        build_id = lock_build_id(ctx.inputs["lock"])
-        message = p.commit_message or f"frankenmoe build {build_id}"
-        if build_id not in message:
-            message = f"{message} (frankenmoe build {build_id})"
-        pushed = {}
-        for folder, repo_id in targets:
-            pushed[folder] = push_folder(ctx.dist / folder, repo_id, p.private, p.revision, message, ctx.log)
-            ctx.log(f"push      {folder} -> {repo_id}@{p.revision} {pushed[folder]['commit'][:12]}")
-        return {"pushed": True, "endpoint": endpoint(), "repos": pushed}
+        check_folder(dist / folder, {**record["files"], MANIFEST: published[folder]}, state)
+        failed = failed_checks({name: r["result"] for name, r in record["stages"].items()}).get(folder)
+        if failed and not publish.allow_failed:
+            refused.append(
+                f"push: {dist / folder} failed {', '.join(dict.fromkeys(f.split(':')[0] for f in failed))}, so it is "
+                "not pushed; see its verify.md, or set publish.allow_failed: true to push it anyway (its card then "
+                "says so in its first line)"
+            )
+    if refused:
+        raise PublishError(refused)
+    message = publish.commit_message or f"frankenmoe build {build_id}"
+    if build_id not in message:
+        message = f"{message} (frankenmoe build {build_id})"
+    pushed = {}
+    for folder, repo_id in targets:
+        pushed[folder] = push_folder(dist / folder, repo_id, publish.private, publish.revision, message, log)
+        log(f"push      {folder} -> {repo_id}@{publish.revision} {pushed[folder]['commit'][:12]}")
+    return pushed
 
 
 def push_folder(
@@ -163,7 +157,7 @@ def push_folder(
         raise PublishError(
             scrub(
                 f"push: {folder} to {repo_id} failed ({why}) after retries; a Hub commit is all-or-nothing, so nothing "
-                "was committed by this try; rerun the same build command to resume"
+                "was committed by this try; rerun the same command to resume"
             )
         ) from None
     return {"repo_id": repo_id, "revision": revision, "commit": info.oid}
