@@ -167,6 +167,32 @@ def test_a_dist_folder_that_differs_from_its_record_is_refused(tmp_path):
         check_folder(folder, record, HashState(tmp_path / "state.json"))
 
 
+def test_a_folder_another_build_published_is_refused(tmp_path):
+    """Push checks each folder's build.json against the recipe's finished build: its
+    build id, then its own bytes, before any file or check is read."""
+    import json
+
+    from frankenmoe.errors import PublishError
+    from frankenmoe.hub.push import push_build
+    from frankenmoe.recipe import PublishSection
+    from frankenmoe.support.hashing import HashState
+
+    folder = tmp_path / "dist" / "merged"
+    folder.mkdir(parents=True)
+    manifest = folder / "build.json"
+    manifest.write_text(json.dumps({"format": "frankenmoe-build/1", "build_id": "old", "files": {}, "stages": {}}))
+    publish = PublishSection.model_validate({"merged": {"repo_id": "me/m"}})
+    state = HashState(tmp_path / "state.json")
+    recorded = {"merged": sha(manifest)}
+    with pytest.raises(
+        PublishError, match=r"dist/merged is not what this recipe's build published \(build old, not new\)"
+    ):
+        push_build(publish, tmp_path / "dist", recorded, "new", state, log=print)
+    manifest.write_text(manifest.read_text().replace('"files": {}', '"files": {"x": "0"}'))
+    with pytest.raises(PublishError, match=r"published \(build.json changed\)"):
+        push_build(publish, tmp_path / "dist", recorded, "old", HashState(tmp_path / "state2.json"), log=print)
+
+
 def test_dry_run_lists_files_and_lfs(example, tmp_path):
     recipe = push_recipe(tmp_path)
     proc = run_cli("push", str(recipe), "--dry-run", build=example["root"] / "build", dist=example["root"] / "dist")

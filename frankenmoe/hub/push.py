@@ -105,9 +105,14 @@ def push_build(
     for folder, _ in targets:
         record = read_manifest(dist / folder, "rebuild the recipe (`frankenmoe build RECIPE`), then push")
         if record["build_id"] != build_id or state.sha256(dist / folder / MANIFEST) != published[folder]:
+            why = (
+                f"build {record['build_id']}, not {build_id}"
+                if record["build_id"] != build_id
+                else "build.json changed"
+            )
             raise PublishError(
-                f"push: {dist / folder} is not what this recipe's build published (build {record['build_id']}, "
-                f"not {build_id}); rebuild it (`frankenmoe build RECIPE`), then push"
+                f"push: {dist / folder} is not what this recipe's build published ({why}); "
+                "rebuild it (`frankenmoe build RECIPE`), then push"
             )
         check_folder(dist / folder, {**record["files"], MANIFEST: published[folder]}, state)
         failed = failed_checks({name: r["result"] for name, r in record["stages"].items()}).get(folder)
