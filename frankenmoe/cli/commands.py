@@ -33,12 +33,12 @@ from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
 from frankenmoe.hub.push import dry_run, push_build
 from frankenmoe.measure.verdict import log_lines
 from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
-from frankenmoe.provenance.manifest_format import MANIFEST
 from frankenmoe.recipe import Recipe, load_recipe
 from frankenmoe.recipe_schema import markdown, schema_text
 from frankenmoe.stages.base import StageResult
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.gguf import check_files
+from frankenmoe.stages.manifest import manifest_build_id, published_manifests
 from frankenmoe.stages.verify import candidate_inputs, candidate_problems, verify_from_results
 from frankenmoe.support import settings
 from frankenmoe.support.hashing import HashState
@@ -95,11 +95,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def push_finished(recipe: Recipe, layout: Layout, manifest: StageResult) -> None:
     """Push what the recipe's finished build published: each folder's build.json as the
     manifest stage wrote it names the folder's files and the checks it passed."""
-    published = {
-        rel.split("/")[0]: meta["sha256"] for rel, meta in manifest.files.items() if rel.endswith(f"/{MANIFEST}")
-    }
     state = HashState(layout.build_root / ".hash-state.json")
-    push_build(recipe.publish, layout.dist, published, manifest.result["build_id"], state)
+    push_build(recipe.publish, layout.dist, published_manifests(manifest), manifest_build_id(manifest), state)
     state.save()
 
 

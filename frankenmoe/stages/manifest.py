@@ -8,7 +8,7 @@ or local paths) and the sha256 of every other file in the folder.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.provenance.manifest_format import FORMAT, MANIFEST
@@ -49,6 +49,19 @@ class ManifestStage(Stage):
                 },
             )
         return {"build_id": build_id(lock)}
+
+
+class ManifestResult(TypedDict):
+    build_id: str
+
+
+def manifest_build_id(result: StageResult) -> str:
+    return cast(ManifestResult, result.result)["build_id"]
+
+
+def published_manifests(result: StageResult) -> dict[str, str]:
+    """{published folder: sha256 of the build.json this stage wrote into it}."""
+    return {rel.split("/")[0]: meta["sha256"] for rel, meta in result.files.items() if rel.endswith(f"/{MANIFEST}")}
 
 
 def _portable_record(result: StageResult, diagnostics: set[str]) -> dict[str, Any]:
