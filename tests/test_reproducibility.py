@@ -133,10 +133,12 @@ def test_locked_build_without_a_lock_file_says_how_to_make_one(project):
 def example_lock_now(monkeypatch) -> dict:
     from frankenmoe.provenance.lockfile import current_lock
     from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages import STAGES
+    from frankenmoe.stages.base import pinned_packages
     from frankenmoe.support.hashing import HashState
 
     monkeypatch.chdir(REPO)  # the example's paths are relative to the project
-    return current_lock(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")))
+    return current_lock(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")), pinned_packages(STAGES))
 
 
 def test_committed_example_lock_matches_the_example_inputs(fixture_models, monkeypatch):
@@ -240,3 +242,46 @@ def test_rebuild_check_from_another_path_matches_and_names_a_changed_file(exampl
     assert "not part of the build (ignored): .gitattributes" in proc.stdout
     for folder in ("merged", "awq"):
         assert file_hashes_deep(work / "dist" / "tiny-2x" / folder) == file_hashes_deep(example[folder]), folder
+
+
+def test_the_lock_pins_exactly_the_packages_the_stages_declare(fixture_models, monkeypatch):
+    """One declaration: a stage's `packages` (part of its key) is what the lock pins; a
+    package a new stage declares is pinned with no list to edit elsewhere."""
+    from frankenmoe import stages
+    from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages.base import Stage
+    from frankenmoe.support.hashing import HashState
+
+    class Extra(Stage):
+        name = "extra"
+        packages = ("pyyaml",)
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(stages, "STAGES", (*stages.STAGES, Extra()))
+    lock = stages.LockStage().fingerprint(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")), {})
+    declared = {p for s in stages.STAGES for p in s.packages}
+    assert set(lock["packages"]) == declared | {"frankenmoe"}
+    assert "pyyaml" in lock["packages"] and "lm_eval" in lock["packages"]
+
+
+def test_published_recipe_writes_every_path_field_portably(tmp_path):
+    """Each recipe field typed RecipePath (models, text files, task folder, card template)
+    is found by its type, not by a list: none leaves an absolute path in published files."""
+    from frankenmoe.provenance.lockfile import published_recipe
+    from frankenmoe.recipe import load_recipe
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["base_model"] = str(tmp_path / "models" / "base")
+    for i, expert in enumerate(data["experts"]):
+        expert["source_model"] = {"path": str(tmp_path / "models" / f"expert{i}")}
+    data["verify"]["files"] = [str(tmp_path / "text" / "eval.jsonl"), "shipped:prose/eval.jsonl"]
+    data["quantize"]["calibration"]["files"] = [str(tmp_path / "text" / "cal.jsonl")]
+    data["gates"] = {**data.get("gates", {}), "files": [str(tmp_path / "text" / "fit.jsonl")]}
+    data["card"] = {"template": str(tmp_path / "card.md")}
+    data["evals"] = {"include": str(tmp_path / "tasks")}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+
+    published = json.dumps(published_recipe(load_recipe(tmp_path / "r.yaml")))
+    assert str(tmp_path) not in published
+    for name in ('"base"', '"expert1"', '"eval.jsonl"', '"cal.jsonl"', '"fit.jsonl"', '"card.md"', '"tasks"'):
+        assert name in published

@@ -42,7 +42,7 @@ from frankenmoe.engine.publish import check_publish_targets, publish, published_
 from frankenmoe.errors import EnvironmentProblem, FrankenmoeError, NotBuiltError, UsageError
 from frankenmoe.provenance.lockfile import current_lock, require_match
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Stage, StageContext, StageResult, pinned_packages
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.determinism import torch_scope
 from frankenmoe.support.hashing import HashState
@@ -206,7 +206,7 @@ def build(
         log(f"recipe    warning: {warning}")
     state = HashState(layout.build_root / ".hash-state.json")
     if locked is not None:  # first: with other inputs, nothing else the build would say matters
-        check_lock(recipe, locked, state)
+        check_lock(recipe, locked, state, stages)
     run_preflight(selected, recipe)
     results: dict[str, StageResult] = {}
     with build_lock(layout, log):
@@ -228,9 +228,9 @@ def build(
     return results
 
 
-def check_lock(recipe: Recipe, locked: dict, state: HashState) -> None:
+def check_lock(recipe: Recipe, locked: dict, state: HashState, stages: Sequence[Stage]) -> None:
     require_match(
         locked,
-        current_lock(recipe, state),
+        current_lock(recipe, state, pinned_packages(stages)),
         "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`",
     )

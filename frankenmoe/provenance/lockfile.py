@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from frankenmoe import __version__
 from frankenmoe.checkpoints.sources import locate, model_files
@@ -28,6 +28,7 @@ from frankenmoe.errors import InputFileError, LockMismatch
 from frankenmoe.quantization import llama_cpp
 from frankenmoe.quantization.awq_engine import compute_path
 from frankenmoe.recipe import Recipe
+from frankenmoe.recipe.fields import path_fields
 from frankenmoe.routing.router_fit import fit_compute
 from frankenmoe.support.determinism import THREADS
 from frankenmoe.support.device import cpu_capability, device_class
@@ -38,22 +39,6 @@ from frankenmoe.support.versions import tool_versions
 from frankenmoe.text.calibration import dataset_identity
 
 FORMAT = 1
-# Every package that writes published bytes: the model files, the card (jinja2 through
-# huggingface_hub), the routing heatmap (matplotlib), calibration from a dataset.
-PACKAGES = [
-    "torch",
-    "transformers",
-    "tokenizers",
-    "mergekit",
-    "gptqmodel",
-    "safetensors",
-    "huggingface-hub",
-    "numpy",
-    "jinja2",
-    "matplotlib",
-    "datasets",
-    "llama-cpp-python",
-]
 
 
 def lock_path(recipe_file: Path) -> Path:
@@ -71,9 +56,13 @@ def _data_files(section: str, files: list[str], state: HashState, root: Path) ->
     return out
 
 
-def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dict[str, Any] | None:
+def current_lock(
+    recipe: Recipe, state: HashState, packages: Sequence[str], download: bool = True
+) -> dict[str, Any] | None:
     """The lock for this recipe as things are now; None when `download` is off and
-    a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit."""
+    a Hub model is not in the local cache, or a calibration dataset is not pinned to a commit.
+    `packages`: those whose versions shape the bytes, as the stages declare them
+    (frankenmoe.stages.base.pinned_packages); the lock lists them, never a list of its own."""
     models = {}
     for role, ref in recipe.all_models():
         located = locate(role, ref, recipe.root, download=download)
@@ -102,7 +91,7 @@ def current_lock(recipe: Recipe, state: HashState, download: bool = True) -> dic
         "recipe": recipe.name,
         "models": models,
         "data": data,
-        "packages": {"frankenmoe": __version__, **tool_versions(PACKAGES)},
+        "packages": {"frankenmoe": __version__, **tool_versions(sorted(packages))},
         "python": platform.python_version(),
         "seeds": {"merge.seed": recipe.merge.seed, "quantize.calibration.seed": cal.seed},
         "threads": THREADS,
@@ -188,17 +177,11 @@ def published_recipe(recipe: Recipe) -> dict[str, Any]:
     `publish.push`, which says whether to push, not what is built."""
     data = recipe.model_dump(mode="json", exclude_none=True)
     data["publish"].pop("push", None)
-    data["base_model"]["id"] = portable(data["base_model"]["id"])
-    for expert in data["experts"]:
-        expert["source_model"]["id"] = portable(expert["source_model"]["id"])
-    cal = data["quantize"]["calibration"]
-    cal["files"] = [portable(f) for f in cal["files"]]
-    data["verify"]["files"] = [portable(f) for f in data["verify"]["files"]]
-    data["gates"]["files"] = [portable(f) for f in data["gates"]["files"]]
-    if "include" in data["evals"]:
-        data["evals"]["include"] = portable(data["evals"]["include"])
-    if "template" in data["card"]:
-        data["card"]["template"] = portable(data["card"]["template"])
+    for (*parents, last), value in path_fields(recipe):  # every field typed RecipePath
+        parent = data
+        for key in parents:
+            parent = parent[key]
+        parent[last] = portable(value)
     return data
 
 

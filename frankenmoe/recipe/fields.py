@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,38 @@ SIZE_SCHEMA = {
 Size = Annotated[ByteSize, Field(gt=0), WithJsonSchema(SIZE_SCHEMA)]
 
 
+class _PathMark:
+    """Marks a recipe field that names a file or folder relative to the recipe."""
+
+
+PATH_MARK = _PathMark()
+# A path field: published recipes and lock files write it portably (frankenmoe/provenance/lockfile.py).
+RecipePath = Annotated[str, PATH_MARK]
+
+
+def _marked(annotation: Any) -> bool:
+    """`RecipePath` anywhere in a field's type: alone, in a list, or optional."""
+    if get_origin(annotation) is Annotated:
+        return PATH_MARK in get_args(annotation)[1:] or _marked(get_args(annotation)[0])
+    return any(_marked(a) for a in get_args(annotation))
+
+
+def path_fields(model: BaseModel, at: tuple = ()) -> list[tuple[tuple, str]]:
+    """(key path, value) of every path field set in `model`, nested sections and
+    lists included: the one list of what in a recipe is a path."""
+    out = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        marked = PATH_MARK in info.metadata or _marked(info.annotation)
+        for i, item in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
+            where = (*at, name) if i is None else (*at, name, i)
+            if isinstance(item, BaseModel):
+                out += path_fields(item, where)
+            elif marked and isinstance(item, str):
+                out.append((where, item))
+    return out
+
+
 def _model_ref_schema(schema: dict[str, Any]) -> None:
     """The JSON Schema of a model reference: the three forms `from_string` takes."""
     mapping = {k: schema.pop(k) for k in ("type", "properties", "required", "additionalProperties")}
@@ -72,7 +104,7 @@ class ModelRef(Strict):
 
     model_config = ConfigDict(json_schema_extra=_model_ref_schema)
 
-    id: str = Field(
+    id: RecipePath = Field(
         description="a local folder (relative to the recipe file's folder) or a Hub id org/name",
         json_schema_extra={"pattern": r"\S"},
     )

@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from frankenmoe.recipe.fields import HUB_ID_RE, Size, Strict
+from frankenmoe.recipe.fields import HUB_ID_RE, RecipePath, Size, Strict
 from frankenmoe.support.paths import shipped
 
 DEVICE_DOC = "auto (a GPU when torch finds one, else the CPU), cpu, or cuda (refused before any stage without a GPU)"
@@ -41,7 +41,7 @@ class GatesSection(Strict):
     """The gates stage: train only the router weights on text after the merge (off unless `fit: true`)."""
 
     fit: bool = Field(default=False, description="train the routers after the merge; false keeps mergekit's routers")
-    files: list[str] = Field(
+    files: list[RecipePath] = Field(
         default_factory=lambda: _shipped("calibration"),
         min_length=1,
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
@@ -97,7 +97,7 @@ class CalibrationDataset(Strict):
 class CalibrationSection(Strict):
     """The text AWQ calibrates on: fixed token windows picked from it by a seed."""
 
-    files: list[str] = Field(
+    files: list[RecipePath] = Field(
         default_factory=lambda: _shipped("calibration"),
         description=f"calibration text: {TEXT_FILES_DOC}; may not share a document with verify.files "
         "(compared by content); empty only with a dataset",
@@ -168,7 +168,7 @@ SIZE_LIMIT_DOC = "unset: by the model's size (frankenmoe/measure/quality_limits.
 class VerifySection(Strict):
     """The verify checks of the 4-bit model against the 16-bit merge, on held-out text."""
 
-    files: list[str] = Field(
+    files: list[RecipePath] = Field(
         default_factory=lambda: _shipped("eval"),
         min_length=1,
         description=f"held-out evaluation text: {TEXT_FILES_DOC}; labelled by domain (a document's `domain` field, "
@@ -292,7 +292,7 @@ class EvalsSection(Strict):
         description="lm-eval task or group names, each once; `leaderboard`: the Open LLM Leaderboard's tasks with "
         "their few-shot counts (frankenmoe/measure/benchmarks.py)",
     )
-    include: str | None = Field(
+    include: RecipePath | None = Field(
         default=None, description="a folder of lm-eval task YAMLs (lm-eval's --include_path), relative to the recipe"
     )
     limit: float | None = Field(
@@ -323,7 +323,7 @@ class EvalsSection(Strict):
 class CardSection(Strict):
     """The model cards of the published folders."""
 
-    template: str | None = Field(
+    template: RecipePath | None = Field(
         default=None, description="a Jinja model card template; unset: the built-in frankenmoe/templates/model_card.md"
     )
     license: str | None = Field(

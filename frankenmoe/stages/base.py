@@ -140,3 +140,9 @@ def published_files(stages: Sequence[Stage], inputs: dict[str, StageResult], fol
             if rel.startswith(sub + "/"):
                 out[rel[len(sub) + 1 :]] = meta
     return out
+
+
+def pinned_packages(stages: Sequence[Stage]) -> list[str]:
+    """Every package a stage declares (`Stage.packages`, part of its key): what the
+    lock file pins. Declared once, on the stage that uses it."""
+    return sorted({p for stage in stages for p in stage.packages})

@@ -13,7 +13,7 @@ from typing import Any, TypedDict, cast
 from frankenmoe.provenance.lockfile import build_id as compute_build_id
 from frankenmoe.provenance.lockfile import current_lock, published_recipe
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Stage, StageContext, StageResult, pinned_packages
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 
@@ -31,6 +31,14 @@ def lock_pins(result: StageResult) -> dict[str, Any]:
     return result.record["fingerprint"]
 
 
+def build_packages() -> list[str]:
+    """The packages the build's stages declare, read from the stage list when the lock is
+    computed (a plugin may extend it)."""
+    from frankenmoe import stages  # lazy: the stage list imports this module
+
+    return pinned_packages(stages.STAGES)
+
+
 class LockStage(Stage):
     name = "lock"
 
@@ -40,9 +48,9 @@ class LockStage(Stage):
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
     ) -> dict[str, Any] | None:
-        return current_lock(recipe, state, download=not offline)
+        return current_lock(recipe, state, build_packages(), download=not offline)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        lock = current_lock(ctx.recipe, ctx.state)
+        lock = current_lock(ctx.recipe, ctx.state, build_packages())
         write_json(ctx.out / "lock.json", lock)
         return {"build_id": compute_build_id(ctx.recipe, lock)}
