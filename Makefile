@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RECIPE ?= recipes/smollm2-2x.yaml
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-.PHONY: setup build fixtures test lint lock repro-check bench clean
+.PHONY: setup build fixtures browser test lint lock repro-check bench clean
 
 setup: $(BIN)/frankenmoe
 
@@ -27,7 +27,15 @@ fixtures: setup
 build: setup fixtures
 	$(BIN)/frankenmoe build $(RECIPE)
 
-test: setup fixtures
+# Headless Chromium for the routing page's browser test: Debian's own packages, never a
+# browser downloaded at run time (apt-get as root, else through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: setup fixtures browser
 	$(BIN)/python -m pytest -q
 
 # ruff at 120 columns (pyproject.toml [tool.ruff]).

@@ -93,6 +93,13 @@ def example(tmp_path_factory, fixture_models) -> dict:
     return {"root": root, "merged": dist / "merged", "awq": dist / "awq", "out": proc.stdout}
 
 
+def page_data(page: Path) -> dict:
+    """The numbers a page carries (its JSON block), as the browser reads them."""
+    text = page.read_text(encoding="utf-8")
+    block = text.split('<script type="application/json" id="routing-data">', 1)[1].split("</script>", 1)[0]
+    return json.loads(block.replace("<\\/", "</"))
+
+
 HUB_TOKEN = "hf_standinSECRETtoken0123456789abcdef"  # recognizable, so tests can grep for leaks
 
 

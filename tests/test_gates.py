@@ -58,7 +58,7 @@ def test_only_the_routers_change(fitted, example):
 
 def test_fitted_routers_beat_the_hidden_state_ones_on_every_domain(fitted):
     ppl = fitted["reference"]["perplexity"]
-    assert set(ppl) == {"moe", "moe (hidden-state routers)", "base", "expert 0", "expert 1"}
+    assert set(ppl) == {"moe", "moe (hidden-state routers)", "base", "experts[0]", "experts[1]"}
     for domain in ("code", "prose"):
         assert ppl["moe"][domain] < ppl["moe (hidden-state routers)"][domain], (domain, ppl)
     # and the report shows both, next to each source expert

@@ -118,3 +118,11 @@ def test_real_example_cards_carry_its_benchmarks(real):
         # the 16-bit MoE predicts held-out text better than its 4-bit model, by little
         assert 0.5 < moe[task, "bits_per_byte"] < four[task, "bits_per_byte"] < 1.1 * moe[task, "bits_per_byte"]
     assert index["awq"] is None  # the 4-bit scores were measured on w4a16/
+
+
+def test_real_example_routing_page_stays_under_2_mb(real):
+    """30 layers x 4096 held-out tokens x 2 models in one self-contained file (issue 50's budget)."""
+    page = real["dist"] / "merged" / "routing.html"
+    assert page.read_bytes() == (real["dist"] / "awq" / "routing.html").read_bytes()
+    assert 100_000 < page.stat().st_size < 2_000_000
+    assert f"routing.html) ({page.stat().st_size / 1e6:.2f} MB" in (real["dist"] / "awq" / "verify.md").read_text()

@@ -58,6 +58,7 @@ def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_mode
     assert set(from_local) - set(from_hub) == {
         "README.md",
         "routing.png",
+        "routing.html",
         "build.json",
     }  # card and manifest did not run here
     assert from_hub == {k: v for k, v in from_local.items() if k in from_hub}  # same bytes as from local folders

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import EXAMPLE, example_data, run_cli, write_recipe
+from tests.conftest import EXAMPLE, example_data, page_data, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_study_compares_every_mode_and_is_reproducible(fixture_models, tmp_path)
     assert data["modes"] == ["hidden", "cheap_embed", "random", "fitted"]
     for mode, row in data["results"].items():
         assert set(row["per_domain"]) == {"code", "prose"}
-        assert row["per_domain"]["code"]["best_expert"] == "expert 0"  # the code expert, on code
+        assert row["per_domain"]["code"]["best_expert"] == "experts[0]"  # the code expert, on code
         assert 0 <= sum(row["expert_usage_entropy_bits"].values()) / 2 <= 1.0  # log2(2 experts)
         assert len(row["routing"]["code"]["mean_gate_weight"]) == 4  # layers
     hidden, fitted = data["results"]["hidden"], data["results"]["fitted"]
@@ -37,6 +37,13 @@ def test_study_compares_every_mode_and_is_reproducible(fixture_models, tmp_path)
     # The base's and experts' perplexities do not depend on the routers: computed once for all four modes.
     assert len(list((tmp_path / "a" / "build" / "tiny-2x" / "baseline").iterdir())) == 1
     assert all(row["keys"]["baseline"] == hidden["keys"]["baseline"] for row in data["results"].values())
+    # Each mode's routing page, linked from study.md, shows that mode's routing as study.json has it.
+    assert data["routing_pages"] == {m: f"routing/{m}.html" for m in data["modes"]}
+    assert "[fitted](routing/fitted.html)" in (out / "study.md").read_text()
+    for mode, rel in data["routing_pages"].items():
+        page = page_data(out / rel)
+        assert [m["label"] for m in page["models"]] == ["16-bit"]
+        assert page["models"][0]["routing"] == data["results"][mode]["routing"], mode
     card_carries_the_study(tmp_path / "a", out / "study.json", data)
     _, again = study(tmp_path / "b")
     strip = lambda d: {k: v for k, v in d.items() if k != "wall_s"}  # noqa: E731
@@ -54,6 +61,17 @@ def test_modes_that_name_nothing_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --modes: ',' names no mode; use some of hidden, cheap_embed, random, fitted"
     ]
+
+
+def test_a_failed_mode_ends_the_study_with_the_error_its_run_reported(tmp_path):
+    # `fitted` reads gates.files, which the other modes never do: only that mode fails.
+    recipe = example_data()
+    recipe["gates"]["files"] = ["no-such-text.txt"]
+    path = write_recipe(tmp_path / "tiny-2x.yaml", recipe)
+    proc = run_cli("study", str(path), "--modes", "fitted", build=tmp_path / "build")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: gates.files: {tmp_path / 'no-such-text.txt'}: file not found"]
+    assert "| fitted |" not in proc.stdout and not (tmp_path / "build" / "tiny-2x" / "study" / "study.json").exists()
 
 
 def test_a_mode_named_twice_is_studied_once():
@@ -91,7 +109,7 @@ def card_carries_the_study(root, study_json, data):
 )
 def test_a_study_the_card_cannot_use_is_one_line(tmp_path, content, message):
     from frankenmoe.errors import InputFileError
-    from frankenmoe.measure.study_report import read_study
+    from frankenmoe.measure.sweep_report import read_study
 
     path = tmp_path / "study.json"
     if content is not None:

@@ -3,17 +3,17 @@ expert best on no domain of the held-out text has nothing to lose by dying there
 
 from __future__ import annotations
 
-from frankenmoe.experiments.study import summarize
-from frankenmoe.measure.study_report import dead_expert
+from frankenmoe.measure.comparison import summarize
+from frankenmoe.measure.sweep_report import dead_expert
 
 
 def reference(weights: dict[str, list[list[float]]]) -> dict:
     ppl = {
         "moe": {"code": 10.0, "prose": 12.0},
         "base": {"code": 11.0, "prose": 13.0},
-        "expert 0": {"code": 9.5, "prose": 14.0},  # best on code
-        "expert 1": {"code": 12.0, "prose": 11.5},  # best on prose
-        "expert 2": {"code": 10.5, "prose": 12.5},  # best on neither: a chat expert on code and prose
+        "experts[0]": {"code": 9.5, "prose": 14.0},  # best on code
+        "experts[1]": {"code": 12.0, "prose": 11.5},  # best on prose
+        "experts[2]": {"code": 10.5, "prose": 12.5},  # best on neither: a chat expert on code and prose
     }
     return {"perplexity": ppl, "routing_16bit": {d: {"mean_gate_weight": w, "share": w} for d, w in weights.items()}}
 

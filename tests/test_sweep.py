@@ -195,6 +195,12 @@ def test_a_sweep_builds_each_shared_stage_once_and_reports_a_failed_verify(in_pr
         assert len(list((in_process.parent / "tiny-2x" / stage).iterdir())) == count
     assert doc["pareto"] and set(doc["pareto"]) <= set(VARIANTS)
     assert (in_process / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each variant's routing page beside sweep.md is its verify's page (16-bit beside 4-bit).
+    assert doc["routing_pages"] == {n: f"routing/{n}.html" for n in VARIANTS}
+    for name in VARIANTS:
+        published = in_process / "variants" / name / "tiny-2x" / "awq" / "routing.html"
+        assert (in_process / "routing" / f"{name}.html").read_bytes() == published.read_bytes()
+    assert f"[{VARIANTS[0]}](routing/{VARIANTS[0]}.html)" in (in_process / "sweep.md").read_text()
     # The failed verify's report is published to be read, as a build publishes it.
     assert (in_process / "variants" / "v03-random-false" / "tiny-2x" / "awq" / "verify.md").is_file()
 

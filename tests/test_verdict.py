@@ -23,7 +23,8 @@ def test_the_headline_counts_states_and_says_passed_only_with_a_measured_quality
 
 
 def _cmp(mae: float) -> dict:
-    return {"router_weight_mae": [mae, mae / 2], "router_topk_agreement": [1.0, 1.0]}
+    moved = {"tokens_topk_changed": [0, 0], "tokens_top1_changed": [3, 1]}
+    return {"router_weight_mae": [mae, mae / 2], "router_topk_agreement": [1.0, 1.0], **moved}
 
 
 def test_routing_parity_at_top_k_of_k_cannot_pass_without_a_limit():
@@ -31,10 +32,12 @@ def test_routing_parity_at_top_k_of_k_cannot_pass_without_a_limit():
 
     free = routing_check(VerifySection(), _cmp(0.5), top_k=2, experts=2)
     assert free["state"] == "not_applicable" and "no limit set" in free["summary"]
+    assert free["tokens_top1_changed"] == [3, 1]  # the routing page's per-layer counts, recorded either way
     assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.05), 2, 2)["state"] == "pass"
     assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.5), 2, 2)["state"] == "fail"
-    low = {"router_weight_mae": [0.01], "router_topk_agreement": [0.5]}
-    assert routing_check(VerifySection(), low, top_k=2, experts=3)["state"] == "fail"
+    low = {"router_weight_mae": [0.01], "router_topk_agreement": [0.5], "tokens_topk_changed": [8]}
+    failed = routing_check(VerifySection(), {**low, "tokens_top1_changed": [9]}, top_k=2, experts=3)
+    assert failed["state"] == "fail" and failed["tokens_topk_changed"] == [8] and failed["tokens_top1_changed"] == [9]
 
 
 def _routing(share_of_expert_1: float) -> dict:

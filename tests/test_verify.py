@@ -52,10 +52,10 @@ def test_example_passes_with_every_number(example):
     assert len(checks["routing_parity"]["router_weight_mae"]) == 4
     assert all(e["max_abs"] == 0.0 and e["applies"] for e in checks["forced_routing"]["experts"])
     rr = report["routing_report"]
-    assert rr["domains"] == ["code", "prose"] and set(rr["perplexity"]) == {"moe", "base", "expert 0", "expert 1"}
+    assert rr["domains"] == ["code", "prose"] and set(rr["perplexity"]) == {"moe", "base", "experts[0]", "experts[1]"}
     # The code expert is better on code than the prose expert, and vice versa: the report can tell them apart.
-    assert rr["perplexity"]["expert 0"]["code"] < rr["perplexity"]["expert 1"]["code"]
-    assert rr["perplexity"]["expert 1"]["prose"] < rr["perplexity"]["expert 0"]["prose"]
+    assert rr["perplexity"]["experts[0]"]["code"] < rr["perplexity"]["experts[1]"]["code"]
+    assert rr["perplexity"]["experts[1]"]["prose"] < rr["perplexity"]["experts[0]"]["prose"]
     for d in rr["domains"]:
         for layer in rr["routing_16bit"][d]["mean_gate_weight"]:
             assert abs(sum(layer) - 1.0) < 1e-4  # gate weights of the chosen experts sum to one

@@ -35,12 +35,18 @@ def test_the_committed_real_example_lock_matches_its_inputs(monkeypatch):
     from frankenmoe.example.catalog import ensure_example
     from frankenmoe.provenance.lockfile import current_lock, differences, read_lock
     from frankenmoe.recipe import load_recipe
+    from frankenmoe.stages import STAGES
+    from frankenmoe.stages.base import pinned_packages
     from frankenmoe.support.hashing import HashState
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     monkeypatch.chdir(REPO)
     committed = read_lock(REPO / "recipes" / "smollm2-2x.lock.json")
-    now = current_lock(load_recipe(REPO / "recipes" / "smollm2-2x.yaml"), HashState(Path("/nonexistent/state.json")))
+    now = current_lock(
+        load_recipe(REPO / "recipes" / "smollm2-2x.yaml"),
+        HashState(Path("/nonexistent/state.json")),
+        pinned_packages(STAGES),
+    )
     if committed["platform"] != now["platform"]:
         pytest.skip(f"the example was locked on {committed['platform']}; this machine is {now['platform']}")
     assert differences(committed, now) == []

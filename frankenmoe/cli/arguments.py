@@ -18,6 +18,7 @@ from frankenmoe.cli.commands import (
     cmd_push,
     cmd_rebuild_check,
     cmd_repro_check,
+    cmd_route,
     cmd_schema,
     cmd_study,
     cmd_sweep,
@@ -214,6 +215,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, type=some_text)
     g.add_argument("--max-new-tokens", type=whole_number(1), default=32, metavar="N")
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser(
+        "route", help="write the routing page (routing.html) of a published MoE folder over any text, on the CPU"
+    )
+    r.add_argument("dir", type=Path, help="dist/<name>/merged, awq or w4a16")
+    r.add_argument("--text", required=True, type=Path, help="a .txt or .jsonl file (a `domain` field splits it)")
+    r.add_argument("--out", type=Path, help="default: build/route/<name>-<folder>-<text>.html")
+    r.add_argument("--seq-len", type=whole_number(2), default=256, metavar="N", help="tokens per window (256)")
+    r.add_argument("--max-tokens", type=whole_number(1), default=4096, metavar="N", help="tokens at most (4096)")
+    r.set_defaults(func=cmd_route)
 
     f = sub.add_parser("fixtures", help="make the offline examples' models in OUT/<example> (cached by their inputs)")
     f.add_argument("--out", default=str(FIXTURES_DIR))

@@ -35,7 +35,8 @@ from frankenmoe.measure.verdict import log_lines
 from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
 from frankenmoe.recipe import Recipe, load_recipe
 from frankenmoe.recipe_schema import markdown, schema_text
-from frankenmoe.stages.base import StageResult
+from frankenmoe.routing.route_page import route_folder
+from frankenmoe.stages.base import StageResult, pinned_packages
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.gguf import check_files
 from frankenmoe.stages.manifest import manifest_build_id, published_manifests
@@ -44,6 +45,7 @@ from frankenmoe.support import settings
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 from frankenmoe.support.progress import quiet_libraries
+from frankenmoe.support.secrets import scrub
 
 FIXTURES_DIR = Path("fixtures")
 
@@ -104,7 +106,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
     state = HashState(layout.build_root / ".hash-state.json")
-    lock = current_lock(recipe, state)
+    lock = current_lock(recipe, state, pinned_packages(stages.STAGES))
     state.save()
     path = lock_path(args.recipe)
     if args.check:
@@ -183,7 +185,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     quiet_libraries()
     modes = parse_modes(args.modes)
-    out = run_study(recipe, modes, args.quantize, default_layout(recipe).build_root, stages.STAGES)
+    out, failed = run_study(args.recipe, recipe, modes, args.quantize, default_layout(recipe).build_root, stages.STAGES)
+    if failed is not None:  # the failed mode's error, as `frankenmoe build` gives it
+        for line in failed["error"]:
+            print(scrub(f"error: {line}"), file=sys.stderr)
+        return failed["exit_code"]
     print((out / "study.md").read_text(encoding="utf-8"), end="")
     print(f"study: {out / 'study.json'}, {out / 'study.png'}")
     return 0
@@ -256,4 +262,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
         )
     print(tokenizer.decode(out[0], skip_special_tokens=True))
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    out = args.out or settings.build_root() / "route" / f"{args.dir.parent.name}-{args.dir.name}-{args.text.stem}.html"
+    quiet_libraries()
+    page = route_folder(args.dir, args.text, out, args.seq_len, args.max_tokens, log=print)
+    print(f"route     wrote {page.path} ({page.size / 1e6:.2f} MB, {page.tokens} tokens in {page.windows} windows)")
     return 0

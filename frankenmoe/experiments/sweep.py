@@ -47,15 +47,14 @@ from pydantic import BaseModel
 from frankenmoe.engine.cache import RECORD, Layout
 from frankenmoe.engine.graph import dependencies
 from frankenmoe.errors import FrankenmoeError, RecipeError, UsageError, exit_code
-from frankenmoe.experiments.study import summarize
-from frankenmoe.experiments.sweep_report import render, render_png
-from frankenmoe.experiments.variants import Outcome, Variant, build_variants, sweep_stages
+from frankenmoe.experiments.routing_pages import write_routing_pages
+from frankenmoe.experiments.variants import Executor, Outcome, Variant, build_variants, sweep_stages
+from frankenmoe.measure.comparison import summarize
+from frankenmoe.measure.sweep_report import render_sweep, render_sweep_png, write_report
 from frankenmoe.recipe import NAME_RE, Recipe, load_raw, parse_recipe
 from frankenmoe.stages.evaluate import reference
 from frankenmoe.stages.verify import report_dir
-from frankenmoe.support.atomic import atomic_files
 from frankenmoe.support.hashing import sha256_json
-from frankenmoe.support.jsonio import write_json
 from frankenmoe.support.secrets import scrub
 
 KEYS = ("recipe", "name", "axes", "until", "max_variants")
@@ -216,29 +215,55 @@ class Planned:
     code: int = 0
 
 
-def plan_variants(sweep: Sweep, build_root: Path) -> list[Planned]:
-    """Every combination of the axes, in order, as a validated recipe with its own dist folder."""
-    raw = load_raw(sweep.recipe_file)
-    default_name = sweep.recipe_file.stem
+@dataclass(frozen=True)
+class Point:
+    """One variant to build: its folder name, its label, and the recipe values it sets
+    (each a recipe key path)."""
+
+    name: str
+    label: str
+    values: dict[str, Any]
+
+
+def sweep_points(sweep: Sweep) -> list[Point]:
+    """Every combination of the axes, in the order written, named by its index and values."""
     out = []
     for i, combo in enumerate(itertools.product(*sweep.axes.values()), start=1):
         values = dict(zip(sweep.axes, combo))
-        name = f"v{i:02d}-" + "-".join(slug(v) for v in combo)
         label = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())
+        out.append(Point(f"v{i:02d}-" + "-".join(slug(v) for v in combo), label, values))
+    return out
+
+
+def plan_variants(sweep: Sweep, build_root: Path) -> list[Planned]:
+    """The sweep's variants, each publishing into build/<sweep>/variants/<variant>/."""
+    return plan_points(
+        sweep.recipe_file, sweep_points(sweep), build_root, build_root / sweep.name / "variants", sweep.name
+    )
+
+
+def plan_points(
+    recipe_file: Path, points: Sequence[Point], build_root: Path, dists: Path, prefix: str
+) -> list[Planned]:
+    """Each point as a recipe validated as a recipe is, publishing into dists/<point name>
+    (`prefix.<point name>`: its lock and published.json beside the recipe's cache)."""
+    raw = load_raw(recipe_file)
+    default_name = recipe_file.stem
+    out = []
+    for point in points:
         data = raw
-        for key, value in values.items():
+        for key, value in point.values.items():
             data = with_value(data, key, value)
         data.pop("name", None)
         try:
-            recipe = parse_recipe(
-                {**data, "name": raw.get("name", default_name)}, default_name, sweep.recipe_file.parent
-            )
+            recipe = parse_recipe({**data, "name": raw.get("name", default_name)}, default_name, recipe_file.parent)
         except FrankenmoeError as e:
-            out.append(Planned(name, label, values, None, e.lines(), exit_code(e)))
+            out.append(Planned(point.name, point.label, point.values, None, e.lines(), exit_code(e)))
             continue
-        dist = build_root / sweep.name / "variants" / name
-        layout = Layout(build_root, dist, recipe.name, variant=f"{sweep.name}.{name}")
-        out.append(Planned(name, label, values, Variant(name, label, recipe, layout), None))
+        layout = Layout(build_root, dists / point.name, recipe.name, variant=f"{prefix}.{point.name}")
+        out.append(
+            Planned(point.name, point.label, point.values, Variant(point.name, point.label, recipe, layout), None)
+        )
     return out
 
 
@@ -280,21 +305,47 @@ def pareto(rows: list[dict]) -> list[str]:
     )
 
 
+def measure_variants(
+    planned: list[Planned],
+    stages,
+    until: str | None,
+    executor: Executor,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], dict[str, Outcome]]:
+    """Build every valid variant over the shared cache: one row per variant, in order
+    (what it measured, or its error), and each built variant's outcome."""
+    variants = [p.variant for p in planned if p.variant is not None]
+    outcomes = build_variants(variants, stages, until, executor, log)
+    share = variants[0].recipe.verify.dead_expert_share if variants else 0.0
+    return [variant_row(p, outcomes.get(p.name), share) for p in planned], outcomes
+
+
+def traces(rows: list[dict], outcomes: dict[str, Outcome], log_file: Path) -> list[str]:
+    """Each bug's traceback, for the log; the failed row's error then says where it is."""
+    out = []
+    for r in rows:
+        if (o := outcomes.get(r["name"])) and o.trace:
+            out.append(f"== {r['name']} ==\n{scrub(o.trace)}")
+            r["error"] = [*r["error"], f"traceback in {log_file}"]
+    return out
+
+
 def run_sweep(
     sweep: Sweep,
     stages,
-    executor,
+    executor: Executor,
     build_root: Path,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build every variant, write build/<sweep>/sweep.{json,md,png}; returns the folder."""
+    """Build every variant, write build/<sweep>/sweep.{json,md,png} and each variant's
+    routing page (routing/<variant>.html); returns the folder."""
     planned = plan_variants(sweep, build_root)
-    variants = [p.variant for p in planned if p.variant is not None]
-    log(f"sweep     {sweep.name}: {len(planned)} variants of {sweep.recipe_file.name}, {len(variants)} valid")
+    valid = sum(p.variant is not None for p in planned)
+    log(f"sweep     {sweep.name}: {len(planned)} variants of {sweep.recipe_file.name}, {valid} valid")
     log(f"sweep     {sweep.name}: {plan_line(stage_runs(planned, stages, sweep.until), recorded_seconds(build_root))}")
-    outcomes = build_variants(variants, stages, sweep.until, executor, log)
-    share = variants[0].recipe.verify.dead_expert_share if variants else 0.0
-    rows = [variant_row(p, outcomes.get(p.name), share) for p in planned]
+    rows, outcomes = measure_variants(planned, stages, sweep.until, executor, log)
+    out = build_root / sweep.name
+    bugs = traces(rows, outcomes, out / "sweep.log")
     doc = {
         "sweep": sweep.name,
         "recipe": sweep.recipe_file.name,
@@ -302,20 +353,9 @@ def run_sweep(
         "until": sweep.until,
         "variants": rows,
         "pareto": pareto(rows),
+        "routing_pages": write_routing_pages([p.variant for p in planned if p.variant], outcomes, out),
     }
-    out = build_root / sweep.name
-    traces = [f"== {r['name']} ==\n{scrub(o.trace)}" for r in rows if (o := outcomes.get(r["name"])) and o.trace]
-    for r in rows:
-        if (o := outcomes.get(r["name"])) and o.trace:
-            r["error"] = [*r["error"], f"traceback in {out / 'sweep.log'}"]
-    with atomic_files(out, f"sweep: disk full while writing {out}; free space and rerun") as tmp:
-        write_json(tmp / "sweep.json", doc)
-        (tmp / "sweep.md").write_text(render(doc), encoding="utf-8")
-        render_png(doc, tmp / "sweep.png")
-        if traces:
-            (tmp / "sweep.log").write_text("\n".join(traces), encoding="utf-8")
-    if not traces:
-        (out / "sweep.log").unlink(missing_ok=True)  # a log of an earlier sweep's bugs
+    write_report(out, "sweep", doc, render_sweep, render_sweep_png, bugs)
     return out
 
 

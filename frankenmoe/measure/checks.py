@@ -12,6 +12,8 @@ from frankenmoe.recipe import VerifySection
 # A source whose non-MLP weights differ from the base's by more than this (relative
 # norm) cannot be reproduced by forced routing; that is reported, not failed.
 SHARED_WEIGHTS_TOL = 1e-6
+# Check names other modules read reports by (verdict.named): study and bench, the routing page.
+QUANTIZATION_PARITY, ROUTING_PARITY, DEAD_EXPERTS = "quantization_parity", "routing_parity", "dead_experts"
 
 
 def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict:
@@ -33,21 +35,25 @@ def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict
             f"every expert sees every token (top-{top_k} of {experts}), so which experts run cannot change; {weights}"
         )
         return check(
-            "routing_parity",
+            ROUTING_PARITY,
             NOT_APPLICABLE if mae_limit is None else PASS if mae_ok else FAIL,
             reason,
             quality=True,
             router_weight_mae=cmp["router_weight_mae"],
+            tokens_topk_changed=cmp["tokens_topk_changed"],
+            tokens_top1_changed=cmp["tokens_top1_changed"],
             topk_applies=False,
         )
     return judged(
-        "routing_parity",
+        ROUTING_PARITY,
         mae_ok and worst_agree >= v.min_routing_agreement,
         f"top-{top_k} experts agree on at least {worst_agree:.1%} of tokens at every layer "
         f"(min {v.min_routing_agreement:.0%}); {weights}",
         quality=True,
         router_weight_mae=cmp["router_weight_mae"],
         router_topk_agreement=cmp["router_topk_agreement"],
+        tokens_topk_changed=cmp["tokens_topk_changed"],
+        tokens_top1_changed=cmp["tokens_top1_changed"],
         topk_applies=True,
     )
 
@@ -113,12 +119,12 @@ def dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str
     """Experts the routers starve, from `routing` (per domain and layer): `warn`
     when some are dead, `fail` only when the recipe asks (verify.fail_on_dead_experts)."""
     if routing is None:
-        return check("dead_experts", NOT_MEASURED, f"not measured: {whose} routing was not measured")
+        return check(DEAD_EXPERTS, NOT_MEASURED, f"not measured: {whose} routing was not measured")
     dead = dead_experts(routing, v.dead_expert_share)
     layers = len(next(iter(routing.values()))["share"])
     if not dead:
         return check(
-            "dead_experts",
+            DEAD_EXPERTS,
             PASS,
             f"no dead expert in {whose} routing: each gets at least {v.dead_expert_share:.0%} of the routed weight "
             "on some domain at every layer",
@@ -132,7 +138,7 @@ def dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str
         for d in dead
     )
     return check(
-        "dead_experts",
+        DEAD_EXPERTS,
         FAIL if v.fail_on_dead_experts else WARN,
         f"{whose} routing: {listed}; fit the routers (gates.fit: true)"
         + ("" if v.fail_on_dead_experts else "; reported, not failed (verify.fail_on_dead_experts)"),
@@ -142,10 +148,7 @@ def dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str
     )
 
 
-QUANTIZATION_PARITY = "quantization_parity"  # the check study and bench read
-
-
-PARITY_CHECKS = (QUANTIZATION_PARITY, "routing_parity")  # what parity_checks returns, in order
+PARITY_CHECKS = (QUANTIZATION_PARITY, ROUTING_PARITY)  # what parity_checks returns, in order
 
 
 def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[dict]:

@@ -25,14 +25,16 @@ EXPERT_W = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\
 W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
-def eval_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int) -> list[tuple[str, list[int]]]:
+def eval_windows(
+    files: list[Path], tokenizer, seq_len: int, max_tokens: int, by_file_name: bool = False
+) -> list[tuple[str, list[int]]]:
     """(domain, seq_len + 1 token ids) windows, the first ones of each domain, an
     equal share of `max_tokens` per domain. The domain is the documents' `domain`
-    field, else the file's folder name."""
+    field, else the file's folder name (its name without suffix with `by_file_name`)."""
     by_domain: dict[str, list[int]] = defaultdict(list)
     for f in files:
         for doc in read_documents([f]):
-            domain = doc.get("domain") or f.parent.name
+            domain = doc.get("domain") or (f.stem if by_file_name else f.parent.name)
             by_domain[domain].extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
     per_domain = max(1, max_tokens // max(1, len(by_domain)) // seq_len)
     windows = []
@@ -153,24 +155,47 @@ def lm_perplexity(lm, windows, desc: str = "verify: perplexity") -> dict[str, fl
     return perplexity_of((lp for lp, _ in lm.run([ids[:-1] for _, ids in windows], desc=desc)), windows)
 
 
+def chosen_experts(router, top_k: int):
+    """Each token's top-k experts at each layer, heaviest first, and their gate weights
+    renormalized over the k (as Mixtral weighs their outputs): ([L, T, k], [L, T, k]).
+    One definition for verify's numbers and the routing page's colours."""
+    top = router.topk(top_k, dim=-1)
+    return top.indices, top.values / top.values.sum(-1, keepdim=True)
+
+
 def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
-    """Per domain, layer and expert: share of tokens routed there (top-k) and the
-    mean gate weight it gets (top-k renormalized, 0 where not chosen)."""
+    """Per domain, layer and expert: share of tokens routed there (top-k), share whose
+    heaviest expert it is (top-1), and the mean gate weight it gets (top-k
+    renormalized, 0 where not chosen)."""
     import torch
 
-    L, T, E = router.shape
-    top = torch.topk(router, top_k, dim=-1)
-    chosen = torch.zeros_like(router).scatter(-1, top.indices, 1.0)
-    gate = torch.zeros_like(router).scatter(-1, top.indices, top.values / top.values.sum(-1, keepdim=True))
+    indices, weights = chosen_experts(router, top_k)
+    chosen = torch.zeros_like(router).scatter(-1, indices, 1.0)
+    first = torch.zeros_like(router).scatter(-1, indices[..., :1], 1.0)
+    gate = torch.zeros_like(router).scatter(-1, indices, weights)
     out = {}
     token_domain = [d for d in domains for _ in range(seq)]
     for d in sorted(set(domains)):
         mask = torch.tensor([td == d for td in token_domain])
         out[d] = {
             "share": chosen[:, mask].mean(1).tolist(),  # [L][E]
+            "top1_share": first[:, mask].mean(1).tolist(),
             "mean_gate_weight": gate[:, mask].mean(1).tolist(),
         }
     return out
+
+
+def routing_changes(r16, r4, top_k: int) -> dict:
+    """Per layer, how many tokens the candidate sends elsewhere: to another top-k set
+    (which experts run) or to another heaviest expert. The routing page marks these tokens."""
+    i16, _ = chosen_experts(r16, top_k)
+    i4, _ = chosen_experts(r4, top_k)
+    same_set = (i16.sort(-1).values == i4.sort(-1).values).all(-1)
+    return {
+        "router_topk_agreement": [float(x) for x in same_set.float().mean(1)],
+        "tokens_topk_changed": [int(x) for x in (~same_set).sum(1)],
+        "tokens_top1_changed": [int(x) for x in (i16[..., 0] != i4[..., 0]).sum(1)],
+    }
 
 
 def dead_experts(routing: dict, share: float) -> list[dict]:
@@ -252,14 +277,12 @@ def compare_candidate(lm, windows, ref_logprobs, ref_router, top_k: int) -> dict
     cmp = logprob_parity(logprobs(), windows, ref_logprobs)
     r4 = torch.cat(router4, dim=1)
     r16 = ref_router.float()
-    top16 = torch.topk(r16, top_k, -1).indices.sort(-1).values
-    top4 = torch.topk(r4, top_k, -1).indices.sort(-1).values
     return {
         **{k: cmp[k] for k in ("tokens", "kl_mean", "kl_p99", "top1_agreement", "perplexity_16bit")},
         "perplexity_4bit": cmp["perplexity_candidate"],
         "perplexity_ratio": cmp["perplexity_ratio"],
         "per_domain": cmp["per_domain"],
         "router_weight_mae": [float(x) for x in (r4 - r16).abs().mean(dim=(1, 2))],
-        "router_topk_agreement": [float(x) for x in (top16 == top4).all(-1).float().mean(1)],
+        **routing_changes(r16, r4, top_k),
         "router_4bit": r4,
     }

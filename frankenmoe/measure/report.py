@@ -13,13 +13,14 @@ from frankenmoe.measure.verdict import markdown_table
 HIDDEN = "moe (hidden-state routers)"  # with fitted routers: mergekit's own, for comparison
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: dict, page_bytes: int | None = None) -> str:
+    """verify.md; `page_bytes`: the size of the routing page beside it, linked where one was written."""
     lines = markdown_table(report, "Verification", "verify.fail_on_mismatch")
     for w in report["warnings"]:
         lines.append(f"\n> warning: {w}")
     rr = report["routing_report"]
     fitted = HIDDEN in rr["perplexity"]
-    names = ([HIDDEN] if fitted else []) + ["moe", "base"] + [f"expert {i}" for i in range(len(rr["experts"]))]
+    names = ([HIDDEN] if fitted else []) + ["moe", "base"] + [f"experts[{i}]" for i in range(len(rr["experts"]))]
     lines += [
         "",
         "### Perplexity on held-out text, per domain",
@@ -29,8 +30,9 @@ def render_markdown(report: dict) -> str:
     ]
     for n in names:
         label = {"moe": "moe (fitted routers)" if fitted else "moe"}.get(n, n)
-        if n.startswith("expert "):
-            label = f"{n} ({rr['experts'][int(n.split()[1])]})"
+        if n.startswith("experts["):
+            i = int(n[len("experts[") : -1])
+            label = f"expert {i} ({rr['experts'][i]})"
         lines.append(f"| {label} | " + " | ".join(f"{rr['perplexity'][n][d]:.2f}" for d in rr["domains"]) + " |")
     if fitted and rr.get("routing_16bit_hidden"):
         lines += [
@@ -56,6 +58,13 @@ def render_markdown(report: dict) -> str:
         "![routing heatmap](routing.png)",
         "",
     ]
+    if page_bytes is not None:
+        lines += [
+            f"Token by token: [routing.html](routing.html) ({page_bytes / 1e6:.2f} MB, one file that works offline) "
+            "colours every held-out token by the expert its router chose, at any layer, with the tokens the 4-bit "
+            "model routes elsewhere marked.",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ from frankenmoe.text.calibration import check_text_files, source_fingerprint
 
 class Baseline(TypedDict):
     windows_sha256: str  # of the (domain, token ids) windows
-    perplexity: dict[str, dict[str, float]]  # "base" / "expert i" -> domain -> perplexity
+    perplexity: dict[str, dict[str, float]]  # "base" / "experts[i]" -> domain -> perplexity
 
 
 def baseline(result: StageResult) -> Baseline:
@@ -76,7 +76,7 @@ class HeldOutTextStage(Stage):
 
 class BaselineStage(HeldOutTextStage):
     name = "baseline"
-    version = 2  # 2: log-probs computed one window at a time
+    version = 3  # 2: log-probs computed one window at a time; 3: experts keyed experts[i], the recipe's name
     depends = ("resolve",)
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 
@@ -91,7 +91,7 @@ class BaselineStage(HeldOutTextStage):
         ppl = {"base": lm_perplexity(StreamingLM(paths["base"]), windows, desc="baseline: base model")}
         for i in range(len(ctx.recipe.experts)):
             expert = StreamingLM(paths[f"experts[{i}]"])
-            ppl[f"expert {i}"] = lm_perplexity(expert, windows, desc=f"baseline: expert {i}")
+            ppl[f"experts[{i}]"] = lm_perplexity(expert, windows, desc=f"baseline: expert {i}")
         write_json(ctx.out / "baseline.json", {"windows_sha256": windows_sha256(windows), "perplexity": ppl})
         ctx.log(f"baseline  base and {len(ctx.recipe.experts)} experts on {len(windows)} windows")
         return {"windows": len(windows)}

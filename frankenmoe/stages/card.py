@@ -19,7 +19,7 @@ import yaml
 from frankenmoe import __version__
 from frankenmoe.errors import RecipeError
 from frankenmoe.measure.benchmark_report import evals_markdown, model_index
-from frankenmoe.measure.study_report import read_study, render_for_card, without_timings
+from frankenmoe.measure.sweep_report import read_study, render_for_card, without_timings
 from frankenmoe.measure.verdict import named
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.provenance.manifest_format import failed_checks
@@ -63,7 +63,7 @@ class CardStage(Stage):
     version = 5
     depends = ("lock", "resolve", "gates", "quantize", "verify")
     optional_depends = ("gguf", FOLDER, "evals")
-    packages = ("huggingface-hub",)
+    packages = ("huggingface-hub", "jinja2")  # the cards are Jinja templates
     publishes = {"merged": "merged", "awq": "awq", "gguf": "gguf", FOLDER: FOLDER}
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
@@ -223,7 +223,8 @@ class CardStage(Stage):
             )
             (out / "README.md").write_text(str(card), encoding="utf-8")
             ModelCard((out / "README.md").read_text(encoding="utf-8"))  # the header must parse
-        shutil.copy2(verify_dir / "routing.png", ctx.out / "merged" / "routing.png")
+        for page in ("routing.png", "routing.html"):
+            shutil.copy2(verify_dir / page, ctx.out / "merged" / page)
         if "gguf" in ctx.inputs:
             (ctx.out / "gguf").mkdir()
             files, report = gguf_result(ctx.inputs["gguf"])["files"], gguf_report(ctx.inputs["gguf"])

@@ -25,6 +25,7 @@ from frankenmoe.errors import InputFileError, VerifyFailed
 from frankenmoe.measure.checks import PARITY_CHECKS, parity_checks
 from frankenmoe.measure.evaluation import routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
+from frankenmoe.measure.routing_page import template_sha256
 from frankenmoe.measure.verdict import NOT_MEASURED, build_report, check, judged, log_lines
 from frankenmoe.quantization import readers
 from frankenmoe.recipe import Recipe
@@ -32,7 +33,7 @@ from frankenmoe.stages.base import Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.quantize import quantized_model
-from frankenmoe.stages.verify import compare_with_reference, routing_report, write_report
+from frankenmoe.stages.verify import RoutingPageInputs, compare_with_reference, routing_report, write_report
 from frankenmoe.support.progress import bars_enabled
 from frankenmoe.support.versions import tool_versions
 
@@ -56,7 +57,7 @@ def compressed_dir(result: StageResult) -> Path:
 
 class CompressedStage(Stage):
     name = "w4a16"
-    version = 2  # 2: the record names the converter and its version
+    version = 3  # 2: the record names the converter and its version; 3: routing.html
     depends = ("gates", "quantize", "evaluate")
     packages = ("compressed-tensors", "transformers", "torch", "safetensors")
     publishes = {FOLDER: FOLDER}
@@ -66,7 +67,10 @@ class CompressedStage(Stage):
         return recipe.quantize.compressed_tensors and readers.transformers_reads(recipe.quantize.zero_point)
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        return recipe.verify.model_dump(exclude={"files", "max_tokens", "seq_len"})
+        return {
+            **recipe.verify.model_dump(exclude={"files", "max_tokens", "seq_len"}),
+            "routing_page": template_sha256(),
+        }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         out = ctx.out / FOLDER
@@ -148,11 +152,12 @@ def verify_through_transformers(
             loader=f"{reader} AutoModelForCausalLM.from_pretrained",
         )
     ]
-    routing = None
+    routing = router = None
     if not problems:
         cmp = compare_with_reference(evaluate, LoadedLM(model))
         checks += parity_checks(v, limits, cmp, ref)
-        routing = routing_stats(cmp["router_4bit"], ref["domains"], ref["seq_len"], ref["top_k"])
+        router = cmp["router_4bit"]
+        routing = routing_stats(router, ref["domains"], ref["seq_len"], ref["top_k"])
     else:
         checks += [check(name, NOT_MEASURED, "not measured: the folder does not load") for name in PARITY_CHECKS]
     report = build_report(
@@ -164,5 +169,5 @@ def verify_through_transformers(
         thresholds={**v.model_dump(exclude={"files"}), **limits},
         routing_report=routing_report(ref, routing),
     )
-    write_report(report, folder)
+    write_report(report, folder, RoutingPageInputs(recipe.name, evaluate, merged, "4-bit (compressed-tensors)", router))
     return report

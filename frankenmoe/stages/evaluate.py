@@ -64,9 +64,10 @@ class EvaluateStage(HeldOutTextStage):
     # 2: forced routing also measures what survives of each expert (KL, perplexities)
     # 3: the base's and experts' perplexities come from `baseline`
     # 4: log-probs computed and stored one window at a time
-    version = 4
+    # 5: routing_stats also records each expert's top-1 share (the routing page's colours)
+    version = 5
     depends = ("resolve", "merge", "gates", "baseline")
-    packages = ("torch", "transformers", "safetensors", "tokenizers")
+    packages = ("torch", "transformers", "safetensors", "tokenizers", "numpy")  # numpy: reference.safetensors
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import torch

@@ -12,6 +12,7 @@ recipe sets `verify.fail_on_mismatch: false` (recorded in verify.json).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -19,7 +20,9 @@ from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import InputFileError, VerifyFailed
 from frankenmoe.measure.checks import (
+    DEAD_EXPERTS,
     PARITY_CHECKS,
+    ROUTING_PARITY,
     SHARED_WEIGHTS_TOL,
     dead_experts_check,
     forced_routing_check,
@@ -28,12 +31,14 @@ from frankenmoe.measure.checks import (
 from frankenmoe.measure.evaluation import compare_candidate, routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.measure.report import render_markdown, render_routing_png
+from frankenmoe.measure.routing_page import RoutedModel, RoutedText, template_sha256, write_routing_page
 from frankenmoe.measure.verdict import (
     NOT_MEASURED,
     build_report,
     check,
     judged,
     log_lines,
+    named,
 )
 from frankenmoe.quantization import readers
 from frankenmoe.quantization.awq_layout import awq_form_problems
@@ -68,16 +73,21 @@ class VerifyStage(Stage):
     # 4: the candidate's log-probs are computed one window at a time; 5: five check
     # states, consumer_load names its loader and the readers it did not try
     # 6: the loader is named by its module in the frankenmoe package (was pipeline/)
-    version = 6
+    # 7: routing.html; routing parity counts the tokens routed elsewhere per layer
+    version = 7
     depends = ("gates", "quantize", "evaluate")
-    packages = ("torch", "transformers", "safetensors", "matplotlib")
+    packages = ("torch", "transformers", "safetensors", "matplotlib", "jinja2", "tokenizers", "numpy")
     publishes = {"awq": "report"}
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        return recipe.verify.model_dump(exclude={"files", "max_tokens", "seq_len"})
+        return {
+            **recipe.verify.model_dump(exclude={"files", "max_tokens", "seq_len"}),
+            "routing_page": template_sha256(),
+        }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         report = verify_candidate(
+            ctx.recipe.name,
             ctx.recipe.verify,
             ctx.inputs["evaluate"],
             routed_model(ctx.inputs["gates"]),
@@ -120,6 +130,7 @@ def verify_from_results(done: dict[str, StageResult], recipe: Recipe, candidate:
     model) against the finished 16-bit model and reference."""
     own = candidate is None
     return verify_candidate(
+        recipe.name,
         recipe.verify,
         done["evaluate"],
         routed_model(done["gates"]),
@@ -145,19 +156,36 @@ def _quantization_facts(result: QuantizeResult) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
+def reference_windows(evaluate: StageResult) -> list[tuple[str, list[int]]]:
+    """The held-out windows (domain, token ids) the reference was computed on."""
+    from safetensors import safe_open
+
+    with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
+        return [(d, ids) for d, ids in zip(reference(evaluate)["domains"], st.get_tensor("tokens").tolist())]
+
+
+def reference_router(evaluate: StageResult):
+    """The 16-bit model's router softmax on those windows, [L, T, E]."""
+    from safetensors import safe_open
+
+    with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
+        return st.get_tensor("router").float()
+
+
 def compare_with_reference(evaluate: StageResult, lm) -> dict:
     """The candidate `lm` (anything with StreamingLM's `run`) on the reference's windows,
     against the 16-bit log-probs and router weights `evaluate` stored."""
     from safetensors import safe_open
 
-    ref = reference(evaluate)
     with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
-        windows = [(d, ids) for d, ids in zip(ref["domains"], st.get_tensor("tokens").tolist())]
-        ref_logprobs, ref_router = Rows(st, "logprobs"), st.get_tensor("router")  # log-probs: a window at a time
-        return compare_candidate(lm, windows, ref_logprobs, ref_router, ref["top_k"])
+        ref_logprobs = Rows(st, "logprobs")  # a window at a time
+        return compare_candidate(
+            lm, reference_windows(evaluate), ref_logprobs, reference_router(evaluate), reference(evaluate)["top_k"]
+        )
 
 
 def verify_candidate(
+    name: str,
     v: VerifySection,
     evaluate: StageResult,
     merged: Path,
@@ -167,7 +195,7 @@ def verify_candidate(
     own_build: bool = True,
 ) -> dict:
     """Run every check of `candidate` (a folder in the published AWQ layout) against
-    the 16-bit reference; write verify.json, verify.md and routing.png into `out`.
+    the 16-bit reference; write verify.json, verify.md, routing.png and routing.html into `out`.
     `quantization`: how the build made it. `own_build` false (someone else's
     candidate): the checks of this build's own merge (its structure, forced routing)
     are not run on it and say so, and dead experts are judged on the candidate's
@@ -230,11 +258,12 @@ def verify_candidate(
         )
     )
 
-    routing_4bit = None
+    routing_4bit = router_4bit = None
     if not load_problems:
         cmp = compare_with_reference(evaluate, StreamingLM(candidate))
         checks += parity_checks(v, limits, cmp, ref)
-        routing_4bit = routing_stats(cmp["router_4bit"], ref["domains"], ref["seq_len"], ref["top_k"])
+        router_4bit = cmp["router_4bit"]
+        routing_4bit = routing_stats(router_4bit, ref["domains"], ref["seq_len"], ref["top_k"])
     else:
         checks += [check(name, NOT_MEASURED, "not measured: the candidate does not load") for name in PARITY_CHECKS]
 
@@ -252,7 +281,8 @@ def verify_candidate(
         thresholds={**v.model_dump(exclude={"files"}), **limits},
         routing_report=routing_report(ref, routing_4bit),
     )
-    write_report(report, out)
+    label = "4-bit (AWQ)" if own_build else "4-bit (candidate)"
+    write_report(report, out, RoutingPageInputs(name, evaluate, merged, label, router_4bit))
     return report
 
 
@@ -269,9 +299,55 @@ def routing_report(ref: dict, routing_4bit: dict | None) -> dict:
     }
 
 
-def write_report(report: dict, out: Path) -> None:
-    """verify.json, verify.md and routing.png into `out`."""
+def write_report(report: dict, out: Path, page: RoutingPageInputs) -> None:
+    """verify.json, verify.md, routing.png and routing.html into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "verify.json", report)
-    (out / "verify.md").write_text(render_markdown(report), encoding="utf-8")
+    page_bytes = write_verify_page(out / "routing.html", report, page)
+    (out / "verify.md").write_text(render_markdown(report, page_bytes), encoding="utf-8")
     render_routing_png(report["routing_report"], out / "routing.png")
+
+
+def write_reference_page(path: Path, title: str, v: VerifySection, evaluate: StageResult, merged: Path) -> int:
+    """The routing page of the 16-bit model alone (a study or sweep variant built up to
+    `evaluate`): its routing and dead experts as verify would judge them; size in bytes."""
+    from transformers import AutoTokenizer
+
+    ref = reference(evaluate)
+    routing, experts = ref["routing_16bit"], ref["expert_sources"]
+    models = [RoutedModel("16-bit", reference_router(evaluate), routing)]
+    dead = dead_experts_check(v, routing, experts, "the 16-bit")
+    text = RoutedText.decode(AutoTokenizer.from_pretrained(merged), reference_windows(evaluate))
+    return write_routing_page(path, title, experts, ref["top_k"], text, models, None, dead)
+
+
+@dataclass(frozen=True)
+class RoutingPageInputs:
+    """What the routing page needs beside verify.json: the build's name, the reference
+    (its text and 16-bit routers), the merged folder (its tokenizer), and the
+    candidate's routers where it was measured."""
+
+    title: str
+    evaluate: StageResult
+    merged: Path
+    candidate_label: str
+    candidate_router: Any = None  # torch.Tensor [L, T, E], or None where the candidate did not load
+
+
+def write_verify_page(path: Path, report: dict, page: RoutingPageInputs) -> int:
+    """routing.html from verify.json's numbers and the router arrays they came from; its size in bytes."""
+    from transformers import AutoTokenizer
+
+    rr = report["routing_report"]
+    models = [RoutedModel("16-bit", reference_router(page.evaluate), rr["routing_16bit"])]
+    changes = None
+    if page.candidate_router is not None:
+        models.append(RoutedModel(page.candidate_label, page.candidate_router, rr["routing_4bit"]))
+        parity = named(report, ROUTING_PARITY)
+        changes = {k: parity.get(k) for k in ("tokens_topk_changed", "tokens_top1_changed")}
+    try:
+        dead = named(report, DEAD_EXPERTS)
+    except KeyError:  # the w4a16 report judges parity only; the build's verify.json has the check
+        dead = None
+    text = RoutedText.decode(AutoTokenizer.from_pretrained(page.merged), reference_windows(page.evaluate))
+    return write_routing_page(path, page.title, rr["experts"], rr["top_k"], text, models, changes, dead)
