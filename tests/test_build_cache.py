@@ -13,7 +13,7 @@ import pytest
 from frankenmoe.engine.build import Layout, build_lock, cached_result, publish, run_stage
 from frankenmoe.errors import EnvironmentProblem
 from frankenmoe.recipe import parse_recipe
-from frankenmoe.stages.base import Stage
+from frankenmoe.stages.base import Facts, Stage
 from frankenmoe.support.hashing import HashState
 
 RECIPE = parse_recipe(
@@ -26,6 +26,10 @@ RECIPE = parse_recipe(
     },
     "unit",
 )
+
+
+class Runs(Facts):
+    n: int
 
 
 class Counting(Stage):
@@ -47,7 +51,7 @@ class Counting(Stage):
         (ctx.out / "data.bin").write_bytes(b"x" * 1000)
         if self.fail_after_write:
             raise RuntimeError("killed mid-write")
-        return {"n": self.runs}
+        return Runs(n=self.runs)
 
 
 @pytest.fixture
@@ -217,7 +221,7 @@ class Publishing(Stage):
         self.runs += 1
         (ctx.out / "model").mkdir()
         (ctx.out / "model" / "weights.bin").write_bytes(b"run %d" % self.runs)
-        return {}
+        return Facts()
 
 
 def test_forced_rerun_with_other_bytes_updates_dist(layout):
@@ -229,6 +233,10 @@ def test_forced_rerun_with_other_bytes_updates_dist(layout):
     assert ran and again.key == first.key
     publish({"pub": again}, layout, {"out"}, [stage])
     assert (layout.dist / "out" / "weights.bin").read_bytes() == b"run 2"
+
+
+class Pid(Facts):
+    pid: int
 
 
 class Slow(Stage):
@@ -243,7 +251,7 @@ class Slow(Stage):
         (ctx.out / "pid").write_text(str(os.getpid()))
         time.sleep(1.0)
         (ctx.out / "data.bin").write_bytes(b"y" * 4096)
-        return {"pid": os.getpid()}
+        return Pid(pid=os.getpid())
 
 
 RACER = """

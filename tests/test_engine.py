@@ -19,10 +19,15 @@ from frankenmoe.engine.graph import dependencies, enabled_stages, graph_problems
 from frankenmoe.engine.plan import make_plan
 from frankenmoe.errors import EnvironmentProblem, NotBuiltError, UsageError, VerifyFailed
 from frankenmoe.stages import STAGES
-from frankenmoe.stages.base import Stage
+from frankenmoe.stages.base import Facts, Stage
 from tests.test_build_cache import RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class Seen(Facts):
+    inputs: list[str]
+    folders: list[str]
 
 
 class Fake(Stage):
@@ -52,7 +57,7 @@ class Fake(Stage):
         out = ctx.out / "files"
         out.mkdir()
         (out / f"{self.name}.txt").write_text(json.dumps({k: r.key for k, r in sorted(ctx.inputs.items())}))
-        return {"inputs": sorted(ctx.inputs), "folders": ctx.folders()}
+        return Seen(inputs=sorted(ctx.inputs), folders=ctx.folders())
 
 
 @pytest.fixture

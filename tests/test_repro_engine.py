@@ -9,6 +9,7 @@ import pytest
 
 from frankenmoe.engine.repro import repro_check
 from frankenmoe.errors import NotReproducible
+from frankenmoe.stages.base import Facts
 from tests.conftest import write_recipe
 from tests.test_engine import Fake
 
@@ -20,7 +21,7 @@ class Noisy(Fake):
         out = ctx.out / "files"
         out.mkdir()
         (out / "noise.bin").write_bytes(os.urandom(16))
-        return {}
+        return Facts()
 
 
 def _recipe(tmp_path):
@@ -55,7 +56,7 @@ class StoreSeer(Fake):
 
     def run(self, ctx):
         (ctx.out / "store.txt").write_text(os.environ.get("FRANKENMOE_EVALS_STORE", ""))
-        return {}
+        return Facts()
 
 
 def test_each_build_gets_a_score_store_of_its_own(tmp_path):

@@ -114,7 +114,7 @@ def run_stage(
                 **material,
                 "key": key,
                 "files": files,
-                "result": result,
+                "result": result.record(),
                 "wall_s": round(time.monotonic() - t0, 3),
             }
             write_json(tmp / RECORD, record)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from frankenmoe.recipe import Recipe
 
@@ -21,10 +23,26 @@ if TYPE_CHECKING:
     from frankenmoe.support.hashing import HashState
 
 
+class Facts(BaseModel):
+    """What a stage's `run` returns: one typed class per stage, which the engine writes
+    into record.json's `result` and readers get back as the same class
+    (`StageResult.read`). A field the stage leaves unset is left out of the record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form written into record.json (and, by the manifest, build.json)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+F = TypeVar("F", bound=Facts)
+
+
 @dataclass(frozen=True)
 class StageResult:
     """A finished stage output: its folder and its record.json contents. Stages read
-    each other's results through the typed accessors their modules export."""
+    each other's results as the `Facts` class the stage returned, through the
+    accessors their modules export."""
 
     name: str
     key: str
@@ -33,8 +51,12 @@ class StageResult:
 
     @property
     def result(self) -> dict[str, Any]:
-        """What the stage's `run` returned."""
+        """What the stage's `run` returned, in its JSON form (build.json copies it)."""
         return self.record["result"]
+
+    def read(self, kind: type[F]) -> F:
+        """What the stage's `run` returned, as its type again."""
+        return kind.model_validate(self.record["result"])
 
     @property
     def files(self) -> dict[str, dict]:
@@ -115,7 +137,7 @@ class Stage:
         published (a failed verify), or None."""
         return None
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> Facts:
         """Write the output into ctx.out; return facts for the record (metrics, sources)."""
         raise NotImplementedError
 

@@ -19,7 +19,7 @@ from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.errors import InputFileError
 from frankenmoe.measure.evaluation import eval_windows, lm_perplexity
 from frankenmoe.recipe import CalibrationSection, Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.resolve import model_paths
 from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.hashing import HashState, sha256_json
@@ -34,6 +34,10 @@ class Baseline(TypedDict):
 
 def baseline(result: StageResult) -> Baseline:
     return cast(Baseline, json.loads((result.path / "baseline.json").read_text()))
+
+
+class HeldOutResult(Facts):
+    windows: int  # held-out windows measured
 
 
 def windows_sha256(windows: list[tuple[str, list[int]]]) -> str:
@@ -80,7 +84,7 @@ class BaselineStage(HeldOutTextStage):
     depends = ("resolve",)
     packages = ("torch", "transformers", "safetensors", "tokenizers")
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> HeldOutResult:
         from transformers import AutoTokenizer
 
         seed_everything(0)
@@ -94,4 +98,4 @@ class BaselineStage(HeldOutTextStage):
             ppl[f"experts[{i}]"] = lm_perplexity(expert, windows, desc=f"baseline: expert {i}")
         write_json(ctx.out / "baseline.json", {"windows_sha256": windows_sha256(windows), "perplexity": ppl})
         ctx.log(f"baseline  base and {len(ctx.recipe.experts)} experts on {len(windows)} windows")
-        return {"windows": len(windows)}
+        return HeldOutResult(windows=len(windows))

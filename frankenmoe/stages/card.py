@@ -26,15 +26,15 @@ from frankenmoe.provenance.manifest_format import failed_checks
 from frankenmoe.quantization import readers
 from frankenmoe.quantization.llama_cpp import VERSION
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.compressed import FOLDER, compressed_dir, compressed_result
 from frankenmoe.stages.evals import MEASURED_ON, evals_result
 from frankenmoe.stages.gates import gates_result
 from frankenmoe.stages.gguf import gguf_report, gguf_result, parity_name
 from frankenmoe.stages.gguf import render as render_gguf_report
 from frankenmoe.stages.lock import build_id
-from frankenmoe.stages.quantize import quantize_result
-from frankenmoe.stages.resolve import resolve_license, resolved_models, source_licenses
+from frankenmoe.stages.quantize import QuantizeResult, quantize_result
+from frankenmoe.stages.resolve import ResolvedModel, resolve_license, resolved_models, source_licenses
 from frankenmoe.stages.verify import report_dir
 from frankenmoe.support.hashing import HashState, sha256_json
 from frankenmoe.support.paths import portable
@@ -54,6 +54,11 @@ def failed_banner(recipe: Recipe, failures: list[str]) -> str | None:
         f"> **Warning: this model failed verification ({names}) and was published anyway "
         "(`publish.allow_failed: true`).** Read the verification section before using it."
     )
+
+
+class CardResult(Facts):
+    build_id: str
+    license: str  # the license the cards state (recipe or sources)
 
 
 class CardStage(Stage):
@@ -92,12 +97,12 @@ class CardStage(Stage):
             "study": sha256_json(without_timings(read_study(recipe.path(recipe.card.study), recipe.name, "card.study")))
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> CardResult:
         from huggingface_hub import ModelCard, ModelCardData
 
         recipe = ctx.recipe
         models = resolved_models(ctx.inputs["resolve"])
-        license_id = resolve_license(recipe, {m["role"]: m.get("license") for m in models})
+        license_id = resolve_license(recipe, {m.role: m.license for m in models})
         bid = build_id(ctx.inputs["lock"])
         verify_dir = report_dir(ctx.inputs["verify"])
         verify_md = (verify_dir / "verify.md").read_text(encoding="utf-8")
@@ -124,23 +129,23 @@ class CardStage(Stage):
         if scores:
             names = {"base": f"base ({common['base']['source']})", "moe": "MoE, 16-bit", "4-bit": "MoE, 4-bit"}
             names |= {f"experts[{e['index']}]": f"expert {e['index']} ({e['source']})" for e in common["experts"]}
-            names |= {m: f"MoE, GGUF {m.split()[1]} (llama.cpp)" for m in scores["models"] if m.startswith("gguf ")}
-            common["evals_md"] = evals_markdown(dict(scores), names)
-        hub_sources = [m["hub_id"] for m in models if m.get("hub_id")]
+            names |= {m: f"MoE, GGUF {m.split()[1]} (llama.cpp)" for m in scores.models if m.startswith("gguf ")}
+            common["evals_md"] = evals_markdown(scores.record(), names)
+        hub_sources = [m.hub_id for m in models if m.hub_id]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
         awq_repo = recipe.publish.awq.repo_id if recipe.publish.awq else f"{recipe.name}-AWQ"
         w4a16_repo = recipe.publish.w4a16.repo_id if recipe.publish.w4a16 else f"{recipe.name}-W4A16"
         quantization = {
             "bits": q.bits,
-            "group_size": quant_result["group_size"],
+            "group_size": quant_result.group_size,
             "zero_point": q.zero_point,
-            "calibrate_all_experts": quant_result["calibrate_all_experts"],
-            "compute_dtype": quant_result["compute_dtype"],
+            "calibrate_all_experts": quant_result.calibrate_all_experts,
+            "compute_dtype": quant_result.compute_dtype,
             "samples": q.calibration.samples,
             "seq_len": q.calibration.seq_len,
             "source": _calibration_source(q),
             "tokens": _expert_tokens(quant_result),
-            "sha256": quant_result["calibration"]["sha256"],
+            "sha256": quant_result.calibration["sha256"],
         }
         tags = ["moe", "frankenmoe", "mergekit", "mixtral"]
 
@@ -200,7 +205,7 @@ class CardStage(Stage):
                     "repo_id": w4a16_repo,
                     "quantization": {
                         **quantization,
-                        "converted_by": compressed_result(ctx.inputs[FOLDER])["converter"],
+                        "converted_by": compressed_result(ctx.inputs[FOLDER]).converter,
                     },
                     "summary": f"The 4-bit AWQ quantization of the {recipe.name} Mixture-of-Experts model in "
                     "compressed-tensors' format, which transformers loads with `from_pretrained`; verified through "
@@ -212,8 +217,8 @@ class CardStage(Stage):
         failed = failed_checks({name: result.result for name, result in ctx.inputs.items()})
         for folder, (data, extra) in cards.items():
             label, reader = MEASURED_ON[folder]
-            if scores and scores["models"].get(label, {}).get("reader") == reader:
-                data.eval_results = model_index(dict(scores), label) or None
+            if scores and label in scores.models and scores.models[label].reader == reader:
+                data.eval_results = model_index(scores.record(), label) or None
                 data.model_name = extra["repo_id"] if data.eval_results else None
             out = ctx.out / folder
             out.mkdir()
@@ -227,11 +232,11 @@ class CardStage(Stage):
             shutil.copy2(verify_dir / page, ctx.out / "merged" / page)
         if "gguf" in ctx.inputs:
             (ctx.out / "gguf").mkdir()
-            files, report = gguf_result(ctx.inputs["gguf"])["files"], gguf_report(ctx.inputs["gguf"])
+            files, report = gguf_result(ctx.inputs["gguf"]).files, gguf_report(ctx.inputs["gguf"])
             card = gguf_card(recipe, license_id, bid, files, report, common.get("evals_md"))
             (ctx.out / "gguf" / "README.md").write_text(card, encoding="utf-8")
         ctx.log(f"card      license {license_id}, build id {bid}")
-        return {"build_id": bid, "license": license_id}
+        return CardResult(build_id=bid, license=license_id)
 
 
 def _study_md(recipe: Recipe, gates_key: str) -> str | None:
@@ -242,12 +247,12 @@ def _study_md(recipe: Recipe, gates_key: str) -> str | None:
 
 def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
     """How the routers were fitted, for the card; None for mergekit's own routers."""
-    if not gates_result(gates).get("fitted"):
-        return None
     g, r = recipe.gates, gates_result(gates)
-    held = r["heldout_loss"]
-    kept = next(c["loss"] for c in held if c["step"] == r["best_step"])
-    start, first = r.get("start", {}), held[0]["loss"]
+    if not r.fitted:
+        return None
+    held = r.heldout_loss
+    kept = next(c["loss"] for c in held if c["step"] == r.best_step)
+    start, first = r.start, held[0]["loss"]
     line = f"routers fitted on {', '.join(portable(f) for f in g.files)}: "
     if start.get("from") == "best_expert":
         first = start["heldout_before"]
@@ -257,10 +262,10 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
             + f"; top-1 on held-out windows {_share_range(start['heldout_accuracy'])} over the layers), then "
         )
     return line + (
-        f"{len(r['loss'])} steps of Adam (lr {g.lr}, batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
+        f"{len(r.loss)} steps of Adam (lr {g.lr}, batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
         f"{f', balance {g.balance}' if g.balance else ''}), only `block_sparse_moe.gate.weight` trained; loss on "
-        f"held-out windows of the same files {first:.3f} -> {kept:.3f}, routers of step {r['best_step']} kept "
-        f"({r['stopped']})"
+        f"held-out windows of the same files {first:.3f} -> {kept:.3f}, routers of step {r.best_step} kept "
+        f"({r.stopped})"
     )
 
 
@@ -285,16 +290,16 @@ def _recipe_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def _model_row(m: dict) -> dict:
+def _model_row(m: ResolvedModel) -> dict:
     return {
-        "source": m["hub_id"] or Path(m["ref"]).name,
-        "revision": m["commit"] or "local folder",
-        "derived_from": m.get("derived_from"),
-        "about": m.get("about"),
+        "source": m.hub_id or Path(m.ref).name,
+        "revision": m.commit or "local folder",
+        "derived_from": m.derived_from,
+        "about": m.about,
     }
 
 
-def _expert_row(i: int, expert, m: dict) -> dict:
+def _expert_row(i: int, expert, m: ResolvedModel) -> dict:
     fmt = lambda ps: "; ".join(p.replace("\n", " ").replace("|", "\\|")[:60] for p in ps or []) or "-"
     return {
         "index": i,
@@ -304,9 +309,9 @@ def _expert_row(i: int, expert, m: dict) -> dict:
     }
 
 
-def _expert_tokens(result) -> str:
+def _expert_tokens(result: QuantizeResult) -> str:
     """What the engine counted at the experts' inputs, for the card; never a formula."""
-    seen, kept = result.get("expert_tokens_seen"), result.get("expert_tokens_in_statistics")
+    seen, kept = result.expert_tokens_seen, result.expert_tokens_in_statistics
     if not seen:
         return "not measured (the engine's counters could not be read)"
     span = lambda rows: (min(min(r) for r in rows), max(max(r) for r in rows))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Any, Iterator, TypedDict, cast
+from typing import Any, Iterator
 
 from frankenmoe.checkpoints.loading import LoadedLM, load_merged
 from frankenmoe.errors import InputFileError, VerifyFailed
@@ -29,7 +29,7 @@ from frankenmoe.measure.routing_page import template_sha256
 from frankenmoe.measure.verdict import NOT_MEASURED, build_report, check, judged, log_lines
 from frankenmoe.quantization import readers
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.quantize import quantized_model
@@ -40,7 +40,7 @@ from frankenmoe.support.versions import tool_versions
 FOLDER = "w4a16"
 
 
-class CompressedResult(TypedDict):
+class CompressedResult(Facts):
     failures: list[str]  # one line per failed check
     enforced: bool  # verify.fail_on_mismatch: a failure stops the build
     reader: str  # the reader verify loaded the folder with, and its version
@@ -48,7 +48,7 @@ class CompressedResult(TypedDict):
 
 
 def compressed_result(result: StageResult) -> CompressedResult:
-    return cast(CompressedResult, result.result)
+    return result.read(CompressedResult)
 
 
 def compressed_dir(result: StageResult) -> Path:
@@ -72,7 +72,7 @@ class CompressedStage(Stage):
             "routing_page": template_sha256(),
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> CompressedResult:
         out = ctx.out / FOLDER
         (ctx.out / "logs").mkdir()
         log_file = ctx.out / "logs" / "w4a16.log"
@@ -84,17 +84,17 @@ class CompressedStage(Stage):
         report = verify_through_transformers(ctx.recipe, ctx.inputs["evaluate"], merged, out, log_file)
         for line in log_lines(report, "w4a16"):
             ctx.log(line)
-        return {
-            "failures": report["failures"],
-            "enforced": report["enforced"],
-            "reader": readers.transformers_name(),
-            "converter": converter,
-        }
+        return CompressedResult(
+            failures=report["failures"],
+            enforced=report["enforced"],
+            reader=readers.transformers_name(),
+            converter=converter,
+        )
 
     def blocking_error(self, result: StageResult) -> VerifyFailed | None:
         r = compressed_result(result)
         hint = f"see dist/<name>/{FOLDER}/verify.md, or set verify.fail_on_mismatch: false to continue anyway"
-        return VerifyFailed(r["failures"], hint=hint) if r["failures"] and r["enforced"] else None
+        return VerifyFailed(r.failures, hint=hint) if r.failures and r.enforced else None
 
 
 @contextmanager

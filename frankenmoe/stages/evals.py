@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any
 
 import yaml
 
@@ -29,7 +29,7 @@ from frankenmoe.errors import RecipeError, ToolFailed
 from frankenmoe.measure import benchmarks
 from frankenmoe.measure.benchmark_report import eval_results_files
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.compressed import compressed_dir
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.gguf import gguf_dir, gguf_result
@@ -41,22 +41,22 @@ from frankenmoe.support.jsonio import write_json
 from frankenmoe.support.versions import tool_versions
 
 
-class ModelScores(TypedDict):
+class ModelScores(Facts):
     # "hf" (lm-eval's own, on the folder), "transformers-dequantized" (lm-eval's HFLM over the
     # model transformers reads from the w4a16 folder, dequantized at load), "frankenmoe-awq" (our
     # reader in lm-eval's HFLM),
     # "frankenmoe-gguf" (llama.cpp on the file, frankenmoe/measure/gguf_lm.py)
     reader: str
-    tasks: dict[str, dict[str, float | str]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
+    tasks: dict[str, dict[str, Any]]  # task -> "metric,filter" -> value (stderr as lm-eval gives it)
 
 
-class TaskInfo(TypedDict):
+class TaskInfo(Facts):
     shots: int | None  # the few-shot count asked for; None: the task's own
     dataset: str | None  # its Hub dataset id, None for local data
     higher_is_better: dict[str, bool]  # metric -> direction, as lm-eval reports it
 
 
-class EvalsResult(TypedDict):
+class EvalsResult(Facts):
     lm_eval: str  # the version that scored
     limit: float | None  # documents per task (a share below 1)
     computed: int  # (model, task) runs this build made
@@ -66,7 +66,7 @@ class EvalsResult(TypedDict):
 
 
 def evals_result(result: StageResult) -> EvalsResult:
-    return cast(EvalsResult, result.result)
+    return result.read(EvalsResult)
 
 
 # Each published folder carries lm-eval's results; the Hub metadata of the model measured on it.
@@ -146,11 +146,11 @@ class EvalsStage(Stage):
                 out.append(("4-bit", "frankenmoe-awq", quantized_model(ctx.inputs["quantize"])))
         if "gguf" in wanted and "gguf" in ctx.inputs:
             folder = gguf_dir(ctx.inputs["gguf"])
-            files = gguf_result(ctx.inputs["gguf"])["files"]
+            files = gguf_result(ctx.inputs["gguf"]).files
             out += [(f"gguf {t}", "frankenmoe-gguf", folder / f) for t, f in files.items()]
         return out
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> EvalsResult:
         e = ctx.recipe.evals
         version = tool_versions(["lm_eval"])["lm_eval"]
         ctx.log("evals     indexing lm-eval's tasks")
@@ -182,33 +182,26 @@ class EvalsStage(Stage):
         if jobs:
             self.run_lm_eval(ctx, jobs)
         results = {lt: json.loads(f.read_text()) for lt, f in files.items()}
-        scores: dict[str, ModelScores] = {
-            label: {"reader": reader, "tasks": {t: table_row(results[label, t], t) for t, _ in tasks}}
+        scores = {
+            label: ModelScores(reader=reader, tasks={t: table_row(results[label, t], t) for t, _ in tasks})
             for label, reader in readers.items()
         }
         own = {label: {t: results[label, t] for t, _ in tasks} for label in readers}
-        info: dict[str, TaskInfo] = {
-            t: {
-                "shots": shots,
-                "dataset": hub_dataset(benchmarks.leaf_configs(manager, t)),
+        info = {
+            t: TaskInfo(
+                shots=shots,
+                dataset=hub_dataset(benchmarks.leaf_configs(manager, t)),
                 # lm-eval says it per task, the same in every model's results
-                "higher_is_better": next((results[m, t]["higher_is_better"].get(t, {}) for m in readers), {}),
-            }
+                higher_is_better=next((results[m, t]["higher_is_better"].get(t, {}) for m in readers), {}),
+            )
             for t, shots in tasks
         }
-        doc: EvalsResult = {
-            "lm_eval": version,
-            "limit": e.limit,
-            "computed": len(jobs),
-            "reused": reused,
-            "models": scores,
-            "tasks": info,
-        }
+        doc = EvalsResult(lm_eval=version, limit=e.limit, computed=len(jobs), reused=reused, models=scores, tasks=info)
         write_json(ctx.out / "lm-eval-results.json", own)
         # what was measured, not how this run got it (computed or from the store)
-        write_json(ctx.out / "evals.json", {k: v for k, v in doc.items() if k not in ("computed", "reused")})
+        write_json(ctx.out / "evals.json", doc.model_dump(mode="json", exclude={"computed", "reused"}))
         self.publish(ctx, doc, own)
-        return dict(doc)
+        return doc
 
     def publish(self, ctx: StageContext, doc: EvalsResult, own: dict) -> None:
         """lm-eval's results into every published folder; the Hub's `.eval_results/`
@@ -220,9 +213,9 @@ class EvalsStage(Stage):
             out.mkdir(parents=True)
             write_json(out / "lm-eval-results.json", own)
             label, reader = MEASURED_ON.get(folder, ("", ""))  # gguf/: several models, no metadata
-            if doc["models"].get(label, {}).get("reader") != reader:
+            if label not in doc.models or doc.models[label].reader != reader:
                 continue
-            for name, entries in eval_results_files(doc, label).items():
+            for name, entries in eval_results_files(doc.record(), label).items():
                 (out / ".eval_results").mkdir(exist_ok=True)
                 (out / ".eval_results" / name).write_text(yaml.safe_dump(entries, sort_keys=False), encoding="utf-8")
 

@@ -27,7 +27,7 @@ from frankenmoe.measure.evaluation import (
     routing_stats,
 )
 from frankenmoe.stages.base import StageContext, StageResult
-from frankenmoe.stages.baseline import HeldOutTextStage, baseline, windows_sha256
+from frankenmoe.stages.baseline import HeldOutResult, HeldOutTextStage, baseline, windows_sha256
 from frankenmoe.stages.gates import gates_result, routed_model
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.stages.resolve import model_paths
@@ -69,7 +69,7 @@ class EvaluateStage(HeldOutTextStage):
     depends = ("resolve", "merge", "gates", "baseline")
     packages = ("torch", "transformers", "safetensors", "tokenizers", "numpy")  # numpy: reference.safetensors
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> HeldOutResult:
         import torch
         from transformers import AutoTokenizer
 
@@ -109,7 +109,7 @@ class EvaluateStage(HeldOutTextStage):
         sample = [w for i, w in enumerate(windows) if [d for d, _ in windows[:i]].count(w[0]) < 2]
         forced = forced_routing_parity(moe, [StreamingLM(e) for e in experts], sample)
         hidden_routing = None
-        if gates_result(ctx.inputs["gates"]).get("fitted"):
+        if gates_result(ctx.inputs["gates"]).fitted:
             hidden = StreamingLM(merged_model(ctx.inputs["merge"]))  # mergekit's own routers
             hidden_routers: list = []
             run = hidden.run(inputs, desc="verify: hidden-state routers")
@@ -128,7 +128,7 @@ class EvaluateStage(HeldOutTextStage):
         }
         write_json(ctx.out / "reference.json", result)
         ctx.log(f"evaluate  {len(windows)} windows x {v.seq_len} tokens over {', '.join(sorted(set(domains)))}")
-        return {"windows": len(windows)}
+        return HeldOutResult(windows=len(windows))
 
 
 def _logprobs(run, routers: list, out: TensorFileWriter | None = None) -> Iterator:

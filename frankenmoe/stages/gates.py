@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.checkpoints.loading import load_merged
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import InputFileError
 from frankenmoe.recipe import CalibrationSection, Recipe
 from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout, write_fitted
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.support.device import require_gpu_if_asked
 from frankenmoe.support.hashing import HashState
@@ -31,25 +31,27 @@ from frankenmoe.support.paths import portable
 from frankenmoe.text.calibration import check_not_evaluation_text, check_text_files, source_fingerprint, token_windows
 
 
-class GatesResult(TypedDict, total=False):
+class GatesResult(Facts):
+    """Only `fitted` when the routers are mergekit's; the rest describes a fit."""
+
     fitted: bool  # False: mergekit's routers as they are
-    device: str
-    compute_dtype: str
-    windows: dict[str, int]  # training windows per file
-    heldout_windows: dict[str, int]
-    start: dict[str, Any]  # the best_expert start (router_fit.StartResult), or {"from": "routers"}
-    loss: list[float]  # per step, on its training batch
-    heldout_loss: list[dict]  # {"step", "loss"} per check; step 0 before any Adam step (after the start)
-    best_step: int  # whose routers were kept (0: the start's, or mergekit's)
-    stopped: str
-    seconds: float  # the whole fit, start included
-    seconds_per_step: float | None  # an Adam step's (None: no step)
-    expert_usage_entropy_bits: dict[str, Any]
-    rewritten_shards: list[str]
+    device: str | None = None
+    compute_dtype: str | None = None
+    windows: dict[str, int] = {}  # training windows per file
+    heldout_windows: dict[str, int] = {}
+    start: dict[str, Any] = {}  # the best_expert start (router_fit.StartResult), or {"from": "routers"}
+    loss: list[float] = []  # per step, on its training batch
+    heldout_loss: list[dict[str, Any]] = []  # {"step", "loss"} per check; step 0 before any Adam step
+    best_step: int = 0  # whose routers were kept (0: the start's, or mergekit's)
+    stopped: str | None = None
+    seconds: float | None = None  # the whole fit, start included
+    seconds_per_step: float | None = None  # an Adam step's (None: no step)
+    expert_usage_entropy_bits: dict[str, Any] = {}
+    rewritten_shards: list[str] = []
 
 
 def gates_result(result: StageResult) -> GatesResult:
-    return cast(GatesResult, result.result)
+    return result.read(GatesResult)
 
 
 def routed_model(result: StageResult) -> Path:
@@ -93,12 +95,12 @@ class GatesStage(Stage):
             return sum(f["size"] for f in inputs["merge"].files.values())
         return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> GatesResult:
         g = ctx.recipe.gates
         merged = merged_model(ctx.inputs["merge"])
         if not g.fit:
             write_fitted(merged, ctx.out / "model", {})  # hard links: the merge output as it is
-            return {"fitted": False}
+            return GatesResult(fitted=False)
 
         from transformers import AutoTokenizer
 
@@ -133,19 +135,19 @@ class GatesStage(Stage):
             f"{sum(map(len, heldout))} held out: held-out loss {fit.heldout[0]['loss']:.4f} after the start, "
             f"{fit.heldout[-1]['loss']:.4f} after {steps} steps; kept step {fit.best_step}; {fit.stopped}"
         )
-        return {
-            "fitted": True,
-            "device": compute["device"],
-            "compute_dtype": compute["dtype"],
-            "windows": {portable(f): len(w) for f, w in zip(g.files, train)},
-            "heldout_windows": {portable(f): len(w) for f, w in zip(g.files, heldout)},
-            "start": start,
-            "loss": fit.loss,
-            "heldout_loss": fit.heldout,
-            "best_step": fit.best_step,
-            "stopped": fit.stopped,
-            "seconds": round(fit.seconds, 3),
-            "seconds_per_step": round(adam / steps, 3) if steps else None,
-            "expert_usage_entropy_bits": {"hidden": fit.entropy_before, "fitted": fit.entropy_after},
-            "rewritten_shards": rewritten,
-        }
+        return GatesResult(
+            fitted=True,
+            device=compute["device"],
+            compute_dtype=compute["dtype"],
+            windows={portable(f): len(w) for f, w in zip(g.files, train)},
+            heldout_windows={portable(f): len(w) for f, w in zip(g.files, heldout)},
+            start=start,
+            loss=fit.loss,
+            heldout_loss=fit.heldout,
+            best_step=fit.best_step,
+            stopped=fit.stopped,
+            seconds=round(fit.seconds, 3),
+            seconds_per_step=round(adam / steps, 3) if steps else None,
+            expert_usage_entropy_bits={"hidden": fit.entropy_before, "fitted": fit.entropy_after},
+            rewritten_shards=rewritten,
+        )

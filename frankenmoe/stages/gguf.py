@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.checkpoints.sources import locate
 from frankenmoe.errors import IncompatibleModelsError, VerifyFailed
@@ -34,7 +34,7 @@ from frankenmoe.quantization.llama_cpp import (
     require_converter,
 )
 from frankenmoe.recipe import GgufSection, Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference_dir
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.support.determinism import THREADS
@@ -46,7 +46,7 @@ ARCHITECTURE = "MixtralForCausalLM"  # what the merge writes (stages/merge.py)
 FTYPE_NAMES = {code: name for name, code in FTYPES.items()}
 
 
-class GgufResult(TypedDict):
+class GgufResult(Facts):
     wall_s: dict[str, float]  # convert, quantize, check (llama.cpp's logits)
     files: dict[str, str]  # type -> file name
     passed: bool  # the verdict is "passed" (frankenmoe/measure/verdict.py)
@@ -56,7 +56,7 @@ class GgufResult(TypedDict):
 
 
 def gguf_result(result: StageResult) -> GgufResult:
-    return cast(GgufResult, result.result)
+    return result.read(GgufResult)
 
 
 def gguf_dir(result: StageResult) -> Path:
@@ -96,7 +96,7 @@ class GgufStage(Stage):
         if why:
             raise IncompatibleModelsError(f"gguf: {why}; set gguf.enabled: false to build without GGUF files")
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> GgufResult:
         recipe, g = ctx.recipe, ctx.recipe.gguf
         merged = routed_model(ctx.inputs["gates"])
         why = converter_refusal(merged, ARCHITECTURE)
@@ -121,22 +121,22 @@ class GgufStage(Stage):
         paths = {t: out / f for t, f in files.items()}
         report = check_files(g, ctx.inputs["evaluate"], merged, paths, out, logs, ctx.log)
         seconds = {"convert": t1 - t0, "quantize": t2 - t1, "check": time.monotonic() - t2}
-        return {
+        return GgufResult(
             # "wall_s" (the moment, not the result) is left out of build.json
-            "wall_s": {k: round(v, 1) for k, v in seconds.items()},
-            "files": files,
-            "passed": report["passed"],
-            "verdict": report["verdict"],
-            "failures": report["failures"],
-            "enforced": g.fail_on_mismatch,
-        }
+            wall_s={k: round(v, 1) for k, v in seconds.items()},
+            files=files,
+            passed=report["passed"],
+            verdict=report["verdict"],
+            failures=report["failures"],
+            enforced=g.fail_on_mismatch,
+        )
 
     def blocking_error(self, result: StageResult) -> VerifyFailed | None:
         r = gguf_result(result)
-        if not (r["failures"] and r["enforced"]):
+        if not (r.failures and r.enforced):
             return None
         return VerifyFailed(
-            r["failures"],
+            r.failures,
             hint="the build stopped before publishing further; see dist/<name>/gguf/verify.md, or set "
             "gguf.fail_on_mismatch: false to continue anyway (recorded in its verify.json)",
         )

@@ -8,22 +8,22 @@ and the build manifest, which depend on it, never name a stale build.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.provenance.lockfile import build_id as compute_build_id
 from frankenmoe.provenance.lockfile import current_lock, published_recipe
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult, pinned_packages
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult, pinned_packages
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 
 
-class LockResult(TypedDict):
+class LockResult(Facts):
     build_id: str  # a hash of the recipe and its lock
 
 
 def build_id(result: StageResult) -> str:
-    return cast(LockResult, result.result)["build_id"]
+    return result.read(LockResult).build_id
 
 
 def lock_pins(result: StageResult) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class LockStage(Stage):
     ) -> dict[str, Any] | None:
         return current_lock(recipe, state, build_packages(), download=not offline)
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> LockResult:
         lock = current_lock(ctx.recipe, ctx.state, build_packages())
         write_json(ctx.out / "lock.json", lock)
-        return {"build_id": compute_build_id(ctx.recipe, lock)}
+        return LockResult(build_id=compute_build_id(ctx.recipe, lock))

@@ -8,17 +8,21 @@ or local paths) and the sha256 of every other file in the folder.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.provenance.manifest_format import FORMAT, MANIFEST
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.lock import build_id, lock_pins
 from frankenmoe.support.jsonio import write_json
 
 # Record fields that describe the machine or the moment, not the result.
 NOT_PUBLISHED = {"wall_s", "path"}
+
+
+class ManifestResult(Facts):
+    build_id: str
 
 
 class ManifestStage(Stage):
@@ -29,7 +33,7 @@ class ManifestStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {"format": FORMAT}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> ManifestResult:
         lock = ctx.inputs["lock"]
         diagnostics = {s.name: set(s.diagnostics) for s in ctx.stages}
         stages = {name: _portable_record(res, diagnostics[name]) for name, res in sorted(ctx.inputs.items())}
@@ -48,15 +52,11 @@ class ManifestStage(Stage):
                     "files": {rel: meta["sha256"] for rel, meta in sorted(ctx.published_files(folder).items())},
                 },
             )
-        return {"build_id": build_id(lock)}
-
-
-class ManifestResult(TypedDict):
-    build_id: str
+        return ManifestResult(build_id=build_id(lock))
 
 
 def manifest_build_id(result: StageResult) -> str:
-    return cast(ManifestResult, result.result)["build_id"]
+    return result.read(ManifestResult).build_id
 
 
 def published_manifests(result: StageResult) -> dict[str, str]:

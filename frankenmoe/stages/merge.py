@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.errors import EnvironmentProblem, IncompatibleModelsError, ToolFailed
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.resolve import resolved_models
 from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.device import device_class, require_gpu_if_asked, resolve_device
@@ -32,6 +32,12 @@ from frankenmoe.support.hashing import HashState
 
 # Side files worth carrying from the base model into the merged folder.
 COPY_FROM_BASE = ("generation_config.json",)
+
+
+class MergeResult(Facts):
+    tensors: int
+    shards: list[str]
+    device: str  # where mergekit computed
 
 
 def merged_model(result: StageResult) -> Path:
@@ -68,17 +74,17 @@ class MergeStage(Stage):
 
     def estimate_bytes(self, recipe: Recipe, inputs: dict[str, StageResult], base_config: dict | None) -> int | None:
         if "resolve" in inputs:
-            base_config = resolved_models(inputs["resolve"])[0]["config"]
+            base_config = resolved_models(inputs["resolve"])[0].config
         return None if base_config is None else ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype)
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> MergeResult:
         from mergekit.merge import MergeOptions
         from mergekit.moe.config import MoEMergeConfig
         from mergekit.scripts.moe import build as mergekit_moe_build
 
         recipe = ctx.recipe
         models = resolved_models(ctx.inputs["resolve"])
-        paths = {m["role"]: m["path"] for m in models}
+        paths = {m.role: m.path for m in models}
         config = MoEMergeConfig.model_validate(
             {
                 "base_model": paths["base"],
@@ -126,7 +132,7 @@ class MergeStage(Stage):
                 shutil.copy2(base_path / name, model_dir / name)
         tensors = len(_weight_map(model_dir))
         ctx.log(f"merge     {len(recipe.experts)} experts, {tensors} tensors in {len(shards)} shard(s)")
-        return {"tensors": tensors, "shards": shards, "device": device}
+        return MergeResult(tensors=tensors, shards=shards, device=device)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.checkpoints.shape import ModelShape
 from frankenmoe.checkpoints.sources import locate, read_config
@@ -37,7 +37,7 @@ from frankenmoe.quantization.awq_engine import compute_path, run_engine
 from frankenmoe.quantization.awq_layout import choose_group_size, published_name, quantization_config
 from frankenmoe.recipe import Recipe
 from frankenmoe.routing.routing import expert_token_counts
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
@@ -60,7 +60,7 @@ NORM = re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$")
 ROUTER = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$")
 
 
-class QuantizeResult(TypedDict):
+class QuantizeResult(Facts):
     calibration: dict[str, Any]  # source, windows, sha256 of the token windows
     group_size: int
     calibrate_all_experts: bool
@@ -69,12 +69,12 @@ class QuantizeResult(TypedDict):
     expert_tokens_seen: list[list[int]] | None  # reached each expert's input in the engine, per layer
     expert_tokens_in_statistics: list[list[int]] | None  # of those, kept in its AWQ statistics
     shards: list[str]
-    undercalibrated: list[str]
-    router_compensation: dict[str, dict[str, float]]
+    undercalibrated: list[tuple[int, int, int]]  # (layer, expert, routed tokens) under quantize.min_expert_tokens
+    router_compensation: dict[str, dict[str, float]]  # layer -> max and min of the router's column factors
 
 
 def quantize_result(result: StageResult) -> QuantizeResult:
-    return cast(QuantizeResult, result.result)
+    return result.read(QuantizeResult)
 
 
 def quantized_model(result: StageResult) -> Path:
@@ -133,7 +133,7 @@ class QuantizeStage(Stage):
             return None
         return quantize_disk_bytes(ModelShape.of(base_config).bytes(len(recipe.experts), recipe.dtype))
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> QuantizeResult:
         import torch
         from transformers import AutoTokenizer
 
@@ -189,23 +189,23 @@ class QuantizeStage(Stage):
             f"quantize  {sum(1 for p in pieces if p.name.endswith('.qweight'))} linears at {q.bits} bits, "
             f"router columns compensated: {scaled}"
         )
-        return {
-            "calibration": cal.source,
-            "group_size": group_size,
-            "calibrate_all_experts": q.calibrate_all_experts,
-            "compute_dtype": dtype,
+        return QuantizeResult(
+            calibration=cal.source,
+            group_size=group_size,
+            calibrate_all_experts=q.calibrate_all_experts,
+            compute_dtype=dtype,
             # Per layer and expert: the tokens the 16-bit router sends there (routed
             # calibration only), and, counted inside the engine, the tokens that reached
             # the expert's input and those its AWQ statistics kept.
-            "expert_tokens": counts,
-            "expert_tokens_seen": measured["seen"],
-            "expert_tokens_in_statistics": measured["retained"],
-            "undercalibrated": [] if counts is None else _under(counts, q.min_expert_tokens),
-            "router_compensation": {
+            expert_tokens=counts,
+            expert_tokens_seen=measured["seen"],
+            expert_tokens_in_statistics=measured["retained"],
+            undercalibrated=[] if counts is None else _under(counts, q.min_expert_tokens),
+            router_compensation={
                 layer: {"max": float(f.max()), "min": float(f.min())} for layer, f in sorted(factors.items())
             },
-            "shards": shards,
-        }
+            shards=shards,
+        )
 
     @staticmethod
     def _check_coverage(merged: Path, windows, q, log) -> list[list[int]]:

@@ -8,18 +8,18 @@ record, so everything after this stage works on local, pinned, hashed files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from frankenmoe.checkpoints.sources import LocatedModel, card_facts, check_configs, locate, model_files, preflight
 from frankenmoe.errors import RecipeError
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 from frankenmoe.support.paths import portable
 
 
-class ResolvedModel(TypedDict):
+class ResolvedModel(Facts):
     role: str  # "base" or "experts[i]"
     ref: str  # as the recipe names it (portable)
     hub_id: str | None
@@ -32,17 +32,17 @@ class ResolvedModel(TypedDict):
     about: str | None
 
 
-class ResolveResult(TypedDict):
+class ResolveResult(Facts):
     models: list[ResolvedModel]  # base first, then the experts in recipe order
 
 
 def resolved_models(result: StageResult) -> list[ResolvedModel]:
-    return cast(ResolveResult, result.result)["models"]
+    return result.read(ResolveResult).models
 
 
 def model_paths(result: StageResult) -> dict[str, Path]:
     """{role: local folder} of every source model."""
-    return {m["role"]: Path(m["path"]) for m in resolved_models(result)}
+    return {m.role: Path(m.path) for m in resolved_models(result)}
 
 
 def local_models(recipe: Recipe) -> list[LocatedModel] | None:
@@ -106,26 +106,26 @@ class ResolveStage(Stage):
         if located is not None:
             check_configs(located, recipe.trust_remote_code)
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> ResolveResult:
         located = [locate(role, ref, ctx.recipe.root) for role, ref in ctx.recipe.all_models()]
         summaries = preflight(located, ctx.recipe.trust_remote_code)
         models = []
         for m in located:
             files = {f.name: {"sha256": ctx.state.sha256(f), "size": f.stat().st_size} for f in model_files(m.path)}
             models.append(
-                {
-                    "role": m.role,
-                    "ref": portable(m.ref.display()),
-                    "hub_id": m.ref.id if m.commit else None,
-                    "commit": m.commit,
-                    "path": str(m.path),
-                    "files": files,
-                    "config": summaries[m.role],
+                ResolvedModel(
+                    role=m.role,
+                    ref=portable(m.ref.display()),
+                    hub_id=m.ref.id if m.commit else None,
+                    commit=m.commit,
+                    path=str(m.path),
+                    files=files,
+                    config=summaries[m.role],
                     **card_facts(m),
-                }
+                )
             )
             ctx.log(
                 f"resolve   {m.role}: {m.ref.display()}" + (f" @ {m.commit[:12]}" if m.commit else " (local folder)")
             )
-        write_json(ctx.out / "sources.json", {"models": [{k: v for k, v in m.items() if k != "path"} for m in models]})
-        return {"models": models}
+        write_json(ctx.out / "sources.json", {"models": [m.model_dump(mode="json", exclude={"path"}) for m in models]})
+        return ResolveResult(models=models)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import Rows
@@ -43,14 +43,14 @@ from frankenmoe.measure.verdict import (
 from frankenmoe.quantization import readers
 from frankenmoe.quantization.awq_layout import awq_form_problems
 from frankenmoe.recipe import Recipe, VerifySection
-from frankenmoe.stages.base import Stage, StageContext, StageResult
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference, reference_dir
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.quantize import QuantizeResult, quantize_result, quantized_model
 from frankenmoe.support.jsonio import write_json
 
 
-class VerifyResult(TypedDict):
+class VerifyResult(Facts):
     passed: bool  # the verdict is "passed": nothing failed and a quality check measured
     verdict: str  # passed, failed or not measured (frankenmoe/measure/verdict.py)
     counts: dict[str, int]  # checks per state
@@ -59,7 +59,7 @@ class VerifyResult(TypedDict):
 
 
 def verify_result(result: StageResult) -> VerifyResult:
-    return cast(VerifyResult, result.result)
+    return result.read(VerifyResult)
 
 
 def report_dir(result: StageResult) -> Path:
@@ -85,7 +85,7 @@ class VerifyStage(Stage):
             "routing_page": template_sha256(),
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> VerifyResult:
         report = verify_candidate(
             ctx.recipe.name,
             ctx.recipe.verify,
@@ -99,17 +99,17 @@ class VerifyStage(Stage):
             ctx.log(line)
         for warning in report["warnings"]:
             ctx.log(f"warning   {warning}")
-        return {
-            "passed": report["passed"],
-            "verdict": report["verdict"],
-            "counts": report["counts"],
-            "failures": report["failures"],
-            "enforced": report["enforced"],
-        }
+        return VerifyResult(
+            passed=report["passed"],
+            verdict=report["verdict"],
+            counts=report["counts"],
+            failures=report["failures"],
+            enforced=report["enforced"],
+        )
 
     def blocking_error(self, result: StageResult) -> VerifyFailed | None:
         r = verify_result(result)
-        return VerifyFailed(r["failures"]) if r["failures"] and r["enforced"] else None
+        return VerifyFailed(r.failures) if r.failures and r.enforced else None
 
 
 def candidate_inputs(own_build: bool) -> list[str]:
@@ -153,7 +153,7 @@ def _quantization_facts(result: QuantizeResult) -> dict:
         "expert_tokens_in_statistics",
         "expert_tokens",
     )
-    return {k: result[k] for k in keys if k in result}
+    return result.model_dump(mode="json", include=set(keys))
 
 
 def reference_windows(evaluate: StageResult) -> list[tuple[str, list[int]]]:

@@ -18,6 +18,7 @@ import pytest
 
 from frankenmoe.engine.build import Layout, run_stage
 from frankenmoe.errors import EnvironmentProblem
+from frankenmoe.stages.base import Facts
 from frankenmoe.support.hashing import HashState
 from tests.conftest import EXAMPLE, run_cli
 from tests.test_build_cache import RECIPE, Counting
@@ -55,7 +56,7 @@ class Writes(Counting):
             for _ in range(8):
                 f.write(b"x" * 2**20)
                 f.flush()
-        return {}
+        return Facts()
 
 
 def test_disk_filling_during_a_stage_keeps_nothing(tmp_path):

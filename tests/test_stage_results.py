@@ -1,0 +1,45 @@
+"""Stage results are typed: each stage's `run` returns its own `Facts` class, the engine
+writes its JSON form into record.json, and readers get the same class back. The JSON
+form is what build.json publishes, so a round trip through the class must give the
+record's bytes again."""
+
+from __future__ import annotations
+
+from typing import get_type_hints
+
+import pytest
+
+from frankenmoe.engine.build import finished_results
+from frankenmoe.engine.cache import default_layout
+from frankenmoe.recipe import load_recipe
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.base import Facts
+from frankenmoe.stages.gates import GatesResult
+from tests.conftest import EXAMPLE
+
+
+def result_type(stage) -> type[Facts]:
+    return get_type_hints(type(stage).run)["return"]
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_every_stage_returns_its_own_facts_class(stage):
+    kind = result_type(stage)
+    assert isinstance(kind, type) and issubclass(kind, Facts) and kind is not Facts, stage.name
+
+
+def test_a_result_with_a_field_it_does_not_declare_is_refused():
+    with pytest.raises(ValueError, match="fited"):
+        GatesResult.model_validate({"fited": True})
+
+
+def test_each_stage_result_of_the_example_reads_back_as_its_class_and_writes_the_same_json(example):
+    recipe = load_recipe(EXAMPLE)
+    layout = default_layout(recipe, example["root"] / "build", example["root"] / "dist")
+    done = finished_results(recipe, layout, STAGES, [s.name for s in STAGES if s.enabled(recipe)])
+    assert {"resolve", "merge", "gates", "quantize", "verify", "card", "manifest"} <= set(done)
+    for name, result in done.items():
+        kind = result_type(next(s for s in STAGES if s.name == name))
+        typed = result.read(kind)
+        assert isinstance(typed, kind)
+        assert typed.record() == result.result, name
