@@ -55,13 +55,15 @@ def locked(project) -> Path:
 
 def test_lock_pins_models_data_versions_and_platform(project, locked):
     lock = read_json(locked)
-    assert lock["models"]["base"]["ref"] == "models/base" and lock["models"]["base"]["commit"] is None
-    assert set(lock["models"]["experts[1]"]["files"]) >= {"config.json", "model.safetensors"}
-    assert set(lock["data"]["quantize.calibration.files"]) == {
+    pins = lock["stages"]  # each stage's fingerprint, by stage: nothing listed by hand
+    assert pins["resolve"]["base"]["commit"] is None
+    assert set(pins["resolve"]["experts[1]"]["files"]) >= {"config.json", "model.safetensors"}
+    assert [name for name, _ in pins["quantize"]["calibration"]["files"]] == [
         "text/code/calibration.jsonl",
         "text/prose/calibration.jsonl",
-    }
-    assert set(lock["data"]["verify.files"]) == {"text/code/eval.jsonl", "text/prose/eval.jsonl"}
+    ]
+    assert [name for name, _ in pins["baseline"]["eval"]["files"]] == ["text/code/eval.jsonl", "text/prose/eval.jsonl"]
+    assert set(pins["card"]) == {"template"} and "gates" not in pins  # the routers are not fitted: no text
     assert {
         "torch",
         "transformers",
@@ -77,7 +79,7 @@ def test_lock_pins_models_data_versions_and_platform(project, locked):
     assert lock["seeds"] == {"merge.seed": 0, "quantize.calibration.seed": 0} and lock["threads"] == 2
     assert lock["platform"]["cpu_capability"]
     # where mergekit computes hidden-state router rows and AWQ its scales (no GPU here)
-    assert lock["platform"]["merge_compute"]["device"] == lock["platform"]["quantize_compute"]["device"] == "cpu"
+    assert pins["merge"]["compute"]["device"] == pins["quantize"]["compute"]["device"] == "cpu"
     assert str(project) not in locked.read_text()  # a lock is the same in every clone
     check = run_cli("lock", "small.yaml", "--check", cwd=project, build=project / "build")
     assert check.returncode == 0 and "up to date" in check.stdout
@@ -94,8 +96,8 @@ def test_locked_build_refuses_a_calibration_file_changed_by_one_byte(project, lo
         assert proc.returncode == 8, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert lines[0].startswith(
-            "error: lock mismatch: data / quantize.calibration.files / text/prose/calibration.jsonl: the lock has "
-            "sha256"
+            "error: lock mismatch: stages / quantize / calibration / files / text/prose/calibration.jsonl: "
+            "the lock has sha256"
         )
         assert len(lines) == 2 and "frankenmoe lock" in lines[1] and "Traceback" not in proc.stderr
         assert not build.exists() and not (project / "dist-refused").exists()
@@ -108,7 +110,7 @@ def test_locked_build_refuses_a_calibration_file_changed_by_one_byte(project, lo
 def test_locked_build_names_a_package_and_a_model_file_that_differ(project, locked):
     lock = read_json(locked)
     lock["packages"]["torch"] = "2.0.0"
-    lock["models"]["experts[0]"]["files"]["model.safetensors"] = "0" * 64
+    lock["stages"]["resolve"]["experts[0]"]["files"]["model.safetensors"] = "0" * 64
     lock["platform"]["cpu_capability"] = "NEON"
     edited = project / "edited.lock.json"
     edited.write_text(json.dumps(lock))
@@ -116,7 +118,7 @@ def test_locked_build_names_a_package_and_a_model_file_that_differ(project, lock
     assert proc.returncode == 8
     assert 'lock mismatch: packages / torch: the lock has "2.0.0", now "2.14.1"' in proc.stderr
     assert (
-        "lock mismatch: models / experts[0] / files / model.safetensors: the lock has sha256 000000000000"
+        "lock mismatch: stages / resolve / experts[0] / files / model.safetensors: the lock has sha256 000000000000"
         in proc.stderr
     )
     assert 'lock mismatch: platform / cpu_capability: the lock has "NEON"' in proc.stderr
@@ -131,14 +133,13 @@ def test_locked_build_without_a_lock_file_says_how_to_make_one(project):
 
 
 def example_lock_now(monkeypatch) -> dict:
-    from frankenmoe.provenance.lockfile import current_lock
     from frankenmoe.recipe import load_recipe
     from frankenmoe.stages import STAGES
-    from frankenmoe.stages.base import pinned_packages
+    from frankenmoe.stages.base import lock_now
     from frankenmoe.support.hashing import HashState
 
     monkeypatch.chdir(REPO)  # the example's paths are relative to the project
-    return current_lock(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")), pinned_packages(STAGES))
+    return lock_now(STAGES, load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")))
 
 
 def test_committed_example_lock_matches_the_example_inputs(fixture_models, monkeypatch):
@@ -244,9 +245,9 @@ def test_rebuild_check_from_another_path_matches_and_names_a_changed_file(exampl
         assert file_hashes_deep(work / "dist" / "tiny-2x" / folder) == file_hashes_deep(example[folder]), folder
 
 
-def test_the_lock_pins_exactly_the_packages_the_stages_declare(fixture_models, monkeypatch):
-    """One declaration: a stage's `packages` (part of its key) is what the lock pins; a
-    package a new stage declares is pinned with no list to edit elsewhere."""
+def test_the_lock_pins_exactly_the_packages_and_inputs_the_stages_declare(fixture_models, monkeypatch):
+    """One declaration: a stage's `packages` and `fingerprint` (both part of its key) are
+    what the lock pins; what a new stage declares is pinned with no list to edit elsewhere."""
     from frankenmoe import stages
     from frankenmoe.recipe import load_recipe
     from frankenmoe.stages.base import Stage
@@ -256,12 +257,20 @@ def test_the_lock_pins_exactly_the_packages_the_stages_declare(fixture_models, m
         name = "extra"
         packages = ("pyyaml",)
 
+        def fingerprint(self, recipe, state, inputs, offline=False):
+            return {"table": "sha256 of a file it reads"}
+
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(stages, "STAGES", (*stages.STAGES, Extra()))
-    lock = stages.LockStage().fingerprint(load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json")), {})
+    recipe, state = load_recipe(EXAMPLE), HashState(Path("/nonexistent/state.json"))
+    lock = stages.LockStage().fingerprint(recipe, state, {})
     declared = {p for s in stages.STAGES for p in s.packages}
     assert set(lock["packages"]) == declared | {"frankenmoe"}
     assert "pyyaml" in lock["packages"] and "lm_eval" in lock["packages"]
+    assert lock["stages"]["extra"] == {"table": "sha256 of a file it reads"}
+    enabled = [s for s in stages.STAGES if s.enabled(recipe) and not s.pins_the_build]
+    assert lock["stages"] == {s.name: f for s in enabled if (f := s.fingerprint(recipe, state, {}))}
+    assert "lock" not in lock["stages"] and "gguf" in lock["stages"]  # llama.cpp's sources, from the gguf stage
 
 
 def test_published_recipe_writes_every_path_field_portably(tmp_path):

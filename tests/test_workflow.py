@@ -33,19 +33,17 @@ def test_the_committed_real_example_lock_matches_its_inputs(monkeypatch):
     from pathlib import Path
 
     from frankenmoe.example.catalog import ensure_example
-    from frankenmoe.provenance.lockfile import current_lock, differences, read_lock
+    from frankenmoe.provenance.lockfile import differences, read_lock
     from frankenmoe.recipe import load_recipe
     from frankenmoe.stages import STAGES
-    from frankenmoe.stages.base import pinned_packages
+    from frankenmoe.stages.base import lock_now
     from frankenmoe.support.hashing import HashState
 
     ensure_example("smollm2", REPO / "fixtures", log=lambda _: None)
     monkeypatch.chdir(REPO)
     committed = read_lock(REPO / "recipes" / "smollm2-2x.lock.json")
-    now = current_lock(
-        load_recipe(REPO / "recipes" / "smollm2-2x.yaml"),
-        HashState(Path("/nonexistent/state.json")),
-        pinned_packages(STAGES),
+    now = lock_now(
+        STAGES, load_recipe(REPO / "recipes" / "smollm2-2x.yaml"), HashState(Path("/nonexistent/state.json"))
     )
     if committed["platform"] != now["platform"]:
         pytest.skip(f"the example was locked on {committed['platform']}; this machine is {now['platform']}")

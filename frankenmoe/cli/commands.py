@@ -32,11 +32,11 @@ from frankenmoe.experiments.study import parse_modes, run_study
 from frankenmoe.experiments.sweep import check_size, load_sweep, run_sweep
 from frankenmoe.hub.push import dry_run, push_build
 from frankenmoe.measure.verdict import log_lines
-from frankenmoe.provenance.lockfile import current_lock, lock_path, read_lock, require_match
+from frankenmoe.provenance.lockfile import lock_path, read_lock, require_match
 from frankenmoe.recipe import Recipe, load_recipe
 from frankenmoe.recipe_schema import markdown, schema_text
 from frankenmoe.routing.route_page import route_folder
-from frankenmoe.stages.base import StageResult, pinned_packages
+from frankenmoe.stages.base import StageResult, lock_now
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.stages.gguf import check_files
 from frankenmoe.stages.manifest import manifest_build_id, published_manifests
@@ -106,7 +106,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     layout = default_layout(recipe)
     state = HashState(layout.build_root / ".hash-state.json")
-    lock = current_lock(recipe, state, pinned_packages(stages.STAGES))
+    lock = lock_now(stages.STAGES, recipe, state)
     state.save()
     path = lock_path(args.recipe)
     if args.check:
@@ -114,10 +114,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"{path}: up to date")
         return 0
     write_json(path, lock)
-    files = sum(len(m["files"]) for m in lock["models"].values()) + sum(
-        len(v) for v in lock["data"].values() if isinstance(v, dict)
+    models = lock["stages"]["resolve"]
+    print(
+        f"wrote {path}: {len(models)} models, the inputs of {len(lock['stages'])} stages, {len(lock['packages'])} "
+        f"packages pinned, {lock['platform']['cpu_capability']} CPU"
     )
-    print(f"wrote {path}: {len(lock['models'])} models, {files} files pinned, {lock['platform']['cpu_capability']} CPU")
     return 0
 
 

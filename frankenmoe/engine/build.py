@@ -40,9 +40,9 @@ from frankenmoe.engine.keys import key_material, key_of
 from frankenmoe.engine.preflight import run_preflight
 from frankenmoe.engine.publish import check_publish_targets, publish, published_folders
 from frankenmoe.errors import EnvironmentProblem, FrankenmoeError, NotBuiltError, UsageError
-from frankenmoe.provenance.lockfile import current_lock, require_match
+from frankenmoe.provenance.lockfile import require_match
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Stage, StageContext, StageResult, pinned_packages
+from frankenmoe.stages.base import Stage, StageContext, StageResult, lock_now
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.determinism import torch_scope
 from frankenmoe.support.hashing import HashState
@@ -231,6 +231,6 @@ def build(
 def check_lock(recipe: Recipe, locked: dict, state: HashState, stages: Sequence[Stage]) -> None:
     require_match(
         locked,
-        current_lock(recipe, state, pinned_packages(stages)),
+        lock_now(stages, recipe, state),
         "nothing was built; restore the locked inputs and versions, or accept the change with `frankenmoe lock RECIPE`",
     )

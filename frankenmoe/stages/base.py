@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from frankenmoe.provenance.lockfile import current_lock
 from frankenmoe.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class Stage:
     publishes: ClassVar[dict[str, str]] = {}
     # Also write <folder>/ into every folder the other stages publish (build.json).
     publishes_into_every_folder: ClassVar[bool] = False
+    # The stage whose fingerprint is the lock, made of every other stage's: left out of it.
+    pins_the_build: ClassVar[bool] = False
     # Files that describe how the run went (logs, engine settings with local paths),
     # not its result: kept in the cache for debugging, left out of build.json.
     diagnostics: ClassVar[tuple[str, ...]] = ()
@@ -117,9 +120,10 @@ class Stage:
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
     ) -> dict[str, Any] | None:
-        """Inputs outside the recipe and other stages (e.g. file hashes). Must be
-        cheap on a no-op rebuild: use `state`, which hashes a file only when its stat
-        changed. With `offline` (as `plan` asks), return None instead of fetching."""
+        """Inputs outside the recipe and other stages (e.g. file hashes), portable (no
+        local paths): the lock file pins them too. Must be cheap on a no-op rebuild: use
+        `state`, which hashes a file only when its stat changed. With `offline` (as `plan`
+        asks), return None instead of fetching."""
         return {}
 
     def preflight(self, recipe: Recipe) -> None:
@@ -168,3 +172,27 @@ def pinned_packages(stages: Sequence[Stage]) -> list[str]:
     """Every package a stage declares (`Stage.packages`, part of its key): what the
     lock file pins. Declared once, on the stage that uses it."""
     return sorted({p for stage in stages for p in stage.packages})
+
+
+def stage_pins(
+    stages: Sequence[Stage], recipe: Recipe, state: HashState, offline: bool = False
+) -> dict[str, dict[str, Any]] | None:
+    """{stage: its fingerprint} of every enabled stage with one: what the lock pins
+    besides packages and platform. A fingerprint reads the recipe and files, never
+    another stage's result, so none are given. None when one is not known offline."""
+    out = {}
+    for stage in stages:
+        if stage.pins_the_build or not stage.enabled(recipe):
+            continue
+        pins = stage.fingerprint(recipe, state, {}, offline)
+        if pins is None:
+            return None
+        if pins:
+            out[stage.name] = pins
+    return out
+
+
+def lock_now(stages: Sequence[Stage], recipe: Recipe, state: HashState, offline: bool = False) -> dict | None:
+    """The lock of `recipe` built by `stages`, as things are now (None: see stage_pins)."""
+    pins = stage_pins(stages, recipe, state, offline)
+    return None if pins is None else current_lock(recipe, state, pins, pinned_packages(stages))

@@ -74,7 +74,6 @@ class CardStage(Stage):
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {
             "card": recipe.card.model_dump(),
-            "template": _template_text(recipe),
             "repos": recipe.publish.targets(),
             "allow_failed": recipe.publish.allow_failed,
             "recipe": _recipe_yaml(recipe),
@@ -90,12 +89,12 @@ class CardStage(Stage):
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
     ) -> dict[str, Any] | None:
-        if not recipe.card.study:
-            return {}
-        # What the study measured, not its wall times: a rerun study changes the key only if a number changed.
-        return {
-            "study": sha256_json(without_timings(read_study(recipe.path(recipe.card.study), recipe.name, "card.study")))
-        }
+        out = {"template": state.sha256(_template_path(recipe))}
+        if recipe.card.study:
+            # What the study measured, not its wall times: a rerun study changes the key only if a number changed.
+            study = read_study(recipe.path(recipe.card.study), recipe.name, "card.study")
+            out["study"] = sha256_json(without_timings(study))
+        return out
 
     def run(self, ctx: StageContext) -> CardResult:
         from huggingface_hub import ModelCard, ModelCardData
@@ -274,13 +273,17 @@ def _share_range(shares: list[float]) -> str:
     return f"{low}%" if low == high else f"{low}-{high}%"
 
 
+def _template_path(recipe: Recipe) -> Path:
+    if not recipe.card.template:
+        return TEMPLATE
+    path = recipe.path(recipe.card.template)
+    if not path.is_file():
+        raise RecipeError([f"card.template: {recipe.card.template}: file not found"])
+    return path
+
+
 def _template_text(recipe: Recipe) -> str:
-    if recipe.card.template:
-        path = recipe.path(recipe.card.template)
-        if not path.is_file():
-            raise RecipeError([f"card.template: {recipe.card.template}: file not found"])
-        return path.read_text(encoding="utf-8")
-    return TEMPLATE.read_text(encoding="utf-8")
+    return _template_path(recipe).read_text(encoding="utf-8")
 
 
 def _recipe_yaml(recipe: Recipe) -> str:

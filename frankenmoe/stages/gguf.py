@@ -25,7 +25,10 @@ from frankenmoe.errors import IncompatibleModelsError, VerifyFailed
 from frankenmoe.measure.quality_limits import gguf_limits
 from frankenmoe.measure.verdict import FAIL, NOT_MEASURED, PASS, build_report, check, judged, log_lines, markdown_table
 from frankenmoe.quantization.llama_cpp import (
+    BUILD_FLAGS,
     FTYPES,
+    LLAMA_CPP_COMMIT,
+    SDIST_SHA256,
     VERSION,
     convert,
     converter_refusal,
@@ -38,6 +41,7 @@ from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.evaluate import reference_dir
 from frankenmoe.stages.gates import routed_model
 from frankenmoe.support.determinism import THREADS
+from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 
 ARCHITECTURE = "MixtralForCausalLM"  # what the merge writes (stages/merge.py)
@@ -83,7 +87,21 @@ class GgufStage(Stage):
         return recipe.gguf.enabled
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
-        return {"gguf": recipe.gguf.model_dump(), "llama_cpp_python": VERSION}
+        return {"gguf": recipe.gguf.model_dump()}
+
+    def fingerprint(
+        self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
+    ) -> dict[str, Any] | None:
+        # What makes the GGUF bytes and llama.cpp's numbers: the sdist (its vendored
+        # llama.cpp commit) and the flags it was built with.
+        return {
+            "llama.cpp": {
+                "llama_cpp_python": VERSION,
+                "sdist_sha256": SDIST_SHA256,
+                "commit": LLAMA_CPP_COMMIT,
+                "build_flags": BUILD_FLAGS,
+            }
+        }
 
     def preflight(self, recipe: Recipe) -> None:
         """llama.cpp's converter must take the model: its architecture and its

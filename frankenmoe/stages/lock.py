@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from frankenmoe.provenance.lockfile import build_id as compute_build_id
-from frankenmoe.provenance.lockfile import current_lock, published_recipe
+from frankenmoe.provenance.lockfile import published_recipe
 from frankenmoe.recipe import Recipe
-from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult, pinned_packages
+from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult, lock_now
 from frankenmoe.support.hashing import HashState
 from frankenmoe.support.jsonio import write_json
 
@@ -31,16 +31,16 @@ def lock_pins(result: StageResult) -> dict[str, Any]:
     return result.record["fingerprint"]
 
 
-def build_packages() -> list[str]:
-    """The packages the build's stages declare, read from the stage list when the lock is
-    computed (a plugin may extend it)."""
+def build_stages() -> tuple[Stage, ...]:
+    """The stage list, read when the lock is computed (a plugin may extend it)."""
     from frankenmoe import stages  # lazy: the stage list imports this module
 
-    return pinned_packages(stages.STAGES)
+    return stages.STAGES
 
 
 class LockStage(Stage):
     name = "lock"
+    pins_the_build = True  # its fingerprint is the lock: every other stage's fingerprint
 
     def config(self, recipe: Recipe) -> dict[str, Any]:
         return {"recipe": published_recipe(recipe)}
@@ -48,9 +48,10 @@ class LockStage(Stage):
     def fingerprint(
         self, recipe: Recipe, state: HashState, inputs: dict[str, StageResult], offline: bool = False
     ) -> dict[str, Any] | None:
-        return current_lock(recipe, state, build_packages(), download=not offline)
+        return lock_now(build_stages(), recipe, state, offline)
 
     def run(self, ctx: StageContext) -> LockResult:
-        lock = current_lock(ctx.recipe, ctx.state, build_packages())
+        lock = lock_now(build_stages(), ctx.recipe, ctx.state)
+        assert lock is not None  # online, every fingerprint is known (or raises)
         write_json(ctx.out / "lock.json", lock)
         return LockResult(build_id=compute_build_id(ctx.recipe, lock))
