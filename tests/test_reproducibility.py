@@ -270,7 +270,7 @@ def test_the_lock_pins_exactly_the_packages_and_inputs_the_stages_declare(fixtur
     assert lock["stages"]["extra"] == {"table": "sha256 of a file it reads"}
     enabled = [s for s in stages.STAGES if s.enabled(recipe) and not s.pins_the_build]
     assert lock["stages"] == {s.name: f for s in enabled if (f := s.fingerprint(recipe, state, {}))}
-    assert "lock" not in lock["stages"] and "gguf" in lock["stages"]  # llama.cpp's sources, from the gguf stage
+    assert "lock" not in lock["stages"] and "gguf" not in lock["stages"]  # gguf.enabled: false here
 
 
 def test_published_recipe_writes_every_path_field_portably(tmp_path):
