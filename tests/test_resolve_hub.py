@@ -65,9 +65,9 @@ def test_hub_ids_resolve_pin_and_merge_like_local_folders(example, hub_with_mode
 
     lock = run_cli("lock", str(recipe), build=build, env=env)
     assert lock.returncode == 0, lock.stderr
-    pinned = json.loads((tmp_path / "hub.lock.json").read_text())["models"]
+    pinned = json.loads((tmp_path / "hub.lock.json").read_text())["stages"]["resolve"]  # the resolve stage's pins
     assert pinned["base"]["commit"] == shas["base"] and pinned["experts[0]"]["commit"] == shas["expert-code"]
-    assert pinned["experts[1]"]["ref"] == f"toy/expert-prose@{shas['expert-prose']}"
+    assert pinned["experts[1]"]["commit"] == shas["expert-prose"]  # the recipe names it toy/expert-prose@<sha>
 
     offline = run_cli(
         "build",
