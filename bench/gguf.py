@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from frankenmoe.engine.build import default_layout, finished_results
+from frankenmoe.measure.documents import HeldOutWindows
 from frankenmoe.measure.verdict import named
 from frankenmoe.quantization.llama_cpp import convert, parity, quantize
 from frankenmoe.recipe import load_recipe
@@ -52,14 +53,14 @@ def dense_reference(base: Path, evaluate: Path, out: Path) -> Path:
 
     from frankenmoe.checkpoints.streaming import StreamingLM
 
-    ref = json.loads((evaluate / "reference.json").read_text())
+    ref = HeldOutWindows.read(evaluate / "reference.json")
     with safe_open(evaluate / "reference.safetensors", framework="pt") as st:
         tokens = st.get_tensor("tokens")
     lm = StreamingLM(base)
     logprobs = [lp for lp, _ in lm.run([ids[:-1] for ids in tokens.tolist()], desc="bench: 16-bit dense base")]
     out.mkdir(parents=True, exist_ok=True)
     save_file({"tokens": tokens, "logprobs": torch.stack(logprobs).contiguous()}, out / "reference.safetensors")
-    (out / "reference.json").write_text(json.dumps({"domains": ref["domains"], "seq_len": ref["seq_len"]}))
+    HeldOutWindows(domains=ref.domains, seq_len=ref.seq_len).write(out / "reference.json")
     return out
 
 

@@ -29,6 +29,7 @@ import yaml
 
 from bench.measure import BIN, REPO, build_env, measure
 from bench.synthetic import SHAPES, family_bytes, make_family
+from frankenmoe.measure.documents import Reference
 
 GiB = 2**30
 MARGIN = 2 * GiB
@@ -227,10 +228,8 @@ def run_verify_memory(work: Path, log=print) -> dict:
         drop_caches()
         log(f"bench: {shape}: frankenmoe build --until verify")
         m = measure([str(BIN / "frankenmoe"), "build", str(recipe), "--until", "verify"], env)
-        reference = json.loads(
-            next((root / "build" / f"synthetic-{shape}" / "evaluate").glob("*/reference.json")).read_text()
-        )
-        tokens = len(reference["domains"]) * reference["seq_len"]
+        reference = Reference.read(next((root / "build" / f"synthetic-{shape}" / "evaluate").glob("*/reference.json")))
+        tokens = len(reference.domains) * reference.seq_len
         row.update(
             tokens=tokens,
             logprobs_mb=round(tokens * row["vocab"] * 4 / 2**20),

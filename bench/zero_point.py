@@ -47,7 +47,7 @@ def per_window(quantized: Path, evaluate) -> dict[str, list[float]]:
             out["nll4"].append(target_nll(lp4, ids))
             out["nll16"].append(target_nll(lp16, ids))
             out["tokens"].append(len(ids) - 1)
-    out["domains"] = ref["domains"]
+    out["domains"] = ref.domains
     return out
 
 

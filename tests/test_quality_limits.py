@@ -4,6 +4,7 @@ experts are found from the routing statistics."""
 from __future__ import annotations
 
 from bench.synthetic import SHAPES
+from frankenmoe.measure.documents import ForcedRouting, MergeStructure
 from frankenmoe.measure.evaluation import dead_experts
 from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.recipe import VerifySection
@@ -45,19 +46,19 @@ def test_an_expert_below_the_share_on_every_domain_is_dead_at_that_layer():
     assert dead_experts(routing, 0.01) == []
 
 
-def _ref(diffs: list[dict]) -> tuple[dict, dict]:
+def _ref(diffs: list[dict]) -> tuple[list[ForcedRouting], MergeStructure]:
     forced = [
-        {
-            "expert": e,
-            "max_abs": 0.0 if not d else 2.5,
-            "mean_abs": 0.0,
-            "kl_mean": 0.0 if not d else 0.3,
-            "perplexity_forced_moe": 10.0,
-            "perplexity_source": 9.0,
-        }
+        ForcedRouting(
+            expert=e,
+            max_abs=0.0 if not d else 2.5,
+            mean_abs=0.0,
+            kl_mean=0.0 if not d else 0.3,
+            perplexity_forced_moe=10.0,
+            perplexity_source=9.0,
+        )
         for e, d in enumerate(diffs)
     ]
-    return {"forced_routing": forced}, {"expert_non_mlp_relative_diff": diffs}
+    return forced, MergeStructure(tensors_checked=0, mismatches=[], expert_non_mlp_relative_diff=diffs)
 
 
 def test_forced_routing_is_not_applicable_to_fully_fine_tuned_experts():

@@ -4,10 +4,11 @@ expert best on no domain of the held-out text has nothing to lose by dying there
 from __future__ import annotations
 
 from frankenmoe.measure.comparison import summarize
+from frankenmoe.measure.documents import Reference
 from frankenmoe.measure.sweep_report import dead_expert
 
 
-def reference(weights: dict[str, list[list[float]]]) -> dict:
+def reference(weights: dict[str, list[list[float]]]) -> Reference:
     ppl = {
         "moe": {"code": 10.0, "prose": 12.0},
         "base": {"code": 11.0, "prose": 13.0},
@@ -15,7 +16,8 @@ def reference(weights: dict[str, list[list[float]]]) -> dict:
         "experts[1]": {"code": 12.0, "prose": 11.5},  # best on prose
         "experts[2]": {"code": 10.5, "prose": 12.5},  # best on neither: a chat expert on code and prose
     }
-    return {"perplexity": ppl, "routing_16bit": {d: {"mean_gate_weight": w, "share": w} for d, w in weights.items()}}
+    routing = {d: {"mean_gate_weight": w, "share": w, "top1_share": w} for d, w in weights.items()}
+    return Reference.model_construct(perplexity=ppl, routing_16bit=routing)  # the two fields a row reads
 
 
 def test_a_dead_expert_is_named_with_the_domains_it_is_best_on():

@@ -250,11 +250,11 @@ def test_structure_and_forced_routing_catch_a_bad_merge(example, fixture_models,
     swapped = corrupt(example["merged"], tmp_path / "swapped", swap_experts)
     experts = [fixture_models / "expert-code", fixture_models / "expert-prose"]
     s = merge_structure(swapped, fixture_models / "base", experts)
-    assert s["mismatches"] and "differs from expert" in s["mismatches"][0]
-    assert s["expert_non_mlp_relative_diff"][0]["attention"] == 0.0  # the fixtures share the base's attention
+    assert s.mismatches and "differs from expert" in s.mismatches[0]
+    assert s.expert_non_mlp_relative_diff[0]["attention"] == 0.0  # the fixtures share the base's attention
     windows = [("code", eval_ids(example["merged"], "code", 65)[0].tolist())]
     parity = forced_routing_parity(StreamingLM(swapped), [StreamingLM(e) for e in experts], windows)
-    assert all(p["max_abs"] > 0.1 for p in parity)
+    assert all(p.max_abs > 0.1 for p in parity)
 
 
 def test_fully_finetuned_expert_is_reported(example, fixture_models, tmp_path):
@@ -265,8 +265,8 @@ def test_fully_finetuned_expert_is_reported(example, fixture_models, tmp_path):
     t[name] = (t[name].float() * 1.1).half()
     save_file(t, expert / "model.safetensors", metadata={"format": "pt"})
     s = merge_structure(example["merged"], fixture_models / "base", [expert, fixture_models / "expert-prose"])
-    assert 0.001 < s["expert_non_mlp_relative_diff"][0]["attention"] < 0.2
-    assert s["expert_non_mlp_relative_diff"][1]["attention"] == 0.0
+    assert 0.001 < s.expert_non_mlp_relative_diff[0]["attention"] < 0.2
+    assert s.expert_non_mlp_relative_diff[1]["attention"] == 0.0
 
 
 def test_failed_gate_stops_the_build_unless_overridden(example, tmp_path):

@@ -61,8 +61,8 @@ def study_doc(recipe: Recipe, rows: list[dict], outcomes: dict[str, Outcome], pa
     return {
         "recipe": recipe.name,
         "modes": [r["name"] for r in rows],
-        "experts": any_ref["expert_sources"],
-        "top_k": any_ref["top_k"],
+        "experts": any_ref.expert_sources,
+        "top_k": any_ref.top_k,
         "dead_expert_share": recipe.verify.dead_expert_share,
         "results": {r["name"]: {**r["measured"], "keys": r["keys"]} for r in rows},
         "routing_pages": pages,

@@ -5,6 +5,7 @@ verify and w4a16 stages run them, study and bench read them by name."""
 
 from __future__ import annotations
 
+from frankenmoe.measure.documents import ForcedRouting, MergeStructure, Reference, RoutingStats
 from frankenmoe.measure.evaluation import dead_experts
 from frankenmoe.measure.verdict import FAIL, NOT_APPLICABLE, NOT_MEASURED, PASS, WARN, check, judged
 from frankenmoe.recipe import VerifySection
@@ -58,23 +59,22 @@ def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict
     )
 
 
-def forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
+def forced_routing_check(v: VerifySection, measured: list[ForcedRouting], structure: MergeStructure) -> dict:
     """Routed fully to expert k, the MoE must reproduce source k exactly, but only
     where source k shares the base's attention, norms and embeddings (MLP-only
     fine-tunes): for other experts that is not applicable, and with none the whole
     check is. For every expert it reports what survives of it in the merge (KL
     and perplexity of the forced MoE against the source), with an optional limit."""
     forced = []
-    for f in ref["forced_routing"]:
-        shares = all(d <= SHARED_WEIGHTS_TOL for d in structure["expert_non_mlp_relative_diff"][f["expert"]].values())
-        exact = f["max_abs"] <= v.forced_routing_atol
-        kl_ok = v.max_forced_kl is None or f.get("kl_mean", 0.0) <= v.max_forced_kl
-        forced.append({**f, "applies": shares, "passed": (exact or not shares) and kl_ok})
+    for f in measured:
+        shares = all(d <= SHARED_WEIGHTS_TOL for d in structure.expert_non_mlp_relative_diff[f.expert].values())
+        exact = f.max_abs <= v.forced_routing_atol
+        kl_ok = v.max_forced_kl is None or f.kl_mean <= v.max_forced_kl
+        forced.append({**f.model_dump(), "applies": shares, "passed": (exact or not shares) and kl_ok})
     survival = "; ".join(
         f"expert {f['expert']}: KL {f['kl_mean']:.4f}, perplexity {f['perplexity_forced_moe']:.2f} vs source "
         f"{f['perplexity_source']:.2f}"
         for f in forced
-        if "kl_mean" in f
     )
     applicable = [f for f in forced if f["applies"]]
     bad = [f for f in forced if not f["passed"]]
@@ -115,7 +115,7 @@ def forced_routing_check(v: VerifySection, ref: dict, structure: dict) -> dict:
     )
 
 
-def dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str], whose: str) -> dict:
+def dead_experts_check(v: VerifySection, routing: RoutingStats | None, experts: list[str], whose: str) -> dict:
     """Experts the routers starve, from `routing` (per domain and layer): `warn`
     when some are dead, `fail` only when the recipe asks (verify.fail_on_dead_experts)."""
     if routing is None:
@@ -151,7 +151,7 @@ def dead_experts_check(v: VerifySection, routing: dict | None, experts: list[str
 PARITY_CHECKS = (QUANTIZATION_PARITY, ROUTING_PARITY)  # what parity_checks returns, in order
 
 
-def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[dict]:
+def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: Reference) -> list[dict]:
     """Quantization parity (KL, top-1, perplexity ratio within the limits) and routing
     parity of a candidate compared with the reference (`compare_with_reference`)."""
     kl, top1, ppl = limits["max_mean_kl"], limits["min_top1_agreement"], limits["max_ppl_ratio"]
@@ -166,5 +166,5 @@ def parity_checks(v: VerifySection, limits: dict, cmp: dict, ref: dict) -> list[
             quality=True,
             **{k: cmp[k] for k in (*kept, "perplexity_ratio", "per_domain")},
         ),
-        routing_check(v, cmp, ref["top_k"], len(ref["expert_sources"])),
+        routing_check(v, cmp, ref.top_k, len(ref.expert_sources)),
     ]

@@ -4,18 +4,19 @@ the same numbers whichever experiment built it, so their reports can be compared
 from __future__ import annotations
 
 from frankenmoe.measure.checks import QUANTIZATION_PARITY
+from frankenmoe.measure.documents import Reference
 from frankenmoe.measure.evaluation import dead_experts
 from frankenmoe.measure.metrics import gate_weight_entropy_bits
 from frankenmoe.measure.verdict import PASS, WARN, named
 
 
-def summarize(reference: dict, verify: dict | None, share: float) -> dict:
+def summarize(reference: Reference, verify: dict | None, share: float) -> dict:
     """One mode's row: perplexities against the best expert and the base, routing,
     entropy, dead experts (and 4-bit parity when quantized)."""
-    ppl = reference["perplexity"]
+    ppl = reference.perplexity
     experts = [k for k in ppl if k.startswith("experts[")]
     domains = sorted(ppl["moe"])
-    routing = reference["routing_16bit"]
+    routing = reference.routing_16bit
     per_domain = {}
     for d in domains:
         best = min(experts, key=lambda k: ppl[k][d])

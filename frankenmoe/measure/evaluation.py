@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from frankenmoe.checkpoints.streaming import CheckpointReader
+from frankenmoe.measure.documents import ForcedRouting, MergeStructure, RoutingStats
 from frankenmoe.measure.metrics import perplexity, target_nll, token_kl, top1_agreement, total_kl
 from frankenmoe.support.progress import progress
 from frankenmoe.text.corpus import read_documents
@@ -57,7 +58,7 @@ def tensor_group(name: str) -> str:
     return "other"
 
 
-def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
+def merge_structure(merged: Path, base: Path, experts: list[Path]) -> MergeStructure:
     """Bit-for-bit: expert MLPs equal their sources', everything else the base's
     (routers excepted). Also how far each expert's non-MLP weights are from the
     base's: that part of a fully fine-tuned expert is lost in a FrankenMoE."""
@@ -98,14 +99,14 @@ def merge_structure(merged: Path, base: Path, experts: list[Path]) -> dict:
             g[0] += float((t - b).pow(2).sum())
             g[1] += float(b.pow(2).sum())
         deviation.append({k: math.sqrt(d / n) if n else 0.0 for k, (d, n) in sorted(groups.items())})
-    return {"tensors_checked": checked, "mismatches": mismatches, "expert_non_mlp_relative_diff": deviation}
+    return MergeStructure(tensors_checked=checked, mismatches=mismatches, expert_non_mlp_relative_diff=deviation)
 
 
 def moe_layers(names) -> set[int]:
     return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
 
 
-def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
+def forced_routing_parity(moe, sources: list, windows) -> list[ForcedRouting]:
     """Per expert k, the MoE routed fully to k against source k (both StreamingLM, so
     neither is ever held whole): max and mean |log-prob difference| (0 when the
     source shares the base's non-MLP weights), and how much of the expert survives
@@ -129,14 +130,14 @@ def forced_routing_parity(moe, sources: list, windows) -> list[dict]:
             nll_src += target_nll(b, ids)
         tokens = count // max(1, d.shape[-1])
         out.append(
-            {
-                "expert": k,
-                "max_abs": worst,
-                "mean_abs": total / count,
-                "kl_mean": kl / tokens,
-                "perplexity_forced_moe": perplexity(nll_moe, tokens),
-                "perplexity_source": perplexity(nll_src, tokens),
-            }
+            ForcedRouting(
+                expert=k,
+                max_abs=worst,
+                mean_abs=total / count,
+                kl_mean=kl / tokens,
+                perplexity_forced_moe=perplexity(nll_moe, tokens),
+                perplexity_source=perplexity(nll_src, tokens),
+            )
         )
     return out
 
@@ -163,7 +164,7 @@ def chosen_experts(router, top_k: int):
     return top.indices, top.values / top.values.sum(-1, keepdim=True)
 
 
-def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
+def routing_stats(router, domains: list[str], seq: int, top_k: int) -> RoutingStats:
     """Per domain, layer and expert: share of tokens routed there (top-k), share whose
     heaviest expert it is (top-1), and the mean gate weight it gets (top-k
     renormalized, 0 where not chosen)."""
@@ -173,7 +174,7 @@ def routing_stats(router, domains: list[str], seq: int, top_k: int) -> dict:
     chosen = torch.zeros_like(router).scatter(-1, indices, 1.0)
     first = torch.zeros_like(router).scatter(-1, indices[..., :1], 1.0)
     gate = torch.zeros_like(router).scatter(-1, indices, weights)
-    out = {}
+    out: RoutingStats = {}
     token_domain = [d for d in domains for _ in range(seq)]
     for d in sorted(set(domains)):
         mask = torch.tensor([td == d for td in token_domain])
@@ -198,7 +199,7 @@ def routing_changes(r16, r4, top_k: int) -> dict:
     }
 
 
-def dead_experts(routing: dict, share: float) -> list[dict]:
+def dead_experts(routing: RoutingStats, share: float) -> list[dict]:
     """Experts that get less than `share` of the routed weight at a layer on every
     domain, their own included: [{expert, layers, largest}] (largest: the most
     weight any domain gives it at those layers)."""

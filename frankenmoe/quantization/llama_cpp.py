@@ -27,6 +27,7 @@ from pathlib import Path
 
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import EnvironmentProblem, ToolFailed
+from frankenmoe.measure.documents import HeldOutWindows
 from frankenmoe.measure.evaluation import logprob_parity
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.settings import cache_root
@@ -340,10 +341,10 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     from llama_cpp import Llama
     from safetensors import safe_open
 
-    ref = json.loads((Path(reference) / "reference.json").read_text())
+    ref = HeldOutWindows.read(Path(reference) / "reference.json")
     stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life
-    windows = list(zip(ref["domains"], stored.get_tensor("tokens").tolist()))
-    n = ref["seq_len"]
+    windows = list(zip(ref.domains, stored.get_tensor("tokens").tolist()))
+    n = ref.seq_len
     llm = Llama(
         model_path=gguf,
         n_ctx=n,

@@ -12,28 +12,22 @@ the sha256 of the evaluation token ids, which `evaluate` checks against its own.
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.errors import InputFileError
+from frankenmoe.measure.documents import Baseline
 from frankenmoe.measure.evaluation import eval_windows, lm_perplexity
 from frankenmoe.recipe import CalibrationSection, Recipe
 from frankenmoe.stages.base import Facts, Stage, StageContext, StageResult
 from frankenmoe.stages.resolve import model_paths
 from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.hashing import HashState, sha256_json
-from frankenmoe.support.jsonio import write_json
 from frankenmoe.text.calibration import check_text_files, source_fingerprint
 
 
-class Baseline(TypedDict):
-    windows_sha256: str  # of the (domain, token ids) windows
-    perplexity: dict[str, dict[str, float]]  # "base" / "experts[i]" -> domain -> perplexity
-
-
 def baseline(result: StageResult) -> Baseline:
-    return cast(Baseline, json.loads((result.path / "baseline.json").read_text()))
+    return Baseline.read(result.path / "baseline.json")
 
 
 class HeldOutResult(Facts):
@@ -96,6 +90,6 @@ class BaselineStage(HeldOutTextStage):
         for i in range(len(ctx.recipe.experts)):
             expert = StreamingLM(paths[f"experts[{i}]"])
             ppl[f"experts[{i}]"] = lm_perplexity(expert, windows, desc=f"baseline: expert {i}")
-        write_json(ctx.out / "baseline.json", {"windows_sha256": windows_sha256(windows), "perplexity": ppl})
+        Baseline(windows_sha256=windows_sha256(windows), perplexity=ppl).write(ctx.out / "baseline.json")
         ctx.log(f"baseline  base and {len(ctx.recipe.experts)} experts on {len(windows)} windows")
         return HeldOutResult(windows=len(windows))

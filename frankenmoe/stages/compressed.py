@@ -157,7 +157,7 @@ def verify_through_transformers(
         cmp = compare_with_reference(evaluate, LoadedLM(model))
         checks += parity_checks(v, limits, cmp, ref)
         router = cmp["router_4bit"]
-        routing = routing_stats(router, ref["domains"], ref["seq_len"], ref["top_k"])
+        routing = routing_stats(router, ref.domains, ref.seq_len, ref.top_k)
     else:
         checks += [check(name, NOT_MEASURED, "not measured: the folder does not load") for name in PARITY_CHECKS]
     report = build_report(

@@ -13,13 +13,13 @@ candidate with `frankenmoe verify --candidate`, reuses it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterator, TypedDict, cast
+from typing import Iterator
 
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.checkpoints.tensor_file import TensorFileWriter
 from frankenmoe.errors import IncompatibleModelsError
+from frankenmoe.measure.documents import Reference
 from frankenmoe.measure.evaluation import (
     forced_routing_parity,
     merge_structure,
@@ -32,7 +32,6 @@ from frankenmoe.stages.gates import gates_result, routed_model
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.stages.resolve import model_paths
 from frankenmoe.support.determinism import seed_everything
-from frankenmoe.support.jsonio import write_json
 
 
 def reference_dir(result: StageResult) -> Path:
@@ -41,22 +40,8 @@ def reference_dir(result: StageResult) -> Path:
     return result.path
 
 
-class Reference(TypedDict):
-    """reference.json: what verify, study and bench read of the 16-bit model."""
-
-    domains: list[str]  # one per window
-    seq_len: int
-    top_k: int
-    structure: dict[str, Any]  # merge_structure's answer
-    forced_routing: list[dict[str, Any]]
-    perplexity: dict[str, dict[str, float]]  # model -> domain -> perplexity
-    routing_16bit: dict[str, Any]  # routing_stats of the recipe's routers
-    routing_16bit_hidden: dict[str, Any] | None  # mergekit's own routers, where the fit replaced them
-    expert_sources: list[str]
-
-
 def reference(result: StageResult) -> Reference:
-    return cast(Reference, json.loads((reference_dir(result) / "reference.json").read_text()))
+    return Reference.read(reference_dir(result) / "reference.json")
 
 
 class EvaluateStage(HeldOutTextStage):
@@ -83,7 +68,7 @@ class EvaluateStage(HeldOutTextStage):
 
         structure = merge_structure(merged, paths["base"], experts)
         shared = baseline(ctx.inputs["baseline"])
-        if shared["windows_sha256"] != windows_sha256(windows):
+        if shared.windows_sha256 != windows_sha256(windows):
             raise IncompatibleModelsError(
                 "the merged model's tokenizer splits verify.files differently from the base model's; "
                 "merge with the base model's tokenizer"
@@ -102,7 +87,7 @@ class EvaluateStage(HeldOutTextStage):
             out.write("tokens", torch.tensor([ids for _, ids in windows]))
             routers: list = []
             run = moe.run(inputs, desc="verify: 16-bit reference")
-            ppl = {"moe": perplexity_of(_logprobs(run, routers, out), windows), **shared["perplexity"]}
+            ppl = {"moe": perplexity_of(_logprobs(run, routers, out), windows), **shared.perplexity}
             router = torch.cat(routers, dim=1)
             out.write("router", router)
         # Forced routing needs only a little text: two windows per domain.
@@ -115,18 +100,17 @@ class EvaluateStage(HeldOutTextStage):
             run = hidden.run(inputs, desc="verify: hidden-state routers")
             ppl["moe (hidden-state routers)"] = perplexity_of(_logprobs(run, hidden_routers), windows)
             hidden_routing = routing_stats(torch.cat(hidden_routers, dim=1), domains, v.seq_len, top_k)
-        result: Reference = {
-            "domains": domains,
-            "seq_len": v.seq_len,
-            "top_k": top_k,
-            "structure": structure,
-            "forced_routing": forced,
-            "perplexity": ppl,
-            "routing_16bit": routing_stats(router, domains, v.seq_len, top_k),
-            "routing_16bit_hidden": hidden_routing,
-            "expert_sources": [e.name for e in experts],
-        }
-        write_json(ctx.out / "reference.json", result)
+        Reference(
+            domains=domains,
+            seq_len=v.seq_len,
+            top_k=top_k,
+            structure=structure,
+            forced_routing=forced,
+            perplexity=ppl,
+            routing_16bit=routing_stats(router, domains, v.seq_len, top_k),
+            routing_16bit_hidden=hidden_routing,
+            expert_sources=[e.name for e in experts],
+        ).write(ctx.out / "reference.json")
         ctx.log(f"evaluate  {len(windows)} windows x {v.seq_len} tokens over {', '.join(sorted(set(domains)))}")
         return HeldOutResult(windows=len(windows))
 

@@ -28,6 +28,7 @@ from frankenmoe.measure.checks import (
     forced_routing_check,
     parity_checks,
 )
+from frankenmoe.measure.documents import Reference, RoutingStats
 from frankenmoe.measure.evaluation import compare_candidate, routing_stats
 from frankenmoe.measure.quality_limits import quality_limits
 from frankenmoe.measure.report import render_markdown, render_routing_png
@@ -161,7 +162,7 @@ def reference_windows(evaluate: StageResult) -> list[tuple[str, list[int]]]:
     from safetensors import safe_open
 
     with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
-        return [(d, ids) for d, ids in zip(reference(evaluate)["domains"], st.get_tensor("tokens").tolist())]
+        return [(d, ids) for d, ids in zip(reference(evaluate).domains, st.get_tensor("tokens").tolist())]
 
 
 def reference_router(evaluate: StageResult):
@@ -180,7 +181,7 @@ def compare_with_reference(evaluate: StageResult, lm) -> dict:
     with safe_open(reference_dir(evaluate) / "reference.safetensors", framework="pt") as st:
         ref_logprobs = Rows(st, "logprobs")  # a window at a time
         return compare_candidate(
-            lm, reference_windows(evaluate), ref_logprobs, reference_router(evaluate), reference(evaluate)["top_k"]
+            lm, reference_windows(evaluate), ref_logprobs, reference_router(evaluate), reference(evaluate).top_k
         )
 
 
@@ -205,28 +206,28 @@ def verify_candidate(
     limits = quality_limits(v, merged_config)
     checks = []
 
-    s = ref["structure"]
+    s = ref.structure
     warnings = []
     if own_build:
         checks.append(
             judged(
                 "merge_structure",
-                not s["mismatches"],
-                f"{s['tensors_checked']} tensors equal their source bit for bit"
-                if not s["mismatches"]
-                else f"{len(s['mismatches'])} tensors differ, e.g. {s['mismatches'][0]}",
-                mismatches=s["mismatches"],
-                expert_non_mlp_relative_diff=s["expert_non_mlp_relative_diff"],
+                not s.mismatches,
+                f"{s.tensors_checked} tensors equal their source bit for bit"
+                if not s.mismatches
+                else f"{len(s.mismatches)} tensors differ, e.g. {s.mismatches[0]}",
+                mismatches=s.mismatches,
+                expert_non_mlp_relative_diff=s.expert_non_mlp_relative_diff,
             )
         )
         warnings = [
-            f"expert {e} ({ref['expert_sources'][e]}): {group} differs from the base by {d:.2%} (relative norm); "
+            f"expert {e} ({ref.expert_sources[e]}): {group} differs from the base by {d:.2%} (relative norm); "
             "only its MLP is used in the MoE, so this part of its training is lost"
-            for e, groups in enumerate(s["expert_non_mlp_relative_diff"])
+            for e, groups in enumerate(s.expert_non_mlp_relative_diff)
             for group, d in groups.items()
             if d > SHARED_WEIGHTS_TOL
         ]
-        checks.append(forced_routing_check(v, ref, s))
+        checks.append(forced_routing_check(v, ref.forced_routing, s))
     else:
         why = "a check of this build's 16-bit merge against its sources; not run on the candidate"
         checks.append(check("merge_structure", NOT_MEASURED, f"not measured: {why}"))
@@ -263,14 +264,14 @@ def verify_candidate(
         cmp = compare_with_reference(evaluate, StreamingLM(candidate))
         checks += parity_checks(v, limits, cmp, ref)
         router_4bit = cmp["router_4bit"]
-        routing_4bit = routing_stats(router_4bit, ref["domains"], ref["seq_len"], ref["top_k"])
+        routing_4bit = routing_stats(router_4bit, ref.domains, ref.seq_len, ref.top_k)
     else:
         checks += [check(name, NOT_MEASURED, "not measured: the candidate does not load") for name in PARITY_CHECKS]
 
     if own_build:
-        checks.append(dead_experts_check(v, ref["routing_16bit"], ref["expert_sources"], "the 16-bit"))
+        checks.append(dead_experts_check(v, ref.routing_16bit, ref.expert_sources, "the 16-bit"))
     else:
-        checks.append(dead_experts_check(v, routing_4bit, ref["expert_sources"], "the candidate's"))
+        checks.append(dead_experts_check(v, routing_4bit, ref.expert_sources, "the candidate's"))
 
     report = build_report(
         checks,
@@ -286,16 +287,16 @@ def verify_candidate(
     return report
 
 
-def routing_report(ref: dict, routing_4bit: dict | None) -> dict:
+def routing_report(ref: Reference, routing_4bit: RoutingStats | None) -> dict:
     """What the report's perplexity and routing sections show: the reference's, and the candidate's routing."""
     return {
-        "domains": sorted(set(ref["domains"])),
-        "experts": ref["expert_sources"],
-        "top_k": ref["top_k"],
-        "routing_16bit": ref["routing_16bit"],
-        "routing_16bit_hidden": ref.get("routing_16bit_hidden"),
+        "domains": sorted(set(ref.domains)),
+        "experts": ref.expert_sources,
+        "top_k": ref.top_k,
+        "routing_16bit": ref.routing_16bit,
+        "routing_16bit_hidden": ref.routing_16bit_hidden,
         "routing_4bit": routing_4bit,
-        "perplexity": ref["perplexity"],
+        "perplexity": ref.perplexity,
     }
 
 
@@ -314,11 +315,11 @@ def write_reference_page(path: Path, title: str, v: VerifySection, evaluate: Sta
     from transformers import AutoTokenizer
 
     ref = reference(evaluate)
-    routing, experts = ref["routing_16bit"], ref["expert_sources"]
+    routing, experts = ref.routing_16bit, ref.expert_sources
     models = [RoutedModel("16-bit", reference_router(evaluate), routing)]
     dead = dead_experts_check(v, routing, experts, "the 16-bit")
     text = RoutedText.decode(AutoTokenizer.from_pretrained(merged), reference_windows(evaluate))
-    return write_routing_page(path, title, experts, ref["top_k"], text, models, None, dead)
+    return write_routing_page(path, title, experts, ref.top_k, text, models, None, dead)
 
 
 @dataclass(frozen=True)
