@@ -34,7 +34,7 @@ def _draw(fast: tuple[float, float, float], own: tuple[float, float, float]) -> 
 
 def test_the_draws_count_where_the_fast_path_is_as_good_each_figure_its_own_way():
     """Lower is better for KL and the perplexity ratio, higher for top-1."""
-    from bench.run import draws_lines
+    from bench.report import draws_lines
 
     lines = draws_lines(
         _draw((0.08, 0.86, 1.08), (0.07, 0.87, 1.09)),
