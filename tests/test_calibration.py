@@ -7,6 +7,7 @@ import json
 import pytest
 
 from frankenmoe.errors import InputFileError
+from frankenmoe.measure.evaluation import eval_windows
 from frankenmoe.recipe import CalibrationSection
 from frankenmoe.text.calibration import calibration_windows
 from tests.conftest import REPO
@@ -129,3 +130,18 @@ def test_every_text_file_counts_in_the_fingerprint_even_two_of_one_name(tmp_path
     (tmp_path / "code" / "calibration.jsonl").write_text(json.dumps({"text": "changed"}) + "\n")
     after = source_fingerprint(cal, HashState(tmp_path / "state.json"), tmp_path)
     assert before != after and len(after["files"]) == 2
+
+
+def test_held_out_windows_can_be_spread_over_all_of_a_domains_text(tokenizer, tmp_path):
+    """The router probe's held-out windows come from across each domain's documents,
+    not its first ones; verify's stay the first ones (its published numbers)."""
+    docs = tmp_path / "code" / "eval.jsonl"
+    docs.parent.mkdir()
+    docs.write_text("".join(json.dumps({"text": f"document {i}: " + "word " * 200}) + "\n" for i in range(12)))
+    first = eval_windows([docs], tokenizer, 32, 4 * 32)
+    spread = eval_windows([docs], tokenizer, 32, 4 * 32, spread=True)
+    every = eval_windows([docs], tokenizer, 32, 10**6)
+    assert [w for _, w in first] == [w for _, w in every[:4]]
+    step = len(every) // 4
+    assert [w for _, w in spread] == [every[i * len(every) // 4][1] for i in range(4)] and step > 1
+    assert {d for d, _ in spread} == {"code"}

@@ -27,11 +27,13 @@ W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
 def eval_windows(
-    files: list[Path], tokenizer, seq_len: int, max_tokens: int, by_file_name: bool = False
+    files: list[Path], tokenizer, seq_len: int, max_tokens: int, by_file_name: bool = False, spread: bool = False
 ) -> list[tuple[str, list[int]]]:
-    """(domain, seq_len + 1 token ids) windows, the first ones of each domain, an
-    equal share of `max_tokens` per domain. The domain is the documents' `domain`
-    field, else the file's folder name (its name without suffix with `by_file_name`)."""
+    """(domain, seq_len + 1 token ids) windows, an equal share of `max_tokens` per
+    domain: the first ones of each domain, or with `spread` evenly spaced over all of
+    its text (so they come from many documents, not the first few). The domain is the
+    documents' `domain` field, else the file's folder name (its name without suffix
+    with `by_file_name`)."""
     by_domain: dict[str, list[int]] = defaultdict(list)
     for f in files:
         for doc in read_documents([f]):
@@ -41,7 +43,10 @@ def eval_windows(
     windows = []
     for domain in sorted(by_domain):
         ids = by_domain[domain]
-        for i in range(min(per_domain, (len(ids) - 1) // seq_len)):
+        available = (len(ids) - 1) // seq_len
+        taken = min(per_domain, available)
+        starts = [i * available // taken for i in range(taken)] if spread else range(taken)
+        for i in starts:
             windows.append((domain, ids[i * seq_len : (i + 1) * seq_len + 1]))
     return windows
 

@@ -1,0 +1,217 @@
+"""Router probe (issue 49): router variants of one recipe scored in one process.
+
+The merge is loaded once; each variant sets every layer's router, then runs the
+held-out windows (verify.files, spread over all of each domain's text, not its
+first documents) and keeps each window's summed NLL. Each domain is compared with
+its best expert (every token forced to the expert that models that domain best,
+which reproduces that source model) by a paired bootstrap over windows: a
+variant's distance from the best expert is exp(mean NLL difference) - 1, with its
+95% interval. A variant beats another only where the interval of their paired
+difference excludes 0 (`beats` in the JSON).
+
+Variants measured so far:
+- `hidden`: mergekit's routers as merged (the recipe's gate_mode);
+- `start`: `gates.start: best_expert` alone (router_fit, no Adam step), on the
+  recipe's `gates.files`;
+- `start x2`, `x4`, `x8`: the start's router weights scaled, so each router's
+  softmax is sharper (top-k sets unchanged; the weights inside them move toward one expert).
+
+Usage (after `frankenmoe build RECIPE --until merge`):
+    python -m bench.router_probe RECIPE [--tokens 16384] [--out bench/router-probe-NAME.json]
+which also writes the table next to the JSON (.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+from frankenmoe.checkpoints.loading import load_merged
+from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
+from frankenmoe.engine.build import finished_results
+from frankenmoe.engine.cache import default_layout
+from frankenmoe.measure.evaluation import eval_windows
+from frankenmoe.measure.metrics import target_nll
+from frankenmoe.recipe import load_recipe
+from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
+from frankenmoe.stages import STAGES
+from frankenmoe.stages.merge import merged_model
+from frankenmoe.support.jsonio import write_json
+from frankenmoe.support.progress import progress
+from frankenmoe.text.calibration import token_windows
+
+DRAWS, SEED = 2000, 0
+SCALES = (2, 4, 8)
+BATCH = 8
+
+
+def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> list[float]:
+    """Each window's summed next-token NLL (nats) under the model as it is routed now."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in progress(range(0, len(windows), BATCH), desc=desc):
+            ids = [w for _, w in windows[i : i + BATCH]]
+            logprobs = torch.log_softmax(model(torch.tensor(ids)[:, :-1]).logits.float(), -1)
+            out += [target_nll(lp, w) for lp, w in zip(logprobs, ids)]
+    return out
+
+
+def routers(model) -> list:
+    return [b.gate.weight.detach().clone() for b in moe_blocks(model)]
+
+
+def checkpoint_routers(merged: Path) -> list:
+    """The merge's router tensors as stored (their dtype is what a fitted router is written in)."""
+    from safetensors import safe_open
+
+    found = {}
+    for f in sorted(merged.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            found.update({k: st.get_tensor(k) for k in st.keys() if k.endswith("block_sparse_moe.gate.weight")})
+    return [found[f"model.layers.{i}.block_sparse_moe.gate.weight"] for i in range(len(found))]
+
+
+def set_routers(model, weights: list) -> None:
+    import torch
+
+    with torch.no_grad():
+        for b, w in zip(moe_blocks(model), weights):
+            b.gate.weight.copy_(w)
+
+
+def distance(nll: list[float], best: list[float], tokens: list[int], idx) -> float:
+    """exp(mean NLL difference per token) - 1 over the windows `idx`: the variant's
+    perplexity relative to the best expert's, minus one."""
+    return math.exp((sum(nll[i] for i in idx) - sum(best[i] for i in idx)) / sum(tokens[i] for i in idx)) - 1
+
+
+def interval(values: list[float]) -> list[float]:
+    s = sorted(values)
+    return [s[int(0.025 * len(s))], s[int(0.975 * len(s)) - 1]]
+
+
+def compare(domains: list[str], tokens: list[int], nll: dict[str, list[float]], experts: list[str]) -> dict:
+    """Per domain: the best expert, and every variant's distance from it and from
+    `hidden`, with paired bootstrap intervals over that domain's windows."""
+    rng = random.Random(SEED)
+    out = {}
+    for d in sorted(set(domains)):
+        idx = [i for i, x in enumerate(domains) if x == d]
+        draws = [[rng.choice(idx) for _ in idx] for _ in range(DRAWS)]
+        ppl = {v: math.exp(sum(nll[v][i] for i in idx) / sum(tokens[i] for i in idx)) for v in nll}
+        best = min(experts, key=lambda e: ppl[e])
+        rows = {}
+        for v in nll:
+            vs_best = [distance(nll[v], nll[best], tokens, s) for s in draws]
+            vs_hidden = [distance(nll[v], nll["hidden"], tokens, s) for s in draws]
+            rows[v] = {
+                "perplexity": ppl[v],
+                "vs_best": {"value": distance(nll[v], nll[best], tokens, idx), "ci95": interval(vs_best)},
+                "vs_hidden": {"value": distance(nll[v], nll["hidden"], tokens, idx), "ci95": interval(vs_hidden)},
+            }
+        out[d] = {"windows": len(idx), "tokens": sum(tokens[i] for i in idx), "best_expert": best, "variants": rows}
+    return out
+
+
+def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
+    from transformers import AutoTokenizer
+
+    recipe = load_recipe(recipe_file)
+    done = finished_results(recipe, default_layout(recipe), STAGES, ["merge"])
+    merged = merged_model(done["merge"])
+    g, v = recipe.gates, recipe.verify
+    compute = fit_compute(g.device, g.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    files = [recipe.path(f) for f in v.files]
+    domains_n = len({d for d, _ in eval_windows(files, tokenizer, v.seq_len, 0)})  # one window per domain
+    windows = eval_windows(files, tokenizer, v.seq_len, tokens_per_domain * domains_n, spread=True)
+    domains = [d for d, _ in windows]
+    tokens = [len(w) - 1 for _, w in windows]
+    t0 = time.monotonic()
+    model = load_merged(merged)  # float32, as verify computes; the fit below runs on its own copy
+    seconds: dict[str, float] = {}
+    nll: dict[str, list[float]] = {}
+
+    def score(name: str) -> None:
+        t = time.monotonic()
+        nll[name] = window_nll(model, windows, f"probe: {name}")
+        seconds[name] = round(time.monotonic() - t, 1)
+        log(f"probe: {name}: {seconds[name]} s")
+
+    n_experts = len(recipe.experts)
+    experts = [f"experts[{e}]" for e in range(n_experts)]
+    for e, name in enumerate(experts):
+        with forced_expert(model, e):
+            score(name)
+    hidden = routers(model)
+    score("hidden")
+
+    groups = [token_windows([recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
+    train, held = split_heldout(groups, g.holdout)
+    t = time.monotonic()
+    fitting = load_merged(merged, dtype=compute["dtype"])  # as the gates stage fits
+    fit = fit_routers(fitting, train, held, Schedule(0, 1, 1), g.lr, g.batch_size, g.seed, 0.0, compute, "best_expert")
+    del fitting
+    seconds["start fit"] = round(time.monotonic() - t, 1)
+    # As the gates stage writes them: in the checkpoint's dtype (scaling by 2^k is exact there).
+    start = [fit.routers[i].to(w.dtype) for i, w in enumerate(checkpoint_routers(merged))]
+    set_routers(model, start)
+    score("start")
+    for s in SCALES:
+        set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
+        score(f"start x{s}")
+    set_routers(model, hidden)
+    return {
+        "recipe": recipe.name,
+        "experts_per_token": recipe.experts_per_token,
+        "experts": n_experts,
+        "held_out": {"files": list(v.files), "seq_len": v.seq_len, "tokens_per_domain_asked": tokens_per_domain},
+        "fitting_files": list(g.files),
+        "start_experts": fit.start.experts if fit.start else None,
+        "compute": compute,
+        "draws": DRAWS,
+        "seconds": {**seconds, "total": round(time.monotonic() - t0, 1)},
+        "domains": compare(domains, tokens, nll, experts),
+    }
+
+
+def table(doc: dict) -> str:
+    pct = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"
+    domains = doc["domains"]
+    variants = [v for v in next(iter(domains.values()))["variants"] if not v.startswith("experts[")]
+    lines = [
+        f"`{doc['recipe']}` ({doc['experts']} experts, top-{doc['experts_per_token']}): perplexity relative to each "
+        f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
+        + "; ".join(
+            f"{d}: {r['windows']} windows, {r['tokens']} tokens, best {r['best_expert']}" for d, r in domains.items()
+        )
+        + ".",
+        "",
+        "| routers | " + " | ".join(domains) + " |",
+        "|---|" + "---|" * len(domains),
+    ]
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(pct(domains[d]["variants"][v]["vs_best"]) for d in domains) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per domain (fewer where the text ends)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    doc = probe(args.recipe, args.tokens)
+    print(table(doc), end="")
+    if args.out:
+        write_json(args.out, doc)
+        args.out.with_suffix(".md").write_text(table(doc), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
