@@ -127,6 +127,40 @@ def test_a_stage_gives_back_the_environment_logger_levels_and_progress_bars(layo
     assert hf_logging.is_progress_bar_enabled()
 
 
+class Ordered(Facts):
+    counts: dict[str, int]
+
+
+class Writes(Fake):
+    """Returns a mapping whose keys are not in sorted order."""
+
+    def run(self, ctx):
+        return Ordered(counts={"zeta": 1, "alpha": 2})
+
+
+class Reads(Fake):
+    """Records the key order it was handed."""
+
+    seen: list[list[str]] = []
+
+    def run(self, ctx):
+        Reads.seen.append(list(ctx.inputs["w"].result["counts"]))
+        return Seen(inputs=[], folders=[])
+
+
+def test_a_stage_reads_its_inputs_as_a_cached_build_would(layout):
+    """Whether an input ran just now or came from the cache, a stage is handed the
+    record as written (keys sorted): its output cannot depend on which (a card whose
+    evals were cached once listed its models in another order than a fresh build)."""
+    Reads.seen = []
+    build(RECIPE, layout, [Writes("w"), Reads("r", ["w"])], log=quiet)
+    (
+        layout.stage_dir("r") / next(p.name for p in layout.stage_dir("r").iterdir() if not p.name.startswith("."))
+    ).rename(layout.stage_dir("r") / "gone")
+    build(RECIPE, layout, [Writes("w"), Reads("r", ["w"])], log=quiet)
+    assert Reads.seen == [["alpha", "zeta"], ["alpha", "zeta"]]
+
+
 def test_until_selects_a_stage_and_what_it_needs(layout):
     stages = chain()
     assert [s.name for s in select_stages(stages, "c")] == ["a", "c"]

@@ -19,6 +19,7 @@ killed build never leaves a result that a later build would serve.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -120,6 +121,9 @@ def run_stage(
             write_json(tmp / RECORD, record)
             fsync_tree(tmp)
     state.save()
+    # What later stages read is the record as written (keys sorted), exactly as a cached
+    # result reads it: a stage's output never depends on whether its inputs ran just now.
+    record = json.loads((final / RECORD).read_text())
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
 
 

@@ -38,6 +38,14 @@ def label_name(label: str, names: dict[str, str]) -> str:
     return names.get(label, label)
 
 
+def in_table_order(labels, names: dict[str, str]) -> list[str]:
+    """`labels` in the order of `names` (the card's), any other after them, sorted: never
+    the order a record happens to hold, so a build whose evals came from the cache
+    writes the card a fresh build writes."""
+    rank = {label: i for i, label in enumerate(names)}
+    return sorted(labels, key=lambda label: (rank.get(label, len(rank)), label))
+
+
 def best_expert_line(task: str, scores: dict, info: dict, names: dict[str, str]) -> str | None:
     """The MoE's first metric on `task` against the best expert's, judged by 2 stderr."""
     experts = [m for m in scores if m.startswith("experts[")]
@@ -64,7 +72,8 @@ def best_expert_line(task: str, scores: dict, info: dict, names: dict[str, str])
 
 
 def evals_markdown(doc: dict, names: dict[str, str]) -> str:
-    """The card's "Evaluation results" section from the evals stage's result."""
+    """The card's "Evaluation results" section from the evals stage's result; `names`:
+    each model's label in the card, in the order of the table's rows."""
     scores, tasks = doc["models"], doc["tasks"]
     readers = {m: s["reader"] for m, s in scores.items()}
     four = readers.get("4-bit")
@@ -93,7 +102,7 @@ def evals_markdown(doc: dict, names: dict[str, str]) -> str:
         "",
     ]
     for task, info in tasks.items():
-        order = [m for m in scores if task in scores[m]["tasks"]]
+        order = in_table_order([m for m in scores if task in scores[m]["tasks"]], names)
         if not order:
             continue
         cols = metrics(scores[order[0]]["tasks"][task])

@@ -64,8 +64,8 @@ class CardResult(Facts):
 class CardStage(Stage):
     name = "card"
     # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers. 4: evals.
-    # 5: evals in the GGUF card
-    version = 5
+    # 5: evals in the GGUF card. 6: evals rows in a fixed order, not the order of a record
+    version = 6
     depends = ("lock", "resolve", "gates", "quantize", "verify")
     optional_depends = ("gguf", FOLDER, "evals")
     packages = ("huggingface-hub", "jinja2")  # the cards are Jinja templates
@@ -126,9 +126,11 @@ class CardStage(Stage):
         }
         scores = evals_result(ctx.inputs["evals"]) if "evals" in ctx.inputs else None
         if scores:
-            names = {"base": f"base ({common['base']['source']})", "moe": "MoE, 16-bit", "4-bit": "MoE, 4-bit"}
+            # in the table's order: base, experts, the MoE, its 4-bit form, its GGUF files as the recipe lists them
+            names = {"base": f"base ({common['base']['source']})"}
             names |= {f"experts[{e['index']}]": f"expert {e['index']} ({e['source']})" for e in common["experts"]}
-            names |= {m: f"MoE, GGUF {m.split()[1]} (llama.cpp)" for m in scores.models if m.startswith("gguf ")}
+            names |= {"moe": "MoE, 16-bit", "4-bit": "MoE, 4-bit"}
+            names |= {f"gguf {t}": f"MoE, GGUF {t} (llama.cpp)" for t in recipe.gguf.types}
             common["evals_md"] = evals_markdown(scores.record(), names)
         hub_sources = [m.hub_id for m in models if m.hub_id]
         merged_repo = recipe.publish.merged.repo_id if recipe.publish.merged else f"{recipe.name}"
