@@ -61,10 +61,6 @@ def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> list[f
     return out
 
 
-def routers(model) -> list:
-    return [b.gate.weight.detach().clone() for b in moe_blocks(model)]
-
-
 def checkpoint_routers(merged: Path) -> list:
     """The merge's router tensors as stored (their dtype is what a fitted router is written in)."""
     from safetensors import safe_open
@@ -148,7 +144,6 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     for e, name in enumerate(experts):
         with forced_expert(model, e):
             score(name)
-    hidden = routers(model)
     score("hidden")
 
     groups = [token_windows([recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
@@ -165,7 +160,6 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     for s in SCALES:
         set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
         score(f"start x{s}")
-    set_routers(model, hidden)
     return {
         "recipe": recipe.name,
         "experts_per_token": recipe.experts_per_token,
