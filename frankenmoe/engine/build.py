@@ -19,7 +19,6 @@ killed build never leaves a result that a later build would serve.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -35,6 +34,7 @@ from frankenmoe.engine.cache import (
     fsync_tree,
     key_lock,
     output_files,
+    read_record,
 )
 from frankenmoe.engine.graph import check_names, dependencies, enabled_stages, select_stages, with_ancestors
 from frankenmoe.engine.keys import key_material, key_of
@@ -123,7 +123,7 @@ def run_stage(
     state.save()
     # What later stages read is the record as written (keys sorted), exactly as a cached
     # result reads it: a stage's output never depends on whether its inputs ran just now.
-    record = json.loads((final / RECORD).read_text())
+    record = read_record(final)
     return StageResult(stage.name, key, final, record), True, time.monotonic() - t0
 
 

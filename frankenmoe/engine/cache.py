@@ -57,6 +57,11 @@ def default_layout(recipe: Recipe, build_root: Path | None = None, dist_root: Pa
     )
 
 
+def read_record(folder: Path) -> dict:
+    """A finished stage's record.json, as every reader gets it (keys sorted, as written)."""
+    return json.loads((folder / RECORD).read_text())
+
+
 def cached_result(stage: Stage, layout: Layout, key: str, state: HashState) -> StageResult | None:
     """The finished output for `key`, or None. A folder whose files no longer match
     their record is treated as absent, never served: a file of another size, or one
@@ -64,11 +69,10 @@ def cached_result(stage: Stage, layout: Layout, key: str, state: HashState) -> S
     differs (as DVC's state: an unchanged file is not read again, so a no-op
     rebuild stays fast). The stage then runs again and replaces the folder."""
     path = layout.stage_dir(stage.name) / key
-    record_file = path / RECORD
-    if not record_file.is_file():
+    if not (path / RECORD).is_file():
         return None
     try:
-        record = json.loads(record_file.read_text())
+        record = read_record(path)
         for rel, meta in record["files"].items():
             if (path / rel).stat().st_size != meta["size"] or state.sha256(path / rel) != meta["sha256"]:
                 return None
