@@ -43,3 +43,24 @@ def test_the_gguf_preflight_names_the_command_that_installs_llama_cpp(tmp_path):
 def test_make_setup_runs_that_command():
     setup = (REPO / "Makefile").read_text().split("\n$(BIN)/frankenmoe:", 1)[1].split("\n\n", 1)[0]
     assert "$(BIN)/python -m frankenmoe.quantization.llama_cpp setup\n" in setup
+
+
+# A finder that refuses every module outside the standard library and frankenmoe: the
+# environment `make setup` runs the setup command in, before pip installs the package's
+# dependencies (pydantic, numpy, ... are absent there).
+_ONLY_THE_STANDARD_LIBRARY = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in sys.stdlib_module_names and top != "frankenmoe":
+            raise ModuleNotFoundError(f"No module named {name!r} (only the standard library here)")
+sys.meta_path.insert(0, Refuse())
+import frankenmoe.quantization.llama_cpp as m
+print(m.setup.__name__)
+"""
+
+
+def test_the_setup_command_imports_only_the_standard_library():
+    proc = subprocess.run([sys.executable, "-c", _ONLY_THE_STANDARD_LIBRARY], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "setup", proc.stderr

@@ -27,8 +27,6 @@ from pathlib import Path
 
 from frankenmoe.checkpoints.tensor_file import Rows
 from frankenmoe.errors import EnvironmentProblem, ToolFailed
-from frankenmoe.measure.documents import HeldOutWindows
-from frankenmoe.measure.evaluation import logprob_parity
 from frankenmoe.support.atomic import atomic_folder
 from frankenmoe.support.settings import cache_root
 
@@ -336,10 +334,15 @@ def expert_identity(gguf: str, merged: Path) -> dict:
 
 
 def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int) -> None:
+    # The child's imports live here: `make setup` runs this module before pip has
+    # installed anything but torch, so its top level imports only the standard library.
     import numpy as np
     import torch
     from llama_cpp import Llama
     from safetensors import safe_open
+
+    from frankenmoe.measure.documents import HeldOutWindows
+    from frankenmoe.measure.evaluation import logprob_parity
 
     ref = HeldOutWindows.read(Path(reference) / "reference.json")
     stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life
