@@ -14,7 +14,13 @@ Variants measured so far:
 - `start`: `gates.start: best_expert` alone (router_fit, no Adam step), on the
   recipe's `gates.files`;
 - `start x2`, `x4`, `x8`: the start's router weights scaled, so each router's
-  softmax is sharper (top-k sets unchanged; the weights inside them move toward one expert).
+  softmax is sharper (top-k sets unchanged; the weights inside them move toward one expert);
+- Adam from the start (`fit_routers`, every layer's router at once, against the
+  start's layer-by-layer classifiers): at lr 1e-3 and 5e-3 after a 10-step
+  warm-up, on the language-model loss; at 5e-3 with the Switch balance term
+  (weight 0.01); and at 5e-3 distilled toward each file's forced best expert
+  (KL divergence from its output instead of the next token). Each keeps the
+  routers of its best held-out check, as the gates stage does.
 
 Usage (after `frankenmoe build RECIPE --until merge`):
     python -m bench.router_probe RECIPE [--tokens 16384] [--out bench/router-probe-NAME.json]
@@ -27,6 +33,7 @@ import argparse
 import math
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from frankenmoe.checkpoints.loading import load_merged
@@ -46,6 +53,14 @@ from frankenmoe.text.calibration import token_windows
 DRAWS, SEED = 2000, 0
 SCALES = (2, 4, 8)
 BATCH = 8
+ADAM = Schedule(steps=60, check_every=5, patience=3, warmup=10)
+# name: (lr, balance weight, distilled toward the forced best expert)
+ADAM_VARIANTS = {
+    "adam 1e-3": (1e-3, 0.0, False),
+    "adam 5e-3": (5e-3, 0.0, False),
+    "adam 5e-3 balance": (5e-3, 0.01, False),
+    "distill 5e-3": (5e-3, 0.0, True),
+}
 
 
 def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> list[float]:
@@ -151,15 +166,25 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     t = time.monotonic()
     fitting = load_merged(merged, dtype=compute["dtype"])  # as the gates stage fits
     fit = fit_routers(fitting, train, held, Schedule(0, 1, 1), g.lr, g.batch_size, g.seed, 0.0, compute, "best_expert")
-    del fitting
     seconds["start fit"] = round(time.monotonic() - t, 1)
+    stored = checkpoint_routers(merged)
     # As the gates stage writes them: in the checkpoint's dtype (scaling by 2^k is exact there).
-    start = [fit.routers[i].to(w.dtype) for i, w in enumerate(checkpoint_routers(merged))]
+    start = [fit.routers[i].to(w.dtype) for i, w in enumerate(stored)]
     set_routers(model, start)
     score("start")
     for s in SCALES:
         set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
         score(f"start x{s}")
+    fits = {}
+    for name, (lr, balance, distill) in ADAM_VARIANTS.items():
+        set_routers(fitting, [fit.routers[i] for i in range(len(stored))])  # the start, in float32
+        teacher = fit.start.experts if distill else None
+        adam = fit_routers(fitting, train, held, ADAM, lr, g.batch_size, g.seed, balance, compute, distill_from=teacher)
+        seconds[f"{name} fit"] = round(adam.seconds, 1)
+        fits[name] = {"best_step": adam.best_step, "stopped": adam.stopped, "heldout": adam.heldout}
+        log(f"probe: {name}: kept step {adam.best_step} ({adam.stopped})")
+        set_routers(model, [adam.routers[i].to(w.dtype) for i, w in enumerate(stored)])
+        score(name)
     return {
         "recipe": recipe.name,
         "experts_per_token": recipe.experts_per_token,
@@ -167,6 +192,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "held_out": {"files": list(v.files), "seq_len": v.seq_len, "tokens_per_domain_asked": tokens_per_domain},
         "fitting_files": list(g.files),
         "start_experts": fit.start.experts if fit.start else None,
+        "adam": {"schedule": asdict(ADAM), "batch_size": g.batch_size, "seq_len": g.seq_len, "fits": fits},
         "compute": compute,
         "draws": DRAWS,
         "seconds": {**seconds, "total": round(time.monotonic() - t0, 1)},

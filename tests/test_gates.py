@@ -308,3 +308,41 @@ def test_the_best_expert_start_alone_sends_each_file_to_its_best_expert(example)
             for h in hooks:
                 h.remove()
             assert all(float((c == expert).float().mean()) > 0.7 for c in chosen), (f, chosen)
+
+
+def test_a_distilled_fit_moves_the_moe_toward_each_files_forced_expert(example):
+    """`distill_from`: the routers are fitted toward each file's forced expert (KL
+    from its output), after a warm-up. Starting from the merge's routers, the kept
+    routers bring the MoE closer to those experts on the held-out windows."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from frankenmoe.checkpoints.loading import load_merged
+    from frankenmoe.checkpoints.moe_blocks import moe_blocks
+    from frankenmoe.routing.router_fit import Schedule, _forced_logprobs, _kl_from, fit_routers, split_heldout
+    from frankenmoe.support.paths import shipped_dir
+    from frankenmoe.text.calibration import token_windows
+
+    assert [Schedule(9, 1, 1, warmup=4).lr_factor(i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert Schedule(9, 1, 1).lr_factor(0) == 1.0
+    model = load_merged(example["merged"], dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(example["merged"])
+    files = [shipped_dir() / d / "calibration.jsonl" for d in ("code", "prose")]
+    train, heldout = split_heldout([token_windows([f], tokenizer, 64, "test")[:20] for f in files], 0.2)
+    held = torch.tensor([w for h in heldout for w in h])
+    experts = [i for i, h in enumerate(heldout) for _ in h]  # file i toward expert i
+
+    def kl() -> float:
+        with torch.no_grad():
+            return float(_kl_from(_forced_logprobs(model, held, experts), model(held).logits))
+
+    before = kl()
+    compute = {"device": "cpu", "dtype": "float32"}
+    fit = fit_routers(
+        model, train, heldout, Schedule(20, 5, 4, warmup=5), 0.05, 4, 0, 0.0, compute, distill_from=[0, 1]
+    )
+    assert fit.best_step > 0, fit.heldout
+    with torch.no_grad():
+        for i, b in enumerate(moe_blocks(model)):
+            b.gate.weight.copy_(fit.routers[i])
+    assert kl() < 0.8 * before, (before, kl())

@@ -42,5 +42,12 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
             "start x2",
             "start x4",
             "start x8",
+            "adam 1e-3",
+            "adam 5e-3",
+            "adam 5e-3 balance",
+            "distill 5e-3",
         }
         assert d["variants"][d["best_expert"]]["vs_best"]["value"] == 0.0
+    fits = doc["adam"]["fits"]
+    assert set(fits) == {"adam 1e-3", "adam 5e-3", "adam 5e-3 balance", "distill 5e-3"}
+    assert all(f["heldout"][0]["step"] == 0 and len(f["heldout"]) >= 2 for f in fits.values())

@@ -81,11 +81,17 @@ class FitResult:
 class Schedule:
     """How long the fit runs: at most `steps` Adam steps; the held-out loss is
     measured every `check_every` steps, and the fit stops after `patience` checks
-    without a new best."""
+    without a new best. The learning rate rises linearly over the first `warmup`
+    steps (0: none), so the first steps cannot throw a good start away."""
 
     steps: int
     check_every: int
     patience: int
+    warmup: int = 0
+
+    def lr_factor(self, i: int) -> float:
+        """The learning rate's multiplier at step i + 1."""
+        return min(1.0, (i + 1) / self.warmup) if self.warmup else 1.0
 
 
 HELDOUT_MOST = 8  # held-out windows per file: each check costs about one training step's forward passes
@@ -140,6 +146,7 @@ def fit_routers(
     balance: float,
     compute: dict[str, str],
     start: str = "routers",
+    distill_from: list[int] | None = None,
 ) -> FitResult:
     """Train the routers of `model` (a loaded MoE) on windows of token ids, on
     `compute` (fit_compute), and keep the routers of the best held-out check.
@@ -150,20 +157,24 @@ def fit_routers(
     every file counts alike. How many steps help differs from recipe to recipe (25
     were right for one and far too few for another), so none is fixed; with
     `schedule.steps` 0 only the start runs. `start`: "routers" (the merge's) or
-    "best_expert" (module docstring)."""
+    "best_expert" (module docstring). `distill_from`, per file: the expert whose
+    forced output the MoE is fitted toward (KL divergence from it on each window of
+    that file) instead of the text's next tokens; None: the language-model loss."""
     import torch
     import torch.nn.functional as F
 
     seed_everything(seed)
     t0 = time.monotonic()
     device = compute["device"]
+    blocks = moe_blocks(model)
+    as_given = [b.gate.weight.detach().float().clone() for b in blocks]  # not rounded by the cast below
     model.to(device=device, dtype=getattr(torch, compute["dtype"])).train(False)
     for p in model.parameters():
         p.requires_grad_(False)
-    blocks = moe_blocks(model)
     casts = []
-    for b in blocks:
+    for b, w in zip(blocks, as_given):
         b.gate.float()
+        b.gate.weight.data.copy_(w)
         casts.append(b.gate.register_forward_pre_hook(lambda m, args: (args[0].float(), *args[1:])))
     gates = [b.gate.weight for b in blocks]
     for w in gates:
@@ -179,6 +190,7 @@ def fit_routers(
         [b.gate.register_forward_hook(lambda m, i, o: captured.append(o)) for b in moe_blocks(model)] if balance else []
     )
     optimizer = torch.optim.Adam(gates, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     curve = [{"step": 0, "loss": _heldout_loss(model, held, batch_size)}]
@@ -190,13 +202,21 @@ def fit_routers(
         for step in progress(range(1, schedule.steps + 1), desc="gates: fitting routers"):
             picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
             batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])
+            rows_expert = [distill_from[i % len(data)] for i in range(batch_size)] if distill_from else None
+            teacher = _forced_logprobs(model, batch, rows_expert) if rows_expert else None
             captured.clear()
             logits = model(batch).logits
             lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
-            loss = lm + balance * sum(_balance_loss(o) for o in captured) / max(len(captured), 1) if balance else lm
+            fitted = lm if teacher is None else _kl_from(teacher, logits)
+            loss = (
+                fitted + balance * sum(_balance_loss(o) for o in captured) / max(len(captured), 1)
+                if balance
+                else fitted
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
             losses.append(round(float(lm.detach()), 5))
             if step % schedule.check_every and step != schedule.steps:
                 continue
@@ -326,6 +346,35 @@ def _top1_accuracy(model, windows, labels) -> list[float]:
         for h in hooks:
             h.remove()
     return accuracy
+
+
+def _forced_logprobs(model, batch, experts: list[int]):
+    """Log-probabilities of each row of `batch` with every token forced to that row's expert (no gradient)."""
+    import torch
+
+    out = torch.empty(0)
+    with torch.no_grad():
+        for e in sorted(set(experts)):
+            rows = torch.tensor([i for i, x in enumerate(experts) if x == e])
+            with forced_expert(model, e):
+                lp = torch.log_softmax(model(batch[rows]).logits.float(), -1)
+            if out.numel() == 0:
+                out = torch.empty((len(experts), *lp.shape[1:]), dtype=lp.dtype, device=lp.device)
+            out[rows.to(lp.device)] = lp
+    return out
+
+
+def _kl_from(teacher, logits):
+    """Mean per-token KL(teacher || the MoE's distribution), in nats."""
+    import torch.nn.functional as F
+
+    student = F.log_softmax(logits.float(), -1)
+    return F.kl_div(
+        student.reshape(-1, student.shape[-1]),
+        teacher.reshape(-1, teacher.shape[-1]),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 def _balance_loss(router_out) -> "object":
