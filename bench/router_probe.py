@@ -4,10 +4,9 @@ The merge is loaded once; each variant sets every layer's router, then runs the
 held-out windows (verify.files, spread over all of each domain's text, not its
 first documents) and keeps each window's summed NLL. Each domain is compared with
 its best expert (every token forced to the expert that models that domain best,
-which reproduces that source model) by a paired bootstrap over windows: a
-variant's distance from the best expert is exp(mean NLL difference) - 1, with its
-95% interval. A variant beats another only where the interval of their paired
-difference excludes 0 (`beats` in the JSON).
+which reproduces that source model) and with mergekit's routers, paired over
+windows with bootstrap intervals (frankenmoe/measure/paired.py); `beats` in the
+JSON lists, per domain, the variants whose interval against another lies below 0.
 
 Variants measured so far:
 - `hidden`: mergekit's routers as merged (the recipe's gate_mode);
@@ -30,8 +29,6 @@ which also writes the table next to the JSON (.md).
 from __future__ import annotations
 
 import argparse
-import math
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +39,7 @@ from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
 from frankenmoe.measure.evaluation import eval_windows
 from frankenmoe.measure.metrics import target_nll
+from frankenmoe.measure.paired import DRAWS, compare
 from frankenmoe.recipe import load_recipe
 from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 from frankenmoe.stages import STAGES
@@ -50,7 +48,6 @@ from frankenmoe.support.jsonio import write_json
 from frankenmoe.support.progress import progress
 from frankenmoe.text.calibration import token_windows
 
-DRAWS, SEED = 2000, 0
 SCALES = (2, 4, 8)
 BATCH = 8
 ADAM = Schedule(steps=60, check_every=5, patience=3, warmup=10)
@@ -93,40 +90,6 @@ def set_routers(model, weights: list) -> None:
     with torch.no_grad():
         for b, w in zip(moe_blocks(model), weights):
             b.gate.weight.copy_(w)
-
-
-def distance(nll: list[float], best: list[float], tokens: list[int], idx) -> float:
-    """exp(mean NLL difference per token) - 1 over the windows `idx`: the variant's
-    perplexity relative to the best expert's, minus one."""
-    return math.exp((sum(nll[i] for i in idx) - sum(best[i] for i in idx)) / sum(tokens[i] for i in idx)) - 1
-
-
-def interval(values: list[float]) -> list[float]:
-    s = sorted(values)
-    return [s[int(0.025 * len(s))], s[int(0.975 * len(s)) - 1]]
-
-
-def compare(domains: list[str], tokens: list[int], nll: dict[str, list[float]], experts: list[str]) -> dict:
-    """Per domain: the best expert, and every variant's distance from it and from
-    `hidden`, with paired bootstrap intervals over that domain's windows."""
-    rng = random.Random(SEED)
-    out = {}
-    for d in sorted(set(domains)):
-        idx = [i for i, x in enumerate(domains) if x == d]
-        draws = [[rng.choice(idx) for _ in idx] for _ in range(DRAWS)]
-        ppl = {v: math.exp(sum(nll[v][i] for i in idx) / sum(tokens[i] for i in idx)) for v in nll}
-        best = min(experts, key=lambda e: ppl[e])
-        rows = {}
-        for v in nll:
-            vs_best = [distance(nll[v], nll[best], tokens, s) for s in draws]
-            vs_hidden = [distance(nll[v], nll["hidden"], tokens, s) for s in draws]
-            rows[v] = {
-                "perplexity": ppl[v],
-                "vs_best": {"value": distance(nll[v], nll[best], tokens, idx), "ci95": interval(vs_best)},
-                "vs_hidden": {"value": distance(nll[v], nll["hidden"], tokens, idx), "ci95": interval(vs_hidden)},
-            }
-        out[d] = {"windows": len(idx), "tokens": sum(tokens[i] for i in idx), "best_expert": best, "variants": rows}
-    return out
 
 
 def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
@@ -196,14 +159,14 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "compute": compute,
         "draws": DRAWS,
         "seconds": {**seconds, "total": round(time.monotonic() - t0, 1)},
-        "domains": compare(domains, tokens, nll, experts),
+        "domains": compare(domains, tokens, nll, experts, against=("hidden",)),
     }
 
 
 def table(doc: dict) -> str:
     pct = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"
     domains = doc["domains"]
-    variants = [v for v in next(iter(domains.values()))["variants"] if not v.startswith("experts[")]
+    variants = [v for v in next(iter(domains.values()))["models"] if not v.startswith("experts[")]
     lines = [
         f"`{doc['recipe']}` ({doc['experts']} experts, top-{doc['experts_per_token']}): perplexity relative to each "
         f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
@@ -216,7 +179,7 @@ def table(doc: dict) -> str:
         "|---|" + "---|" * len(domains),
     ]
     for v in variants:
-        lines.append(f"| {v} | " + " | ".join(pct(domains[d]["variants"][v]["vs_best"]) for d in domains) + " |")
+        lines.append(f"| {v} | " + " | ".join(pct(domains[d]["models"][v]["vs_best"]) for d in domains) + " |")
     return "\n".join(lines) + "\n"
 
 
