@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def study(root):
-    proc = run_cli("study", str(EXAMPLE), build=root / "build", dist=root / "dist", timeout=1800)
+    proc = run_cli("study", str(EXAMPLE), "--tokens", "2048", build=root / "build", dist=root / "dist", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     out = root / "build" / "tiny-2x" / "study"
     return proc, out
@@ -44,9 +44,25 @@ def test_study_compares_every_mode_and_is_reproducible(fixture_models, tmp_path)
         page = page_data(out / rel)
         assert [m["label"] for m in page["models"]] == ["16-bit"]
         assert page["models"][0]["routing"] == data["results"][mode]["routing"], mode
+    # The paired comparison: 2048 tokens a domain, every mode, expert and the base on the same windows.
+    held = data["held_out"]
+    assert held["tokens_per_domain_asked"] == 2048 and set(held["domains"]) == {"code", "prose"}
+    for d, r in held["domains"].items():
+        assert r["windows"] == 2048 // held["seq_len"] and r["tokens"] == 2048
+        assert r["best_expert"] == data["results"]["hidden"]["per_domain"][d]["best_expert"]
+        assert set(r["models"]) == {"experts[0]", "experts[1]", "base", *data["modes"]}
+        assert r["models"][r["best_expert"]]["vs_best"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+        assert r["beats"], r  # the base against the modes at least, on this example
+        for a, b in r["beats"]:  # a beats b: its paired distance is below b's on the same windows
+            assert r["models"][a]["vs_best"]["value"] < r["models"][b]["vs_best"]["value"], (a, b)
+    assert "| fitted | " in (out / "study.md").read_text().split("Paired, on more text")[1]
+    assert "held-out NLLs" not in proc.stdout
     card_carries_the_study(tmp_path / "a", out / "study.json", data)
-    _, again = study(tmp_path / "b")
+    rerun, _ = study(tmp_path / "a")  # the same builds: the NLLs are read back, not measured again
+    assert "held-out NLLs of 7 models read from" in rerun.stdout
     strip = lambda d: {k: v for k, v in d.items() if k != "wall_s"}  # noqa: E731
+    assert strip(json.loads((out / "study.json").read_text())) == strip(data)
+    _, again = study(tmp_path / "b")
     assert strip(json.loads((again / "study.json").read_text())) == strip(data)
 
 

@@ -27,6 +27,7 @@ from frankenmoe.cli.commands import (
 )
 from frankenmoe.example.catalog import DOMAIN_SETS, EXAMPLES
 from frankenmoe.experiments.executors import CONNECT_TIMEOUT_S
+from frankenmoe.experiments.held_out import TOKENS_PER_DOMAIN
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,6 +62,13 @@ def positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
     return value
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
 
 
 def some_text(text: str) -> str:
@@ -174,6 +182,12 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated: hidden, cheap_embed, random, fitted",
     )
     st.add_argument("--quantize", action="store_true", help="also quantize each mode and compare its 4-bit parity")
+    st.add_argument(
+        "--tokens",
+        type=positive_count,
+        default=TOKENS_PER_DOMAIN,
+        help="held-out tokens per domain for the paired comparison (fewer where verify.files ends)",
+    )
     st.set_defaults(func=cmd_study)
 
     sw = sub.add_parser(

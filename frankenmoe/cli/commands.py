@@ -186,7 +186,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     quiet_libraries()
     modes = parse_modes(args.modes)
-    out, failed = run_study(args.recipe, recipe, modes, args.quantize, default_layout(recipe).build_root, stages.STAGES)
+    root = default_layout(recipe).build_root
+    out, failed = run_study(args.recipe, recipe, modes, args.quantize, root, stages.STAGES, tokens=args.tokens)
     if failed is not None:  # the failed mode's error, as `frankenmoe build` gives it
         for line in failed["error"]:
             print(scrub(f"error: {line}"), file=sys.stderr)

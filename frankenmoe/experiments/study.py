@@ -10,7 +10,9 @@ a mode that fails ends the study with the error its run reported, as a sweep's r
 gives it. For each mode it reports, on the recipe's held-out text, the perplexity
 per domain and its distance from the best expert and from the base, the routing
 share and mean gate weight per layer and expert, the expert-usage entropy and the
-dead experts; with `--quantize`, the 4-bit parity.
+dead experts; with `--quantize`, the 4-bit parity. The distances are measured again
+on more text, paired, with 95% intervals (`held_out`, frankenmoe/experiments/held_out.py):
+the study's verdict on which routers serve a domain best.
 
 Output, by the sweep's report writer: build/<name>/study/study.json, study.md and
 study.png (per-domain bars by mode, and the routing heatmaps side by side), and each
@@ -26,6 +28,7 @@ from typing import Callable, Sequence
 
 from frankenmoe.errors import UsageError
 from frankenmoe.experiments.executors import InProcess
+from frankenmoe.experiments.held_out import TOKENS_PER_DOMAIN, held_out_comparison
 from frankenmoe.experiments.routing_pages import write_routing_pages
 from frankenmoe.experiments.sweep import Point, measure_variants, plan_points, traces
 from frankenmoe.experiments.variants import Outcome
@@ -54,9 +57,12 @@ def mode_point(mode: str, gate_mode: str) -> Point:
     return Point(mode, mode, {"gate_mode": gate_mode if fitted else mode, "gates.fit": fitted, "gguf.enabled": False})
 
 
-def study_doc(recipe: Recipe, rows: list[dict], outcomes: dict[str, Outcome], pages: dict[str, str]) -> dict:
-    """study.json: each mode's measured row and stage keys, the experts it compared, and
-    each mode's routing page (relative to the study folder)."""
+def study_doc(
+    recipe: Recipe, rows: list[dict], outcomes: dict[str, Outcome], pages: dict[str, str], held_out: dict
+) -> dict:
+    """study.json: each mode's measured row and stage keys, the experts it compared,
+    the paired held-out comparison, and each mode's routing page (relative to the
+    study folder)."""
     any_ref = reference(outcomes[rows[0]["name"]].results["evaluate"])
     return {
         "recipe": recipe.name,
@@ -65,6 +71,7 @@ def study_doc(recipe: Recipe, rows: list[dict], outcomes: dict[str, Outcome], pa
         "top_k": any_ref.top_k,
         "dead_expert_share": recipe.verify.dead_expert_share,
         "results": {r["name"]: {**r["measured"], "keys": r["keys"]} for r in rows},
+        "held_out": held_out,
         "routing_pages": pages,
         "wall_s": {r["name"]: round(sum(outcomes[r["name"]].seconds.values()), 1) for r in rows},
     }
@@ -78,6 +85,7 @@ def run_study(
     build_root: Path,
     stages,
     log: Callable[[str], None] = print,
+    tokens: int = TOKENS_PER_DOMAIN,
 ) -> tuple[Path, dict | None]:
     """Build every mode (the preset sweep, through the cache) and write the study
     folder; returns it, and the first mode that failed (its row: `error` and
@@ -94,6 +102,7 @@ def run_study(
     doc = None
     if failed is None:
         pages = write_routing_pages([p.variant for p in planned if p.variant], outcomes, out)
-        doc = study_doc(recipe, rows, outcomes, pages)
+        held_out = held_out_comparison(recipe, list(modes), outcomes, tokens, out, log)
+        doc = study_doc(recipe, rows, outcomes, pages, held_out)
     write_report(out, "study", doc, render_study, render_study_png, bugs)
     return out, failed

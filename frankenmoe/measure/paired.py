@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import random
 
+from frankenmoe.measure.metrics import target_nll
+
 DRAWS, SEED = 2000, 0
 
 
@@ -72,6 +74,4 @@ def compare(
 
 def window_nlls(logprobs, windows: list[tuple[str, list[int]]]) -> list[float]:
     """Each window's summed next-token NLL (nats) from its log-probs [T, V]."""
-    from frankenmoe.measure.metrics import target_nll
-
     return [target_nll(lp, ids) for lp, (_, ids) in zip(logprobs, windows)]

@@ -106,7 +106,32 @@ def render_study(study: dict) -> str:
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {entropy:.2f} | {dead} |{quant}")
     best = {d: next(iter(study["results"].values()))["per_domain"][d]["best_expert"] for d in domains}
     lines += ["", "Best expert per domain: " + ", ".join(f"{d}: {e}" for d, e in best.items()) + "."]
+    lines += held_out_lines(study["held_out"], list(study["results"])) if "held_out" in study else []
     return "\n".join(lines + page_links(study.get("routing_pages", {}), "mode")) + "\n"
+
+
+def held_out_lines(held: dict, modes: list[str]) -> list[str]:
+    """The paired comparison on more text: each mode's and the base's distance from each
+    domain's best expert with its 95% interval, and which mode beats which."""
+    domains = held["domains"]
+    pct = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"  # noqa: E731
+    lines = [
+        "",
+        "Paired, on more text: perplexity relative to each domain's best expert, minus one, with its 95% "
+        f"interval (a bootstrap over windows, {held['draws']} draws, the same windows for every row); "
+        + "; ".join(
+            f"{d}: {r['windows']} windows, {r['tokens']} tokens, best {r['best_expert']}" for d, r in domains.items()
+        )
+        + ".",
+        "",
+        "| routers | " + " | ".join(domains) + " |",
+        "|---|" + "---|" * len(domains),
+    ]
+    for m in [*modes, "base"]:
+        lines.append(f"| {m} | " + " | ".join(pct(domains[d]["models"][m]["vs_best"]) for d in domains) + " |")
+    verdicts = [f"{d}: " + ", ".join(f"{a} beats {b}" for a, b in r["beats"]) for d, r in domains.items() if r["beats"]]
+    lines += ["", "Beats (its interval against the other wholly below 0): " + ("; ".join(verdicts) or "none") + "."]
+    return lines
 
 
 def page_links(pages: dict[str, str], what: str) -> list[str]:
@@ -132,9 +157,16 @@ def render_study_png(study: dict, path: Path) -> None:
     grid = fig.add_gridspec(2, len(modes))
     bars = fig.add_subplot(grid[0, :])
     width = 0.8 / len(modes)
+    held = study.get("held_out", {}).get("domains")
     for i, mode in enumerate(modes):
-        values = [100 * study["results"][mode]["per_domain"][d]["vs_best_expert"] for d in domains]
-        bars.bar(np.arange(len(domains)) + i * width, values, width, label=mode)
+        if held:  # the paired figures, with their intervals
+            f = [held[d]["models"][mode]["vs_best"] for d in domains]
+            values = [100 * x["value"] for x in f]
+            errors = [[100 * (x["value"] - x["ci95"][0]) for x in f], [100 * (x["ci95"][1] - x["value"]) for x in f]]
+        else:
+            values = [100 * study["results"][mode]["per_domain"][d]["vs_best_expert"] for d in domains]
+            errors = None
+        bars.bar(np.arange(len(domains)) + i * width, values, width, label=mode, yerr=errors, capsize=2)
     bars.axhline(0, color="black", linewidth=0.8)
     bars.set_xticks(np.arange(len(domains)) + width * (len(modes) - 1) / 2, domains)
     bars.set_ylabel("perplexity vs best expert (%)")
