@@ -247,7 +247,8 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
 
     from frankenmoe.checkpoints.loading import load_merged
     from frankenmoe.checkpoints.moe_blocks import moe_blocks
-    from frankenmoe.routing.router_fit import Schedule, _heldout_loss, fit_routers, split_heldout
+    from frankenmoe.routing.fit_losses import heldout_loss
+    from frankenmoe.routing.router_fit import Schedule, fit_routers, split_heldout
 
     g = torch.Generator().manual_seed(0)
     model = load_merged(example["merged"], dtype="float32")
@@ -269,7 +270,7 @@ def test_the_fit_keeps_its_best_held_out_routers_and_stops_without_progress(exam
     with torch.no_grad():
         for i, b in enumerate(moe_blocks(model)):
             b.gate.weight.copy_(jumpy.routers[i])
-    assert _heldout_loss(model, [torch.tensor(h) for h in heldout], 2) == lowest["loss"]
+    assert heldout_loss(model, [torch.tensor(h) for h in heldout], 2) == lowest["loss"]
 
 
 def test_the_best_expert_start_alone_sends_each_file_to_its_best_expert(example):
@@ -319,7 +320,8 @@ def test_a_distilled_fit_moves_the_moe_toward_each_files_forced_expert(example):
 
     from frankenmoe.checkpoints.loading import load_merged
     from frankenmoe.checkpoints.moe_blocks import moe_blocks
-    from frankenmoe.routing.router_fit import Schedule, _forced_logprobs, _kl_from, fit_routers, split_heldout
+    from frankenmoe.routing.fit_losses import forced_logprobs, kl_from
+    from frankenmoe.routing.router_fit import Schedule, fit_routers, split_heldout
     from frankenmoe.support.paths import shipped_dir
     from frankenmoe.text.calibration import token_windows
 
@@ -334,7 +336,7 @@ def test_a_distilled_fit_moves_the_moe_toward_each_files_forced_expert(example):
 
     def kl() -> float:
         with torch.no_grad():
-            return float(_kl_from(_forced_logprobs(model, held, experts), model(held).logits))
+            return float(kl_from(forced_logprobs(model, held, experts), model(held).logits))
 
     before = kl()
     compute = {"device": "cpu", "dtype": "float32"}

@@ -15,6 +15,7 @@ second study over the same builds reads them instead of measuring again.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,8 +44,6 @@ def held_out_comparison(
     """study.json's `held_out`: the windows it measured and, per domain, each model's
     distance from the best expert, from the base and from `hidden` (where studied),
     with intervals, and who beats whom."""
-    import json
-
     from transformers import AutoTokenizer
 
     v = recipe.verify

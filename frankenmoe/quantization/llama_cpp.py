@@ -341,8 +341,8 @@ def _parity_here(gguf: str, reference: str, merged: str, out: str, threads: int)
     from llama_cpp import Llama
     from safetensors import safe_open
 
-    from frankenmoe.measure.documents import HeldOutWindows
-    from frankenmoe.measure.evaluation import logprob_parity
+    from frankenmoe.measure.documents import HeldOutWindows  # lazy: pydantic, absent when setup runs
+    from frankenmoe.measure.evaluation import logprob_parity  # lazy: imports measure.documents
 
     ref = HeldOutWindows.read(Path(reference) / "reference.json")
     stored = safe_open(Path(reference) / "reference.safetensors", framework="pt")  # open for this process's life

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
-from frankenmoe.measure.metrics import assignment_entropy_bits, target_nll
+from frankenmoe.measure.metrics import assignment_entropy_bits
+from frankenmoe.routing.fit_losses import balance_loss, file_losses, forced_logprobs, heldout_loss, kl_from
 from frankenmoe.support.atomic import link_or_copy
 from frankenmoe.support.determinism import seed_everything
 from frankenmoe.support.device import cpu_flags, device_class, read_cpuinfo
@@ -193,7 +194,7 @@ def fit_routers(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    curve = [{"step": 0, "loss": _heldout_loss(model, held, batch_size)}]
+    curve = [{"step": 0, "loss": heldout_loss(model, held, batch_size)}]
     best = {"step": 0, "loss": curve[0]["loss"], "routers": [w.detach().clone() for w in gates]}
     stopped = f"reached gates.steps ({schedule.steps})" if schedule.steps else "gates.steps is 0: the start alone"
     grad = torch.is_grad_enabled()
@@ -203,15 +204,13 @@ def fit_routers(
             picks = [int(torch.randint(len(data[i % len(data)]), (1,), generator=generator)) for i in range(batch_size)]
             batch = torch.stack([data[i % len(data)][j] for i, j in enumerate(picks)])
             rows_expert = [distill_from[i % len(data)] for i in range(batch_size)] if distill_from else None
-            teacher = _forced_logprobs(model, batch, rows_expert) if rows_expert else None
+            teacher = forced_logprobs(model, batch, rows_expert) if rows_expert else None
             captured.clear()
             logits = model(batch).logits
             lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
-            fitted = lm if teacher is None else _kl_from(teacher, logits)
+            fitted = lm if teacher is None else kl_from(teacher, logits)
             loss = (
-                fitted + balance * sum(_balance_loss(o) for o in captured) / max(len(captured), 1)
-                if balance
-                else fitted
+                fitted + balance * sum(balance_loss(o) for o in captured) / max(len(captured), 1) if balance else fitted
             )
             optimizer.zero_grad()
             loss.backward()
@@ -220,7 +219,7 @@ def fit_routers(
             losses.append(round(float(lm.detach()), 5))
             if step % schedule.check_every and step != schedule.steps:
                 continue
-            curve.append({"step": step, "loss": _heldout_loss(model, held, batch_size)})
+            curve.append({"step": step, "loss": heldout_loss(model, held, batch_size)})
             if curve[-1]["loss"] < best["loss"]:
                 best = {"step": step, "loss": curve[-1]["loss"], "routers": [w.detach().clone() for w in gates]}
             elif (step - best["step"]) >= schedule.patience * schedule.check_every:
@@ -245,28 +244,6 @@ def fit_routers(
     )
 
 
-def _heldout_loss(model, held: list, batch_size: int) -> float:
-    """Mean over files of the language-model loss on each file's held-out windows."""
-    per_file = _file_losses(model, held, batch_size)
-    return round(sum(per_file) / len(per_file), 5)
-
-
-def _file_losses(model, held: list, batch_size: int) -> list[float]:
-    """Per file: the language-model loss (metrics.target_nll per token) on its held-out windows."""
-    import torch
-
-    per_file = []
-    with torch.no_grad():
-        for windows in held:
-            total, n = 0.0, 0
-            for batch in windows.split(batch_size):
-                logprobs = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
-                total += sum(target_nll(lp, ids.tolist()) for lp, ids in zip(logprobs, batch))
-                n += batch[:, 1:].numel()
-            per_file.append(total / n)
-    return per_file
-
-
 def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> StartResult:
     """Phase 1 (module docstring): each file's best expert from its held-out
     windows, then every router, layer by layer inside one forward pass over up to
@@ -277,12 +254,12 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
     import torch.nn.functional as F
 
     t0 = time.monotonic()
-    before = _heldout_loss(model, held, batch_size)
+    before = heldout_loss(model, held, batch_size)
     n_experts = moe_blocks(model)[0].gate.num_experts
     expert_loss = []
     for e in range(n_experts):
         with forced_expert(model, e):
-            expert_loss.append(_file_losses(model, held, batch_size))
+            expert_loss.append(file_losses(model, held, batch_size))
     per_file = [[round(expert_loss[e][f], 5) for e in range(n_experts)] for f in range(len(held))]
     experts = [min(range(n_experts), key=lambda e: losses[e]) for losses in per_file]
     picked = [g[:: max(1, len(g) // START_WINDOWS)][:START_WINDOWS] for g in data]
@@ -346,47 +323,6 @@ def _top1_accuracy(model, windows, labels) -> list[float]:
         for h in hooks:
             h.remove()
     return accuracy
-
-
-def _forced_logprobs(model, batch, experts: list[int]):
-    """Log-probabilities of each row of `batch` with every token forced to that row's expert (no gradient)."""
-    import torch
-
-    out = torch.empty(0)
-    with torch.no_grad():
-        for e in sorted(set(experts)):
-            rows = torch.tensor([i for i, x in enumerate(experts) if x == e])
-            with forced_expert(model, e):
-                lp = torch.log_softmax(model(batch[rows]).logits.float(), -1)
-            if out.numel() == 0:
-                out = torch.empty((len(experts), *lp.shape[1:]), dtype=lp.dtype, device=lp.device)
-            out[rows.to(lp.device)] = lp
-    return out
-
-
-def _kl_from(teacher, logits):
-    """Mean per-token KL(teacher || the MoE's distribution), in nats."""
-    import torch.nn.functional as F
-
-    student = F.log_softmax(logits.float(), -1)
-    return F.kl_div(
-        student.reshape(-1, student.shape[-1]),
-        teacher.reshape(-1, teacher.shape[-1]),
-        log_target=True,
-        reduction="batchmean",
-    )
-
-
-def _balance_loss(router_out) -> "object":
-    """Switch Transformer's auxiliary loss: E * sum_e (share of assignments to e) *
-    (mean router probability of e); 1.0 when usage is perfectly even."""
-    import torch
-
-    logits, _, indices = router_out
-    n_experts = logits.shape[-1]
-    probs = torch.softmax(logits.float(), -1)
-    share = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / indices.numel()
-    return n_experts * (share * probs.mean(0)).sum()
 
 
 def write_fitted(merged: Path, out: Path, routers: dict[int, object]) -> list[str]:
