@@ -65,3 +65,21 @@ def test_the_example_code_has_the_version_its_models_are_cached_under():
             f"and record {code_without_imports(module)} here"
         )
     assert set(CODE_VERSIONS) == set(CODE)
+
+
+def test_making_an_example_says_so_and_what_it_cost(tmp_path, monkeypatch):
+    """Examples are kept per machine; one made here (minutes to tens of minutes) is
+    announced before and timed after, so the cost of getting it again is on record."""
+    from frankenmoe.example.store import ensure
+
+    monkeypatch.setenv("FRANKENMOE_FIXTURES_CACHE", str(tmp_path / "cache"))
+
+    def make(folder):
+        folder.mkdir()
+        (folder / "fixtures.json").write_text(json.dumps({"key": "k"}))
+
+    said = []
+    ensure(tmp_path / "fixtures" / "ex", "k", make, said.append)
+    assert said[0] == f"fixtures: making ex: not cached on this machine (kept in {tmp_path / 'cache'} once made)"
+    assert said[1].startswith("fixtures: made ex in ") and said[1].endswith(" s")
+    assert said[2] == f"fixtures: kept in {tmp_path / 'cache' / 'k'} for other clones"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +50,11 @@ def ensure(out: Path, key: str, make: Callable[[Path], None], log: Callable[[str
         shutil.copytree(cache / key, tmp)
         log(f"fixtures: copied from {cache / key}")
     else:
+        where = f"kept in {cache} once made" if cache is not None else "the shared cache is off"
+        log(f"fixtures: making {out.name}: not cached on this machine ({where})")
+        t0 = time.monotonic()
         make(tmp)
+        log(f"fixtures: made {out.name} in {time.monotonic() - t0:.0f} s")
         if not has_key(tmp, key):
             raise RuntimeError(f"fixtures: {tmp} was made without its key stamp")  # a bug in `make`
     if out.exists():
