@@ -39,7 +39,7 @@ from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
 from frankenmoe.measure.evaluation import eval_windows
 from frankenmoe.measure.metrics import target_nll
-from frankenmoe.measure.paired import DRAWS, compare
+from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows
 from frankenmoe.recipe import load_recipe
 from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 from frankenmoe.stages import STAGES
@@ -164,23 +164,14 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
 
 
 def table(doc: dict) -> str:
-    pct = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"
     domains = doc["domains"]
     variants = [v for v in next(iter(domains.values()))["models"] if not v.startswith("experts[")]
-    lines = [
+    caption = (
         f"`{doc['recipe']}` ({doc['experts']} experts, top-{doc['experts_per_token']}): perplexity relative to each "
         f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
-        + "; ".join(
-            f"{d}: {r['windows']} windows, {r['tokens']} tokens, best {r['best_expert']}" for d, r in domains.items()
-        )
-        + ".",
-        "",
-        "| routers | " + " | ".join(domains) + " |",
-        "|---|" + "---|" * len(domains),
-    ]
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(pct(domains[d]["models"][v]["vs_best"]) for d in domains) + " |")
-    return "\n".join(lines) + "\n"
+        f"{per_domain_phrase(domains)}."
+    )
+    return "\n".join([caption, "", *table_rows(domains, variants)]) + "\n"
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from frankenmoe.measure.sweep_report import render_study
 from tests.conftest import EXAMPLE, example_data, page_data, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,8 @@ def test_study_compares_every_mode_and_is_reproducible(fixture_models, tmp_path)
             assert r["models"][a]["vs_best"]["value"] < r["models"][b]["vs_best"]["value"], (a, b)
     assert "| fitted | " in (out / "study.md").read_text().split("Paired, on more text")[1]
     assert "held-out NLLs" not in proc.stdout
+    # study.md renders study.json as read back (its keys sorted), as a card does: the same text
+    assert render_study(data) == (out / "study.md").read_text()
     card_carries_the_study(tmp_path / "a", out / "study.json", data)
     rerun, _ = study(tmp_path / "a")  # the same builds: the NLLs are read back, not measured again
     assert "held-out NLLs of 7 models read from" in rerun.stdout

@@ -75,3 +75,20 @@ def compare(
 def window_nlls(logprobs, windows: list[tuple[str, list[int]]]) -> list[float]:
     """Each window's summed next-token NLL (nats) from its log-probs [T, V]."""
     return [target_nll(lp, ids) for lp, (_, ids) in zip(logprobs, windows)]
+
+
+def per_domain_phrase(domains: dict) -> str:
+    """`code: 64 windows, 16384 tokens, best experts[0]; prose: ...` for a table's caption."""
+    return "; ".join(
+        f"{d}: {r['windows']} windows, {r['tokens']} tokens, best {r['best_expert']}" for d, r in domains.items()
+    )
+
+
+def table_rows(domains: dict, rows: list[str]) -> list[str]:
+    """A Markdown table of `rows` (models of `compare`'s answer) by domain: each cell the
+    distance from the best expert with its interval."""
+    cell = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"  # noqa: E731
+    head = ["| routers | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    return head + [
+        f"| {m} | " + " | ".join(cell(domains[d]["models"][m]["vs_best"]) for d in domains) + " |" for m in rows
+    ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from frankenmoe.errors import InputFileError
+from frankenmoe.measure.paired import per_domain_phrase, table_rows
 from frankenmoe.support.atomic import atomic_files
 from frankenmoe.support.jsonio import write_json
 
@@ -91,7 +92,8 @@ def render_study(study: dict) -> str:
         "dead experts |" + (" 4-bit KL |" if "quantized" in next(iter(study["results"].values())) else ""),
         "|---" * (len(domains) + 3 + ("quantized" in next(iter(study["results"].values())))) + "|",
     ]
-    for mode, row in study["results"].items():
+    for mode in study["modes"]:  # the order the study ran them (study.json's keys are sorted)
+        row = study["results"][mode]
         cells = [
             f"{p['perplexity']:.2f} ({p['vs_best_expert']:+.1%}, {p['vs_base']:+.1%})"
             for p in (row["per_domain"][d] for d in domains)
@@ -106,32 +108,29 @@ def render_study(study: dict) -> str:
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {entropy:.2f} | {dead} |{quant}")
     best = {d: next(iter(study["results"].values()))["per_domain"][d]["best_expert"] for d in domains}
     lines += ["", "Best expert per domain: " + ", ".join(f"{d}: {e}" for d, e in best.items()) + "."]
-    lines += held_out_lines(study["held_out"], list(study["results"])) if "held_out" in study else []
-    return "\n".join(lines + page_links(study.get("routing_pages", {}), "mode")) + "\n"
+    lines += held_out_lines(study["held_out"], study["modes"]) if "held_out" in study else []
+    pages = study.get("routing_pages", {})
+    return "\n".join(lines + page_links({m: pages[m] for m in study["modes"] if m in pages}, "mode")) + "\n"
 
 
 def held_out_lines(held: dict, modes: list[str]) -> list[str]:
     """The paired comparison on more text: each mode's and the base's distance from each
     domain's best expert with its 95% interval, and which mode beats which."""
     domains = held["domains"]
-    pct = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"  # noqa: E731
-    lines = [
-        "",
+    caption = (
         "Paired, on more text: perplexity relative to each domain's best expert, minus one, with its 95% "
         f"interval (a bootstrap over windows, {held['draws']} draws, the same windows for every row); "
-        + "; ".join(
-            f"{d}: {r['windows']} windows, {r['tokens']} tokens, best {r['best_expert']}" for d, r in domains.items()
-        )
-        + ".",
-        "",
-        "| routers | " + " | ".join(domains) + " |",
-        "|---|" + "---|" * len(domains),
-    ]
-    for m in [*modes, "base"]:
-        lines.append(f"| {m} | " + " | ".join(pct(domains[d]["models"][m]["vs_best"]) for d in domains) + " |")
+        f"{per_domain_phrase(domains)}."
+    )
     verdicts = [f"{d}: " + ", ".join(f"{a} beats {b}" for a, b in r["beats"]) for d, r in domains.items() if r["beats"]]
-    lines += ["", "Beats (its interval against the other wholly below 0): " + ("; ".join(verdicts) or "none") + "."]
-    return lines
+    return [
+        "",
+        caption,
+        "",
+        *table_rows(domains, [*modes, "base"]),
+        "",
+        "Beats (its interval against the other wholly below 0): " + ("; ".join(verdicts) or "none") + ".",
+    ]
 
 
 def page_links(pages: dict[str, str], what: str) -> list[str]:
@@ -151,7 +150,7 @@ def render_study_png(study: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    modes = list(study["results"])
+    modes = study["modes"]
     domains = sorted(study["results"][modes[0]]["per_domain"])
     fig = plt.figure(figsize=(4 + 3 * len(modes) * len(domains) / 2, 6), dpi=100)
     grid = fig.add_gridspec(2, len(modes))

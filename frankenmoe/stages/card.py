@@ -64,8 +64,9 @@ class CardResult(Facts):
 class CardStage(Stage):
     name = "card"
     # 2: five check states; the GGUF card; the failed-checks banner. 3: the AWQ card's readers. 4: evals.
-    # 5: evals in the GGUF card. 6: evals rows in a fixed order, not the order of a record
-    version = 6
+    # 5: evals in the GGUF card. 6: evals rows in a fixed order, not the order of a record.
+    # 7: the study's rows in the order it ran its modes (not study.json's sorted keys); its paired table.
+    version = 7
     depends = ("lock", "resolve", "gates", "quantize", "verify")
     optional_depends = ("gguf", FOLDER, "evals")
     packages = ("huggingface-hub", "jinja2")  # the cards are Jinja templates
