@@ -37,7 +37,7 @@ from frankenmoe.checkpoints.loading import load_merged
 from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
-from frankenmoe.measure.evaluation import eval_windows
+from frankenmoe.measure.evaluation import spread_windows
 from frankenmoe.measure.metrics import target_nll
 from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows
 from frankenmoe.recipe import load_recipe
@@ -102,8 +102,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     compute = fit_compute(g.device, g.dtype)
     tokenizer = AutoTokenizer.from_pretrained(merged)
     files = [recipe.path(f) for f in v.files]
-    domains_n = len({d for d, _ in eval_windows(files, tokenizer, v.seq_len, 0)})  # one window per domain
-    windows = eval_windows(files, tokenizer, v.seq_len, tokens_per_domain * domains_n, spread=True)
+    windows = spread_windows(files, tokenizer, v.seq_len, tokens_per_domain)
     domains = [d for d, _ in windows]
     tokens = [len(w) - 1 for _, w in windows]
     t0 = time.monotonic()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from frankenmoe.errors import InputFileError
-from frankenmoe.measure.evaluation import eval_windows
+from frankenmoe.measure.evaluation import eval_windows, spread_windows
 from frankenmoe.recipe import CalibrationSection
 from frankenmoe.text.calibration import calibration_windows
 from tests.conftest import REPO
@@ -132,16 +132,19 @@ def test_every_text_file_counts_in_the_fingerprint_even_two_of_one_name(tmp_path
     assert before != after and len(after["files"]) == 2
 
 
-def test_held_out_windows_can_be_spread_over_all_of_a_domains_text(tokenizer, tmp_path):
-    """The router probe's held-out windows come from across each domain's documents,
-    not its first ones; verify's stay the first ones (its published numbers)."""
-    docs = tmp_path / "code" / "eval.jsonl"
-    docs.parent.mkdir()
-    docs.write_text("".join(json.dumps({"text": f"document {i}: " + "word " * 200}) + "\n" for i in range(12)))
-    first = eval_windows([docs], tokenizer, 32, 4 * 32)
-    spread = eval_windows([docs], tokenizer, 32, 4 * 32, spread=True)
-    every = eval_windows([docs], tokenizer, 32, 10**6)
-    assert [w for _, w in first] == [w for _, w in every[:4]]
-    step = len(every) // 4
-    assert [w for _, w in spread] == [every[i * len(every) // 4][1] for i in range(4)] and step > 1
-    assert {d for d, _ in spread} == {"code"}
+def test_held_out_windows_are_spread_over_all_of_each_domains_text(tokenizer, tmp_path):
+    """The probe's and the study's held-out windows come from across each domain's
+    documents, not its first ones, and each domain gets the tokens asked however many
+    domains there are; verify's windows stay the first ones (its published numbers)."""
+    files = []
+    for domain, n in (("code", 12), ("prose", 40)):
+        f = tmp_path / domain / "eval.jsonl"
+        f.parent.mkdir()
+        f.write_text("".join(json.dumps({"text": f"{domain} document {i}: " + "word " * 200}) + "\n" for i in range(n)))
+        files.append(f)
+    spread = spread_windows(files, tokenizer, 32, 4 * 32)
+    for f in files:
+        every = eval_windows([f], tokenizer, 32, 10**6)
+        assert [w for _, w in eval_windows([f], tokenizer, 32, 4 * 32)] == [w for _, w in every[:4]]
+        mine = [w for d, w in spread if d == f.parent.name]
+        assert mine == [every[i * len(every) // 4][1] for i in range(4)] and len(every) // 4 > 1

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from frankenmoe.checkpoints.streaming import StreamingLM
 from frankenmoe.experiments.variants import Outcome
-from frankenmoe.measure.evaluation import eval_windows
+from frankenmoe.measure.evaluation import spread_windows
 from frankenmoe.measure.paired import DRAWS, compare, window_nlls
 from frankenmoe.recipe import Recipe
 from frankenmoe.stages.baseline import windows_sha256
@@ -51,8 +51,7 @@ def held_out_comparison(
     models = {m: routed_model(outcomes[m].results["gates"]) for m in modes}
     tokenizer = AutoTokenizer.from_pretrained(models[modes[0]])
     files = [recipe.path(f) for f in v.files]
-    n_domains = len({d for d, _ in eval_windows(files, tokenizer, v.seq_len, 0)})  # one window per domain
-    windows = eval_windows(files, tokenizer, v.seq_len, tokens * n_domains, spread=True)
+    windows = spread_windows(files, tokenizer, v.seq_len, tokens)
     depends = {
         "modes": {m: outcomes[m].results["gates"].key for m in modes},
         "resolve": first["resolve"].key,

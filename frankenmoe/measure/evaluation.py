@@ -27,19 +27,37 @@ W_TO_SOURCE = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
 def eval_windows(
-    files: list[Path], tokenizer, seq_len: int, max_tokens: int, by_file_name: bool = False, spread: bool = False
+    files: list[Path], tokenizer, seq_len: int, max_tokens: int, by_file_name: bool = False
 ) -> list[tuple[str, list[int]]]:
     """(domain, seq_len + 1 token ids) windows, an equal share of `max_tokens` per
-    domain: the first ones of each domain, or with `spread` evenly spaced over all of
-    its text (so they come from many documents, not the first few). The domain is the
-    documents' `domain` field, else the file's folder name (its name without suffix
-    with `by_file_name`)."""
+    domain, the first ones of each (verify's published numbers rest on them). The
+    domain is the documents' `domain` field, else the file's folder name (its name
+    without suffix with `by_file_name`)."""
+    by_domain = _tokens_by_domain(files, tokenizer, by_file_name)
+    return _windows(by_domain, seq_len, max(1, max_tokens // max(1, len(by_domain)) // seq_len), spread=False)
+
+
+def spread_windows(files: list[Path], tokenizer, seq_len: int, tokens_per_domain: int) -> list[tuple[str, list[int]]]:
+    """`tokens_per_domain` tokens of every domain (fewer where its text ends), in
+    windows evenly spaced over all of its text, so they come from many documents, not
+    the first few: the held-out text of the study and the router probe, whose figures
+    are per domain however many domains the files hold."""
+    by_domain = _tokens_by_domain(files, tokenizer, False)
+    return _windows(by_domain, seq_len, max(1, tokens_per_domain // seq_len), spread=True)
+
+
+def _tokens_by_domain(files: list[Path], tokenizer, by_file_name: bool) -> dict[str, list[int]]:
     by_domain: dict[str, list[int]] = defaultdict(list)
     for f in files:
         for doc in read_documents([f]):
             domain = doc.get("domain") or (f.stem if by_file_name else f.parent.name)
             by_domain[domain].extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
-    per_domain = max(1, max_tokens // max(1, len(by_domain)) // seq_len)
+    return by_domain
+
+
+def _windows(
+    by_domain: dict[str, list[int]], seq_len: int, per_domain: int, spread: bool
+) -> list[tuple[str, list[int]]]:
     windows = []
     for domain in sorted(by_domain):
         ids = by_domain[domain]
