@@ -21,6 +21,10 @@ Variants measured so far:
   (KL divergence from its output instead of the next token). Each keeps the
   routers of its best held-out check, as the gates stage does.
 
+Each routed variant's dead experts on the held-out text are recorded by verify's
+rule (`dead_experts`, `verify.dead_expert_share`): the start sends each fitting
+file to one expert, so an expert best on none of them may get nothing.
+
 Usage (after `frankenmoe build RECIPE --until merge`):
     python -m bench.router_probe RECIPE [--tokens 16384] [--out bench/router-probe-NAME.json]
 which also writes the table next to the JSON (.md).
@@ -37,7 +41,7 @@ from frankenmoe.checkpoints.loading import load_merged
 from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
-from frankenmoe.measure.evaluation import spread_windows
+from frankenmoe.measure.evaluation import dead_experts, routing_stats, spread_windows
 from frankenmoe.measure.metrics import target_nll
 from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows
 from frankenmoe.recipe import load_recipe
@@ -60,17 +64,27 @@ ADAM_VARIANTS = {
 }
 
 
-def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> list[float]:
-    """Each window's summed next-token NLL (nats) under the model as it is routed now."""
+def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> tuple[list[float], object]:
+    """Each window's summed next-token NLL (nats) under the model as it is routed now,
+    and its routers' probabilities [layers, tokens, experts] (as verify records them)."""
     import torch
 
-    out = []
-    with torch.no_grad():
-        for i in progress(range(0, len(windows), BATCH), desc=desc):
-            ids = [w for _, w in windows[i : i + BATCH]]
-            logprobs = torch.log_softmax(model(torch.tensor(ids)[:, :-1]).logits.float(), -1)
-            out += [target_nll(lp, w) for lp, w in zip(logprobs, ids)]
-    return out
+    out, batches = [], []
+    hooks = [
+        b.gate.register_forward_hook(lambda m, i, o: batches[-1].append(torch.softmax(o[0].float(), -1)))
+        for b in moe_blocks(model)
+    ]
+    try:
+        with torch.no_grad():
+            for i in progress(range(0, len(windows), BATCH), desc=desc):
+                ids = [w for _, w in windows[i : i + BATCH]]
+                batches.append([])
+                logprobs = torch.log_softmax(model(torch.tensor(ids)[:, :-1]).logits.float(), -1)
+                out += [target_nll(lp, w) for lp, w in zip(logprobs, ids)]
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, torch.cat([torch.stack(layers) for layers in batches], dim=1)
 
 
 def checkpoint_routers(merged: Path) -> list:
@@ -109,10 +123,14 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     model = load_merged(merged)  # float32, as verify computes; the fit below runs on its own copy
     seconds: dict[str, float] = {}
     nll: dict[str, list[float]] = {}
+    dead: dict[str, list[dict]] = {}
 
-    def score(name: str) -> None:
+    def score(name: str, routed: bool = True) -> None:
         t = time.monotonic()
-        nll[name] = window_nll(model, windows, f"probe: {name}")
+        nll[name], router = window_nll(model, windows, f"probe: {name}")
+        if routed:  # a forced expert's routers are not what runs
+            routing = routing_stats(router, domains, v.seq_len, recipe.experts_per_token)
+            dead[name] = [{**d, "layers": len(d["layers"])} for d in dead_experts(routing, v.dead_expert_share)]
         seconds[name] = round(time.monotonic() - t, 1)
         log(f"probe: {name}: {seconds[name]} s")
 
@@ -120,7 +138,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     experts = [f"experts[{e}]" for e in range(n_experts)]
     for e, name in enumerate(experts):
         with forced_expert(model, e):
-            score(name)
+            score(name, routed=False)
     score("hidden")
 
     groups = [token_windows([recipe.path(f)], tokenizer, g.seq_len, f"gates.files: {f}") for f in g.files]
@@ -151,6 +169,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "recipe": recipe.name,
         "experts_per_token": recipe.experts_per_token,
         "experts": n_experts,
+        "layers": len(stored),
         "held_out": {"files": list(v.files), "seq_len": v.seq_len, "tokens_per_domain_asked": tokens_per_domain},
         "fitting_files": list(g.files),
         "start_experts": fit.start.experts if fit.start else None,
@@ -159,6 +178,8 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "draws": DRAWS,
         "seconds": {**seconds, "total": round(time.monotonic() - t0, 1)},
         "domains": compare(domains, tokens, nll, experts, against=("hidden",)),
+        "dead_expert_share": v.dead_expert_share,
+        "dead_experts": dead,
     }
 
 
@@ -170,7 +191,20 @@ def table(doc: dict) -> str:
         f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
         f"{per_domain_phrase(domains)}."
     )
-    return "\n".join([caption, "", *table_rows(domains, variants)]) + "\n"
+    return "\n".join([caption, "", *table_rows(domains, variants), *dead_lines(doc)]) + "\n"
+
+
+def dead_lines(doc: dict) -> list[str]:
+    """Which variants leave an expert dead on the held-out text, by verify's rule."""
+    if "dead_experts" not in doc:  # probes run before dead experts were recorded
+        return []
+    found = [
+        f"{name}: experts[{d['expert']}] at {d['layers']} of {doc['layers']} layers (at most {d['largest']:.1%})"
+        for name, dead in doc["dead_experts"].items()
+        for d in dead
+    ]
+    rule = f"less than {doc['dead_expert_share']:.0%} of the routed weight at a layer on every domain"
+    return ["", f"Dead experts ({rule}): " + ("; ".join(found) if found else "none") + "."]
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.router_probe import probe
+import pytest
+
+from bench.router_probe import probe, table
 from tests.conftest import EXAMPLE
 
 
@@ -28,3 +30,29 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
     fits = doc["adam"]["fits"]
     assert set(fits) == {"adam 1e-3", "adam 5e-3", "adam 5e-3 balance", "distill 5e-3"}
     assert all(f["heldout"][0]["step"] == 0 and len(f["heldout"]) >= 2 for f in fits.values())
+    routed = set(doc["domains"]["code"]["models"]) - {"experts[0]", "experts[1]"}
+    assert set(doc["dead_experts"]) == routed
+    for dead in doc["dead_experts"].values():
+        assert all(d["expert"] in (0, 1) and 1 <= d["layers"] <= doc["layers"] for d in dead)
+    assert "\nDead experts (less than 5% of the routed weight at a layer on every domain): " in table(doc)
+
+
+def test_the_probes_nlls_and_routers_are_what_verifys_reader_computes(example):
+    """window_nll (the probe's scorer, on a loaded model) against StreamingLM, the
+    layer-streaming reader verify's reference comes from, on the same windows."""
+    import torch
+
+    from bench.router_probe import window_nll
+    from frankenmoe.checkpoints.loading import load_merged
+    from frankenmoe.checkpoints.streaming import StreamingLM
+
+    g = torch.Generator().manual_seed(0)
+    windows = [("code", torch.randint(0, 1000, (33,), generator=g).tolist()) for _ in range(3)]
+    nll, router = window_nll(load_merged(example["merged"]), windows, "test")
+    streamed = list(StreamingLM(example["merged"]).run([w[:-1] for _, w in windows]))
+    expected = [
+        -float(lp.gather(1, torch.tensor(w[1:]).unsqueeze(1)).sum()) for (lp, _), (_, w) in zip(streamed, windows)
+    ]
+    assert nll == pytest.approx(expected, rel=1e-4)
+    assert router.shape == (len(streamed[0][1]), 3 * 32, streamed[0][1].shape[-1])
+    assert torch.allclose(router, torch.cat([r for _, r in streamed], dim=1), atol=1e-5)
