@@ -62,6 +62,8 @@ ADAM_VARIANTS = {
     "adam 5e-3 balance": (5e-3, 0.01, False),
     "distill 5e-3": (5e-3, 0.0, True),
 }
+# The routed variants in the order they run: tables follow it, not the JSON's (write_json sorts keys).
+VARIANTS = ["hidden", "start", *(f"start x{s}" for s in SCALES), *ADAM_VARIANTS]
 
 
 def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> tuple[list[float], object]:
@@ -185,7 +187,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
 
 def table(doc: dict) -> str:
     domains = doc["domains"]
-    variants = [v for v in next(iter(domains.values()))["models"] if not v.startswith("experts[")]
+    variants = [v for v in VARIANTS if v in next(iter(domains.values()))["models"]]
     caption = (
         f"`{doc['recipe']}` ({doc['experts']} experts, top-{doc['experts_per_token']}): perplexity relative to each "
         f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
@@ -200,8 +202,8 @@ def dead_lines(doc: dict) -> list[str]:
         return []
     found = [
         f"{name}: experts[{d['expert']}] at {d['layers']} of {doc['layers']} layers (at most {d['largest']:.1%})"
-        for name, dead in doc["dead_experts"].items()
-        for d in dead
+        for name in VARIANTS
+        for d in doc["dead_experts"].get(name, [])
     ]
     rule = f"less than {doc['dead_expert_share']:.0%} of the routed weight at a layer on every domain"
     return ["", f"Dead experts ({rule}): " + ("; ".join(found) if found else "none") + "."]

@@ -56,3 +56,19 @@ def test_the_probes_nlls_and_routers_are_what_verifys_reader_computes(example):
     assert nll == pytest.approx(expected, rel=1e-4)
     assert router.shape == (len(streamed[0][1]), 3 * 32, streamed[0][1].shape[-1])
     assert torch.allclose(router, torch.cat([r for _, r in streamed], dim=1), atol=1e-5)
+
+
+def test_the_probe_tables_in_the_docs_are_what_its_command_writes_from_the_committed_results():
+    """Each bench/router-probe-*.json renders (bench.router_probe.table) to its .md
+    file, and that table is quoted whole in docs/routing-and-study.md."""
+    import json
+
+    from tests.conftest import REPO
+
+    docs = (REPO / "docs" / "routing-and-study.md").read_text(encoding="utf-8")
+    results = sorted((REPO / "bench").glob("router-probe-*.json"))
+    assert len(results) >= 3
+    for f in results:
+        written = f.with_suffix(".md").read_text(encoding="utf-8")
+        assert table(json.loads(f.read_text(encoding="utf-8"))) == written, f.name
+        assert written in docs, f.name
