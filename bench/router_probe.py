@@ -42,8 +42,7 @@ from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
 from frankenmoe.measure.evaluation import dead_experts, routing_stats, spread_windows
-from frankenmoe.measure.metrics import target_nll
-from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows
+from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows, window_nlls
 from frankenmoe.recipe import load_recipe
 from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
 from frankenmoe.stages import STAGES
@@ -79,10 +78,10 @@ def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> tuple[
     try:
         with torch.no_grad():
             for i in progress(range(0, len(windows), BATCH), desc=desc):
-                ids = [w for _, w in windows[i : i + BATCH]]
+                batch = windows[i : i + BATCH]
                 batches.append([])
-                logprobs = torch.log_softmax(model(torch.tensor(ids)[:, :-1]).logits.float(), -1)
-                out += [target_nll(lp, w) for lp, w in zip(logprobs, ids)]
+                logprobs = torch.log_softmax(model(torch.tensor([w for _, w in batch])[:, :-1]).logits.float(), -1)
+                out += window_nlls(logprobs, batch)
     finally:
         for h in hooks:
             h.remove()
