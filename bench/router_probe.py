@@ -23,7 +23,11 @@ Variants measured so far:
 
 Each routed variant's dead experts on the held-out text are recorded by verify's
 rule (`dead_experts`, `verify.dead_expert_share`): the start sends each fitting
-file to one expert, so an expert best on none of them may get nothing.
+file to one expert, so an expert best on none of them may get nothing. And how
+often each domain's tokens have its best expert as their heaviest one
+(`top1_on_best`), next to the start's own top-1 accuracy per layer on its fitting
+windows and on held-out fitting windows (`start`): where these fall short, tokens
+run in another expert than the one that models their domain best.
 
 Usage (after `frankenmoe build RECIPE --until merge`):
     python -m bench.router_probe RECIPE [--tokens 16384] [--out bench/router-probe-NAME.json]
@@ -125,6 +129,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     seconds: dict[str, float] = {}
     nll: dict[str, list[float]] = {}
     dead: dict[str, list[dict]] = {}
+    top1: dict[str, dict] = {}  # variant -> domain -> [layer][expert]: share of tokens whose heaviest expert it is
 
     def score(name: str, routed: bool = True) -> None:
         t = time.monotonic()
@@ -132,6 +137,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         if routed:  # a forced expert's routers are not what runs
             routing = routing_stats(router, domains, v.seq_len, recipe.experts_per_token)
             dead[name] = [{**d, "layers": len(d["layers"])} for d in dead_experts(routing, v.dead_expert_share)]
+            top1[name] = {d: r["top1_share"] for d, r in routing.items()}
         seconds[name] = round(time.monotonic() - t, 1)
         log(f"probe: {name}: {seconds[name]} s")
 
@@ -166,6 +172,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         log(f"probe: {name}: kept step {adam.best_step} ({adam.stopped})")
         set_routers(model, [adam.routers[i].to(w.dtype) for i, w in enumerate(stored)])
         score(name)
+    compared = compare(domains, tokens, nll, experts, against=("hidden",))
     return {
         "recipe": recipe.name,
         "experts_per_token": recipe.experts_per_token,
@@ -174,14 +181,28 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "held_out": {"files": list(v.files), "seq_len": v.seq_len, "tokens_per_domain_asked": tokens_per_domain},
         "fitting_files": list(g.files),
         "start_experts": fit.start.experts if fit.start else None,
+        "start": {k: getattr(fit.start, k) for k in ("expert_loss", "accuracy", "heldout_accuracy", "windows")},
         "adam": {"schedule": asdict(ADAM), "batch_size": g.batch_size, "seq_len": g.seq_len, "fits": fits},
         "compute": compute,
         "draws": DRAWS,
         "seconds": {**seconds, "total": round(time.monotonic() - t0, 1)},
-        "domains": compare(domains, tokens, nll, experts, against=("hidden",)),
+        "domains": compared,
         "dead_expert_share": v.dead_expert_share,
         "dead_experts": dead,
+        "top1_on_best": {name: on_best(shares, compared) for name, shares in top1.items()},
     }
+
+
+def on_best(shares: dict[str, list[list[float]]], compared: dict) -> dict[str, dict[str, float]]:
+    """Per domain: the share of its held-out tokens whose heaviest expert is the domain's
+    best expert, mean over layers and at the lowest layer. Below 1, tokens run
+    (mostly) elsewhere than in the expert whose output the target is."""
+    out = {}
+    for d, layers in shares.items():
+        e = int(compared[d]["best_expert"].removeprefix("experts[").rstrip("]"))
+        on = [layer[e] for layer in layers]
+        out[d] = {"mean": round(sum(on) / len(on), 5), "lowest": round(min(on), 5)}
+    return out
 
 
 def table(doc: dict) -> str:
@@ -192,7 +213,7 @@ def table(doc: dict) -> str:
         f"domain's best expert, minus one, 95% paired bootstrap interval over windows ({doc['draws']} draws); "
         f"{per_domain_phrase(domains)}."
     )
-    return "\n".join([caption, "", *table_rows(domains, variants), *dead_lines(doc)]) + "\n"
+    return "\n".join([caption, "", *table_rows(domains, variants), *dead_lines(doc), *top1_lines(doc)]) + "\n"
 
 
 def dead_lines(doc: dict) -> list[str]:
@@ -206,6 +227,24 @@ def dead_lines(doc: dict) -> list[str]:
     ]
     rule = f"less than {doc['dead_expert_share']:.0%} of the routed weight at a layer on every domain"
     return ["", f"Dead experts ({rule}): " + ("; ".join(found) if found else "none") + "."]
+
+
+def top1_lines(doc: dict) -> list[str]:
+    """The routed variants' top1_on_best as a table (absent for probes run before it was recorded)."""
+    if "top1_on_best" not in doc:
+        return []
+    names = [v for v in VARIANTS if v in doc["top1_on_best"]]
+    domains = sorted(doc["domains"])
+    cell = "{mean:.1%} ({lowest:.1%})"
+    return [
+        "",
+        "Share of each domain's held-out tokens whose heaviest expert is that domain's best expert, mean over "
+        "layers (lowest layer):",
+        "",
+        "| routers | " + " | ".join(domains) + " |",
+        "|---|" + "---|" * len(domains),
+        *(f"| {n} | " + " | ".join(cell.format(**doc["top1_on_best"][n][d]) for d in domains) + " |" for n in names),
+    ]
 
 
 def main() -> None:

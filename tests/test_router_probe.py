@@ -35,6 +35,20 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
     for dead in doc["dead_experts"].values():
         assert all(d["expert"] in (0, 1) and 1 <= d["layers"] <= doc["layers"] for d in dead)
     assert "\nDead experts (less than 5% of the routed weight at a layer on every domain): " in table(doc)
+    assert set(doc["top1_on_best"]) == routed
+    for shares in doc["top1_on_best"].values():
+        assert set(shares) == {"code", "prose"}
+        assert all(0 <= s["lowest"] <= s["mean"] <= 1 for s in shares.values())
+    assert len(doc["start"]["accuracy"]) == len(doc["start"]["heldout_accuracy"]) == doc["layers"]
+    assert "\n| start | " in table(doc).split("heaviest expert")[1]
+
+
+def test_top1_on_best_reads_each_domains_own_best_expert():
+    from bench.router_probe import on_best
+
+    shares = {"code": [[0.9, 0.1], [0.5, 0.5]], "prose": [[0.2, 0.8], [0.4, 0.6]]}
+    compared = {"code": {"best_expert": "experts[0]"}, "prose": {"best_expert": "experts[1]"}}
+    assert on_best(shares, compared) == {"code": {"mean": 0.7, "lowest": 0.5}, "prose": {"mean": 0.7, "lowest": 0.6}}
 
 
 def test_the_probes_nlls_and_routers_are_what_verifys_reader_computes(example):
