@@ -6,28 +6,27 @@ from __future__ import annotations
 
 from frankenmoe.checkpoints.moe_blocks import forced_expert
 from frankenmoe.measure.metrics import target_nll
+from frankenmoe.support.progress import progress
 
 
-def heldout_loss(model, held: list, batch_size: int) -> float:
+def heldout_loss(model, held: list, batch_size: int, desc: str = "gates: held-out loss") -> float:
     """Mean over files of the language-model loss on each file's held-out windows."""
-    per_file = file_losses(model, held, batch_size)
+    per_file = file_losses(model, held, batch_size, desc)
     return round(sum(per_file) / len(per_file), 5)
 
 
-def file_losses(model, held: list, batch_size: int) -> list[float]:
+def file_losses(model, held: list, batch_size: int, desc: str = "gates: held-out loss") -> list[float]:
     """Per file: the language-model loss (metrics.target_nll per token) on its held-out windows."""
     import torch
 
-    per_file = []
+    batches = [(f, batch) for f, windows in enumerate(held) for batch in windows.split(batch_size)]
+    totals = [[0.0, 0] for _ in held]
     with torch.no_grad():
-        for windows in held:
-            total, n = 0.0, 0
-            for batch in windows.split(batch_size):
-                logprobs = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
-                total += sum(target_nll(lp, ids.tolist()) for lp, ids in zip(logprobs, batch))
-                n += batch[:, 1:].numel()
-            per_file.append(total / n)
-    return per_file
+        for f, batch in progress(batches, desc=desc):
+            logprobs = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
+            totals[f][0] += sum(target_nll(lp, ids.tolist()) for lp, ids in zip(logprobs, batch))
+            totals[f][1] += batch[:, 1:].numel()
+    return [total / n for total, n in totals]
 
 
 def forced_logprobs(model, batch, experts: list[int]):

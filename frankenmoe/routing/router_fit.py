@@ -254,20 +254,22 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
     import torch.nn.functional as F
 
     t0 = time.monotonic()
-    before = heldout_loss(model, held, batch_size)
+    before = heldout_loss(model, held, batch_size, "gates: start: held-out loss with the merge's routers")
     n_experts = moe_blocks(model)[0].gate.num_experts
     expert_loss = []
     for e in range(n_experts):
         with forced_expert(model, e):
-            expert_loss.append(file_losses(model, held, batch_size))
+            expert_loss.append(file_losses(model, held, batch_size, f"gates: start: forced to expert {e}"))
     per_file = [[round(expert_loss[e][f], 5) for e in range(n_experts)] for f in range(len(held))]
     experts = [min(range(n_experts), key=lambda e: losses[e]) for losses in per_file]
     picked = [g[:: max(1, len(g) // START_WINDOWS)][:START_WINDOWS] for g in data]
     windows = torch.cat(picked)
     labels = torch.cat([torch.full((p.numel(),), e, device=windows.device) for p, e in zip(picked, experts)])
     accuracy: list[float] = []
+    layers = iter(progress(range(len(moe_blocks(model))), desc="gates: start: fitting the routers layer by layer"))
 
     def fit_layer(router, args):
+        next(layers)
         x = args[0].reshape(-1, router.hidden_dim).float()
         w = router.weight.detach().clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
