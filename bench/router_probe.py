@@ -14,6 +14,8 @@ Variants measured so far:
   recipe's `gates.files`;
 - `start x2`, `x4`, `x8`: the start's router weights scaled, so each router's
   softmax is sharper (top-k sets unchanged; the weights inside them move toward one expert);
+- `start 128 windows`: the start with its classifiers fitted on up to 128 windows
+  per fitting file instead of 32 (more text against misrouting on unseen text);
 - Adam from the start (`fit_routers`, every layer's router at once, against the
   start's layer-by-layer classifiers): at lr 1e-3 and 5e-3 after a 10-step
   warm-up, on the language-model loss; at 5e-3 with the Switch balance term
@@ -26,11 +28,11 @@ rule (`dead_experts`, `verify.dead_expert_share`): the start sends each fitting
 file to one expert, so an expert best on none of them may get nothing. And how
 often each domain's tokens have its best expert as their heaviest one
 (`top1_on_best`), next to the start's own top-1 accuracy per layer on its fitting
-windows and on held-out fitting windows (`start`): where these fall short, tokens
+windows and on held-out fitting windows (`starts`): where these fall short, tokens
 run in another expert than the one that models their domain best.
 
 Usage (after `frankenmoe build RECIPE --until merge`):
-    python -m bench.router_probe RECIPE [--tokens 16384] [--out bench/router-probe-NAME.json]
+    python -m bench.router_probe RECIPE [--tokens 16384] [--variants A,B] [--out bench/router-probe-NAME.json]
 which also writes the table next to the JSON (.md).
 """
 
@@ -56,6 +58,7 @@ from frankenmoe.support.progress import progress
 from frankenmoe.text.calibration import token_windows
 
 SCALES = (2, 4, 8)
+WIDE = 128  # the start's classifiers on up to this many fitting windows per file (router_fit.START_WINDOWS: 32)
 BATCH = 8
 ADAM = Schedule(steps=60, check_every=5, patience=3, warmup=10)
 # name: (lr, balance weight, distilled toward the forced best expert)
@@ -66,7 +69,7 @@ ADAM_VARIANTS = {
     "distill 5e-3": (5e-3, 0.0, True),
 }
 # The routed variants in the order they run: tables follow it, not the JSON's (write_json sorts keys).
-VARIANTS = ["hidden", "start", *(f"start x{s}" for s in SCALES), *ADAM_VARIANTS]
+VARIANTS = ["hidden", "start", *(f"start x{s}" for s in SCALES), f"start {WIDE} windows", *ADAM_VARIANTS]
 
 
 def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> tuple[list[float], object]:
@@ -111,7 +114,8 @@ def set_routers(model, weights: list) -> None:
             b.gate.weight.copy_(w)
 
 
-def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
+def probe(recipe_file: Path, tokens_per_domain: int, log=print, only: set[str] | None = None) -> dict:
+    """Every variant, or those in `only` (the experts, mergekit's routers and the start always run)."""
     from transformers import AutoTokenizer
 
     recipe = load_recipe(recipe_file)
@@ -160,10 +164,35 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
     set_routers(model, start)
     score("start")
     for s in SCALES:
-        set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
-        score(f"start x{s}")
+        if only is None or f"start x{s}" in only:
+            set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
+            score(f"start x{s}")
+    starts = {"start": fit.start}
+    wide = f"start {WIDE} windows"
+    if only is None or wide in only:
+        set_routers(fitting, stored)  # where the start's L-BFGS begins, as above
+        t = time.monotonic()
+        widened = fit_routers(
+            fitting,
+            train,
+            held,
+            Schedule(0, 1, 1),
+            g.lr,
+            g.batch_size,
+            g.seed,
+            0.0,
+            compute,
+            "best_expert",
+            start_windows=WIDE,
+        )
+        seconds[f"{wide} fit"] = round(time.monotonic() - t, 1)
+        starts[wide] = widened.start
+        set_routers(model, [widened.routers[i].to(w.dtype) for i, w in enumerate(stored)])
+        score(wide)
     fits = {}
     for name, (lr, balance, distill) in ADAM_VARIANTS.items():
+        if only is not None and name not in only:
+            continue
         set_routers(fitting, [fit.routers[i] for i in range(len(stored))])  # the start, in float32
         teacher = fit.start.experts if distill else None
         adam = fit_routers(fitting, train, held, ADAM, lr, g.batch_size, g.seed, balance, compute, distill_from=teacher)
@@ -181,7 +210,10 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print) -> dict:
         "held_out": {"files": list(v.files), "seq_len": v.seq_len, "tokens_per_domain_asked": tokens_per_domain},
         "fitting_files": list(g.files),
         "start_experts": fit.start.experts if fit.start else None,
-        "start": {k: getattr(fit.start, k) for k in ("expert_loss", "accuracy", "heldout_accuracy", "windows")},
+        "starts": {
+            name: {k: getattr(r, k) for k in ("expert_loss", "accuracy", "heldout_accuracy", "windows")}
+            for name, r in starts.items()
+        },
         "adam": {"schedule": asdict(ADAM), "batch_size": g.batch_size, "seq_len": g.seq_len, "fits": fits},
         "compute": compute,
         "draws": DRAWS,
@@ -251,9 +283,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe", type=Path)
     p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per domain (fewer where the text ends)")
+    p.add_argument("--variants", help=f"comma-separated, of: {', '.join(VARIANTS[2:])} (default: all)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    doc = probe(args.recipe, args.tokens)
+    only = None if args.variants is None else set(args.variants.split(","))
+    if only is not None and (unknown := only - set(VARIANTS)):
+        p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS[2:])}")
+    doc = probe(args.recipe, args.tokens, only=only)
     print(table(doc), end="")
     if args.out:
         write_json(args.out, doc)

@@ -21,6 +21,7 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
             "start x2",
             "start x4",
             "start x8",
+            "start 128 windows",
             "adam 1e-3",
             "adam 5e-3",
             "adam 5e-3 balance",
@@ -39,7 +40,11 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
     for shares in doc["top1_on_best"].values():
         assert set(shares) == {"code", "prose"}
         assert all(0 <= s["lowest"] <= s["mean"] <= 1 for s in shares.values())
-    assert len(doc["start"]["accuracy"]) == len(doc["start"]["heldout_accuracy"]) == doc["layers"]
+    assert set(doc["starts"]) == {"start", "start 128 windows"}
+    for start in doc["starts"].values():
+        assert len(start["accuracy"]) == len(start["heldout_accuracy"]) == doc["layers"]
+    # More fitting windows than the default start's 32 where the text has them.
+    assert doc["starts"]["start 128 windows"]["windows"] > doc["starts"]["start"]["windows"]
     assert "\n| start | " in table(doc).split("heaviest expert")[1]
 
 

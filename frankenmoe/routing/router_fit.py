@@ -148,6 +148,7 @@ def fit_routers(
     compute: dict[str, str],
     start: str = "routers",
     distill_from: list[int] | None = None,
+    start_windows: int = START_WINDOWS,
 ) -> FitResult:
     """Train the routers of `model` (a loaded MoE) on windows of token ids, on
     `compute` (fit_compute), and keep the routers of the best held-out check.
@@ -158,7 +159,8 @@ def fit_routers(
     every file counts alike. How many steps help differs from recipe to recipe (25
     were right for one and far too few for another), so none is fixed; with
     `schedule.steps` 0 only the start runs. `start`: "routers" (the merge's) or
-    "best_expert" (module docstring). `distill_from`, per file: the expert whose
+    "best_expert" (module docstring), its classifiers fitted on up to `start_windows`
+    windows per file. `distill_from`, per file: the expert whose
     forced output the MoE is fitted toward (KL divergence from it on each window of
     that file) instead of the text's next tokens; None: the language-model loss."""
     import torch
@@ -184,7 +186,7 @@ def fit_routers(
     probe = torch.cat([g[:4] for g in data])
     entropy_before = assignment_entropies(model, probe)
     held = [torch.tensor(g, device=device) for g in heldout]
-    started = _start_from_best_experts(model, data, held, batch_size) if start == "best_expert" else None
+    started = _start_from_best_experts(model, data, held, batch_size, start_windows) if start == "best_expert" else None
 
     captured: list[tuple] = []
     hooks = (
@@ -244,10 +246,10 @@ def fit_routers(
     )
 
 
-def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> StartResult:
+def _start_from_best_experts(model, data: list, held: list, batch_size: int, most: int) -> StartResult:
     """Phase 1 (module docstring): each file's best expert from its held-out
     windows, then every router, layer by layer inside one forward pass over up to
-    START_WINDOWS evenly spaced training windows per file, fitted to send each
+    `most` evenly spaced training windows per file, fitted to send each
     token to its file's expert. Convex per layer (cross-entropy plus L2), so the
     merge's routers, where L-BFGS starts, do not change what it finds."""
     import torch
@@ -262,7 +264,7 @@ def _start_from_best_experts(model, data: list, held: list, batch_size: int) -> 
             expert_loss.append(file_losses(model, held, batch_size, f"gates: start: forced to expert {e}"))
     per_file = [[round(expert_loss[e][f], 5) for e in range(n_experts)] for f in range(len(held))]
     experts = [min(range(n_experts), key=lambda e: losses[e]) for losses in per_file]
-    picked = [g[:: max(1, len(g) // START_WINDOWS)][:START_WINDOWS] for g in data]
+    picked = [g[:: max(1, len(g) // most)][:most] for g in data]
     windows = torch.cat(picked)
     labels = torch.cat([torch.full((p.numel(),), e, device=windows.device) for p, e in zip(picked, experts)])
     accuracy: list[float] = []
