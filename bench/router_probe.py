@@ -50,7 +50,7 @@ from frankenmoe.engine.cache import default_layout
 from frankenmoe.measure.evaluation import dead_experts, routing_stats, spread_windows
 from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows, window_nlls
 from frankenmoe.recipe import load_recipe
-from frankenmoe.routing.router_fit import Schedule, fit_compute, fit_routers, split_heldout
+from frankenmoe.routing.router_fit import START_WINDOWS, Schedule, fit_compute, fit_routers, split_heldout
 from frankenmoe.stages import STAGES
 from frankenmoe.stages.merge import merged_model
 from frankenmoe.support.jsonio import write_json
@@ -58,7 +58,7 @@ from frankenmoe.support.progress import progress
 from frankenmoe.text.calibration import token_windows
 
 SCALES = (2, 4, 8)
-WIDE = 128  # the start's classifiers on up to this many fitting windows per file (router_fit.START_WINDOWS: 32)
+WIDE = 128  # the start's classifiers on up to this many fitting windows per file (START_WINDOWS: 32)
 BATCH = 8
 ADAM = Schedule(steps=60, check_every=5, patience=3, warmup=10)
 # name: (lr, balance weight, distilled toward the forced best expert)
@@ -156,7 +156,24 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print, only: set[str] |
     train, held = split_heldout(groups, g.holdout)
     t = time.monotonic()
     fitting = load_merged(merged, dtype=compute["dtype"])  # as the gates stage fits
-    fit = fit_routers(fitting, train, held, Schedule(0, 1, 1), g.lr, g.batch_size, g.seed, 0.0, compute, "best_expert")
+
+    def fit_start(most: int):
+        """The best_expert start alone, its classifiers on up to `most` windows a file."""
+        return fit_routers(
+            fitting,
+            train,
+            held,
+            Schedule(0, 1, 1),
+            g.lr,
+            g.batch_size,
+            g.seed,
+            0.0,
+            compute,
+            "best_expert",
+            start_windows=most,
+        )
+
+    fit = fit_start(START_WINDOWS)
     seconds["start fit"] = round(time.monotonic() - t, 1)
     stored = checkpoint_routers(merged)
     # As the gates stage writes them: in the checkpoint's dtype (scaling by 2^k is exact there).
@@ -172,19 +189,7 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print, only: set[str] |
     if only is None or wide in only:
         set_routers(fitting, stored)  # where the start's L-BFGS begins, as above
         t = time.monotonic()
-        widened = fit_routers(
-            fitting,
-            train,
-            held,
-            Schedule(0, 1, 1),
-            g.lr,
-            g.batch_size,
-            g.seed,
-            0.0,
-            compute,
-            "best_expert",
-            start_windows=WIDE,
-        )
+        widened = fit_start(WIDE)
         seconds[f"{wide} fit"] = round(time.monotonic() - t, 1)
         starts[wide] = widened.start
         set_routers(model, [widened.routers[i].to(w.dtype) for i, w in enumerate(stored)])
@@ -221,17 +226,17 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print, only: set[str] |
         "domains": compared,
         "dead_expert_share": v.dead_expert_share,
         "dead_experts": dead,
-        "top1_on_best": {name: on_best(shares, compared) for name, shares in top1.items()},
+        "top1_on_best": {name: on_best(shares, compared, experts) for name, shares in top1.items()},
     }
 
 
-def on_best(shares: dict[str, list[list[float]]], compared: dict) -> dict[str, dict[str, float]]:
+def on_best(shares: dict[str, list[list[float]]], compared: dict, experts: list[str]) -> dict[str, dict[str, float]]:
     """Per domain: the share of its held-out tokens whose heaviest expert is the domain's
     best expert, mean over layers and at the lowest layer. Below 1, tokens run
     (mostly) elsewhere than in the expert whose output the target is."""
     out = {}
     for d, layers in shares.items():
-        e = int(compared[d]["best_expert"].removeprefix("experts[").rstrip("]"))
+        e = experts.index(compared[d]["best_expert"])
         on = [layer[e] for layer in layers]
         out[d] = {"mean": round(sum(on) / len(on), 5), "lowest": round(min(on), 5)}
     return out

@@ -53,7 +53,10 @@ def test_top1_on_best_reads_each_domains_own_best_expert():
 
     shares = {"code": [[0.9, 0.1], [0.5, 0.5]], "prose": [[0.2, 0.8], [0.4, 0.6]]}
     compared = {"code": {"best_expert": "experts[0]"}, "prose": {"best_expert": "experts[1]"}}
-    assert on_best(shares, compared) == {"code": {"mean": 0.7, "lowest": 0.5}, "prose": {"mean": 0.7, "lowest": 0.6}}
+    assert on_best(shares, compared, ["experts[0]", "experts[1]"]) == {
+        "code": {"mean": 0.7, "lowest": 0.5},
+        "prose": {"mean": 0.7, "lowest": 0.6},
+    }
 
 
 def test_the_probes_nlls_and_routers_are_what_verifys_reader_computes(example):
