@@ -16,6 +16,8 @@ Variants measured so far:
   softmax is sharper (top-k sets unchanged; the weights inside them move toward one expert);
 - `start 128 windows`: the start with its classifiers fitted on up to 128 windows
   per fitting file instead of 32 (more text against misrouting on unseen text);
+  `start 128 windows even`: as many from every file (the smallest file's count, up
+  to 128), so every file weighs alike in the classifiers' loss;
 - Adam from the start (`fit_routers`, every layer's router at once, against the
   start's layer-by-layer classifiers): at lr 1e-3 and 5e-3 after a 10-step
   warm-up, on the language-model loss; at 5e-3 with the Switch balance term
@@ -69,7 +71,8 @@ ADAM_VARIANTS = {
     "distill 5e-3": (5e-3, 0.0, True),
 }
 # The routed variants in the order they run: tables follow it, not the JSON's (write_json sorts keys).
-VARIANTS = ["hidden", "start", *(f"start x{s}" for s in SCALES), f"start {WIDE} windows", *ADAM_VARIANTS]
+WIDER = [f"start {WIDE} windows", f"start {WIDE} windows even"]
+VARIANTS = ["hidden", "start", *(f"start x{s}" for s in SCALES), *WIDER, *ADAM_VARIANTS]
 
 
 def window_nll(model, windows: list[tuple[str, list[int]]], desc: str) -> tuple[list[float], object]:
@@ -185,15 +188,17 @@ def probe(recipe_file: Path, tokens_per_domain: int, log=print, only: set[str] |
             set_routers(model, [(w.float() * s).to(w.dtype) for w in start])
             score(f"start x{s}")
     starts = {"start": fit.start}
-    wide = f"start {WIDE} windows"
-    if only is None or wide in only:
-        set_routers(fitting, stored)  # where the start's L-BFGS begins, as above
-        t = time.monotonic()
-        widened = fit_start(WIDE)
-        seconds[f"{wide} fit"] = round(time.monotonic() - t, 1)
-        starts[wide] = widened.start
-        set_routers(model, [widened.routers[i].to(w.dtype) for i, w in enumerate(stored)])
-        score(wide)
+    # Up to WIDE windows a file; "even": as many from every file (the smallest file's
+    # count, up to WIDE), so each file weighs alike in the classifiers' loss, as at 32.
+    for name, most in zip(WIDER, (WIDE, min(WIDE, *map(len, train)))):
+        if only is None or name in only:
+            set_routers(fitting, stored)  # where the start's L-BFGS begins, as above
+            t = time.monotonic()
+            widened = fit_start(most)
+            seconds[f"{name} fit"] = round(time.monotonic() - t, 1)
+            starts[name] = widened.start
+            set_routers(model, [widened.routers[i].to(w.dtype) for i, w in enumerate(stored)])
+            score(name)
     fits = {}
     for name, (lr, balance, distill) in ADAM_VARIANTS.items():
         if only is not None and name not in only:

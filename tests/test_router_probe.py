@@ -22,6 +22,7 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
             "start x4",
             "start x8",
             "start 128 windows",
+            "start 128 windows even",
             "adam 1e-3",
             "adam 5e-3",
             "adam 5e-3 balance",
@@ -40,7 +41,7 @@ def test_the_probe_runs_on_the_examples_merge(example, monkeypatch):
     for shares in doc["top1_on_best"].values():
         assert set(shares) == {"code", "prose"}
         assert all(0 <= s["lowest"] <= s["mean"] <= 1 for s in shares.values())
-    assert set(doc["starts"]) == {"start", "start 128 windows"}
+    assert set(doc["starts"]) == {"start", "start 128 windows", "start 128 windows even"}
     for start in doc["starts"].values():
         assert len(start["accuracy"]) == len(start["heldout_accuracy"]) == doc["layers"]
     # More fitting windows than the default start's 32 where the text has them.
