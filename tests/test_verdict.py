@@ -23,7 +23,7 @@ def test_the_headline_counts_states_and_says_passed_only_with_a_measured_quality
 
 
 def _cmp(mae: float) -> dict:
-    moved = {"tokens_topk_changed": [0, 0], "tokens_top1_changed": [3, 1]}
+    moved = {"tokens_topk_changed": [0, 0], "tokens_top1_changed": [3, 1], "routed_weight_kept": [0.97, 0.99]}
     return {"router_weight_mae": [mae, mae / 2], "router_topk_agreement": [1.0, 1.0], **moved}
 
 
@@ -36,8 +36,28 @@ def test_routing_parity_at_top_k_of_k_cannot_pass_without_a_limit():
     assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.05), 2, 2)["state"] == "pass"
     assert routing_check(VerifySection(max_router_weight_mae=0.1), _cmp(0.5), 2, 2)["state"] == "fail"
     low = {"router_weight_mae": [0.01], "router_topk_agreement": [0.5], "tokens_topk_changed": [8]}
-    failed = routing_check(VerifySection(), {**low, "tokens_top1_changed": [9]}, top_k=2, experts=3)
+    failed = routing_check(
+        VerifySection(), {**low, "tokens_top1_changed": [9], "routed_weight_kept": [0.9]}, top_k=2, experts=3
+    )
     assert failed["state"] == "fail" and failed["tokens_topk_changed"] == [8] and failed["tokens_top1_changed"] == [9]
+    assert failed["routed_weight_kept"] == [0.9] and "at least 90.0% of the routed weight" in failed["summary"]
+
+
+def test_a_swapped_low_weight_expert_costs_its_weight_not_the_token():
+    """Routing parity's weight share: a token whose second expert changes keeps the
+    weight its heaviest expert carries; one whose two experts both change keeps none."""
+    import torch
+
+    from frankenmoe.measure.evaluation import routing_changes
+
+    # One layer, three tokens, three experts (router softmax rows).
+    r16 = torch.tensor([[[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]])
+    r4 = torch.tensor([[[0.7, 0.1, 0.2], [0.6, 0.3, 0.1], [0.05, 0.15, 0.8]]])
+    moved = routing_changes(r16, r4, top_k=2)
+    assert moved["tokens_topk_changed"] == [2] and moved["tokens_top1_changed"] == [1]
+    # Token 0 keeps expert 0 (7/9 of its weight both times), token 1 all, token 2 nothing in common but expert 1.
+    kept = [7 / 9, 1.0, min(4 / 9, 0.15 / 0.95)]
+    assert abs(moved["routed_weight_kept"][0] - sum(kept) / 3) < 1e-6
 
 
 def _routing(share_of_expert_1: float) -> dict:

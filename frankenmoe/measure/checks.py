@@ -24,13 +24,20 @@ def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict
     only the router weights' drift, and only where the recipe sets a limit
     (`max_router_weight_mae`: it grows with the quantization noise of every layer
     before the router, so no one number fits every model); with none it is
-    not applicable. The drift is always reported."""
+    not applicable. The drift, and the share of routed weight that stays on the same
+    experts (a swapped expert counts by its gate weight, so a sharp router's swapped
+    low-weight second expert counts little), are always reported, not judged: no
+    limit for the share has been set from measurements yet."""
     worst_mae, worst_agree = max(cmp["router_weight_mae"]), min(cmp["router_topk_agreement"])
     mae_limit = v.max_router_weight_mae
     mae_ok = mae_limit is None or worst_mae <= mae_limit
-    weights = f"router weights differ by at most {worst_mae:.4f} per layer" + (
-        f" (max {mae_limit})" if mae_limit is not None else " (no limit set: verify.max_router_weight_mae)"
+    weights = (
+        f"router weights differ by at most {worst_mae:.4f} per layer"
+        + (f" (max {mae_limit})" if mae_limit is not None else " (no limit set: verify.max_router_weight_mae)")
+        + f"; at least {min(cmp['routed_weight_kept']):.1%} of the routed weight stays on the same experts"
+        + " (reported, not judged)"
     )
+    moved = {k: cmp[k] for k in ("tokens_topk_changed", "tokens_top1_changed", "routed_weight_kept")}
     if top_k >= experts:
         reason = (
             f"every expert sees every token (top-{top_k} of {experts}), so which experts run cannot change; {weights}"
@@ -41,8 +48,7 @@ def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict
             reason,
             quality=True,
             router_weight_mae=cmp["router_weight_mae"],
-            tokens_topk_changed=cmp["tokens_topk_changed"],
-            tokens_top1_changed=cmp["tokens_top1_changed"],
+            **moved,
             topk_applies=False,
         )
     return judged(
@@ -53,8 +59,7 @@ def routing_check(v: VerifySection, cmp: dict, top_k: int, experts: int) -> dict
         quality=True,
         router_weight_mae=cmp["router_weight_mae"],
         router_topk_agreement=cmp["router_topk_agreement"],
-        tokens_topk_changed=cmp["tokens_topk_changed"],
-        tokens_top1_changed=cmp["tokens_top1_changed"],
+        **moved,
         topk_applies=True,
     )
 

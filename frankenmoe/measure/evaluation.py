@@ -211,14 +211,22 @@ def routing_stats(router, domains: list[str], seq: int, top_k: int) -> RoutingSt
 
 def routing_changes(r16, r4, top_k: int) -> dict:
     """Per layer, how many tokens the candidate sends elsewhere: to another top-k set
-    (which experts run) or to another heaviest expert. The routing page marks these tokens."""
-    i16, _ = chosen_experts(r16, top_k)
-    i4, _ = chosen_experts(r4, top_k)
+    (which experts run) or to another heaviest expert (the routing page marks these
+    tokens), and the mean share of each token's output weight that stays on the same
+    experts (the sum over experts of the lesser of the two gate weights): a swapped
+    second expert that carries 5% of the weight costs 5%, not the whole token."""
+    import torch
+
+    i16, w16 = chosen_experts(r16, top_k)
+    i4, w4 = chosen_experts(r4, top_k)
     same_set = (i16.sort(-1).values == i4.sort(-1).values).all(-1)
+    g16 = torch.zeros_like(r16).scatter(-1, i16, w16)
+    g4 = torch.zeros_like(r4).scatter(-1, i4, w4)
     return {
         "router_topk_agreement": [float(x) for x in same_set.float().mean(1)],
         "tokens_topk_changed": [int(x) for x in (~same_set).sum(1)],
         "tokens_top1_changed": [int(x) for x in (i16[..., 0] != i4[..., 0]).sum(1)],
+        "routed_weight_kept": [float(x) for x in torch.minimum(g16, g4).sum(-1).mean(1)],
     }
 
 

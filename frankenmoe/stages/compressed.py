@@ -57,7 +57,9 @@ def compressed_dir(result: StageResult) -> Path:
 
 class CompressedStage(Stage):
     name = "w4a16"
-    version = 3  # 2: the record names the converter and its version; 3: routing.html
+    # 2: the record names the converter and its version; 3: routing.html; 4: routing parity
+    # reports the share of routed weight kept on the same experts
+    version = 4
     depends = ("gates", "quantize", "evaluate")
     packages = ("compressed-tensors", "transformers", "torch", "safetensors")
     publishes = {FOLDER: FOLDER}

@@ -75,7 +75,8 @@ class VerifyStage(Stage):
     # states, consumer_load names its loader and the readers it did not try
     # 6: the loader is named by its module in the frankenmoe package (was pipeline/)
     # 7: routing.html; routing parity counts the tokens routed elsewhere per layer
-    version = 7
+    # 8: routing parity reports the share of routed weight kept on the same experts
+    version = 8
     depends = ("gates", "quantize", "evaluate")
     packages = ("torch", "transformers", "safetensors", "matplotlib", "jinja2", "tokenizers", "numpy")
     publishes = {"awq": "report"}
