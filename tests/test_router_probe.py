@@ -95,3 +95,40 @@ def test_the_probe_tables_in_the_docs_are_what_its_command_writes_from_the_commi
         written = f.with_suffix(".md").read_text(encoding="utf-8")
         assert table(json.loads(f.read_text(encoding="utf-8"))) == written, f.name
         assert written in docs, f.name
+
+
+def test_the_decision_table_in_the_docs_is_what_its_command_writes():
+    """bench/router_summary.py over the committed probe results gives
+    bench/router-summary.md, quoted whole in docs/routing-and-study.md."""
+    from bench.router_summary import committed, summary
+    from tests.conftest import REPO
+
+    written = (REPO / "bench" / "router-summary.md").read_text(encoding="utf-8")
+    assert summary(committed()) == written
+    assert written in (REPO / "docs" / "routing-and-study.md").read_text(encoding="utf-8")
+
+
+def test_the_default_fit_is_the_probes_adam_5e_3():
+    """The summary reports the probe's `adam 5e-3` as what gates.fit runs by default:
+    its start, schedule, rate and batches must be the recipe's defaults."""
+    from bench.router_probe import ADAM, ADAM_VARIANTS
+    from frankenmoe.recipe.sections import GatesSection
+
+    g = GatesSection()
+    assert g.start == "best_expert" and ADAM_VARIANTS["adam 5e-3"] == (g.lr, g.balance, False)
+    assert (ADAM.steps, ADAM.check_every, ADAM.patience, ADAM.warmup) == (g.steps, g.check_every, g.patience, g.warmup)
+
+
+def test_the_target_needs_the_upper_end_within_2_percent_and_below_worse_hidden_routers():
+    from bench.router_summary import met
+
+    def models(fit_upper: float, hidden: float, vs_hidden_upper: float) -> dict:
+        return {
+            "hidden": {"vs_best": {"value": hidden}},
+            "adam 5e-3": {"vs_best": {"ci95": [0.0, fit_upper]}, "vs_hidden": {"ci95": [-0.1, vs_hidden_upper]}},
+        }
+
+    assert met(models(0.019, 0.10, -0.05))
+    assert not met(models(0.021, 0.10, -0.05))  # the upper end above 2%
+    assert not met(models(0.015, 0.10, 0.01))  # not told below hidden routers that are worse than 2%
+    assert met(models(0.015, -0.01, 0.01))  # hidden already within 2%: no need to beat them

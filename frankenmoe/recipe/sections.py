@@ -47,14 +47,16 @@ class GatesSection(Strict):
         description=f"training text: {TEXT_FILES_DOC}; default: quantize.calibration.files when the recipe names "
         "them, else the shipped calibration split; may not share a document with verify.files (compared by content)",
     )
+    # The defaults below are the fit the router probe measured best on four real recipes
+    # (docs/routing-and-study.md, "The default"): the best_expert start, then Adam at 5e-3.
     start: Literal["routers", "best_expert"] = Field(
-        default="routers",
+        default="best_expert",
         description="where the Adam steps start: routers, the merge's routers as they are; best_expert first fits "
         "each layer's router to send each gates.files file's tokens to the expert best on that file "
         "(docs/routing-and-study.md)",
     )
     steps: int = Field(
-        default=100,
+        default=60,
         ge=0,
         description="most Adam steps; the fit stops sooner when its held-out loss stops improving; 0: the start alone",
     )
@@ -67,7 +69,13 @@ class GatesSection(Strict):
     )
     check_every: int = Field(default=5, ge=1, description="steps between two measurements of the held-out loss")
     patience: int = Field(default=3, ge=1, description="held-out checks without a new best loss before the fit stops")
-    lr: float = Field(default=0.05, gt=0, description="learning rate")
+    lr: float = Field(default=5e-3, gt=0, description="learning rate")
+    warmup: int = Field(
+        default=10,
+        ge=0,
+        description="steps over which the learning rate rises linearly to gates.lr, so the first steps cannot "
+        "throw a good start away; 0: none",
+    )
     batch_size: int = Field(default=4, ge=1, description="windows per step, taken in turn from each file")
     seq_len: int = Field(default=128, ge=8, description="tokens per window")
     seed: int = Field(default=0, description="seed for picking the windows")

@@ -264,7 +264,8 @@ def _fitted(recipe: Recipe, gates: StageResult) -> str | None:
             + f"; top-1 on held-out windows {_share_range(start['heldout_accuracy'])} over the layers), then "
         )
     return line + (
-        f"{len(r.loss)} steps of Adam (lr {g.lr}, batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
+        f"{len(r.loss)} steps of Adam (lr {g.lr}{f', warm-up {g.warmup} steps' if g.warmup else ''}, "
+        f"batch {g.batch_size} x {g.seq_len} tokens, seed {g.seed}"
         f"{f', balance {g.balance}' if g.balance else ''}), only `block_sparse_moe.gate.weight` trained; loss on "
         f"held-out windows of the same files {first:.3f} -> {kept:.3f}, routers of step {r.best_step} kept "
         f"({r.stopped})"

@@ -116,7 +116,7 @@ class GatesStage(Stage):
                 "holds some out to know when to stop, so each file needs at least 2: add text or lower gates.seq_len"
             ) from None
         model = load_merged(merged, dtype=compute["dtype"])  # as it computes: bfloat16 is half the memory
-        schedule = Schedule(g.steps, g.check_every, g.patience)
+        schedule = Schedule(g.steps, g.check_every, g.patience, g.warmup)
         fit = fit_routers(model, train, heldout, schedule, g.lr, g.batch_size, g.seed, g.balance, compute, g.start)
         rewritten = write_fitted(merged, ctx.out / "model", fit.routers)
         steps = len(fit.loss)
