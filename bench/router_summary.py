@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from bench.router_probe import VARIANTS
+from frankenmoe.measure.paired import interval_cell
 
 BENCH = Path(__file__).resolve().parent
 TARGET = 0.02  # issue 49: the interval's upper end within 2% of the best expert
@@ -42,7 +43,6 @@ def met(models: dict) -> bool:
 
 
 def summary(docs: list[dict]) -> str:
-    cell = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"  # noqa: E731
     lines = [
         "Distance from each domain's best expert (perplexity ratio minus one, 95% paired bootstrap interval over "
         f"windows), per recipe and domain; target: the upper end at most {TARGET:+.0%}, and below mergekit's routers "
@@ -61,7 +61,7 @@ def summary(docs: list[dict]) -> str:
             upper = models[best]["vs_best"]["ci95"][1]
             lines.append(
                 f"| {recipe} | {domain} | "
-                + " | ".join(cell(models[c]["vs_best"]) for c in COLUMNS)
+                + " | ".join(interval_cell(models[c]["vs_best"]) for c in COLUMNS)
                 + f" | {'yes' if met(models) else 'no'} | {upper:+.1%} ({best}) |"
             )
     return "\n".join(lines) + "\n"

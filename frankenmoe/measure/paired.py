@@ -84,11 +84,16 @@ def per_domain_phrase(domains: dict) -> str:
     )
 
 
+def interval_cell(f: dict) -> str:
+    """A distance with its 95% interval, as every paired table prints it: `+1.5% [+0.9%, +2.2%]`."""
+    return f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"
+
+
 def table_rows(domains: dict, rows: list[str]) -> list[str]:
     """A Markdown table of `rows` (models of `compare`'s answer) by domain: each cell the
     distance from the best expert with its interval."""
-    cell = lambda f: f"{f['value']:+.1%} [{f['ci95'][0]:+.1%}, {f['ci95'][1]:+.1%}]"  # noqa: E731
     head = ["| routers | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     return head + [
-        f"| {m} | " + " | ".join(cell(domains[d]["models"][m]["vs_best"]) for d in domains) + " |" for m in rows
+        f"| {m} | " + " | ".join(interval_cell(domains[d]["models"][m]["vs_best"]) for d in domains) + " |"
+        for m in rows
     ]
