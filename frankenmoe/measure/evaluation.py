@@ -187,16 +187,25 @@ def chosen_experts(router, top_k: int):
     return top.indices, top.values / top.values.sum(-1, keepdim=True)
 
 
+def gate_weights(router, top_k: int):
+    """Each token's renormalized top-k gate weights spread over all experts, 0 where
+    not chosen: [L, T, E], what each expert's output is weighed by."""
+    import torch
+
+    indices, weights = chosen_experts(router, top_k)
+    return torch.zeros_like(router).scatter(-1, indices, weights)
+
+
 def routing_stats(router, domains: list[str], seq: int, top_k: int) -> RoutingStats:
     """Per domain, layer and expert: share of tokens routed there (top-k), share whose
     heaviest expert it is (top-1), and the mean gate weight it gets (top-k
     renormalized, 0 where not chosen)."""
     import torch
 
-    indices, weights = chosen_experts(router, top_k)
+    indices, _ = chosen_experts(router, top_k)
     chosen = torch.zeros_like(router).scatter(-1, indices, 1.0)
     first = torch.zeros_like(router).scatter(-1, indices[..., :1], 1.0)
-    gate = torch.zeros_like(router).scatter(-1, indices, weights)
+    gate = gate_weights(router, top_k)
     out: RoutingStats = {}
     token_domain = [d for d in domains for _ in range(seq)]
     for d in sorted(set(domains)):
@@ -217,16 +226,15 @@ def routing_changes(r16, r4, top_k: int) -> dict:
     second expert that carries 5% of the weight costs 5%, not the whole token."""
     import torch
 
-    i16, w16 = chosen_experts(r16, top_k)
-    i4, w4 = chosen_experts(r4, top_k)
+    i16, _ = chosen_experts(r16, top_k)
+    i4, _ = chosen_experts(r4, top_k)
     same_set = (i16.sort(-1).values == i4.sort(-1).values).all(-1)
-    g16 = torch.zeros_like(r16).scatter(-1, i16, w16)
-    g4 = torch.zeros_like(r4).scatter(-1, i4, w4)
+    kept = torch.minimum(gate_weights(r16, top_k), gate_weights(r4, top_k)).sum(-1).mean(1)
     return {
         "router_topk_agreement": [float(x) for x in same_set.float().mean(1)],
         "tokens_topk_changed": [int(x) for x in (~same_set).sum(1)],
         "tokens_top1_changed": [int(x) for x in (i16[..., 0] != i4[..., 0]).sum(1)],
-        "routed_weight_kept": [float(x) for x in torch.minimum(g16, g4).sum(-1).mean(1)],
+        "routed_weight_kept": [float(x) for x in kept],
     }
 
 
