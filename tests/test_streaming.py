@@ -63,6 +63,20 @@ def test_forced_expert_streams_like_the_loaded_model(example):
     assert torch.equal(lp, want[0])
 
 
+def test_a_forced_pass_runs_one_expert_per_token(example):
+    """Forcing costs a dense model's MLPs (the probe and verify force every expert in
+    turn): each block's experts get one index per token, whatever the top-k."""
+    loaded = load_merged(example["merged"])
+    seen = []
+    hooks = [b.experts.register_forward_pre_hook(lambda m, args: seen.append(args[1])) for b in moe_blocks(loaded)]
+    with torch.no_grad(), forced_expert(loaded, 1):
+        loaded(eval_ids(example["merged"], "prose", 16))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(moe_blocks(loaded))
+    assert all(i.shape[-1] == 1 and bool((i == 1).all()) for i in seen)
+
+
 def test_only_one_layer_is_in_memory(example):
     """While a layer runs, every other layer, the embeddings and the head are on
     the meta device: nothing else of the model is held."""

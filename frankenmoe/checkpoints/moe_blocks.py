@@ -16,9 +16,9 @@ def moe_blocks(model) -> list:
 def forced_expert(model, expert: int) -> Iterator[None]:
     """Route every token of every layer to `expert` alone (weight 1.0).
 
-    The other top-k slots get weight exactly 0, so the block's output is exactly
-    that expert's MLP output: the MoE should then reproduce the source model
-    whose MLPs that expert came from."""
+    Only that expert runs (top-1, whatever the recipe's top-k), so the block's
+    output is exactly that expert's MLP output: the MoE should then reproduce the
+    source model whose MLPs that expert came from, at a dense model's MLP cost."""
     import torch
 
     originals = []
@@ -27,12 +27,10 @@ def forced_expert(model, expert: int) -> Iterator[None]:
 
         def forced(hidden_states, _router=router):
             flat = hidden_states.reshape(-1, _router.hidden_dim)
-            n, k = flat.shape[0], _router.top_k
+            n = flat.shape[0]
             logits = torch.zeros(n, _router.num_experts, dtype=flat.dtype, device=flat.device)
-            others = [e for e in range(_router.num_experts) if e != expert][: k - 1]
-            indices = torch.tensor([expert, *others], device=flat.device).expand(n, k)
-            weights = torch.zeros(n, k, dtype=torch.float32, device=flat.device)
-            weights[:, 0] = 1.0
+            indices = torch.full((n, 1), expert, device=flat.device)
+            weights = torch.ones(n, 1, dtype=torch.float32, device=flat.device)
             return logits, weights, indices
 
         originals.append((router, router.forward))
