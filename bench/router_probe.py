@@ -34,7 +34,8 @@ windows and on held-out fitting windows (`starts`): where these fall short, toke
 run in another expert than the one that models their domain best.
 
 Usage (after `frankenmoe build RECIPE --until merge`):
-    python -m bench.router_probe RECIPE [--tokens 16384] [--variants A,B] [--out bench/router-probe-NAME.json]
+    python -m bench.router_probe RECIPE [RECIPE ...] [--tokens 16384] [--variants A,B]
+        [--out bench/router-probe-NAME.json, or bench/router-probe-{recipe}-SUFFIX.json for several]
 which also writes the table next to the JSON (.md).
 """
 
@@ -49,6 +50,7 @@ from frankenmoe.checkpoints.loading import load_merged
 from frankenmoe.checkpoints.moe_blocks import forced_expert, moe_blocks
 from frankenmoe.engine.build import finished_results
 from frankenmoe.engine.cache import default_layout
+from frankenmoe.errors import NotBuiltError
 from frankenmoe.measure.evaluation import dead_experts, routing_stats, spread_windows
 from frankenmoe.measure.paired import DRAWS, compare, per_domain_phrase, table_rows, window_nlls
 from frankenmoe.recipe import load_recipe
@@ -291,19 +293,31 @@ def top1_lines(doc: dict) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("recipe", type=Path)
+    p.add_argument("recipes", type=Path, nargs="+", metavar="recipe", help="one or more; probed one after another")
     p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per domain (fewer where the text ends)")
     p.add_argument("--variants", help=f"comma-separated, of: {', '.join(VARIANTS[2:])} (default: all)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", help="the JSON to write (its table next to it, .md); with several recipes, {recipe} in it")
     args = p.parse_args()
     only = None if args.variants is None else set(args.variants.split(","))
     if only is not None and (unknown := only - set(VARIANTS)):
         p.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS[2:])}")
-    doc = probe(args.recipe, args.tokens, only=only)
-    print(table(doc), end="")
-    if args.out:
-        write_json(args.out, doc)
-        args.out.with_suffix(".md").write_text(table(doc), encoding="utf-8")
+    if args.out and len(args.recipes) > 1 and "{recipe}" not in args.out:
+        p.error("--out: with several recipes, put {recipe} in it (their names), e.g. bench/router-probe-{recipe}.json")
+    for recipe_file in args.recipes:  # every merge built, before hours go into the first recipes
+        recipe = load_recipe(recipe_file)
+        try:
+            finished_results(recipe, default_layout(recipe), STAGES, ["merge"])
+        except NotBuiltError as e:
+            p.error(f"{recipe_file}: {e}")
+    t0 = time.monotonic()
+    for recipe in args.recipes:
+        doc = probe(recipe, args.tokens, only=only)
+        print(table(doc), end="")
+        if args.out:
+            out = Path(args.out.replace("{recipe}", doc["recipe"]))
+            write_json(out, doc)
+            out.with_suffix(".md").write_text(table(doc), encoding="utf-8")
+    print(f"probe: {len(args.recipes)} recipes in {time.monotonic() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_the_shipped_sweep_files_are_valid():
         "smollm2-3x-zero-point.yaml",
         "smollm2-docs-3x-verify.yaml",
         "smollm2-source-3x-verify.yaml",
+        "smollm2-2x-fitted-verify.yaml",
+        "smollm2-3x-fitted-verify.yaml",
     }
     assert shipped["tiny-2x-modes.yaml"].axes == AXES and shipped["tiny-2x-modes.yaml"].recipe_file == EXAMPLE
 
