@@ -132,3 +132,23 @@ def test_the_target_needs_the_upper_end_within_2_percent_and_below_worse_hidden_
     assert not met(models(0.021, 0.10, -0.05))  # the upper end above 2%
     assert not met(models(0.015, 0.10, 0.01))  # not told below hidden routers that are worse than 2%
     assert met(models(0.015, -0.01, 0.01))  # hidden already within 2%: no need to beat them
+
+
+def test_the_four_recipe_run_gives_the_committed_rows_again():
+    """bench/router-probe-default/ holds one later run of the probe over all four real
+    recipes (the decision's variants only): every row it measured equals the row the
+    earlier probes of that recipe committed, interval included, so the decision
+    table does not rest on one run's luck or on state left by other variants."""
+    import json
+
+    from bench.router_summary import committed, merged
+    from tests.conftest import REPO
+
+    before = merged(committed())
+    again = sorted((REPO / "bench" / "router-probe-default").glob("*.json"))
+    assert {json.loads(f.read_text(encoding="utf-8"))["recipe"] for f in again} == set(before)
+    for f in again:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        for domain, r in doc["domains"].items():
+            for variant, m in r["models"].items():
+                assert m["vs_best"] == before[doc["recipe"]][domain][variant]["vs_best"], (f.name, domain, variant)
